@@ -1,0 +1,145 @@
+"""MySQL/MariaDB server block: discovery over PyMySQL, dumps with mariadb-dump/mysqldump."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import sqlalchemy as sa
+from pydantic import Field
+
+from blocks.server import DatabaseServer, ToolCommand, private_file
+from tasks.errors import AuthError, ConfigError, ConnectionFailed, DatabaseNotFound, DbBackupError
+
+DUMP_OPTIONS = [
+    "--single-transaction",
+    "--quick",
+    "--routines",
+    "--triggers",
+    "--events",
+    "--hex-blob",
+    "--default-character-set=utf8mb4",
+]
+
+
+def option_value(value: str) -> str:
+    """Quote a value for a MySQL option file."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+class MySQLServer(DatabaseServer):
+    """A MySQL or MariaDB server."""
+
+    _block_type_name = "MySQL Server"
+    _block_type_slug = "mysql-server"
+    _description = "A MySQL or MariaDB server to back up; credentials stay in this block."
+
+    server_type: ClassVar[str] = "mysql"
+    system_databases: ClassVar[frozenset[str]] = frozenset(
+        {"mysql", "information_schema", "performance_schema", "sys"}
+    )
+
+    port: int = Field(default=3306)
+    user: str = Field(default="root", description="Login used for dumps and restores.")
+
+    def _url(self, database: str | None) -> sa.URL:
+        return sa.URL.create(
+            "mysql+pymysql",
+            username=self.user,
+            password=self.secret(),
+            host=self.host,
+            port=self.port,
+            database=database,
+            query={"charset": "utf8mb4", "connect_timeout": str(self.connect_timeout)},
+        )
+
+    def _classify(self, exc: Exception) -> DbBackupError:
+        text = self._error_text(exc)
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+        where = self.describe()
+        if code in (1045, 1044, 1698, 1251):
+            return AuthError(f"MySQL at {where} rejected the login: {text}")
+        if code == 1049:
+            return DatabaseNotFound(f"MySQL at {where}: {text}")
+        if code in (2002, 2003, 2005, 2006, 2013):
+            return ConnectionFailed(f"cannot connect to MySQL at {where}: {text}")
+        return DbBackupError(f"MySQL at {where}: {text}")
+
+    def _all_database_names(self, conn: sa.Connection) -> list[str]:
+        return sorted(r[0] for r in conn.execute(sa.text("SHOW DATABASES")))
+
+    def server_version(self) -> str:
+        with self.connect() as conn:
+            return conn.execute(sa.text("SELECT VERSION()")).scalar_one()
+
+    def database_options(self, database: str) -> dict[str, str]:
+        with self.connect() as conn:
+            row = conn.execute(
+                sa.text(
+                    "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME "
+                    "FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :n"
+                ),
+                {"n": database},
+            ).one_or_none()
+        if row is None:
+            raise DatabaseNotFound(f"no database {database!r} on {self.describe()}")
+        return {"character_set": row[0], "collation": row[1]}
+
+    def create_database(self, database: str, options: dict[str, str]) -> None:
+        with self.connect() as conn:
+            sql = f"CREATE DATABASE {self.quote(conn, database)}"
+            for key, clause in (("character_set", "CHARACTER SET"), ("collation", "COLLATE")):
+                value = options.get(key)
+                if value:
+                    if not re.fullmatch(r"[A-Za-z0-9_]+", value):
+                        raise ConfigError(f"unexpected {key} {value!r} in manifest")
+                    sql += f" {clause} {value}"
+            conn.execute(sa.text(sql))
+
+    def drop_database(self, database: str) -> None:
+        with self.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {self.quote(conn, database)}"))
+
+    def _is_mariadb(self) -> bool:
+        return "mariadb" in self.server_version().lower()
+
+    def dump_client(self) -> str:
+        if self._is_mariadb():
+            return self.tool("mariadb-dump", "mysqldump")
+        return self.tool("mysqldump", "mariadb-dump")
+
+    @contextlib.contextmanager
+    def _defaults_file(self, workdir: Path) -> Iterator[str]:
+        lines = ["[client]", f"user={option_value(self.user)}"]
+        if self.host.startswith("/"):
+            lines += ["host=localhost", f"socket={option_value(self.host)}"]
+        else:
+            lines += [f"host={option_value(self.host)}", f"port={self.port}", "protocol=TCP"]
+        if self.secret() is not None:
+            lines.append(f"password={option_value(self.secret())}")
+        lines.append(f"connect-timeout={self.connect_timeout}")
+        with private_file(workdir, "my.cnf", "\n".join(lines) + "\n") as path:
+            yield f"--defaults-extra-file={path}"
+
+    @contextlib.contextmanager
+    def dump_command(self, database: str, workdir: Path) -> Iterator[ToolCommand]:
+        client = self.dump_client()
+        env = self.clean_env(("MYSQL", "MARIADB"))
+        with self._defaults_file(workdir) as defaults:
+            # no --databases: the dump has no CREATE DATABASE/USE and restores under any name
+            argv = [client, defaults, *DUMP_OPTIONS, "--", database]
+            yield ToolCommand(argv, env, [s for s in [self.secret()] if s])
+
+    @contextlib.contextmanager
+    def restore_command(self, database: str, workdir: Path) -> Iterator[ToolCommand]:
+        client = (
+            self.tool("mariadb", "mysql") if self._is_mariadb() else self.tool("mysql", "mariadb")
+        )
+        env = self.clean_env(("MYSQL", "MARIADB"))
+        with self._defaults_file(workdir) as defaults:
+            argv = [client, defaults, "--binary-mode", f"--database={database}"]
+            yield ToolCommand(argv, env, [s for s in [self.secret()] if s])

@@ -1,0 +1,190 @@
+"""PostgreSQL server block: discovery over psycopg, dumps with pg_dump -Fc."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import sqlalchemy as sa
+from pydantic import Field
+
+from blocks.server import DatabaseServer, ToolCommand, private_file
+from tasks.errors import AuthError, ConfigError, ConnectionFailed, DatabaseNotFound, DbBackupError
+
+AUTH_MARKERS = (
+    "password authentication failed",
+    "authentication failed",
+    "no password supplied",
+    "pg_hba.conf",
+)
+
+
+def conninfo_value(value: str) -> str:
+    """Quote a libpq conninfo value."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def passfile_field(value: str) -> str:
+    """Escape a field of a .pgpass line."""
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+class PostgresServer(DatabaseServer):
+    """A PostgreSQL server (any version pg_dump on this machine supports)."""
+
+    _block_type_name = "Postgres Server"
+    _block_type_slug = "postgres-server"
+    _description = "A PostgreSQL server to back up with pg_dump; credentials stay in this block."
+
+    server_type: ClassVar[str] = "postgres"
+    system_databases: ClassVar[frozenset[str]] = frozenset({"template0", "template1", "postgres"})
+
+    port: int = Field(default=5432)
+    user: str = Field(default="postgres", description="Login used for dumps and restores.")
+    sslmode: str | None = Field(default=None, description="libpq sslmode (e.g. verify-full).")
+    sslrootcert: str | None = Field(default=None, description="CA certificate file for TLS.")
+    maintenance_database: str = Field(
+        default="postgres", description="Database to connect to for discovery and CREATE DATABASE."
+    )
+    include_postgres_database: bool = Field(
+        default=False, description="Also back up the 'postgres' database."
+    )
+
+    def list_databases(self) -> list[str]:
+        names = super().list_databases()
+        if self.include_postgres_database and "postgres" not in names:
+            with self.connect() as conn:
+                if "postgres" in self._all_database_names(conn):
+                    names.append("postgres")
+        return names
+
+    def _url(self, database: str | None) -> sa.URL:
+        query = {
+            k: v for k, v in (("sslmode", self.sslmode), ("sslrootcert", self.sslrootcert)) if v
+        }
+        return sa.URL.create(
+            "postgresql+psycopg",
+            username=self.user,
+            password=self.secret(),
+            host=self.host,
+            port=self.port,
+            database=database or self.maintenance_database,
+            query={**query, "connect_timeout": str(self.connect_timeout)},
+        )
+
+    def _classify(self, exc: Exception) -> DbBackupError:
+        text = self._error_text(exc)
+        low = text.lower()
+        where = self.describe()
+        if any(m in low for m in AUTH_MARKERS) or ("role" in low and "does not exist" in low):
+            return AuthError(f"PostgreSQL at {where} rejected the login: {text}")
+        if "database" in low and "does not exist" in low:
+            return DatabaseNotFound(f"PostgreSQL at {where}: {text}")
+        if isinstance(exc, sa.exc.ProgrammingError):
+            return DbBackupError(f"PostgreSQL at {where}: {text}")
+        return ConnectionFailed(f"cannot connect to PostgreSQL at {where}: {text}")
+
+    def _all_database_names(self, conn: sa.Connection) -> list[str]:
+        rows = conn.execute(
+            sa.text("SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname")
+        )
+        return [r[0] for r in rows]
+
+    def server_version(self) -> str:
+        with self.connect() as conn:
+            return conn.execute(sa.text("SHOW server_version")).scalar_one()
+
+    def _server_major(self) -> int:
+        with self.connect() as conn:
+            return int(conn.execute(sa.text("SHOW server_version_num")).scalar_one()) // 10000
+
+    def database_options(self, database: str) -> dict[str, str]:
+        with self.connect() as conn:
+            row = conn.execute(
+                sa.text(
+                    "SELECT pg_encoding_to_char(encoding), datcollate, datctype "
+                    "FROM pg_database WHERE datname = :n"
+                ),
+                {"n": database},
+            ).one_or_none()
+        if row is None:
+            raise DatabaseNotFound(f"no database {database!r} on {self.describe()}")
+        return {"encoding": row[0], "lc_collate": row[1], "lc_ctype": row[2]}
+
+    def create_database(self, database: str, options: dict[str, str]) -> None:
+        with self.connect() as conn:
+            sql = f"CREATE DATABASE {self.quote(conn, database)} TEMPLATE template0"
+            for key in ("encoding", "lc_collate", "lc_ctype"):
+                if options.get(key):
+                    # options come from our own manifest; validate before inlining
+                    if not re.fullmatch(r"[A-Za-z0-9_.@-]+", options[key]):
+                        raise ConfigError(f"unexpected {key} {options[key]!r} in manifest")
+                    sql += f" {key.upper()} '{options[key]}'"
+            conn.execute(sa.text(sql))
+
+    def drop_database(self, database: str) -> None:
+        with self.connect() as conn:
+            conn.execute(
+                sa.text(f"DROP DATABASE IF EXISTS {self.quote(conn, database)} WITH (FORCE)")
+            )
+
+    def _client_major(self, path: str) -> int:
+        out = self.client_version(path)
+        match = re.search(r"(\d+)(?:\.\d+)?", out)
+        if not match:
+            raise ConfigError(f"cannot tell the version of {path}: {out.strip()!r}")
+        return int(match.group(1))
+
+    def dump_client(self) -> str:
+        path = self.tool("pg_dump")
+        client, server = self._client_major(path), self._server_major()
+        if client < server:
+            raise ConfigError(
+                f"{path} is version {client} but the server at {self.describe()} runs {server}: "
+                f"pg_dump cannot dump a newer server. Install PostgreSQL {server} client tools "
+                "and set bin_dir on the block."
+            )
+        return path
+
+    def conninfo(self, database: str) -> str:
+        """libpq connection string for the client tools (no password: that is the passfile's)."""
+        parts = {
+            "host": self.host,
+            "port": str(self.port),
+            "user": self.user,
+            "dbname": database,
+            "connect_timeout": str(self.connect_timeout),
+            "sslmode": self.sslmode,
+            "sslrootcert": self.sslrootcert,
+        }
+        return " ".join(f"{k}={conninfo_value(v)}" for k, v in parts.items() if v)
+
+    @contextlib.contextmanager
+    def _credentials(self, workdir: Path) -> Iterator[dict[str, str]]:
+        env = self.clean_env(("PG",))
+        secret = self.secret()
+        if secret is None:
+            yield env
+            return
+        line = f"*:*:*:{passfile_field(self.user)}:{passfile_field(secret)}\n"
+        with private_file(workdir, "pgpass", line) as path:
+            yield {**env, "PGPASSFILE": str(path)}
+
+    @contextlib.contextmanager
+    def dump_command(self, database: str, workdir: Path) -> Iterator[ToolCommand]:
+        argv = [self.dump_client(), "--format=custom", "--compress=0", "--no-password"]
+        with self._credentials(workdir) as env:
+            yield ToolCommand(
+                argv + ["--dbname", self.conninfo(database)], env, [s for s in [self.secret()] if s]
+            )
+
+    @contextlib.contextmanager
+    def restore_command(self, database: str, workdir: Path) -> Iterator[ToolCommand]:
+        argv = [self.tool("pg_restore"), "--exit-on-error", "--no-owner", "--no-password"]
+        with self._credentials(workdir) as env:
+            yield ToolCommand(
+                argv + ["--dbname", self.conninfo(database)], env, [s for s in [self.secret()] if s]
+            )

@@ -1,0 +1,48 @@
+"""Load blocks by name, with errors that say what to do."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+
+from blocks.encryption import AgeEncryption
+from blocks.mysql import MySQLServer
+from blocks.postgres import PostgresServer
+from blocks.server import DatabaseServer
+from blocks.storage import BackupStorage, LocalBackupStorage
+from tasks.errors import ConfigError
+
+SERVER_TYPES: tuple[type[DatabaseServer], ...] = (PostgresServer, MySQLServer)
+STORAGE_TYPES: tuple[type[BackupStorage], ...] = (LocalBackupStorage,)
+
+
+def _load_one_of(name: str, types: tuple[type[Block], ...], what: str) -> Block:
+    found = []
+    for block_type in types:
+        try:
+            found.append(block_type.load(name))
+        except ValueError:
+            continue
+    slugs = " or ".join(t.get_block_type_slug() for t in types)
+    if not found:
+        raise ConfigError(
+            f"no {what} block named {name!r} (types {slugs}): create it with "
+            "`dbbackup apply CONFIG` or in the Prefect UI"
+        )
+    if len(found) > 1:
+        raise ConfigError(f"{name!r} names several {what} blocks ({slugs}): rename one")
+    return found[0]
+
+
+def load_server(name: str) -> DatabaseServer:
+    """The postgres-server or mysql-server block with this name."""
+    return _load_one_of(name, SERVER_TYPES, "database server")  # type: ignore[return-value]
+
+
+def load_storage(name: str) -> BackupStorage:
+    """The backup storage block with this name."""
+    return _load_one_of(name, STORAGE_TYPES, "backup storage")  # type: ignore[return-value]
+
+
+def load_encryption(name: str) -> AgeEncryption:
+    """The age-encryption block with this name."""
+    return _load_one_of(name, (AgeEncryption,), "age-encryption")  # type: ignore[return-value]

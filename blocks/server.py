@@ -1,0 +1,194 @@
+"""What PostgreSQL and MySQL/MariaDB server blocks share: discovery, DDL, credentials files."""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import shutil
+import subprocess
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import sqlalchemy as sa
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from tasks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
+
+
+@dataclass
+class ToolCommand:
+    """A client invocation: argv and environment hold no secret, only file paths."""
+
+    argv: list[str]
+    env: dict[str, str]
+    secrets: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def private_file(directory: Path, name: str, content: str) -> Iterator[Path]:
+    """Write a 0600 file with a unique name (for a password) and remove it afterwards."""
+    fd, raw_path = tempfile.mkstemp(prefix=f"{name}-", dir=directory)
+    path = Path(raw_path)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+class DatabaseServer(Block, ABC):
+    """A database server to back up. Subclasses know one engine."""
+
+    server_type: ClassVar[str]
+    system_databases: ClassVar[frozenset[str]]
+
+    host: str = Field(default="127.0.0.1", description="Host name, IP, or unix socket directory.")
+    user: str = Field(description="Login used for dumps and restores.")
+    password: SecretStr | None = Field(default=None, description="Password of the login.")
+    include: list[str] = Field(
+        default_factory=lambda: ["*"], description="Glob patterns of databases to back up."
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="Glob patterns of databases to skip."
+    )
+    bin_dir: str | None = Field(
+        default=None, description="Directory of the client tools; default: found on PATH."
+    )
+    connect_timeout: int = Field(default=10, description="Seconds to wait for a connection.")
+    dump_timeout: int = Field(
+        default=6 * 3600, description="Seconds after which a dump or restore is killed."
+    )
+
+    # --- engine specifics -------------------------------------------------
+    @abstractmethod
+    def _url(self, database: str | None) -> sa.URL: ...
+
+    @abstractmethod
+    def _classify(self, exc: Exception) -> DbBackupError: ...
+
+    @abstractmethod
+    def _all_database_names(self, conn: sa.Connection) -> list[str]: ...
+
+    @abstractmethod
+    def server_version(self) -> str:
+        """The server's version string."""
+
+    @abstractmethod
+    def database_options(self, database: str) -> dict[str, str]:
+        """Creation options (encoding, collation) to recreate the database with."""
+
+    @abstractmethod
+    def create_database(self, database: str, options: dict[str, str]) -> None:
+        """Create an empty database."""
+
+    @abstractmethod
+    def drop_database(self, database: str) -> None:
+        """Drop a database if it exists."""
+
+    @abstractmethod
+    def dump_client(self) -> str:
+        """Path of the dump tool after checking it suits the server."""
+
+    @abstractmethod
+    @contextlib.contextmanager
+    def dump_command(self, database: str, workdir: Path) -> Iterator[ToolCommand]:
+        """The dump invocation writing one database to stdout."""
+
+    @abstractmethod
+    @contextlib.contextmanager
+    def restore_command(self, database: str, workdir: Path) -> Iterator[ToolCommand]:
+        """The restore invocation reading a dump of this engine on stdin."""
+
+    # --- shared -----------------------------------------------------------
+    def secret(self) -> str | None:
+        """The password, for writing credentials files only."""
+        return self.password.get_secret_value() if self.password else None
+
+    def describe(self) -> str:
+        """user@host:port, never the password."""
+        return f"{self.user}@{self.host}:{getattr(self, 'port', '')}"
+
+    @contextlib.contextmanager
+    def connect(self, database: str | None = None) -> Iterator[sa.Connection]:
+        """An autocommit connection; failures become specific, redacted errors."""
+        engine = sa.create_engine(self._url(database), poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+        except sa.exc.DBAPIError as exc:
+            raise self._classify(exc.orig or exc) from None
+        finally:
+            engine.dispose()
+
+    def _error_text(self, exc: Exception) -> str:
+        text = str(exc).strip().splitlines()
+        return redact(text[0] if text else type(exc).__name__, [self.secret()])
+
+    def quote(self, conn: sa.Connection, name: str) -> str:
+        """Quote an identifier for this engine."""
+        return conn.dialect.identifier_preparer.quote_identifier(name)
+
+    def list_databases(self) -> list[str]:
+        """User databases matching include and not exclude; system databases never."""
+        with self.connect() as conn:
+            names = self._all_database_names(conn)
+        return [
+            n
+            for n in names
+            if n not in self.system_databases
+            and any(fnmatch.fnmatchcase(n, p) for p in self.include)
+            and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude)
+        ]
+
+    def database_exists(self, database: str) -> bool:
+        """Whether the database exists (system ones included)."""
+        with self.connect() as conn:
+            return database in self._all_database_names(conn)
+
+    def select_databases(self, requested: list[str] | None) -> list[str]:
+        """The databases to back up: the requested ones (which must exist) or discovery."""
+        if not requested:
+            return self.list_databases()
+        with self.connect() as conn:
+            existing = set(self._all_database_names(conn))
+        missing = [d for d in requested if d not in existing]
+        if missing:
+            raise DatabaseNotFound(
+                f"no database {', '.join(repr(m) for m in missing)} on {self.describe()}"
+            )
+        return list(dict.fromkeys(requested))
+
+    def tool(self, *names: str) -> str:
+        """Full path of the first client tool found (bin_dir first, then PATH)."""
+        for name in names:
+            if self.bin_dir:
+                candidate = Path(self.bin_dir) / name
+                if candidate.is_file() and os.access(candidate, os.X_OK):
+                    return str(candidate)
+            else:
+                found = shutil.which(name)
+                if found:
+                    return found
+        where = self.bin_dir or "PATH"
+        raise ConfigError(f"none of {', '.join(names)} found in {where}: install the client tools")
+
+    @staticmethod
+    def client_version(path: str) -> str:
+        """The version line a client tool prints."""
+        return subprocess.run(
+            [path, "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    @staticmethod
+    def clean_env(drop_prefixes: tuple[str, ...]) -> dict[str, str]:
+        """The current environment without variables the client would read credentials from."""
+        return {k: v for k, v in os.environ.items() if not k.startswith(drop_prefixes)}

@@ -1,0 +1,155 @@
+"""Backup storage blocks: where encrypted dumps and their manifests live."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+from tasks.errors import StorageError
+
+
+class BackupStorage(Block, ABC):
+    """What every storage offers; keys are '/'-separated and already safe."""
+
+    @abstractmethod
+    def put_file(self, key: str, source: Path) -> None:
+        """Store a local file under key atomically (all or nothing)."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store a small object (a manifest) atomically."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """Read a small object."""
+
+    @abstractmethod
+    @contextlib.contextmanager
+    def open_read(self, key: str, workdir: Path) -> Iterator[BinaryIO]:
+        """A seekable binary file with the object's content."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Every key under prefix, sorted."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under key."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one object; a missing object is not an error."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where this storage is, for logs and summaries."""
+
+
+class LocalBackupStorage(BackupStorage):
+    """Backups in a directory on a local or mounted disk."""
+
+    _block_type_name = "Local Backup Storage"
+    _block_type_slug = "local-backup-storage"
+    _description = "Stores backups under a directory (local disk, NFS, ...)."
+
+    path: str = Field(description="Root directory of the backups.")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.path).expanduser().resolve()
+
+    def _path(self, key: str) -> Path:
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in key.split("/")):
+            raise ValueError(f"unsafe storage key: {key!r}")
+        return self.root / key
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def _write_atomic(self, key: str, write: callable) -> None:
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            dir_fd = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            hint = (
+                " (disk full: free space or prune old backups)" if exc.errno == errno.ENOSPC else ""
+            )
+            raise StorageError(f"cannot write {target}: {exc.strerror}{hint}") from None
+
+    def put_file(self, key: str, source: Path) -> None:
+        def copy(f: BinaryIO) -> None:
+            with open(source, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+
+        self._write_atomic(key, copy)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._write_atomic(key, lambda f: f.write(data))
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except OSError as exc:
+            raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from None
+
+    @contextlib.contextmanager
+    def open_read(self, key: str, workdir: Path) -> Iterator[BinaryIO]:
+        try:
+            f = open(self._path(key), "rb")  # noqa: SIM115
+        except OSError as exc:
+            raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from None
+        with f:
+            yield f
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        root = self.root
+        start = root / prefix.rstrip("/") if prefix else root
+        if not start.is_dir():
+            return []
+        keys = []
+        for dirpath, _dirs, files in os.walk(start):
+            rel = Path(dirpath).relative_to(root)
+            keys.extend((rel / name).as_posix() for name in files if not name.startswith(".tmp-"))
+        return sorted(k for k in keys if k.startswith(prefix))
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        # remove now-empty directories up to the root
+        parent = path.parent
+        while parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent

@@ -1,0 +1,1 @@
+"""Prefect flows of dbbackup and the `dbbackup` command line."""

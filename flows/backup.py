@@ -1,0 +1,104 @@
+"""The backup_server flow: discover, dump and upload each database concurrently."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
+
+from blocks.registry import load_encryption, load_server, load_storage
+from flows.report import BackupFailed, BackupReport, DatabaseOutcome
+from tasks.backup import DumpResult, dump_task, upload_task
+from tasks.layout import new_backup_id
+from tasks.workdir import private_workdir
+
+
+def _run_name() -> str:
+    return f"backup-{flow_run.parameters['server']}-{datetime.now(UTC):%Y-%m-%d}"
+
+
+def _outcome(future: PrefectFuture) -> tuple[object, str | None]:
+    """(result, None) for a completed task run, (None, error text) for a failed one."""
+    value = future.result(raise_on_failure=False)
+    if isinstance(value, BaseException):
+        return None, str(value) or type(value).__name__
+    return value, None
+
+
+@flow(name="backup-server", flow_run_name=_run_name, validate_parameters=True)
+def backup_server(
+    server: str,
+    storage: str = "default",
+    encryption: str = "default",
+    databases: list[str] | None = None,
+    concurrency: int = 2,
+    zstd_level: int = 3,
+    zstd_threads: int = 2,
+) -> BackupReport:
+    """Back up every selected database of a server; one failing does not stop the others.
+
+    Parameters name blocks (no secrets): `server` a postgres-server or
+    mysql-server block, `storage` a backup storage block, `encryption` an
+    age-encryption block. Ends Failed, naming the failed databases, if any failed.
+    """
+    log = get_run_logger()
+    srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
+    enc.recipient_keys()  # fail closed before touching anything
+    names = srv.select_databases(databases)
+    log.info(
+        "backing up %d database(s) of %s (%s) to %s, %d at a time",
+        len(names),
+        server,
+        srv.describe(),
+        sto.describe(),
+        max(1, concurrency),
+    )
+    backup_id = new_backup_id()
+    outcomes: dict[str, DatabaseOutcome] = {}
+    with private_workdir() as workdir:
+        pending = list(names)
+        dumping: dict[PrefectFuture, str] = {}
+        uploading: dict[PrefectFuture, str] = {}
+        dumps: dict[str, DumpResult] = {}
+        while pending or dumping:
+            while pending and len(dumping) < max(1, concurrency):
+                db = pending.pop(0)
+                future = dump_task.submit(
+                    srv, server, db, enc, workdir, backup_id, zstd_level, zstd_threads
+                )
+                dumping[future] = db
+            done = next(as_completed(list(dumping)))
+            db = dumping.pop(done)
+            dump, error = _outcome(done)
+            if error is None:
+                dumps[db] = dump
+                uploading[upload_task.submit(sto, dump, db)] = db
+            else:
+                outcomes[db] = DatabaseOutcome(database=db, status="failed", error=error)
+        for future in as_completed(list(uploading)):
+            db = uploading[future]
+            m = dumps[db].manifest
+            key, error = _outcome(future)
+            if error is None:
+                outcomes[db] = DatabaseOutcome(
+                    database=db,
+                    status="ok",
+                    backup_id=backup_id,
+                    key=key,
+                    raw_bytes=m.stats.raw_bytes,
+                    stored_bytes=m.stats.stored_bytes,
+                    seconds=m.seconds,
+                )
+            else:
+                outcomes[db] = DatabaseOutcome(database=db, status="failed", error=error)
+    report = BackupReport(
+        server=server, storage=sto.describe(), outcomes=[outcomes[n] for n in names]
+    )
+    report.publish()
+    for o in report.failed:
+        log.error("backup of %r failed: %s", o.database, o.error)
+    if report.failed:
+        raise BackupFailed(report)
+    return report

@@ -1,0 +1,222 @@
+"""The `dbbackup` command line: each command runs the matching Prefect flow.
+
+Exit codes: 0 success, 1 some databases failed, 2 all failed (or the restore
+failed), 3 configuration or usage error, 4 authentication/credentials error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from tasks.errors import DbBackupError
+
+app = typer.Typer(
+    name="dbbackup",
+    help="Encrypted PostgreSQL and MySQL/MariaDB backups, run as Prefect flows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+StorageOpt = Annotated[str, typer.Option("--storage", help="Backup storage block name.")]
+EncryptionOpt = Annotated[str, typer.Option("--encryption", help="age-encryption block name.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    code = exc.exit_code if isinstance(exc, DbBackupError) else 2
+    typer.echo(f"dbbackup: error: {exc}", err=True)
+    raise typer.Exit(code)
+
+
+def _emit(data: object) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+@app.command()
+def keygen(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Identity file to write (0600).")],
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Create an age identity (private key) file and print its recipient (public key)."""
+    import pyrage
+
+    output = output.expanduser()
+    if output.exists() and not force:
+        _fail(DbBackupError(f"{output} exists; refusing to overwrite a key (use --force)"))
+    identity = pyrage.x25519.Identity.generate()
+    recipient = str(identity.to_public())
+    output.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = output.with_name(output.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(
+            f"# created: {datetime.now(UTC).isoformat(timespec='seconds')}\n"
+            f"# public key: {recipient}\n{identity}\n"
+        )
+    os.replace(tmp, output)
+    typer.echo(f"wrote {output}; keep it secret, keep a copy offline.", err=True)
+    typer.echo(recipient)
+
+
+@app.command()
+def apply(config: Annotated[Path, typer.Argument(help="dbbackup.yaml")]) -> None:
+    """Create or update the Prefect blocks described by a config file."""
+    from flows.config import apply_config
+
+    try:
+        changes = apply_config(config)
+    except DbBackupError as exc:
+        _fail(exc)
+    for slug, name, status in changes:
+        typer.echo(f"{status:9} {slug}/{name}")
+
+
+@app.command()
+def backup(
+    server: Annotated[str, typer.Argument(help="postgres-server or mysql-server block name.")],
+    database: Annotated[
+        list[str] | None, typer.Option("--database", "-d", help="Only these databases.")
+    ] = None,
+    storage: StorageOpt = "default",
+    encryption: EncryptionOpt = "default",
+    concurrency: Annotated[int, typer.Option(help="Databases dumped at once.")] = 2,
+    as_json: JsonOpt = False,
+) -> None:
+    """Back up the databases of SERVER (all user databases unless --database is given)."""
+    from flows.backup import backup_server
+    from flows.report import BackupFailed
+
+    try:
+        report = backup_server(
+            server=server,
+            storage=storage,
+            encryption=encryption,
+            databases=database or None,
+            concurrency=concurrency,
+        )
+        code = 0
+    except BackupFailed as exc:
+        report, code = exc.report, exc.exit_code
+        typer.echo(f"dbbackup: {exc}", err=True)
+    except DbBackupError as exc:
+        _fail(exc)
+    if as_json:
+        _emit(
+            {
+                "server": server,
+                "storage": report.storage,
+                "exit_code": code,
+                "databases": [o.model_dump() for o in report.outcomes],
+            }
+        )
+    else:
+        for o in report.outcomes:
+            size = (
+                f"{o.raw_bytes / 1e6:.1f} MB -> {o.stored_bytes / 1e6:.1f} MB"
+                if o.status == "ok"
+                else ""
+            )
+            typer.echo(
+                f"{o.status:6} {o.database}  {o.backup_id or ''}  {size}  {o.error or ''}".rstrip()
+            )
+    raise typer.Exit(code)
+
+
+@app.command("list")
+def list_cmd(
+    server: Annotated[str, typer.Argument(help="Server block name (the series to list).")],
+    database: Annotated[str | None, typer.Option("--database", "-d")] = None,
+    storage: StorageOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """List the complete backups of SERVER, oldest first."""
+    from blocks.registry import load_storage
+    from tasks.catalog import list_backups
+
+    try:
+        backups = list_backups(load_storage(storage), server, database)
+    except DbBackupError as exc:
+        _fail(exc)
+    if as_json:
+        _emit(
+            [
+                {
+                    "server": m.server,
+                    "database": m.database,
+                    "backup_id": m.backup_id,
+                    "kind": m.kind,
+                    "started_at": m.started_at.isoformat(),
+                    "finished_at": m.finished_at.isoformat(),
+                    "raw_bytes": m.stats.raw_bytes,
+                    "stored_bytes": m.stats.stored_bytes,
+                    "sha256": m.stats.sha256,
+                    "server_version": m.server_version,
+                }
+                for m in backups
+            ]
+        )
+        return
+    if not backups:
+        typer.echo(f"no complete backups of {server}", err=True)
+    for m in backups:
+        typer.echo(
+            f"{m.database:30} {m.backup_id}  {m.finished_at:%Y-%m-%d %H:%M:%S}Z  "
+            f"{m.stats.raw_bytes / 1e6:10.1f} MB raw {m.stats.stored_bytes / 1e6:10.1f} MB stored"
+        )
+
+
+@app.command()
+def restore(
+    server: Annotated[
+        str, typer.Argument(help="Server block the backup was taken from and is restored into.")
+    ],
+    database: Annotated[str, typer.Argument(help="Database whose backup to restore.")],
+    into: Annotated[str | None, typer.Option("--into", help="Restore under this name.")] = None,
+    backup_id: Annotated[str, typer.Option("--backup-id", help="Backup to restore.")] = "latest",
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Drop and replace an existing target.")
+    ] = False,
+    identity_file: Annotated[
+        Path | None, typer.Option("--identity-file", "-i", help="age identity file.")
+    ] = None,
+    storage: StorageOpt = "default",
+    encryption: EncryptionOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore a backup of DATABASE (the latest unless --backup-id) into SERVER."""
+    from flows.restore import restore_database
+
+    try:
+        result = restore_database(
+            server=server,
+            database=database,
+            storage=storage,
+            encryption=encryption,
+            backup_id=backup_id,
+            target_database=into,
+            replace=replace,
+            identity_file=str(identity_file.expanduser()) if identity_file else None,
+        )
+    except DbBackupError as exc:
+        _fail(exc)
+    if as_json:
+        _emit(result.model_dump())
+    else:
+        typer.echo(
+            f"restored {result.database} backup {result.backup_id} into {result.target_database} "
+            f"in {result.seconds:.1f} s"
+        )
+
+
+def main() -> None:
+    """Console script entry point."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    sys.exit(app())

@@ -1,0 +1,149 @@
+"""`dbbackup apply`: turn a dbbackup.yaml into Prefect blocks, idempotently."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect.blocks.core import Block
+from pydantic import SecretStr, ValidationError
+
+from blocks.encryption import AgeEncryption, read_identity_file
+from blocks.mysql import MySQLServer
+from blocks.postgres import PostgresServer
+from blocks.registry import SERVER_TYPES
+from blocks.storage import LocalBackupStorage
+from tasks.errors import ConfigError
+
+SERVER_KINDS: dict[str, type[Block]] = {"postgres": PostgresServer, "mysql": MySQLServer}
+STORAGE_KINDS: dict[str, type[Block]] = {"local": LocalBackupStorage}
+PATH_FIELDS = {"path", "identity_file", "sslrootcert", "bin_dir"}
+VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(value: Any, where: str) -> Any:
+    """Replace ${VAR} in every string with the environment's value; a missing VAR is an error."""
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"{where}: environment variable {name} is not set")
+            return os.environ[name]
+
+        return VAR.sub(sub, value)
+    if isinstance(value, list):
+        return [expand_env(v, where) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def _build(kind: type[Block], fields: dict[str, Any], where: str, base: Path) -> Block:
+    unknown = set(fields) - set(kind.model_fields)
+    if unknown:
+        allowed = ", ".join(sorted(f for f in kind.model_fields if not f.startswith("_")))
+        raise ConfigError(
+            f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; allowed: {allowed}"
+        )
+    for name in PATH_FIELDS & set(fields):
+        if isinstance(fields[name], str):
+            fields[name] = str((base / Path(fields[name]).expanduser()).resolve())
+    try:
+        return kind(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{where}: {problems}") from None
+
+
+def _entries(config: dict[str, Any], section: str) -> dict[str, dict[str, Any]]:
+    entries = config.get(section) or {}
+    if not isinstance(entries, dict) or not all(isinstance(v, dict) for v in entries.values()):
+        raise ConfigError(f"'{section}' must map names to settings")
+    return entries
+
+
+def _typed(entries: dict, kinds: dict[str, type[Block]], section: str, base: Path) -> list:
+    blocks = []
+    for name, raw in entries.items():
+        fields = expand_env(dict(raw), f"{section}.{name}")
+        kind_name = fields.pop("type", None)
+        if kind_name not in kinds:
+            raise ConfigError(f"{section}.{name}: type must be one of {', '.join(kinds)}")
+        blocks.append((str(name), _build(kinds[kind_name], fields, f"{section}.{name}", base)))
+    return blocks
+
+
+def load_config(path: Path) -> list[tuple[str, Block]]:
+    """Parse and validate a config file into (block name, block) pairs; nothing is saved."""
+    try:
+        config = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} must be a mapping with servers, storage and encryption")
+    unknown = set(config) - {"servers", "storage", "encryption"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
+    base = path.parent.resolve()
+    blocks = _typed(_entries(config, "servers"), SERVER_KINDS, "servers", base)
+    blocks += _typed(_entries(config, "storage"), STORAGE_KINDS, "storage", base)
+    for name, raw in _entries(config, "encryption").items():
+        fields = expand_env(dict(raw), f"encryption.{name}")
+        block = _build(AgeEncryption, fields, f"encryption.{name}", base)
+        if not block.recipients and block.identity_file:
+            block.recipients = [str(i.to_public()) for i in read_identity_file(block.identity_file)]
+        block.recipient_keys()  # validates; fails closed on none
+        blocks.append((str(name), block))
+    return blocks
+
+
+def _comparable(block: Block) -> dict[str, Any]:
+    return {
+        k: (v.get_secret_value() if isinstance(v, SecretStr) else v)
+        for k, v in ((f, getattr(block, f)) for f in type(block).model_fields)
+    }
+
+
+def apply_config(path: Path) -> list[tuple[str, str, str]]:
+    """Create or update the blocks of a config file.
+
+    Returns (block type slug, name, created|updated|unchanged) for each block.
+    """
+    changes = []
+    for name, block in load_config(path):
+        kind = type(block)
+        if kind in SERVER_TYPES:
+            for other in SERVER_TYPES:
+                if other is not kind and _exists(other, name):
+                    raise ConfigError(
+                        f"servers.{name}: a {other.get_block_type_slug()} block is already named "
+                        f"{name!r}; delete it first (prefect block delete) or pick another name"
+                    )
+        try:
+            existing = kind.load(name)
+        except ValueError:
+            existing = None
+        if existing is not None and _comparable(existing) == _comparable(block):
+            status = "unchanged"
+        else:
+            try:
+                block.save(name, overwrite=True)
+            except ValueError as exc:
+                raise ConfigError(f"cannot save block {name!r}: {exc}") from None
+            status = "created" if existing is None else "updated"
+        changes.append((kind.get_block_type_slug(), name, status))
+    return changes
+
+
+def _exists(kind: type[Block], name: str) -> bool:
+    try:
+        kind.load(name)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,57 @@
+"""The restore_database flow: restore one backup, into its own or a new name."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from blocks.registry import load_encryption, load_server, load_storage
+from tasks.catalog import find_backup
+from tasks.restore import RestoreResult, restore_task
+from tasks.workdir import private_workdir
+
+
+@flow(
+    name="restore-database",
+    flow_run_name="restore-{server}-{database}",
+    validate_parameters=True,
+)
+def restore_database(
+    server: str,
+    database: str,
+    storage: str = "default",
+    encryption: str = "default",
+    backup_id: str = "latest",
+    target_database: str | None = None,
+    replace: bool = False,
+    identity_file: str | None = None,
+) -> RestoreResult:
+    """Restore a backup of `database` (default: the latest) into `target_database`.
+
+    The stored object is checked against its manifest (size, sha256) and the
+    identity against the header before the target is created or dropped.
+    An existing target is replaced only with replace=True.
+    """
+    log = get_run_logger()
+    srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
+    manifest = find_backup(sto, server, database, backup_id)
+    target = target_database or database
+    log.info(
+        "restoring backup %s of %r (%.1f MB stored) into %r on %s",
+        manifest.backup_id,
+        database,
+        manifest.stats.stored_bytes / 1e6,
+        target,
+        srv.describe(),
+    )
+    with private_workdir() as workdir:
+        result = restore_task(srv, sto, enc, manifest, target, workdir, replace, identity_file)
+    create_markdown_artifact(
+        key="restore",
+        markdown=(
+            f"Restored backup `{result.backup_id}` of `{database}` from `{sto.describe()}` "
+            f"into `{target}` on `{srv.describe()}` in {result.seconds:.1f} s"
+            + (" (replaced the existing database)." if result.replaced else ".")
+        ),
+    )
+    return result

@@ -1,0 +1,1 @@
+"""Steps of a backup or restore: plain functions plus thin Prefect task wrappers."""

@@ -1,0 +1,172 @@
+"""Backing up one database: dump -> zstd -> age -> spool, then upload and manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NONE
+from pydantic import BaseModel
+
+from blocks.encryption import AgeEncryption
+from blocks.server import DatabaseServer
+from blocks.storage import BackupStorage
+from tasks.errors import DbBackupError
+from tasks.layout import MANIFEST_NAME, backup_key, encode_name
+from tasks.manifest import Manifest
+from tasks.process import ToolProcess
+from tasks.stream import encrypt_stream
+
+OBJECT_NAMES = {"postgres": "dump.pgc.zst.age", "mysql": "dump.sql.zst.age"}
+DUMP_FORMATS = {"postgres": "pg_custom", "mysql": "sql"}
+
+
+class DumpResult(BaseModel):
+    """A finished dump waiting in the spool: where it is and its manifest-to-be."""
+
+    spool: str
+    manifest: Manifest
+
+
+def tool_version() -> str:
+    """Version of this package."""
+    try:
+        return version("dbbackup")
+    except Exception:
+        return "unknown"
+
+
+def dump_database(
+    server: DatabaseServer,
+    server_name: str,
+    database: str,
+    encryption: AgeEncryption,
+    workdir: Path,
+    backup_id: str,
+    *,
+    level: int = 3,
+    threads: int = 2,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+) -> DumpResult:
+    """Dump one database into an encrypted spool file; nothing is stored yet."""
+    log = logger or logging.getLogger(__name__)
+    recipients = encryption.recipient_keys()
+    started = datetime.now(UTC)
+    options = server.database_options(database)
+    server_version = server.server_version()
+    spool = workdir / f"{encode_name(database)}.{backup_id}.age"
+
+    def progress(nbytes: int) -> None:
+        log.info("dump of %r: %.0f MiB read so far", database, nbytes / 2**20)
+
+    try:
+        with (
+            server.dump_command(database, workdir) as cmd,
+            ToolProcess(
+                cmd.argv, env=cmd.env, timeout=server.dump_timeout, stdout=True, secrets=cmd.secrets
+            ) as proc,
+            open(spool, "xb") as out,
+        ):
+            assert proc.stdout is not None
+            stats = encrypt_stream(
+                proc.stdout, out, recipients, level=level, threads=threads, on_progress=progress
+            )
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            spool.unlink()
+        raise
+    client = cmd.argv[0]
+    manifest = Manifest(
+        tool_version=tool_version(),
+        server=server_name,
+        server_type=server.server_type,  # type: ignore[arg-type]
+        server_version=server_version,
+        client=os.path.basename(client),
+        client_version=server.client_version(client),
+        database=database,
+        backup_id=backup_id,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        object_name=OBJECT_NAMES[server.server_type],
+        dump_format=DUMP_FORMATS[server.server_type],  # type: ignore[arg-type]
+        stats=stats,
+        recipients=encryption.fingerprints(),
+        dump_options=[a for a in cmd.argv[1:] if a.startswith("--") and "=" not in a[2:]],
+        create_options=options,
+    )
+    return DumpResult(spool=str(spool), manifest=manifest)
+
+
+def store_backup(storage: BackupStorage, dump: DumpResult) -> str:
+    """Upload the spooled object, then the manifest (last), then drop the spool."""
+    m = dump.manifest
+    key = backup_key(m.server, m.database, m.backup_id, m.object_name)
+    storage.put_file(key, Path(dump.spool))
+    storage.put_bytes(backup_key(m.server, m.database, m.backup_id, MANIFEST_NAME), m.to_bytes())
+    Path(dump.spool).unlink(missing_ok=True)
+    return key
+
+
+def _retry_if_transient(task, task_run, state) -> bool:  # noqa: ANN001
+    """Retry only errors a retry can fix (network, storage), never auth or a missing db."""
+    try:
+        state.result()
+    except DbBackupError as exc:
+        return exc.retryable
+    except Exception:
+        return True
+    return False
+
+
+@task(
+    name="dump",
+    task_run_name="dump-{database}",
+    cache_policy=NONE,
+    retries=1,
+    retry_delay_seconds=30,
+    retry_condition_fn=_retry_if_transient,
+)
+def dump_task(
+    server: DatabaseServer,
+    server_name: str,
+    database: str,
+    encryption: AgeEncryption,
+    workdir: Path,
+    backup_id: str,
+    level: int = 3,
+    threads: int = 2,
+) -> DumpResult:
+    """Prefect task: dump one database to an encrypted spool file."""
+    from prefect import get_run_logger
+
+    return dump_database(
+        server,
+        server_name,
+        database,
+        encryption,
+        workdir,
+        backup_id,
+        level=level,
+        threads=threads,
+        logger=get_run_logger(),
+    )
+
+
+@task(
+    name="upload",
+    task_run_name="upload-{database}",
+    cache_policy=NONE,
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=_retry_if_transient,
+)
+def upload_task(storage: BackupStorage, dump: DumpResult, database: str) -> str:
+    """Prefect task: store the object and its manifest; retried without dumping again."""
+    return store_backup(storage, dump)

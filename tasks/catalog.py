@@ -1,0 +1,48 @@
+"""Finding complete backups: a backup exists only when its manifest does."""
+
+from __future__ import annotations
+
+from blocks.storage import BackupStorage
+from tasks.errors import BackupNotFound, DbBackupError
+from tasks.layout import MANIFEST_NAME, backup_key, parse_manifest_key, series_prefix
+from tasks.manifest import Manifest
+
+
+def list_backups(
+    storage: BackupStorage, server: str, database: str | None = None
+) -> list[Manifest]:
+    """Manifests of the complete backups of a server (or one database), oldest first."""
+    manifests = []
+    for key in storage.list_keys(series_prefix(server, database)):
+        parsed = parse_manifest_key(key)
+        if parsed is None or parsed[0] != server:
+            continue
+        if database is not None and parsed[1] != database:
+            continue
+        try:
+            manifests.append(Manifest.from_bytes(storage.get_bytes(key)))
+        except ValueError as exc:
+            raise DbBackupError(
+                f"manifest {key} in {storage.describe()} is unreadable: {exc}"
+            ) from None
+    return sorted(manifests, key=lambda m: (m.database, m.backup_id))
+
+
+def find_backup(
+    storage: BackupStorage, server: str, database: str, backup_id: str = "latest"
+) -> Manifest:
+    """The manifest of one backup; 'latest' is the newest complete one."""
+    if backup_id != "latest":
+        key = backup_key(server, database, backup_id, MANIFEST_NAME)
+        if not storage.exists(key):
+            raise BackupNotFound(
+                f"no complete backup {backup_id} of {database!r} on {server!r} in "
+                f"{storage.describe()}: `dbbackup list {server} --database ...` shows what exists"
+            )
+        return Manifest.from_bytes(storage.get_bytes(key))
+    backups = list_backups(storage, server, database)
+    if not backups:
+        raise BackupNotFound(
+            f"no complete backup of {database!r} on {server!r} in {storage.describe()}"
+        )
+    return backups[-1]

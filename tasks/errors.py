@@ -1,0 +1,70 @@
+"""Errors an operator can act on, each with the CLI exit code it maps to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class DbBackupError(Exception):
+    """Base error: the message says what failed and what to do."""
+
+    exit_code = 2
+    retryable = False
+
+
+class ConfigError(DbBackupError):
+    """Bad configuration or usage: unknown block, bad config file, missing key."""
+
+    exit_code = 3
+
+
+class AuthError(DbBackupError):
+    """Authentication or credentials rejected (database login, storage keys, age identity)."""
+
+    exit_code = 4
+
+
+class ConnectionFailed(DbBackupError):
+    """A server or storage could not be reached; retrying later may help."""
+
+    retryable = True
+
+
+class DatabaseNotFound(DbBackupError):
+    """The named database does not exist on the server."""
+
+    exit_code = 3
+
+
+class TargetExists(DbBackupError):
+    """Restore target already exists and --replace was not given."""
+
+    exit_code = 3
+
+
+class BackupNotFound(DbBackupError):
+    """No complete backup (with a manifest) matches the request."""
+
+    exit_code = 3
+
+
+class IntegrityError(DbBackupError):
+    """A stored backup is corrupted or truncated: it does not match its manifest."""
+
+
+class ToolFailed(DbBackupError):
+    """pg_dump, mariadb-dump, pg_restore or mariadb exited non-zero, was killed or timed out."""
+
+
+class StorageError(DbBackupError):
+    """Writing to or reading from backup storage failed."""
+
+    retryable = True
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """Replace every non-empty secret in text with '***'."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text

@@ -1,0 +1,76 @@
+"""Storage key layout, safe encoding of names, and backup ids.
+
+Layout: {server}/{database}/{backup_id}/{object}; the globals series uses the
+reserved database segment `_globals`. Names are percent-encoded so that any
+database name (spaces, quotes, '/', unicode, leading '-' or '.') maps to one
+safe key segment and back.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from urllib.parse import quote, unquote
+
+MANIFEST_NAME = "manifest.json"
+GLOBALS_SEGMENT = "_globals"
+BACKUP_ID_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+def encode_name(name: str) -> str:
+    """Encode a server or database name as one safe, reversible key segment."""
+    if not name:
+        raise ValueError("an empty name cannot be stored")
+    encoded = quote(name, safe="")
+    if encoded[0] in "-.":
+        encoded = f"%{ord(encoded[0]):02X}{encoded[1:]}"
+    if encoded.startswith("_"):
+        # keep '_globals' (and any other '_' segment) reserved for our own series
+        encoded = "%5F" + encoded[1:]
+    return encoded
+
+
+def decode_name(segment: str) -> str:
+    """Inverse of encode_name."""
+    return unquote(segment)
+
+
+def new_backup_id(now: datetime | None = None) -> str:
+    """A backup id that sorts by time: UTC timestamp plus 4 random hex digits."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{now.strftime(BACKUP_ID_FORMAT)}-{secrets.token_hex(2)}"
+
+
+def backup_id_time(backup_id: str) -> datetime:
+    """The UTC time encoded in a backup id."""
+    return datetime.strptime(backup_id.split("-", 1)[0], BACKUP_ID_FORMAT).replace(tzinfo=UTC)
+
+
+def series_prefix(server: str, database: str | None = None) -> str:
+    """Key prefix of a server, or of one database series on it."""
+    if database is None:
+        return encode_name(server) + "/"
+    return f"{encode_name(server)}/{encode_name(database)}/"
+
+
+def globals_prefix(server: str) -> str:
+    """Key prefix of the users/roles series of a server."""
+    return f"{encode_name(server)}/{GLOBALS_SEGMENT}/"
+
+
+def backup_key(server: str, database: str, backup_id: str, name: str) -> str:
+    """Key of one object of one backup."""
+    return f"{series_prefix(server, database)}{backup_id}/{name}"
+
+
+def parse_manifest_key(key: str) -> tuple[str, str, str] | None:
+    """(server, database, backup_id) of a manifest key, or None if key is not a manifest.
+
+    The globals series decodes to database '_globals'.
+    """
+    parts = key.split("/")
+    if len(parts) != 4 or parts[3] != MANIFEST_NAME:
+        return None
+    server, database, backup_id, _ = parts
+    db = GLOBALS_SEGMENT if database == GLOBALS_SEGMENT else decode_name(database)
+    return decode_name(server), db, backup_id

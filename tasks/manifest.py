@@ -1,0 +1,67 @@
+"""The manifest: the record that makes a backup exist. Written last, read first."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+FORMAT_VERSION = 1
+
+
+class StreamStats(BaseModel):
+    """Byte counts and hash of one dump stream."""
+
+    raw_bytes: int
+    compressed_bytes: int
+    stored_bytes: int
+    sha256: str
+
+
+class Manifest(BaseModel):
+    """Everything needed to find, check and restore one backup."""
+
+    format_version: int = FORMAT_VERSION
+    tool_version: str
+    server: str
+    server_type: Literal["postgres", "mysql"]
+    server_version: str
+    client: str
+    client_version: str
+    database: str
+    backup_id: str
+    kind: Literal["database", "globals"] = "database"
+    started_at: datetime
+    finished_at: datetime
+    object_name: str
+    dump_format: Literal["pg_custom", "sql"]
+    compression: str = "zstd"
+    encryption: str = "age"
+    stats: StreamStats
+    recipients: list[str] = Field(description="sha256 fingerprints of the age recipients")
+    dump_options: list[str] = Field(default_factory=list)
+    create_options: dict[str, str] = Field(
+        default_factory=dict, description="encoding/collation to recreate the database with"
+    )
+    table_row_counts: dict[str, int] | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the dump."""
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def to_bytes(self) -> bytes:
+        """Serialised form stored next to the backup."""
+        return self.model_dump_json(indent=2).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        """Parse a stored manifest."""
+        return cls.model_validate_json(data)
+
+
+def recipient_fingerprint(recipient: str) -> str:
+    """Short, stable fingerprint of a public age recipient."""
+    return "sha256:" + hashlib.sha256(recipient.encode()).hexdigest()[:16]

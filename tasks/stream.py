@@ -1,0 +1,144 @@
+"""Stream plumbing: dump bytes -> zstd -> age -> hashed file, and back again.
+
+Every step works on fixed-size chunks, so memory stays flat whatever the size
+of the database. Plaintext exists only inside these pipes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Sequence
+from typing import BinaryIO, Protocol
+
+import pyrage
+import zstandard
+
+from tasks.manifest import StreamStats
+
+READ_SIZE = 1 << 20
+
+
+class _Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+class CountingReader(io.RawIOBase):
+    """A readable that counts the bytes passing through it and can report progress."""
+
+    def __init__(
+        self,
+        inner: BinaryIO,
+        on_progress: Callable[[int], None] | None = None,
+        every: int = 256 << 20,
+    ) -> None:
+        self.inner = inner
+        self.count = 0
+        self._on_progress = on_progress
+        self._every = every
+        self._next_report = every
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        n = self.inner.readinto(buffer) or 0
+        self.count += n
+        if self._on_progress and self.count >= self._next_report:
+            self._next_report += self._every
+            self._on_progress(self.count)
+        return n
+
+
+class HashingWriter:
+    """A writer that hashes (sha256) and counts everything written through it."""
+
+    def __init__(self, inner: _Writable) -> None:
+        self.inner = inner
+        self.count = 0
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        self.count += len(data)
+        self.inner.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def encrypt_stream(
+    source: BinaryIO,
+    dest: _Writable,
+    recipients: Sequence[pyrage.x25519.Recipient],
+    *,
+    level: int = 3,
+    threads: int = 2,
+    on_progress: Callable[[int], None] | None = None,
+) -> StreamStats:
+    """Compress (zstd) and encrypt (age) source into dest; return sizes and the sha256."""
+    if not recipients:
+        raise ValueError("refusing to write a backup without an age recipient")
+    raw = CountingReader(source, on_progress)
+    compressor = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
+    compressed = CountingReader(compressor.stream_reader(raw, read_size=READ_SIZE))
+    out = HashingWriter(dest)
+    pyrage.encrypt_io(compressed, out, list(recipients))
+    return StreamStats(
+        raw_bytes=raw.count,
+        compressed_bytes=compressed.count,
+        stored_bytes=out.count,
+        sha256=out.hexdigest(),
+    )
+
+
+class _LazyDecompressingWriter:
+    """Receives decrypted bytes; opens the sink only when the first byte arrives.
+
+    age checks the identity and the header before any byte is written, so a
+    wrong key fails before the sink (a restore target) is touched at all.
+    """
+
+    def __init__(self, open_sink: Callable[[], _Writable]) -> None:
+        self._open_sink = open_sink
+        self._writer: zstandard.ZstdDecompressionWriter | None = None
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        if self._writer is None:
+            sink = self._open_sink()
+            self._writer = zstandard.ZstdDecompressor().stream_writer(
+                sink, write_size=READ_SIZE, closefd=False, write_return_read=True
+            )
+        self._writer.write(data)
+        self.count += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+
+def decrypt_stream(
+    source: BinaryIO,
+    open_sink: Callable[[], _Writable],
+    identities: Sequence[pyrage.x25519.Identity],
+) -> int:
+    """Decrypt (age) and decompress (zstd) source into the sink; return compressed bytes.
+
+    Raises pyrage.DecryptError for a wrong identity (sink never opened) and
+    OSError for a corrupted or truncated stream.
+    """
+    writer = _LazyDecompressingWriter(open_sink)
+    pyrage.decrypt_io(source, writer, list(identities))
+    writer.flush()
+    return writer.count
+
+
+def file_sha256(f: BinaryIO) -> str:
+    """sha256 of a whole file object, read in chunks from its current position."""
+    return hashlib.file_digest(f, "sha256").hexdigest()
