@@ -121,7 +121,6 @@ class MySQLServer(DatabaseServer):
             lines += [f"host={option_value(self.host)}", f"port={self.port}", "protocol=TCP"]
         if self.secret() is not None:
             lines.append(f"password={option_value(self.secret())}")
-        lines.append(f"connect-timeout={self.connect_timeout}")
         with private_file(workdir, "my.cnf", "\n".join(lines) + "\n") as path:
             yield f"--defaults-extra-file={path}"
 

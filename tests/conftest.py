@@ -1,0 +1,113 @@
+"""Shared fixtures: real PostgreSQL, real MariaDB, a real (temporary) Prefect API, age keys."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyrage
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
+
+from tests.helpers import MyAdmin, PgAdmin  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> PgAdmin:
+    """Superuser access to the machine's PostgreSQL (127.0.0.1:5432)."""
+    return PgAdmin()
+
+
+@pytest.fixture(scope="session")
+def my_admin() -> MyAdmin:
+    """root access to the machine's MariaDB (127.0.0.1:3306)."""
+    return MyAdmin()
+
+
+@pytest.fixture
+def pg_db(pg_admin: PgAdmin) -> Iterator[callable]:
+    """Factory: create a uniquely named PostgreSQL database; all are dropped afterwards."""
+    created: list[str] = []
+
+    def make(name: str | None = None) -> str:
+        name = name or f"dbb_{uuid.uuid4().hex[:10]}"
+        pg_admin.drop(name)
+        pg_admin.create(name)
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        pg_admin.drop(name)
+
+
+@pytest.fixture
+def my_db(my_admin: MyAdmin) -> Iterator[callable]:
+    """Factory: create a uniquely named MariaDB database; all are dropped afterwards."""
+    created: list[str] = []
+
+    def make(name: str | None = None) -> str:
+        name = name or f"dbb_{uuid.uuid4().hex[:10]}"
+        my_admin.drop(name)
+        my_admin.create(name)
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        my_admin.drop(name)
+
+
+@pytest.fixture
+def cleanup_pg(pg_admin: PgAdmin) -> Iterator[list[str]]:
+    """Names appended here (e.g. restore targets) are dropped after the test."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        pg_admin.drop(name)
+
+
+@pytest.fixture
+def cleanup_my(my_admin: MyAdmin) -> Iterator[list[str]]:
+    """Names appended here (e.g. restore targets) are dropped after the test."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        my_admin.drop(name)
+
+
+@pytest.fixture(scope="session")
+def identity_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An age identity file (as `dbbackup keygen` writes it)."""
+    identity = pyrage.x25519.Identity.generate()
+    path = tmp_path_factory.mktemp("keys") / "identity.txt"
+    path.write_text(f"# public key: {identity.to_public()}\n{identity}\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="session")
+def recipient(identity_file: Path) -> str:
+    """The public recipient of identity_file."""
+    return identity_file.read_text().split("public key: ")[1].split()[0]
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One temporary Prefect API for the whole session (starting one costs ~10 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture
+def env(prefect_api: None, tmp_path: Path, identity_file: Path, recipient: str):
+    """Blocks for one test: servers `pg`/`my`, storage and encryption, all uniquely named."""
+    from tests.helpers import BlockEnv
+
+    return BlockEnv.create(tmp_path, identity_file, recipient)

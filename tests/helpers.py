@@ -1,0 +1,177 @@
+"""Test helpers: admin access to the real servers, per-test blocks, table fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pymysql
+from psycopg import sql
+from typer.testing import CliRunner
+
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+MY = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
+
+
+class PgAdmin:
+    """Superuser helper for the machine's PostgreSQL."""
+
+    def connect(self, database: str = "postgres") -> psycopg.Connection:
+        return psycopg.connect(**PG, dbname=database, autocommit=True)
+
+    def create(self, name: str) -> None:
+        with self.connect() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    def drop(self, name: str) -> None:
+        with self.connect() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+    def exists(self, name: str) -> bool:
+        with self.connect() as conn:
+            return bool(
+                conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            )
+
+    def execute(self, database: str, statements: str) -> None:
+        with self.connect(database) as conn:
+            conn.execute(statements)
+
+    def query(self, database: str, statement: str, params: tuple = ()) -> list[tuple]:
+        with self.connect(database) as conn:
+            return conn.execute(statement, params).fetchall()
+
+    def table_fingerprints(self, database: str) -> dict[str, tuple[int, str]]:
+        """(row count, md5 of all rows in a stable order) for every user table."""
+        with self.connect(database) as conn:
+            tables = conn.execute(
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','m') "
+                "AND n.nspname NOT IN ('pg_catalog','information_schema') "
+                "AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1"
+            ).fetchall()
+            result = {}
+            for (table,) in tables:
+                row = conn.execute(
+                    f"SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') "
+                    f"FROM {table} t"
+                ).fetchone()
+                result[table] = (row[0], row[1])
+            return result
+
+
+class MyAdmin:
+    """root helper for the machine's MariaDB."""
+
+    def connect(self, database: str | None = None) -> pymysql.Connection:
+        return pymysql.connect(**MY, database=database, charset="utf8mb4", autocommit=True)
+
+    @staticmethod
+    def q(name: str) -> str:
+        return "`" + name.replace("`", "``") + "`"
+
+    def create(self, name: str) -> None:
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {self.q(name)} CHARACTER SET utf8mb4")
+
+    def drop(self, name: str) -> None:
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {self.q(name)}")
+
+    def exists(self, name: str) -> bool:
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,))
+            return cur.fetchone() is not None
+
+    def execute(self, database: str, *statements: str) -> None:
+        with self.connect(database) as conn, conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+
+    def query(self, database: str | None, statement: str, params: tuple = ()) -> list[tuple]:
+        with self.connect(database) as conn, conn.cursor() as cur:
+            cur.execute(statement, params)
+            return list(cur.fetchall())
+
+    def table_fingerprints(self, database: str) -> dict[str, tuple[int, str]]:
+        """(row count, sha256 of all rows sorted) for every base table."""
+        result = {}
+        with self.connect(database) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+                "AND TABLE_TYPE = 'BASE TABLE' ORDER BY 1",
+                (database,),
+            )
+            for (table,) in cur.fetchall():
+                cur.execute(f"SELECT * FROM {self.q(table)}")
+                rows = sorted(repr(r) for r in cur.fetchall())
+                result[table] = (len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest())
+        return result
+
+
+@dataclass
+class BlockEnv:
+    """Uniquely named blocks saved in the test Prefect API, and a CLI runner using them."""
+
+    pg: str
+    my: str
+    storage: str
+    encryption: str
+    storage_path: Path
+    identity_file: Path
+    recipient: str
+
+    @classmethod
+    def create(cls, tmp_path: Path, identity_file: Path, recipient: str) -> BlockEnv:
+        from blocks import AgeEncryption, LocalBackupStorage, MySQLServer, PostgresServer
+
+        tag = uuid.uuid4().hex[:8]
+        env = cls(
+            pg=f"pg-{tag}",
+            my=f"my-{tag}",
+            storage=f"store-{tag}",
+            encryption=f"keys-{tag}",
+            storage_path=tmp_path / "backups",
+            identity_file=identity_file,
+            recipient=recipient,
+        )
+        PostgresServer(host=PG["host"], port=PG["port"], user=PG["user"]).save(env.pg)
+        MySQLServer(host=MY["host"], port=MY["port"], user=MY["user"]).save(env.my)
+        LocalBackupStorage(path=str(env.storage_path)).save(env.storage)
+        AgeEncryption(recipients=[recipient], identity_file=str(identity_file)).save(
+            env.encryption
+        )
+        return env
+
+    def cli(self, *args: str) -> CliResult:
+        """Run `dbbackup ARGS` in-process with this env's storage and encryption blocks."""
+        from flows.cli import app
+
+        command = list(args)
+        if command and command[0] in ("backup", "restore"):
+            command += ["--storage", self.storage, "--encryption", self.encryption]
+        elif command and command[0] == "list":
+            command += ["--storage", self.storage]
+        result = CliRunner().invoke(app, command, catch_exceptions=False)
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def stored_objects(storage_path: Path, suffix: str = ".age") -> list[Path]:
+    """Stored backup objects under a local storage root."""
+    return sorted(storage_path.rglob(f"*{suffix}"))
