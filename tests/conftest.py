@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -103,6 +104,8 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+        # pytest has closed its capture streams by now: keep the shutdown message quiet
+        logging.getLogger("prefect").setLevel(logging.WARNING)
 
 
 @pytest.fixture

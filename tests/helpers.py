@@ -143,9 +143,7 @@ class BlockEnv:
         PostgresServer(host=PG["host"], port=PG["port"], user=PG["user"]).save(env.pg)
         MySQLServer(host=MY["host"], port=MY["port"], user=MY["user"]).save(env.my)
         LocalBackupStorage(path=str(env.storage_path)).save(env.storage)
-        AgeEncryption(recipients=[recipient], identity_file=str(identity_file)).save(
-            env.encryption
-        )
+        AgeEncryption(recipients=[recipient], identity_file=str(identity_file)).save(env.encryption)
         return env
 
     def cli(self, *args: str) -> CliResult:

@@ -1,0 +1,69 @@
+"""dbbackup.yaml parsing: env expansion, validation, relative paths (no Prefect API needed)."""
+
+from __future__ import annotations
+
+import pyrage
+import pytest
+
+from blocks import PostgresServer
+from flows.config import load_config
+from tasks.errors import ConfigError
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "dbbackup.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_full_config_builds_typed_blocks(tmp_path, monkeypatch):
+    monkeypatch.setenv("PGPASS_ENV", "s3cret")
+    identity = pyrage.x25519.Identity.generate()
+    (tmp_path / "id.txt").write_text(f"{identity}\n")
+    path = _write(
+        tmp_path,
+        """
+servers:
+  local-pg: {type: postgres, host: 127.0.0.1, port: 5432, user: postgres, password: "${PGPASS_ENV}", include: ["*"], exclude: ["scratch_*"]}
+  local-my: {type: mysql, host: 127.0.0.1, port: 3306, user: root}
+storage:
+  default: {type: local, path: ./backups}
+encryption:
+  default: {identity_file: ./id.txt}
+""",
+    )
+    loaded = load_config(path)
+    blocks = {(type(b).__name__, n): b for n, b in loaded}
+    pg = blocks["PostgresServer", "local-pg"]
+    assert isinstance(pg, PostgresServer)
+    assert pg.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(pg)
+    assert pg.exclude == ["scratch_*"]
+    assert blocks["MySQLServer", "local-my"].user == "root"
+    assert blocks["LocalBackupStorage", "default"].path == str(tmp_path / "backups")
+    enc = blocks["AgeEncryption", "default"]
+    assert enc.recipients == [str(identity.to_public())]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("servers: [1, 2", "not valid YAML"),
+        ("servers:\n  x: {type: oracle}", "type must be one of"),
+        ("servers:\n  x: {type: postgres, hots: a}", "unknown setting(s) hots"),
+        ("servers:\n  x: {type: postgres, password: '${NOPE_NOT_SET}'}", "NOPE_NOT_SET is not set"),
+        ("servers:\n  x: {type: postgres, port: many}", "port"),
+        ("backup: {}", "unknown section"),
+        ("encryption:\n  default: {recipients: []}", "no recipients"),
+        ("encryption:\n  default: {recipients: [age1notakey]}", "not an age X25519 recipient"),
+    ],
+)
+def test_bad_config_says_what_is_wrong(tmp_path, monkeypatch, text, message):
+    monkeypatch.delenv("NOPE_NOT_SET", raising=False)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(_write(tmp_path, text))
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,83 @@
+"""Key layout: any database name maps to one safe key segment and back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tasks.layout import (
+    backup_id_time,
+    backup_key,
+    decode_name,
+    encode_name,
+    globals_prefix,
+    new_backup_id,
+    parse_manifest_key,
+)
+
+ODD_NAMES = [
+    "with space",
+    "it's",
+    'dq"',
+    "a/b",
+    "..",
+    ".",
+    "-leading",
+    "_globals",
+    "données😀",
+    "%41",
+]
+
+
+@given(st.text(min_size=1, max_size=80))
+def test_any_name_round_trips_through_one_safe_segment(name):
+    segment = encode_name(name)
+    assert decode_name(segment) == name
+    assert "/" not in segment
+    assert segment not in (".", "..")
+    assert not segment.startswith(("-", ".", "_"))
+    assert segment.isascii() and segment.isprintable() and " " not in segment
+
+
+@pytest.mark.parametrize("name", ODD_NAMES)
+def test_odd_names_are_distinct_and_reversible(name):
+    assert decode_name(encode_name(name)) == name
+
+
+def test_distinct_names_never_share_a_segment():
+    segments = [encode_name(n) for n in ODD_NAMES]
+    assert len(set(segments)) == len(ODD_NAMES)
+
+
+def test_user_database_named_globals_cannot_collide_with_the_globals_series():
+    assert (
+        backup_key("srv", "_globals", "id", "x").split("/")[1]
+        != globals_prefix("srv").split("/")[1]
+    )
+
+
+def test_manifest_key_parses_back_to_server_database_and_id():
+    key = backup_key("local-pg", "odd/name é", "20261127T031500Z-3f9a", "manifest.json")
+    assert parse_manifest_key(key) == ("local-pg", "odd/name é", "20261127T031500Z-3f9a")
+    assert parse_manifest_key(key.replace("manifest.json", "dump.pgc.zst.age")) is None
+    assert parse_manifest_key(globals_prefix("s") + "20261127T031500Z-3f9a/manifest.json") == (
+        "s",
+        "_globals",
+        "20261127T031500Z-3f9a",
+    )
+
+
+def test_backup_ids_sort_by_time_and_encode_it():
+    early = new_backup_id(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    late = new_backup_id(datetime(2026, 11, 27, 3, 15, tzinfo=UTC))
+    assert early < late
+    assert backup_id_time(late) == datetime(2026, 11, 27, 3, 15, tzinfo=UTC)
+    assert late.startswith("20261127T031500Z-")
+
+
+def test_empty_name_is_refused():
+    with pytest.raises(ValueError):
+        encode_name("")

@@ -1,0 +1,63 @@
+"""Client processes: failures carry the tool's stderr without secrets; time limits kill."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.errors import ToolFailed
+from tasks.process import ToolProcess
+
+
+def test_non_zero_exit_raises_with_redacted_stderr():
+    script = "echo 'FATAL: login hunter2 refused' >&2; exit 3"
+    with pytest.raises(ToolFailed) as err, ToolProcess(["sh", "-c", script], secrets=["hunter2"]):
+        pass
+    assert "exited 3" in str(err.value)
+    assert "FATAL: login *** refused" in str(err.value)
+    assert "hunter2" not in str(err.value)
+
+
+def test_output_is_streamed_and_success_is_quiet():
+    with ToolProcess(["sh", "-c", "printf abc"], stdout=True) as proc:
+        assert proc.stdout.read() == b"abc"
+
+
+def test_time_limit_kills_the_whole_process_group(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    script = f"sleep 60 & echo $! > {pidfile}; wait"
+    with (
+        pytest.raises(ToolFailed, match="time limit"),
+        ToolProcess(["sh", "-c", script], timeout=0.5),
+    ):
+        pass
+    child = int(pidfile.read_text())
+    assert _gone_or_zombie(child)
+
+
+def _gone_or_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_an_error_in_our_code_kills_the_tool_and_propagates():
+    with pytest.raises(RuntimeError, match="ours"), ToolProcess(["sleep", "60"]) as proc:
+        raise RuntimeError("ours")
+    assert proc.returncode is not None
+
+
+def test_missing_binary_is_a_clear_error():
+    with pytest.raises(ToolFailed, match="could not start"), ToolProcess(["/nonexistent/pg_dump"]):
+        pass
+
+
+def test_reader_dying_first_reports_the_tool_error():
+    script = "head -c 10 >/dev/null; echo 'pg_restore: error: bad input' >&2; exit 1"
+    with (
+        pytest.raises(ToolFailed, match="bad input"),
+        ToolProcess(["sh", "-c", script], stdin=True) as p,
+    ):
+        for _ in range(1000):
+            p.stdin.write(b"x" * 65536)
