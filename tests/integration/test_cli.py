@@ -1,0 +1,107 @@
+"""The command line as an operator uses it: apply a config, back up, list."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+
+def _apply(path):
+    return CliRunner().invoke(app, ["apply", str(path)])
+
+
+def test_apply_is_idempotent_and_reports_changes(prefect_api, tmp_path, recipient, monkeypatch):
+    tag = uuid.uuid4().hex[:8]
+    monkeypatch.setenv("DBB_TEST_PW", "pw-" + tag)
+    config = tmp_path / "dbbackup.yaml"
+    config.write_text(
+        f"""
+servers:
+  pg-{tag}: {{type: postgres, host: 127.0.0.1, user: postgres, password: "${{DBB_TEST_PW}}"}}
+storage:
+  st-{tag}: {{type: local, path: ./backups}}
+encryption:
+  en-{tag}: {{recipients: ["{recipient}"]}}
+"""
+    )
+    first = _apply(config)
+    assert first.exit_code == 0, first.output
+    assert first.stdout.split() == [
+        "created", f"postgres-server/pg-{tag}",
+        "created", f"local-backup-storage/st-{tag}",
+        "created", f"age-encryption/en-{tag}",
+    ]  # fmt: skip
+    second = _apply(config)
+    assert second.stdout.count("unchanged") == 3
+
+    monkeypatch.setenv("DBB_TEST_PW", "rotated")
+    third = _apply(config)
+    assert f"updated   postgres-server/pg-{tag}" in third.stdout
+    assert third.stdout.count("unchanged") == 2
+
+    from blocks import LocalBackupStorage, PostgresServer
+
+    assert PostgresServer.load(f"pg-{tag}").password.get_secret_value() == "rotated"
+    assert LocalBackupStorage.load(f"st-{tag}").path == str(tmp_path / "backups")
+
+
+def test_apply_refuses_a_server_name_taken_by_the_other_engine(prefect_api, tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    config = tmp_path / "a.yaml"
+    config.write_text(f"servers:\n  srv-{tag}: {{type: postgres}}\n")
+    assert _apply(config).exit_code == 0
+    config.write_text(f"servers:\n  srv-{tag}: {{type: mysql}}\n")
+    result = _apply(config)
+    assert result.exit_code == 3
+    assert "already named" in result.stderr
+
+
+def test_backup_all_discovered_databases_and_list_them(env, pg_db, pg_admin):
+    from blocks import PostgresServer
+
+    tag = uuid.uuid4().hex[:6]
+    dbs = [pg_db(f"dbb_{tag}_a"), pg_db(f"dbb_{tag}_b"), pg_db(f"dbb_{tag}_skip")]
+    for db in dbs:
+        pg_admin.execute(db, f"CREATE TABLE t AS SELECT '{db}'::text AS name")
+    server = f"pg-only-{tag}"
+    PostgresServer(
+        host="127.0.0.1", user="postgres", include=[f"dbb_{tag}_*"], exclude=["*_skip"]
+    ).save(server)
+
+    result = env.cli("backup", server, "--json", "--concurrency", "2")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [d["database"] for d in report["databases"]] == dbs[:2]
+    assert all(d["status"] == "ok" and d["stored_bytes"] > 0 for d in report["databases"])
+
+    listed = json.loads(env.cli("list", server, "--json").stdout)
+    assert [(b["database"], b["backup_id"]) for b in listed] == [
+        (d["database"], d["backup_id"]) for d in report["databases"]
+    ]
+    assert set(listed[0]) >= {
+        "server",
+        "database",
+        "backup_id",
+        "stored_bytes",
+        "raw_bytes",
+        "sha256",
+    }
+    only_a = json.loads(env.cli("list", server, "--database", dbs[0], "--json").stdout)
+    assert [b["database"] for b in only_a] == [dbs[0]]
+
+
+def test_backup_without_manifest_does_not_exist(env, pg_db, pg_admin):
+    db = pg_db()
+    assert env.cli("backup", env.pg, "-d", db).exit_code == 0
+    [manifest] = list(env.storage_path.rglob("manifest.json"))
+    manifest.unlink()
+    listed = json.loads(env.cli("list", env.pg, "--json").stdout)
+    assert listed == []
+    result = env.cli("restore", env.pg, db, "--into", db + "_x")
+    assert result.exit_code == 3
+    assert "no complete backup" in result.stderr
+    assert not pg_admin.exists(db + "_x")
