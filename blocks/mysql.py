@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,9 @@ from pydantic import Field
 from blocks.server import DatabaseServer, ToolCommand, private_file
 from tasks.errors import AuthError, ConfigError, ConnectionFailed, DatabaseNotFound, DbBackupError
 
-DUMP_OPTIONS = [
+log = logging.getLogger("dbbackup")
+
+DUMP_OPTIONS: list[str] = [
     "--single-transaction",
     "--quick",
     "--routines",
@@ -23,6 +26,16 @@ DUMP_OPTIONS = [
     "--hex-blob",
     "--default-character-set=utf8mb4",
 ]
+
+
+def version_tuple(text: str, client: bool = False) -> tuple[int, int]:
+    """(major, minor) of a server version, or of a client's `--version` line."""
+    patterns = [r"Distrib (\d+)\.(\d+)", r"Ver (\d+)\.(\d+)"] if client else [r"(\d+)\.(\d+)"]
+    for pattern in patterns:
+        match = re.search(pattern, text)
+        if match:
+            return int(match.group(1)), int(match.group(2))
+    return (0, 0)
 
 
 def option_value(value: str) -> str:
@@ -42,6 +55,7 @@ class MySQLServer(DatabaseServer):
     system_databases: ClassVar[frozenset[str]] = frozenset(
         {"mysql", "information_schema", "performance_schema", "sys"}
     )
+    dump_options: ClassVar[list[str]] = DUMP_OPTIONS
 
     port: int = Field(default=3306)
     user: str = Field(default="root", description="Login used for dumps and restores.")
@@ -108,9 +122,26 @@ class MySQLServer(DatabaseServer):
         return "mariadb" in self.server_version().lower()
 
     def dump_client(self) -> str:
-        if self._is_mariadb():
-            return self.tool("mariadb-dump", "mysqldump")
-        return self.tool("mysqldump", "mariadb-dump")
+        server = self.server_version()
+        mariadb = "mariadb" in server.lower()
+        names = ("mariadb-dump", "mysqldump") if mariadb else ("mysqldump", "mariadb-dump")
+        path = self.tool(*names)
+        client = self.client_version(path)
+        client_mariadb = "mariadb" in client.lower()
+        if client_mariadb != mariadb:
+            log.warning(
+                "%s (%s) dumps a %s server: install the server's own client tools if the "
+                "dump or restore fails",
+                path,
+                client,
+                "MariaDB" if mariadb else "MySQL",
+            )
+        elif version_tuple(client, client=True) < version_tuple(server):
+            raise ConfigError(
+                f"{path} ({client}) is older than the server at {self.describe()} ({server}): "
+                "install a client at least as new and set bin_dir on the block"
+            )
+        return path
 
     @contextlib.contextmanager
     def _defaults_file(self, workdir: Path) -> Iterator[str]:

@@ -41,6 +41,7 @@ class PostgresServer(DatabaseServer):
 
     server_type: ClassVar[str] = "postgres"
     system_databases: ClassVar[frozenset[str]] = frozenset({"template0", "template1", "postgres"})
+    dump_options: ClassVar[list[str]] = ["--format=custom", "--compress=0"]
 
     port: int = Field(default=5432)
     user: str = Field(default="postgres", description="Login used for dumps and restores.")
@@ -175,7 +176,7 @@ class PostgresServer(DatabaseServer):
 
     @contextlib.contextmanager
     def dump_command(self, database: str, workdir: Path) -> Iterator[ToolCommand]:
-        argv = [self.dump_client(), "--format=custom", "--compress=0", "--no-password"]
+        argv = [self.dump_client(), *self.dump_options, "--no-password"]
         with self._credentials(workdir) as env:
             yield ToolCommand(
                 argv + ["--dbname", self.conninfo(database)], env, [s for s in [self.secret()] if s]

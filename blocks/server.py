@@ -50,6 +50,7 @@ class DatabaseServer(Block, ABC):
 
     server_type: ClassVar[str]
     system_databases: ClassVar[frozenset[str]]
+    dump_options: ClassVar[list[str]]
 
     host: str = Field(default="127.0.0.1", description="Host name, IP, or unix socket directory.")
     user: str = Field(description="Login used for dumps and restores.")

@@ -98,7 +98,7 @@ def dump_database(
         dump_format=DUMP_FORMATS[server.server_type],  # type: ignore[arg-type]
         stats=stats,
         recipients=encryption.fingerprints(),
-        dump_options=[a for a in cmd.argv[1:] if a.startswith("--") and "=" not in a[2:]],
+        dump_options=server.dump_options,
         create_options=options,
     )
     return DumpResult(spool=str(spool), manifest=manifest)

@@ -25,7 +25,8 @@ def list_backups(
             raise DbBackupError(
                 f"manifest {key} in {storage.describe()} is unreadable: {exc}"
             ) from None
-    return sorted(manifests, key=lambda m: (m.database, m.backup_id))
+    # started_at (microseconds) orders two backups taken within the same second
+    return sorted(manifests, key=lambda m: (m.database, m.started_at, m.backup_id))
 
 
 def find_backup(
