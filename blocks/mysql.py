@@ -165,7 +165,11 @@ class MySQLServer(DatabaseServer):
             yield ToolCommand(argv, env, [s for s in [self.secret()] if s])
 
     @contextlib.contextmanager
-    def restore_command(self, database: str, workdir: Path) -> Iterator[ToolCommand]:
+    def restore_command(
+        self, database: str, workdir: Path, archive: Path | None = None, jobs: int = 1
+    ) -> Iterator[ToolCommand]:
+        if archive is not None:
+            raise ConfigError("MySQL/MariaDB dumps are restored from a stream, not an archive")
         client = (
             self.tool("mariadb", "mysql") if self._is_mariadb() else self.tool("mysql", "mariadb")
         )

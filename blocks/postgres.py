@@ -183,9 +183,14 @@ class PostgresServer(DatabaseServer):
             )
 
     @contextlib.contextmanager
-    def restore_command(self, database: str, workdir: Path) -> Iterator[ToolCommand]:
+    def restore_command(
+        self, database: str, workdir: Path, archive: Path | None = None, jobs: int = 1
+    ) -> Iterator[ToolCommand]:
         argv = [self.tool("pg_restore"), "--exit-on-error", "--no-owner", "--no-password"]
+        if archive is not None:
+            argv.append(f"--jobs={max(1, jobs)}")
+        argv += ["--dbname", self.conninfo(database)]
+        if archive is not None:
+            argv.append(str(archive))
         with self._credentials(workdir) as env:
-            yield ToolCommand(
-                argv + ["--dbname", self.conninfo(database)], env, [s for s in [self.secret()] if s]
-            )
+            yield ToolCommand(argv, env, [s for s in [self.secret()] if s])

@@ -106,8 +106,10 @@ class DatabaseServer(Block, ABC):
 
     @abstractmethod
     @contextlib.contextmanager
-    def restore_command(self, database: str, workdir: Path) -> Iterator[ToolCommand]:
-        """The restore invocation reading a dump of this engine on stdin."""
+    def restore_command(
+        self, database: str, workdir: Path, archive: Path | None = None, jobs: int = 1
+    ) -> Iterator[ToolCommand]:
+        """The restore invocation: reading the dump on stdin, or from an archive file with jobs."""
 
     # --- shared -----------------------------------------------------------
     def secret(self) -> str | None:

@@ -187,6 +187,14 @@ def restore(
     identity_file: Annotated[
         Path | None, typer.Option("--identity-file", "-i", help="age identity file.")
     ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            help="PostgreSQL: parallel pg_restore jobs (decrypts to the private work dir first).",
+        ),
+    ] = 1,
     storage: StorageOpt = "default",
     encryption: EncryptionOpt = "default",
     as_json: JsonOpt = False,
@@ -204,6 +212,7 @@ def restore(
             target_database=into,
             replace=replace,
             identity_file=str(identity_file.expanduser()) if identity_file else None,
+            jobs=jobs,
         )
     except DbBackupError as exc:
         _fail(exc)

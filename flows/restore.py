@@ -25,12 +25,14 @@ def restore_database(
     target_database: str | None = None,
     replace: bool = False,
     identity_file: str | None = None,
+    jobs: int = 1,
 ) -> RestoreResult:
     """Restore a backup of `database` (default: the latest) into `target_database`.
 
     The stored object is checked against its manifest (size, sha256) and the
     identity against the header before the target is created or dropped.
-    An existing target is replaced only with replace=True.
+    An existing target is replaced only with replace=True. jobs > 1 (PostgreSQL)
+    decrypts into the private work dir first so pg_restore can run in parallel.
     """
     log = get_run_logger()
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
@@ -45,7 +47,9 @@ def restore_database(
         srv.describe(),
     )
     with private_workdir() as workdir:
-        result = restore_task(srv, sto, enc, manifest, target, workdir, replace, identity_file)
+        result = restore_task(
+            srv, sto, enc, manifest, target, workdir, replace, identity_file, jobs
+        )
     create_markdown_artifact(
         key="restore",
         markdown=(

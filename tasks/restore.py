@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import pyrage
 from prefect import task
@@ -13,7 +16,7 @@ from prefect.cache_policies import NONE
 from pydantic import BaseModel
 
 from blocks.encryption import AgeEncryption
-from blocks.server import DatabaseServer
+from blocks.server import DatabaseServer, ToolCommand
 from blocks.storage import BackupStorage
 from tasks.errors import AuthError, ConfigError, IntegrityError, TargetExists
 from tasks.layout import backup_key
@@ -62,6 +65,7 @@ def restore_backup(
     *,
     replace: bool = False,
     identity_file: str | None = None,
+    jobs: int = 1,
     logger: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> RestoreResult:
     """Restore one backup into target. Nothing touches target until the backup checks out."""
@@ -79,45 +83,22 @@ def restore_backup(
             f"database {target!r} already exists on {server.describe()}: restore with "
             "--into NEW_NAME, or pass --replace to drop and replace it"
         )
+    if jobs > 1 and server.server_type != "postgres":
+        raise ConfigError("--jobs applies to PostgreSQL restores only")
     started = datetime.now(UTC)
     key = backup_key(manifest.server, manifest.database, manifest.backup_id, manifest.object_name)
-    created = False
+    loader = _TargetLoader(server, target, exists, manifest, workdir, log)
     with storage.open_read(key, workdir) as f:
         check_object(f, manifest, what)
         try:
-            with contextlib.ExitStack() as stack:
-
-                def open_target():  # noqa: ANN202
-                    nonlocal created
-                    if exists:
-                        log.warning("dropping existing database %r to replace it", target)
-                        server.drop_database(target)
-                    server.create_database(target, manifest.create_options)
-                    created = True
-                    cmd = stack.enter_context(server.restore_command(target, workdir))
-                    proc = stack.enter_context(
-                        ToolProcess(
-                            cmd.argv,
-                            env=cmd.env,
-                            timeout=server.dump_timeout,
-                            stdin=True,
-                            secrets=cmd.secrets,
-                        )
-                    )
-                    return proc.stdin
-
-                decrypt_stream(f, open_target, identities)
-        except pyrage.DecryptError:
-            mine = ", ".join(recipient_fingerprint(str(i.to_public())) for i in identities)
-            raise AuthError(
-                f"{what} cannot be decrypted with this identity (recipient {mine}); it was "
-                f"encrypted to {', '.join(manifest.recipients)}. Use the matching identity file."
-            ) from None
-        except OSError as exc:
-            _drop_if_created(server, target, created, log)
-            raise IntegrityError(f"{what} failed to decrypt: {exc}") from None
+            with _decrypt_errors(what, manifest, identities):
+                if jobs > 1:
+                    _restore_from_archive(f, loader, identities, workdir, jobs)
+                else:
+                    with contextlib.ExitStack() as stack:
+                        decrypt_stream(f, lambda: loader.open_stream(stack), identities)
         except BaseException:
-            _drop_if_created(server, target, created, log)
+            loader.drop_if_created()
             raise
     return RestoreResult(
         server=manifest.server,
@@ -130,12 +111,88 @@ def restore_backup(
     )
 
 
-def _drop_if_created(
-    server: DatabaseServer, target: str, created: bool, log: logging.Logger | logging.LoggerAdapter
+@contextlib.contextmanager
+def _decrypt_errors(
+    what: str, manifest: Manifest, identities: list[pyrage.x25519.Identity]
+) -> Iterator[None]:
+    """Turn age failures into errors that say what to do."""
+    try:
+        yield
+    except pyrage.DecryptError:
+        mine = ", ".join(recipient_fingerprint(str(i.to_public())) for i in identities)
+        raise AuthError(
+            f"{what} cannot be decrypted with this identity (recipient {mine}); it was "
+            f"encrypted to {', '.join(manifest.recipients)}. Use the matching identity file."
+        ) from None
+    except OSError as exc:
+        raise IntegrityError(f"{what} failed to decrypt: {exc}") from None
+
+
+class _TargetLoader:
+    """Creates the target database at the last moment and feeds the restore client."""
+
+    def __init__(
+        self,
+        server: DatabaseServer,
+        target: str,
+        exists: bool,
+        manifest: Manifest,
+        workdir: Path,
+        log: logging.Logger | logging.LoggerAdapter,
+    ) -> None:
+        self.server, self.target, self.exists = server, target, exists
+        self.manifest, self.workdir, self.log = manifest, workdir, log
+        self.created = False
+
+    def _create(self) -> None:
+        if self.exists:
+            self.log.warning("dropping existing database %r to replace it", self.target)
+            self.server.drop_database(self.target)
+        self.server.create_database(self.target, self.manifest.create_options)
+        self.created = True
+
+    def _process(self, cmd: ToolCommand, stdin: bool) -> ToolProcess:
+        timeout = self.server.dump_timeout
+        return ToolProcess(cmd.argv, env=cmd.env, timeout=timeout, stdin=stdin, secrets=cmd.secrets)
+
+    def open_stream(self, stack: contextlib.ExitStack) -> BinaryIO:
+        """Create the target and start a client reading the dump on stdin."""
+        self._create()
+        cmd = stack.enter_context(self.server.restore_command(self.target, self.workdir))
+        return stack.enter_context(self._process(cmd, stdin=True)).stdin
+
+    def load_archive(self, archive: Path, jobs: int) -> None:
+        """Create the target and restore a plain archive file with parallel jobs."""
+        self._create()
+        with (
+            self.server.restore_command(self.target, self.workdir, archive, jobs) as cmd,
+            self._process(cmd, stdin=False),
+        ):
+            pass
+
+    def drop_if_created(self) -> None:
+        """Drop a target this restore created (it is incomplete)."""
+        if self.created:
+            self.log.warning("restore into %r failed: dropping the partial database", self.target)
+            self.server.drop_database(self.target)
+
+
+def _restore_from_archive(
+    source: BinaryIO,
+    loader: _TargetLoader,
+    identities: list[pyrage.x25519.Identity],
+    workdir: Path,
+    jobs: int,
 ) -> None:
-    if created:
-        log.warning("restore into %r failed: dropping the partly restored database", target)
-        server.drop_database(target)
+    """pg_restore --jobs needs a seekable file: decrypt into the private work dir first."""
+    archive = workdir / "restore.pgc"
+    fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as plain:
+            decrypt_stream(source, lambda: plain, identities)
+        loader.load_archive(archive, jobs)
+    finally:
+        archive.unlink(missing_ok=True)
 
 
 @task(name="restore", task_run_name="restore-{target}", cache_policy=NONE)
@@ -148,6 +205,7 @@ def restore_task(
     workdir: Path,
     replace: bool = False,
     identity_file: str | None = None,
+    jobs: int = 1,
 ) -> RestoreResult:
     """Prefect task: restore one backup (no retries: a restore is not idempotent midway)."""
     from prefect import get_run_logger
@@ -161,5 +219,6 @@ def restore_task(
         workdir,
         replace=replace,
         identity_file=identity_file,
+        jobs=jobs,
         logger=get_run_logger(),
     )

@@ -38,3 +38,35 @@ def test_mysql_backup_then_restore_into_new_name(env, my_db, my_admin, cleanup_m
     result = env.cli("restore", env.my, db, "--into", target)
     assert result.exit_code == 0, result.output
     assert my_admin.table_fingerprints(target) == my_admin.table_fingerprints(db)
+
+
+def test_postgres_parallel_restore_with_jobs(
+    env, pg_db, pg_admin, cleanup_pg, tmp_path, monkeypatch
+):
+    """--jobs decrypts into the private work dir, runs pg_restore -j, and leaves no plaintext."""
+    workroot = tmp_path / "work"
+    monkeypatch.setenv("DBBACKUP_WORK_DIR", str(workroot))
+    db = pg_db()
+    pg_admin.execute(
+        db,
+        "CREATE TABLE a AS SELECT g AS id FROM generate_series(1, 20000) g;"
+        "CREATE TABLE b AS SELECT g AS id, md5(g::text) AS h FROM generate_series(1, 20000) g;"
+        "CREATE INDEX ON a (id); CREATE INDEX ON b (h);",
+    )
+    assert env.cli("backup", env.pg, "-d", db).exit_code == 0
+    target = db + "_parallel"
+    cleanup_pg.append(target)
+    result = env.cli("restore", env.pg, db, "--into", target, "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    assert pg_admin.table_fingerprints(target) == pg_admin.table_fingerprints(db)
+    assert list(workroot.iterdir()) == []
+
+
+def test_jobs_is_refused_for_mysql(env, my_db, my_admin):
+    db = my_db()
+    my_admin.execute(db, "CREATE TABLE t (id int)")
+    assert env.cli("backup", env.my, "-d", db).exit_code == 0
+    result = env.cli("restore", env.my, db, "--into", db + "_j", "--jobs", "2")
+    assert result.exit_code == 3
+    assert "PostgreSQL restores only" in result.stderr
+    assert not my_admin.exists(db + "_j")
