@@ -15,7 +15,7 @@ from typing import BinaryIO
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from tasks.errors import StorageError
+from tasks.errors import DiskFull, StorageError
 
 
 class BackupStorage(Block, ABC):
@@ -97,10 +97,12 @@ class LocalBackupStorage(BackupStorage):
             finally:
                 os.close(dir_fd)
         except OSError as exc:
-            hint = (
-                " (disk full: free space or prune old backups)" if exc.errno == errno.ENOSPC else ""
-            )
-            raise StorageError(f"cannot write {target}: {exc.strerror}{hint}") from None
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(
+                    f"backup storage {self.root} is full ({exc.strerror}): free space or prune "
+                    "old backups, then run the backup again"
+                ) from None
+            raise StorageError(f"cannot write {target}: {exc.strerror}") from None
 
     def put_file(self, key: str, source: Path) -> None:
         def copy(f: BinaryIO) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from pydantic import BaseModel
 from blocks.encryption import AgeEncryption
 from blocks.server import DatabaseServer
 from blocks.storage import BackupStorage
-from tasks.errors import DbBackupError
+from tasks.errors import DbBackupError, DiskFull
 from tasks.layout import MANIFEST_NAME, backup_key, encode_name
 from tasks.manifest import Manifest
 from tasks.process import ToolProcess
@@ -78,9 +79,14 @@ def dump_database(
             )
             out.flush()
             os.fsync(out.fileno())
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             spool.unlink()
+        if _is_disk_full(exc):
+            raise DiskFull(
+                f"the work dir {workdir.parent} is full while spooling {database!r}: set "
+                "DBBACKUP_WORK_DIR to a disk with room for the largest compressed dump"
+            ) from None
         raise
     client = cmd.argv[0]
     manifest = Manifest(
@@ -102,6 +108,13 @@ def dump_database(
         create_options=options,
     )
     return DumpResult(spool=str(spool), manifest=manifest)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    # pyrage reports a failed write as a plain OSError carrying the original text
+    return isinstance(exc, OSError) and (
+        exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc)
+    )
 
 
 def store_backup(storage: BackupStorage, dump: DumpResult) -> str:

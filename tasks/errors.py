@@ -62,6 +62,10 @@ class StorageError(DbBackupError):
     retryable = True
 
 
+class DiskFull(DbBackupError):
+    """No space left (storage or work dir): retrying will not help until space is freed."""
+
+
 def redact(text: str, secrets: Iterable[str | None]) -> str:
     """Replace every non-empty secret in text with '***'."""
     for secret in secrets:

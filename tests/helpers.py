@@ -151,10 +151,13 @@ class BlockEnv:
         from flows.cli import app
 
         command = list(args)
+        defaults = {"--storage": self.storage}
         if command and command[0] in ("backup", "restore"):
-            command += ["--storage", self.storage, "--encryption", self.encryption]
-        elif command and command[0] == "list":
-            command += ["--storage", self.storage]
+            defaults["--encryption"] = self.encryption
+        if command and command[0] in ("backup", "restore", "list"):
+            for option, value in defaults.items():
+                if option not in command:
+                    command += [option, value]
         result = CliRunner().invoke(app, command, catch_exceptions=False)
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
