@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from pydantic import BaseModel
 
@@ -107,6 +107,16 @@ def dump_database(
         dump_options=server.dump_options,
         create_options=options,
     )
+    st = manifest.stats
+    log.info(
+        "dumped %r: %.1f MB raw -> %.1f MB stored (%.1fx) in %.1f s (%.0f MB/s)",
+        database,
+        st.raw_bytes / 1e6,
+        st.stored_bytes / 1e6,
+        st.raw_bytes / st.stored_bytes,
+        manifest.seconds,
+        st.raw_bytes / 1e6 / max(manifest.seconds, 1e-3),
+    )
     return DumpResult(spool=str(spool), manifest=manifest)
 
 
@@ -117,13 +127,19 @@ def _is_disk_full(exc: BaseException) -> bool:
     )
 
 
-def store_backup(storage: BackupStorage, dump: DumpResult) -> str:
+def store_backup(
+    storage: BackupStorage,
+    dump: DumpResult,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+) -> str:
     """Upload the spooled object, then the manifest (last), then drop the spool."""
+    log = logger or logging.getLogger(__name__)
     m = dump.manifest
     key = backup_key(m.server, m.database, m.backup_id, m.object_name)
     storage.put_file(key, Path(dump.spool))
     storage.put_bytes(backup_key(m.server, m.database, m.backup_id, MANIFEST_NAME), m.to_bytes())
     Path(dump.spool).unlink(missing_ok=True)
+    log.info("stored backup %s of %r in %s/%s", m.backup_id, m.database, storage.describe(), key)
     return key
 
 
@@ -157,8 +173,6 @@ def dump_task(
     threads: int = 2,
 ) -> DumpResult:
     """Prefect task: dump one database to an encrypted spool file."""
-    from prefect import get_run_logger
-
     return dump_database(
         server,
         server_name,
@@ -182,4 +196,4 @@ def dump_task(
 )
 def upload_task(storage: BackupStorage, dump: DumpResult, database: str) -> str:
     """Prefect task: store the object and its manifest; retried without dumping again."""
-    return store_backup(storage, dump)
+    return store_backup(storage, dump, get_run_logger())

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pyrage
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from pydantic import BaseModel
 
@@ -208,8 +208,6 @@ def restore_task(
     jobs: int = 1,
 ) -> RestoreResult:
     """Prefect task: restore one backup (no retries: a restore is not idempotent midway)."""
-    from prefect import get_run_logger
-
     return restore_backup(
         server,
         storage,

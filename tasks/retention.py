@@ -136,7 +136,7 @@ def _require_aware(moment: datetime, what: str) -> None:
 
 def _newest_first(backups: Iterable[BackupRef]) -> list[BackupRef]:
     """Newest first; equal times are ordered by id, the larger id counting as newer."""
-    ordered = sorted(backups, key=lambda b: b.time, reverse=True)
+    ordered = sorted(backups, key=lambda b: (b.time, b.backup_id), reverse=True)
     ids = [b.backup_id for b in ordered]
     if len(set(ids)) != len(ids):
         raise ValueError("backup ids must be unique within a series")
@@ -170,7 +170,7 @@ def _bucket(
         if len(seen) >= limit:
             break
         label = period(backup.time.astimezone(zone))
-        if label not in seen:
+        if label != (list(seen) or [None])[-1]:
             seen.add(label)
             kept[backup.backup_id] = label
     return kept
