@@ -170,7 +170,7 @@ def _bucket(
         if len(seen) >= limit:
             break
         label = period(backup.time.astimezone(zone))
-        if label != (list(seen) or [None])[-1]:
+        if label not in seen:
             seen.add(label)
             kept[backup.backup_id] = label
     return kept
