@@ -143,6 +143,21 @@ class MySQLServer(DatabaseServer):
             )
         return path
 
+    def restore_rewrite(self, source: str, target: str) -> tuple[bytes, bytes] | None:
+        """Retarget the dump's `ALTER DATABASE <source> CHARACTER SET` lines.
+
+        mariadb-dump/mysqldump write them around routines created under another
+        database collation; left alone they would alter (or fail on) the source.
+        """
+        if source == target:
+            return None
+
+        def statement(name: str) -> bytes:
+            quoted = "`" + name.replace("`", "``") + "`"
+            return f"\nALTER DATABASE {quoted} CHARACTER SET ".encode()
+
+        return statement(source), statement(target)
+
     @contextlib.contextmanager
     def _defaults_file(self, workdir: Path) -> Iterator[str]:
         lines = ["[client]", f"user={option_value(self.user)}"]
@@ -175,5 +190,6 @@ class MySQLServer(DatabaseServer):
         )
         env = self.clean_env(("MYSQL", "MARIADB"))
         with self._defaults_file(workdir) as defaults:
-            argv = [client, defaults, "--binary-mode", f"--database={database}"]
+            # --comments keeps comments inside routine, trigger and event bodies
+            argv = [client, defaults, "--binary-mode", "--comments", f"--database={database}"]
             yield ToolCommand(argv, env, [s for s in [self.secret()] if s])

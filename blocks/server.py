@@ -111,6 +111,10 @@ class DatabaseServer(Block, ABC):
     ) -> Iterator[ToolCommand]:
         """The restore invocation: reading the dump on stdin, or from an archive file with jobs."""
 
+    def restore_rewrite(self, source: str, target: str) -> tuple[bytes, bytes] | None:
+        """A (old, new) byte replacement that retargets a dump of source to target, if needed."""
+        return None
+
     # --- shared -----------------------------------------------------------
     def secret(self) -> str | None:
         """The password, for writing credentials files only."""

@@ -66,19 +66,43 @@ def dump_database(
         log.info("dump of %r: %.0f MiB read so far", database, nbytes / 2**20)
 
     try:
-        with (
-            server.dump_command(database, workdir) as cmd,
-            ToolProcess(
-                cmd.argv, env=cmd.env, timeout=server.dump_timeout, stdout=True, secrets=cmd.secrets
-            ) as proc,
-            open(spool, "xb") as out,
-        ):
-            assert proc.stdout is not None
-            stats = encrypt_stream(
-                proc.stdout, out, recipients, level=level, threads=threads, on_progress=progress
-            )
-            out.flush()
-            os.fsync(out.fileno())
+        with server.dump_command(database, workdir) as cmd:
+            client = cmd.argv[0]
+            client_version = server.client_version(client)
+            with (
+                ToolProcess(
+                    cmd.argv,
+                    env=cmd.env,
+                    timeout=server.dump_timeout,
+                    stdout=True,
+                    secrets=cmd.secrets,
+                ) as proc,
+                open(spool, "wb") as out,
+            ):
+                assert proc.stdout is not None
+                stats = encrypt_stream(
+                    proc.stdout, out, recipients, level=level, threads=threads, on_progress=progress
+                )
+                out.flush()
+                os.fsync(out.fileno())
+        manifest = Manifest(
+            tool_version=tool_version(),
+            server=server_name,
+            server_type=server.server_type,  # type: ignore[arg-type]
+            server_version=server_version,
+            client=os.path.basename(client),
+            client_version=client_version,
+            database=database,
+            backup_id=backup_id,
+            started_at=started,
+            finished_at=datetime.now(UTC),
+            object_name=OBJECT_NAMES[server.server_type],
+            dump_format=DUMP_FORMATS[server.server_type],  # type: ignore[arg-type]
+            stats=stats,
+            recipients=encryption.fingerprints(),
+            dump_options=server.dump_options,
+            create_options=options,
+        )
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             spool.unlink()
@@ -88,25 +112,6 @@ def dump_database(
                 "DBBACKUP_WORK_DIR to a disk with room for the largest compressed dump"
             ) from None
         raise
-    client = cmd.argv[0]
-    manifest = Manifest(
-        tool_version=tool_version(),
-        server=server_name,
-        server_type=server.server_type,  # type: ignore[arg-type]
-        server_version=server_version,
-        client=os.path.basename(client),
-        client_version=server.client_version(client),
-        database=database,
-        backup_id=backup_id,
-        started_at=started,
-        finished_at=datetime.now(UTC),
-        object_name=OBJECT_NAMES[server.server_type],
-        dump_format=DUMP_FORMATS[server.server_type],  # type: ignore[arg-type]
-        stats=stats,
-        recipients=encryption.fingerprints(),
-        dump_options=server.dump_options,
-        create_options=options,
-    )
     st = manifest.stats
     log.info(
         "dumped %r: %.1f MB raw -> %.1f MB stored (%.1fx) in %.1f s (%.0f MB/s)",

@@ -22,7 +22,7 @@ from tasks.errors import AuthError, ConfigError, IntegrityError, TargetExists
 from tasks.layout import backup_key
 from tasks.manifest import Manifest, recipient_fingerprint
 from tasks.process import ToolProcess
-from tasks.stream import decrypt_stream, file_sha256
+from tasks.stream import ReplacingWriter, decrypt_stream, file_sha256
 
 
 class RestoreResult(BaseModel):
@@ -155,11 +155,18 @@ class _TargetLoader:
         timeout = self.server.dump_timeout
         return ToolProcess(cmd.argv, env=cmd.env, timeout=timeout, stdin=stdin, secrets=cmd.secrets)
 
-    def open_stream(self, stack: contextlib.ExitStack) -> BinaryIO:
+    def open_stream(self, stack: contextlib.ExitStack) -> BinaryIO | ReplacingWriter:
         """Create the target and start a client reading the dump on stdin."""
         self._create()
         cmd = stack.enter_context(self.server.restore_command(self.target, self.workdir))
-        return stack.enter_context(self._process(cmd, stdin=True)).stdin
+        stdin = stack.enter_context(self._process(cmd, stdin=True)).stdin
+        rewrite = self.server.restore_rewrite(self.manifest.database, self.target)
+        if rewrite is None:
+            return stdin
+        writer = ReplacingWriter(stdin, *rewrite)
+        # on success, write out the held-back tail before stdin is closed
+        stack.push(lambda exc_type, *_: None if exc_type else writer.finish())
+        return writer
 
     def load_archive(self, archive: Path, jobs: int) -> None:
         """Create the target and restore a plain archive file with parallel jobs."""

@@ -139,6 +139,41 @@ def decrypt_stream(
     return writer.count
 
 
+class ReplacingWriter:
+    """Replaces every occurrence of a fixed byte string on its way to inner.
+
+    Holds back only len(old) - 1 bytes between writes, so memory stays flat
+    whatever the line lengths. Call finish() once at the end.
+    """
+
+    def __init__(self, inner: _Writable, old: bytes, new: bytes) -> None:
+        if not old:
+            raise ValueError("nothing to replace")
+        self.inner, self.old, self.new = inner, old, new
+        self._tail = b""
+
+    def write(self, data: bytes) -> int:
+        buffer = self._tail + bytes(data)
+        out, pos = [], 0
+        while (hit := buffer.find(self.old, pos)) != -1:
+            out += [buffer[pos:hit], self.new]
+            pos = hit + len(self.old)
+        # what is left may end with the start of a match that the next write completes
+        safe = max(pos, len(buffer) - len(self.old) + 1)
+        out.append(buffer[pos:safe])
+        self._tail = buffer[safe:]
+        self.inner.write(b"".join(out))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        """Write out what is held back (too short to hold a match)."""
+        self.inner.write(self._tail)
+        self._tail = b""
+
+
 def file_sha256(f: BinaryIO) -> str:
     """sha256 of a whole file object, read in chunks from its current position."""
     return hashlib.file_digest(f, "sha256").hexdigest()

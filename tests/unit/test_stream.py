@@ -8,8 +8,10 @@ import os
 
 import pyrage
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from tasks.stream import decrypt_stream, encrypt_stream
+from tasks.stream import ReplacingWriter, decrypt_stream, encrypt_stream
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +107,20 @@ def test_progress_is_reported_while_streaming(keys):
     while reader.read(1 << 16):
         pass
     assert seen[:3] == [1 << 20, 2 << 20, 3 << 20]
+
+
+@given(
+    st.lists(st.sampled_from([b"ab", b"xab", b"a", b"b", b"\n", b"zz", b"abab"]), max_size=40),
+    st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=10),
+)
+def test_replacing_writer_equals_a_whole_stream_replace(pieces, sizes):
+    data = b"".join(pieces)
+    sink = io.BytesIO()
+    writer = ReplacingWriter(sink, b"aba", b"<X>")
+    pos, i = 0, 0
+    while pos < len(data):
+        step = sizes[i % len(sizes)]
+        writer.write(data[pos : pos + step])
+        pos, i = pos + step, i + 1
+    writer.finish()
+    assert sink.getvalue() == data.replace(b"aba", b"<X>")
