@@ -66,7 +66,7 @@ def backup_server(
             while pending and len(dumping) < max(1, concurrency):
                 db = pending.pop(0)
                 future = dump_task.submit(
-                    srv, server, db, enc, workdir, backup_id, zstd_level, zstd_threads
+                    srv, server, db, enc, workdir, backup_id, level=zstd_level, threads=zstd_threads
                 )
                 dumping[future] = db
             done = next(as_completed(list(dumping)))
@@ -74,7 +74,7 @@ def backup_server(
             dump, error = _outcome(done)
             if error is None:
                 dumps[db] = dump
-                uploading[upload_task.submit(sto, dump, db)] = db
+                uploading[upload_task.submit(sto, dump)] = db
             else:
                 outcomes[db] = DatabaseOutcome(database=db, status="failed", error=error)
         for future in as_completed(list(uploading)):

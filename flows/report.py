@@ -54,8 +54,8 @@ class BackupReport(BaseModel):
             {
                 "database": o.database,
                 "status": o.status,
-                "raw MB": round(o.raw_bytes / 1e6, 2),
-                "stored MB": round(o.stored_bytes / 1e6, 2),
+                "raw MB": round(o.raw_bytes / 1e6, 3),
+                "stored MB": round(o.stored_bytes / 1e6, 3),
                 "ratio": round(o.ratio, 2),
                 "seconds": round(o.seconds, 2),
                 "MB/s": round(o.mb_per_s, 1),

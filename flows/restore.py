@@ -48,7 +48,15 @@ def restore_database(
     )
     with private_workdir() as workdir:
         result = restore_task(
-            srv, sto, enc, manifest, target, workdir, replace, identity_file, jobs
+            srv,
+            sto,
+            enc,
+            manifest,
+            target,
+            workdir,
+            replace=replace,
+            identity_file=identity_file,
+            jobs=jobs,
         )
     create_markdown_artifact(
         key="restore",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NONE
 from pydantic import BaseModel
 
@@ -19,6 +18,7 @@ from blocks.server import DatabaseServer
 from blocks.storage import BackupStorage
 from tasks.errors import DbBackupError, DiskFull
 from tasks.layout import MANIFEST_NAME, backup_key, encode_name
+from tasks.logs import run_logger
 from tasks.manifest import Manifest
 from tasks.process import ToolProcess
 from tasks.stream import encrypt_stream
@@ -52,10 +52,9 @@ def dump_database(
     *,
     level: int = 3,
     threads: int = 2,
-    logger: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> DumpResult:
     """Dump one database into an encrypted spool file; nothing is stored yet."""
-    log = logger or logging.getLogger(__name__)
+    log = run_logger()
     recipients = encryption.recipient_keys()
     started = datetime.now(UTC)
     options = server.database_options(database)
@@ -132,13 +131,9 @@ def _is_disk_full(exc: BaseException) -> bool:
     )
 
 
-def store_backup(
-    storage: BackupStorage,
-    dump: DumpResult,
-    logger: logging.Logger | logging.LoggerAdapter | None = None,
-) -> str:
+def store_backup(storage: BackupStorage, dump: DumpResult) -> str:
     """Upload the spooled object, then the manifest (last), then drop the spool."""
-    log = logger or logging.getLogger(__name__)
+    log = run_logger()
     m = dump.manifest
     key = backup_key(m.server, m.database, m.backup_id, m.object_name)
     storage.put_file(key, Path(dump.spool))
@@ -159,7 +154,8 @@ def _retry_if_transient(task, task_run, state) -> bool:  # noqa: ANN001
     return False
 
 
-@task(
+dump_task = task(
+    dump_database,
     name="dump",
     task_run_name="dump-{database}",
     cache_policy=NONE,
@@ -167,38 +163,13 @@ def _retry_if_transient(task, task_run, state) -> bool:  # noqa: ANN001
     retry_delay_seconds=30,
     retry_condition_fn=_retry_if_transient,
 )
-def dump_task(
-    server: DatabaseServer,
-    server_name: str,
-    database: str,
-    encryption: AgeEncryption,
-    workdir: Path,
-    backup_id: str,
-    level: int = 3,
-    threads: int = 2,
-) -> DumpResult:
-    """Prefect task: dump one database to an encrypted spool file."""
-    return dump_database(
-        server,
-        server_name,
-        database,
-        encryption,
-        workdir,
-        backup_id,
-        level=level,
-        threads=threads,
-        logger=get_run_logger(),
-    )
 
-
-@task(
+upload_task = task(
+    store_backup,
     name="upload",
-    task_run_name="upload-{database}",
+    task_run_name="upload-{dump.manifest.database}",
     cache_policy=NONE,
     retries=3,
     retry_delay_seconds=[2, 10, 30],
     retry_condition_fn=_retry_if_transient,
 )
-def upload_task(storage: BackupStorage, dump: DumpResult, database: str) -> str:
-    """Prefect task: store the object and its manifest; retried without dumping again."""
-    return store_backup(storage, dump, get_run_logger())

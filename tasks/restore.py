@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pyrage
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NONE
 from pydantic import BaseModel
 
@@ -20,6 +19,7 @@ from blocks.server import DatabaseServer, ToolCommand
 from blocks.storage import BackupStorage
 from tasks.errors import AuthError, ConfigError, IntegrityError, TargetExists
 from tasks.layout import backup_key
+from tasks.logs import Logger, run_logger
 from tasks.manifest import Manifest, recipient_fingerprint
 from tasks.process import ToolProcess
 from tasks.stream import ReplacingWriter, decrypt_stream, file_sha256
@@ -66,10 +66,9 @@ def restore_backup(
     replace: bool = False,
     identity_file: str | None = None,
     jobs: int = 1,
-    logger: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> RestoreResult:
     """Restore one backup into target. Nothing touches target until the backup checks out."""
-    log = logger or logging.getLogger(__name__)
+    log = run_logger()
     what = f"backup {manifest.backup_id} of {manifest.database!r} ({manifest.server})"
     if manifest.server_type != server.server_type:
         raise ConfigError(
@@ -138,7 +137,7 @@ class _TargetLoader:
         exists: bool,
         manifest: Manifest,
         workdir: Path,
-        log: logging.Logger | logging.LoggerAdapter,
+        log: Logger,
     ) -> None:
         self.server, self.target, self.exists = server, target, exists
         self.manifest, self.workdir, self.log = manifest, workdir, log
@@ -202,28 +201,7 @@ def _restore_from_archive(
         archive.unlink(missing_ok=True)
 
 
-@task(name="restore", task_run_name="restore-{target}", cache_policy=NONE)
-def restore_task(
-    server: DatabaseServer,
-    storage: BackupStorage,
-    encryption: AgeEncryption,
-    manifest: Manifest,
-    target: str,
-    workdir: Path,
-    replace: bool = False,
-    identity_file: str | None = None,
-    jobs: int = 1,
-) -> RestoreResult:
-    """Prefect task: restore one backup (no retries: a restore is not idempotent midway)."""
-    return restore_backup(
-        server,
-        storage,
-        encryption,
-        manifest,
-        target,
-        workdir,
-        replace=replace,
-        identity_file=identity_file,
-        jobs=jobs,
-        logger=get_run_logger(),
-    )
+# no retries: a restore that failed midway has dropped its partial target; rerun it by hand
+restore_task = task(
+    restore_backup, name="restore", task_run_name="restore-{target}", cache_policy=NONE
+)
