@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyrage
@@ -29,56 +29,50 @@ def my_admin() -> MyAdmin:
     return MyAdmin()
 
 
+def _database_factory(admin: PgAdmin | MyAdmin) -> Iterator[Callable[..., str]]:
+    created: list[str] = []
+
+    def make(name: str | None = None) -> str:
+        name = name or f"dbb_{uuid.uuid4().hex[:10]}"
+        admin.drop(name)
+        admin.create(name)
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        admin.drop(name)
+
+
+def _dropped_afterwards(admin: PgAdmin | MyAdmin) -> Iterator[list[str]]:
+    names: list[str] = []
+    yield names
+    for name in names:
+        admin.drop(name)
+
+
 @pytest.fixture
-def pg_db(pg_admin: PgAdmin) -> Iterator[callable]:
+def pg_db(pg_admin: PgAdmin) -> Iterator[Callable[..., str]]:
     """Factory: create a uniquely named PostgreSQL database; all are dropped afterwards."""
-    created: list[str] = []
-
-    def make(name: str | None = None) -> str:
-        name = name or f"dbb_{uuid.uuid4().hex[:10]}"
-        pg_admin.drop(name)
-        pg_admin.create(name)
-        created.append(name)
-        return name
-
-    yield make
-    for name in created:
-        pg_admin.drop(name)
+    yield from _database_factory(pg_admin)
 
 
 @pytest.fixture
-def my_db(my_admin: MyAdmin) -> Iterator[callable]:
+def my_db(my_admin: MyAdmin) -> Iterator[Callable[..., str]]:
     """Factory: create a uniquely named MariaDB database; all are dropped afterwards."""
-    created: list[str] = []
-
-    def make(name: str | None = None) -> str:
-        name = name or f"dbb_{uuid.uuid4().hex[:10]}"
-        my_admin.drop(name)
-        my_admin.create(name)
-        created.append(name)
-        return name
-
-    yield make
-    for name in created:
-        my_admin.drop(name)
+    yield from _database_factory(my_admin)
 
 
 @pytest.fixture
 def cleanup_pg(pg_admin: PgAdmin) -> Iterator[list[str]]:
-    """Names appended here (e.g. restore targets) are dropped after the test."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        pg_admin.drop(name)
+    """PostgreSQL databases named here (e.g. restore targets) are dropped after the test."""
+    yield from _dropped_afterwards(pg_admin)
 
 
 @pytest.fixture
 def cleanup_my(my_admin: MyAdmin) -> Iterator[list[str]]:
-    """Names appended here (e.g. restore targets) are dropped after the test."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        my_admin.drop(name)
+    """MariaDB databases named here (e.g. restore targets) are dropped after the test."""
+    yield from _dropped_afterwards(my_admin)
 
 
 @pytest.fixture(scope="session")
