@@ -61,14 +61,18 @@ class MySQLServer(DatabaseServer):
     user: str = Field(default="root", description="Login used for dumps and restores.")
 
     def _url(self, database: str | None) -> sa.URL:
+        query = {"charset": "utf8mb4", "connect_timeout": str(self.connect_timeout)}
+        socket = self.host.startswith("/")
+        if socket:
+            query["unix_socket"] = self.host
         return sa.URL.create(
             "mysql+pymysql",
             username=self.user,
             password=self.secret(),
-            host=self.host,
-            port=self.port,
+            host="localhost" if socket else self.host,
+            port=None if socket else self.port,
             database=database,
-            query={"charset": "utf8mb4", "connect_timeout": str(self.connect_timeout)},
+            query=query,
         )
 
     def _classify(self, exc: Exception) -> DbBackupError:

@@ -22,6 +22,16 @@ AUTH_MARKERS = (
 )
 
 
+CREATE_OPTIONS = (
+    "encoding",
+    "lc_collate",
+    "lc_ctype",
+    "locale_provider",
+    "icu_locale",
+    "builtin_locale",
+)
+
+
 def conninfo_value(value: str) -> str:
     """Quote a libpq conninfo value."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -106,31 +116,44 @@ class PostgresServer(DatabaseServer):
         with self.connect() as conn:
             row = conn.execute(
                 sa.text(
-                    "SELECT pg_encoding_to_char(encoding), datcollate, datctype "
-                    "FROM pg_database WHERE datname = :n"
+                    "SELECT pg_encoding_to_char(encoding) AS encoding, to_jsonb(d) AS d "
+                    "FROM pg_database d WHERE datname = :n"
                 ),
                 {"n": database},
             ).one_or_none()
         if row is None:
             raise DatabaseNotFound(f"no database {database!r} on {self.describe()}")
-        return {"encoding": row[0], "lc_collate": row[1], "lc_ctype": row[2]}
+        columns = row.d  # column names differ between versions (daticulocale -> datlocale)
+        options = {"encoding": row.encoding, "lc_collate": columns["datcollate"]}
+        options["lc_ctype"] = columns["datctype"]
+        provider = {"i": "icu", "b": "builtin"}.get(columns.get("datlocprovider") or "c")
+        locale = columns.get("daticulocale") or columns.get("datlocale")
+        if provider and locale:
+            options["locale_provider"] = provider
+            options["icu_locale" if provider == "icu" else "builtin_locale"] = locale
+        return options
 
     def create_database(self, database: str, options: dict[str, str]) -> None:
         with self.connect() as conn:
             sql = f"CREATE DATABASE {self.quote(conn, database)} TEMPLATE template0"
-            for key in ("encoding", "lc_collate", "lc_ctype"):
-                if options.get(key):
-                    # options come from our own manifest; validate before inlining
-                    if not re.fullmatch(r"[A-Za-z0-9_.@-]+", options[key]):
-                        raise ConfigError(f"unexpected {key} {options[key]!r} in manifest")
-                    sql += f" {key.upper()} '{options[key]}'"
+            for key, value in options.items():
+                # options come from our own manifest; still validate before inlining
+                if key not in CREATE_OPTIONS or not re.fullmatch(r"[A-Za-z0-9_.@-]+", value):
+                    raise ConfigError(f"unexpected database option {key}={value!r} in manifest")
+                sql += f" {key.upper()} " + (value if key == "locale_provider" else f"'{value}'")
             conn.execute(sa.text(sql))
 
     def drop_database(self, database: str) -> None:
         with self.connect() as conn:
+            # works on every version (DROP ... WITH (FORCE) needs 13+)
             conn.execute(
-                sa.text(f"DROP DATABASE IF EXISTS {self.quote(conn, database)} WITH (FORCE)")
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :n AND pid <> pg_backend_pid()"
+                ),
+                {"n": database},
             )
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {self.quote(conn, database)}"))
 
     def _client_major(self, path: str) -> int:
         out = self.client_version(path)

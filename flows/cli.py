@@ -13,11 +13,46 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import httpx
 import typer
+from typer._click import Context
+from typer._click.exceptions import UsageError  # typer vendors its own click
+from typer.core import TyperGroup
 
-from tasks.errors import DbBackupError
+from tasks.errors import ConfigError, DbBackupError
+
+
+class _DbBackupGroup(TyperGroup):
+    """Usage errors exit 3 (not click's 2, which means 'all failed' here); an unreachable
+    Prefect API is a configuration error with a message instead of a traceback."""
+
+    def make_context(self, *args, **kwargs) -> Context:  # noqa: ANN002, ANN003
+        try:
+            return super().make_context(*args, **kwargs)
+        except UsageError as exc:
+            exc.exit_code = ConfigError.exit_code
+            raise
+
+    def invoke(self, ctx: Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            exc.exit_code = ConfigError.exit_code
+            raise
+        except httpx.HTTPError as exc:
+            from prefect.settings import PREFECT_API_URL
+
+            url = PREFECT_API_URL.value() or "the temporary local API"
+            typer.echo(
+                f"dbbackup: error: cannot reach the Prefect API at {url}: {exc}. Start it "
+                "(prefect server start) or unset PREFECT_API_URL to use a temporary one.",
+                err=True,
+            )
+            raise typer.Exit(ConfigError.exit_code) from None
+
 
 app = typer.Typer(
+    cls=_DbBackupGroup,
     name="dbbackup",
     help="Encrypted PostgreSQL and MySQL/MariaDB backups, run as Prefect flows.",
     no_args_is_help=True,
@@ -50,7 +85,7 @@ def keygen(
 
     output = output.expanduser()
     if output.exists() and not force:
-        _fail(DbBackupError(f"{output} exists; refusing to overwrite a key (use --force)"))
+        _fail(ConfigError(f"{output} exists; refusing to overwrite a key (use --force)"))
     identity = pyrage.x25519.Identity.generate()
     recipient = str(identity.to_public())
     output.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
