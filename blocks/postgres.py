@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,7 @@ class PostgresServer(DatabaseServer):
     server_type: ClassVar[str] = "postgres"
     system_databases: ClassVar[frozenset[str]] = frozenset({"template0", "template1", "postgres"})
     dump_options: ClassVar[list[str]] = ["--format=custom", "--compress=0"]
+    supports_rename: ClassVar[bool] = True
 
     port: int = Field(default=5432)
     user: str = Field(default="postgres", description="Login used for dumps and restores.")
@@ -143,17 +145,30 @@ class PostgresServer(DatabaseServer):
                 sql += f" {key.upper()} " + (value if key == "locale_provider" else f"'{value}'")
             conn.execute(sa.text(sql))
 
+    @staticmethod
+    def _disconnect(conn: sa.Connection, database: str) -> None:
+        # works on every version (DROP ... WITH (FORCE) needs 13+)
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :n AND pid <> pg_backend_pid()"
+            ),
+            {"n": database},
+        )
+
     def drop_database(self, database: str) -> None:
         with self.connect() as conn:
-            # works on every version (DROP ... WITH (FORCE) needs 13+)
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :n AND pid <> pg_backend_pid()"
-                ),
-                {"n": database},
-            )
+            self._disconnect(conn, database)
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {self.quote(conn, database)}"))
+
+    def swap_database(self, replacement: str, target: str) -> None:
+        retired = f"{replacement}_old"
+        with self.connect() as conn:
+            q = functools.partial(self.quote, conn)
+            self._disconnect(conn, target)
+            conn.execute(sa.text(f"ALTER DATABASE {q(target)} RENAME TO {q(retired)}"))
+            conn.execute(sa.text(f"ALTER DATABASE {q(replacement)} RENAME TO {q(target)}"))
+        self.drop_database(retired)
 
     def _client_major(self, path: str) -> int:
         out = self.client_version(path)

@@ -20,6 +20,8 @@ from pydantic import Field, SecretStr
 
 from tasks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
 
+STAGING_PREFIX = "dbbackup_staging_"
+
 
 @dataclass
 class ToolCommand:
@@ -51,6 +53,7 @@ class DatabaseServer(Block, ABC):
     server_type: ClassVar[str]
     system_databases: ClassVar[frozenset[str]]
     dump_options: ClassVar[list[str]]
+    supports_rename: ClassVar[bool] = False
 
     host: str = Field(default="127.0.0.1", description="Host name, IP, or unix socket directory.")
     user: str = Field(description="Login used for dumps and restores.")
@@ -111,6 +114,10 @@ class DatabaseServer(Block, ABC):
     ) -> Iterator[ToolCommand]:
         """The restore invocation: reading the dump on stdin, or from an archive file with jobs."""
 
+    def swap_database(self, replacement: str, target: str) -> None:
+        """Put replacement in target's place and drop the old target (engines that rename)."""
+        raise NotImplementedError
+
     def restore_rewrite(self, source: str, target: str) -> tuple[bytes, bytes] | None:
         """A (old, new) byte replacement that retargets a dump of source to target, if needed."""
         return None
@@ -152,6 +159,7 @@ class DatabaseServer(Block, ABC):
             n
             for n in names
             if n not in self.system_databases
+            and not n.startswith(STAGING_PREFIX)
             and any(fnmatch.fnmatchcase(n, p) for p in self.include)
             and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude)
         ]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -15,9 +16,9 @@ from prefect.cache_policies import NONE
 from pydantic import BaseModel
 
 from blocks.encryption import AgeEncryption
-from blocks.server import DatabaseServer, ToolCommand
+from blocks.server import STAGING_PREFIX, DatabaseServer, ToolCommand
 from blocks.storage import BackupStorage
-from tasks.errors import AuthError, ConfigError, IntegrityError, TargetExists
+from tasks.errors import AuthError, ConfigError, DbBackupError, IntegrityError, TargetExists
 from tasks.layout import backup_key
 from tasks.logs import Logger, run_logger
 from tasks.manifest import Manifest, recipient_fingerprint
@@ -86,19 +87,27 @@ def restore_backup(
         raise ConfigError("--jobs applies to PostgreSQL restores only")
     started = datetime.now(UTC)
     key = backup_key(manifest.server, manifest.database, manifest.backup_id, manifest.object_name)
-    loader = _TargetLoader(server, target, exists, manifest, workdir, log)
     with storage.open_read(key, workdir) as f:
         check_object(f, manifest, what)
-        try:
-            with _decrypt_errors(what, manifest, identities):
-                if jobs > 1:
-                    _restore_from_archive(f, loader, identities, workdir, jobs)
-                else:
-                    with contextlib.ExitStack() as stack:
-                        decrypt_stream(f, lambda: loader.open_stream(stack), identities)
-        except BaseException:
-            loader.drop_if_created()
-            raise
+
+        def load(into: str) -> None:
+            f.seek(0)
+            loader = _TargetLoader(server, into, manifest, workdir, log)
+            try:
+                with _decrypt_errors(what, manifest, identities):
+                    if jobs > 1:
+                        _restore_from_archive(f, loader, identities, workdir, jobs)
+                    else:
+                        with contextlib.ExitStack() as stack:
+                            decrypt_stream(f, lambda: loader.open_stream(stack), identities)
+            except BaseException:
+                loader.drop_if_created()
+                raise
+
+        if exists:
+            _replace(server, target, load, log)
+        else:
+            load(target)
     return RestoreResult(
         server=manifest.server,
         database=manifest.database,
@@ -134,19 +143,15 @@ class _TargetLoader:
         self,
         server: DatabaseServer,
         target: str,
-        exists: bool,
         manifest: Manifest,
         workdir: Path,
         log: Logger,
     ) -> None:
-        self.server, self.target, self.exists = server, target, exists
+        self.server, self.target = server, target
         self.manifest, self.workdir, self.log = manifest, workdir, log
         self.created = False
 
     def _create(self) -> None:
-        if self.exists:
-            self.log.warning("dropping existing database %r to replace it", self.target)
-            self.server.drop_database(self.target)
         self.server.create_database(self.target, self.manifest.create_options)
         self.created = True
 
@@ -181,6 +186,32 @@ class _TargetLoader:
         if self.created:
             self.log.warning("restore into %r failed: dropping the partial database", self.target)
             self.server.drop_database(self.target)
+
+
+def _replace(server: DatabaseServer, target: str, load: Callable[[str], None], log: Logger) -> None:
+    """Replace an existing database only once the backup has restored completely.
+
+    The backup goes into a staging database first; a failure there leaves the
+    target untouched. PostgreSQL then swaps names; MySQL/MariaDB cannot rename
+    a database, so the target is dropped and loaded a second time, and if that
+    fails the staging copy is kept and named in the error.
+    """
+    staging = STAGING_PREFIX + secrets.token_hex(4)
+    load(staging)
+    if server.supports_rename:
+        server.swap_database(staging, target)
+        log.info("replaced %r with the restored copy", target)
+        return
+    log.warning("dropping %r to replace it with the restored backup", target)
+    server.drop_database(target)
+    try:
+        load(target)
+    except BaseException as exc:
+        raise DbBackupError(
+            f"restoring into {target!r} failed after it was dropped: {exc}. A complete "
+            f"restored copy is in database {staging!r}"
+        ) from exc
+    server.drop_database(staging)
 
 
 def _restore_from_archive(

@@ -516,11 +516,6 @@ def test_target_exists_without_replace_exits_3_and_leaves_it_alone(
     assert my_admin.table_fingerprints(mtarget) == mbefore
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: restore --replace drops the existing target before the restore has "
-    "succeeded; a restore that fails midway leaves neither the old nor the new database",
-)
 def test_failing_restore_with_replace_keeps_the_existing_target(env, pg_db, pg_admin, tmp_path):
     from blocks import PostgresServer
 
@@ -658,3 +653,71 @@ def test_one_failing_database_does_not_stop_the_others(env, my_db, my_admin, cle
     result = env.cli("restore", env.my, broken, "--into", broken + "_restored")
     assert result.exit_code == 3, result.output
     assert not my_admin.exists(broken + "_restored")
+
+
+def fake_mariadb(directory: Path, fail_on_call: int) -> Path:
+    """A bin_dir whose `mariadb` client is the real one, except call N reads all input and fails."""
+    import shutil
+
+    directory.mkdir()
+    counter = directory / "calls"
+    counter.write_text("0")
+    script = directory / "mariadb"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"n=$(( $(cat {counter}) + 1 )); echo $n > {counter}\n"
+        f'if [ "$n" = "{fail_on_call}" ]; then cat > /dev/null; '
+        "echo 'ERROR 1114 (HY000): The table is full' >&2; exit 1; fi\n"
+        f'exec {shutil.which("mariadb")} "$@"\n'
+    )
+    script.chmod(0o755)
+    for tool in ("mariadb-dump",):
+        (directory / tool).symlink_to(shutil.which(tool))
+    return directory
+
+
+def _my_replace_setup(env, my_db, my_admin, tmp_path, fail_on_call: int):  # noqa: ANN001, ANN202
+    from blocks import MySQLServer
+
+    db = my_db()
+    my_admin.execute(db, "CREATE TABLE t (id int PRIMARY KEY)", "INSERT INTO t VALUES (1), (2)")
+    target = my_db()
+    my_admin.execute(target, "CREATE TABLE keep (x text)", "INSERT INTO keep VALUES ('precious')")
+    server = f"my-flaky-{uuid.uuid4().hex[:8]}"
+    bin_dir = fake_mariadb(tmp_path / "bin", fail_on_call)
+    MySQLServer(host="127.0.0.1", user="root", bin_dir=str(bin_dir)).save(server)
+    assert env.cli("backup", server, "-d", db).exit_code == 0
+    return server, db, target
+
+
+def _staging_databases(my_admin) -> list[str]:  # noqa: ANN001
+    return [
+        r[0] for r in my_admin.query(None, "SHOW DATABASES") if r[0].startswith("dbbackup_staging_")
+    ]
+
+
+def test_mysql_replace_that_fails_keeps_the_existing_target(env, my_db, my_admin, tmp_path):
+    """The first load goes into a staging database: its failure leaves the target as it was."""
+    server, db, target = _my_replace_setup(env, my_db, my_admin, tmp_path, fail_on_call=1)
+    before = my_admin.table_fingerprints(target)
+    staging_before = _staging_databases(my_admin)
+    result = env.cli("restore", server, db, "--into", target, "--replace")
+    assert result.exit_code == 2, result.output
+    assert "The table is full" in result.stderr
+    assert my_admin.table_fingerprints(target) == before
+    assert _staging_databases(my_admin) == staging_before
+
+
+def test_mysql_replace_failing_on_the_second_load_keeps_a_complete_copy(
+    env, my_db, my_admin, tmp_path, cleanup_my
+):
+    """MariaDB cannot rename a database: if the reload into the target fails, the verified
+    staging copy stays and the error names it."""
+    server, db, target = _my_replace_setup(env, my_db, my_admin, tmp_path, fail_on_call=2)
+    staging_before = set(_staging_databases(my_admin))
+    result = env.cli("restore", server, db, "--into", target, "--replace")
+    assert result.exit_code == 2, result.output
+    [staging] = set(_staging_databases(my_admin)) - staging_before
+    cleanup_my.append(staging)
+    assert f"complete restored copy is in database '{staging}'" in result.stderr
+    assert my_admin.table_fingerprints(staging) == my_admin.table_fingerprints(db)
