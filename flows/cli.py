@@ -211,7 +211,10 @@ def list_cmd(
 @app.command()
 def restore(
     server: Annotated[
-        str, typer.Argument(help="Server block the backup was taken from and is restored into.")
+        str,
+        typer.Argument(
+            help="Server block to restore into (and, without --from-server, whose backups to use)."
+        ),
     ],
     database: Annotated[str, typer.Argument(help="Database whose backup to restore.")],
     into: Annotated[str | None, typer.Option("--into", help="Restore under this name.")] = None,
@@ -230,6 +233,12 @@ def restore(
             help="PostgreSQL: parallel pg_restore jobs (decrypts to the private work dir first).",
         ),
     ] = 1,
+    from_server: Annotated[
+        str | None,
+        typer.Option(
+            "--from-server", help="Restore a backup taken from this server (default: SERVER)."
+        ),
+    ] = None,
     storage: StorageOpt = "default",
     encryption: EncryptionOpt = "default",
     as_json: JsonOpt = False,
@@ -248,6 +257,7 @@ def restore(
             replace=replace,
             identity_file=str(identity_file.expanduser()) if identity_file else None,
             jobs=jobs,
+            source_server=from_server,
         )
     except DbBackupError as exc:
         _fail(exc)

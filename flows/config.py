@@ -11,7 +11,7 @@ import yaml
 from prefect.blocks.core import Block
 from pydantic import SecretStr, ValidationError
 
-from blocks.encryption import AgeEncryption, read_identity_file
+from blocks.encryption import AgeEncryption
 from blocks.mysql import MySQLServer
 from blocks.postgres import PostgresServer
 from blocks.registry import SERVER_TYPES
@@ -94,13 +94,30 @@ def load_config(path: Path) -> list[tuple[str, Block]]:
     blocks = _typed(_entries(config, "servers"), SERVER_KINDS, "servers", base)
     blocks += _typed(_entries(config, "storage"), STORAGE_KINDS, "storage", base)
     for name, raw in _entries(config, "encryption").items():
-        fields = expand_env(dict(raw), f"encryption.{name}")
-        block = _build(AgeEncryption, fields, f"encryption.{name}", base)
-        if not block.recipients and block.identity_file:
-            block.recipients = [str(i.to_public()) for i in read_identity_file(block.identity_file)]
-        block.recipient_keys()  # validates; fails closed on none
+        where = f"encryption.{name}"
+        block = _build(AgeEncryption, expand_env(dict(raw), where), where, base)
+        try:
+            if not block.recipients and (block.identity or block.identity_file):
+                block.recipients = [str(i.to_public()) for i in block.identities()]
+            block.recipient_keys()  # validates; fails closed on none
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         blocks.append((str(name), block))
     return blocks
+
+
+def _check_server_names(blocks: list[tuple[str, Block]]) -> None:
+    """Refuse a server name already used by a block of the other engine (before saving any)."""
+    for name, block in blocks:
+        kind = type(block)
+        if kind not in SERVER_TYPES:
+            continue
+        for other in SERVER_TYPES:
+            if other is not kind and _exists(other, name):
+                raise ConfigError(
+                    f"servers.{name}: a {other.get_block_type_slug()} block is already named "
+                    f"{name!r}; delete it first (prefect block delete) or pick another name"
+                )
 
 
 def _comparable(block: Block) -> dict[str, Any]:
@@ -115,16 +132,11 @@ def apply_config(path: Path) -> list[tuple[str, str, str]]:
 
     Returns (block type slug, name, created|updated|unchanged) for each block.
     """
+    blocks = load_config(path)
+    _check_server_names(blocks)
     changes = []
-    for name, block in load_config(path):
+    for name, block in blocks:
         kind = type(block)
-        if kind in SERVER_TYPES:
-            for other in SERVER_TYPES:
-                if other is not kind and _exists(other, name):
-                    raise ConfigError(
-                        f"servers.{name}: a {other.get_block_type_slug()} block is already named "
-                        f"{name!r}; delete it first (prefect block delete) or pick another name"
-                    )
         try:
             existing = kind.load(name)
         except ValueError:

@@ -26,6 +26,7 @@ def restore_database(
     replace: bool = False,
     identity_file: str | None = None,
     jobs: int = 1,
+    source_server: str | None = None,
 ) -> RestoreResult:
     """Restore a backup of `database` (default: the latest) into `target_database`.
 
@@ -33,10 +34,12 @@ def restore_database(
     identity against the header before the target is created or dropped.
     An existing target is replaced only with replace=True. jobs > 1 (PostgreSQL)
     decrypts into the private work dir first so pg_restore can run in parallel.
+    source_server picks the backups of another server (e.g. one that is gone)
+    to restore into `server`.
     """
     log = get_run_logger()
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
-    manifest = find_backup(sto, server, database, backup_id)
+    manifest = find_backup(sto, source_server or server, database, backup_id)
     target = target_database or database
     log.info(
         "restoring backup %s of %r (%.1f MB stored) into %r on %s",

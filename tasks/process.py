@@ -19,6 +19,17 @@ from types import TracebackType
 from tasks.errors import ToolFailed, redact
 
 STDERR_TAIL = 4000
+# client errors that mean the network or server went away: a later attempt may succeed
+CONNECTION_LOST = (
+    "server closed the connection unexpectedly",
+    "connection to server",
+    "could not connect to server",
+    "lost connection to",
+    "can't connect to",
+    "server has gone away",
+    "connection refused",
+    "connection timed out",
+)
 
 
 class ToolProcess:
@@ -103,7 +114,9 @@ class ToolProcess:
             how = (
                 f"was killed by signal {-returncode}" if returncode < 0 else f"exited {returncode}"
             )
-            raise ToolFailed(f"{self.name} {how}: {stderr or '(no error output)'}") from exc
+            error = ToolFailed(f"{self.name} {how}: {stderr or '(no error output)'}")
+            error.retryable = any(marker in stderr.lower() for marker in CONNECTION_LOST)
+            raise error from exc
 
     def _exited_with_error(self, exc: BaseException) -> bool:
         """True when the child failed first and caused exc (e.g. a broken pipe)."""

@@ -70,3 +70,26 @@ def test_jobs_is_refused_for_mysql(env, my_db, my_admin):
     assert result.exit_code == 3
     assert "PostgreSQL restores only" in result.stderr
     assert not my_admin.exists(db + "_j")
+
+
+def test_restore_a_backup_of_another_server(env, pg_db, pg_admin, cleanup_pg):
+    """Incident case: the original server is gone; its backups restore into a new server block."""
+    import uuid
+
+    from blocks import PostgresServer
+
+    db = pg_db()
+    pg_admin.execute(db, "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g")
+    assert env.cli("backup", env.pg, "-d", db).exit_code == 0
+    replacement = f"pg-new-{uuid.uuid4().hex[:8]}"
+    PostgresServer(host="127.0.0.1", user="postgres").save(replacement)
+    target = db + "_moved"
+    cleanup_pg.append(target)
+    result = env.cli(
+        "restore", replacement, db, "--from-server", env.pg, "--into", target, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    assert pg_admin.table_fingerprints(target) == pg_admin.table_fingerprints(db)
+    assert (
+        env.cli("restore", replacement, db, "--into", target + "x").exit_code == 3
+    )  # no own backups

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tasks.errors import ToolFailed
@@ -34,12 +36,18 @@ def test_time_limit_kills_the_whole_process_group(tmp_path):
     assert _gone_or_zombie(child)
 
 
-def _gone_or_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+def _gone_or_zombie(pid: int, within: float = 5.0) -> bool:
+    """Whether pid is dead (gone, or a zombie nobody reaped) within a few seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_an_error_in_our_code_kills_the_tool_and_propagates():
@@ -61,3 +69,14 @@ def test_reader_dying_first_reports_the_tool_error():
     ):
         for _ in range(1000):
             p.stdin.write(b"x" * 65536)
+
+
+def test_a_dropped_connection_is_retryable_a_dump_error_is_not():
+    lost = "echo 'pg_dump: error: server closed the connection unexpectedly' >&2; exit 1"
+    with pytest.raises(ToolFailed) as err, ToolProcess(["sh", "-c", lost]):
+        pass
+    assert err.value.retryable
+    broken = "echo 'pg_dump: error: query failed: ERROR:  permission denied' >&2; exit 1"
+    with pytest.raises(ToolFailed) as err, ToolProcess(["sh", "-c", broken]):
+        pass
+    assert not err.value.retryable
