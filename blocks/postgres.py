@@ -92,11 +92,14 @@ class PostgresServer(DatabaseServer):
         text = self._error_text(exc)
         low = text.lower()
         where = self.describe()
-        if any(m in low for m in AUTH_MARKERS) or ("role" in low and "does not exist" in low):
+        state = getattr(exc, "sqlstate", None) or ""
+        auth = any(m in low for m in AUTH_MARKERS) or ("role" in low and "does not exist" in low)
+        if state.startswith("28") or auth:
             return AuthError(f"PostgreSQL at {where} rejected the login: {text}")
-        if "database" in low and "does not exist" in low:
+        if state == "3D000" or ("database" in low and "does not exist" in low):
             return DatabaseNotFound(f"PostgreSQL at {where}: {text}")
-        if isinstance(exc, sa.exc.ProgrammingError):
+        if state and not state.startswith("08"):
+            # the server answered: a permission problem, an object in use, ...
             return DbBackupError(f"PostgreSQL at {where}: {text}")
         return ConnectionFailed(f"cannot connect to PostgreSQL at {where}: {text}")
 

@@ -99,8 +99,8 @@ class LocalBackupStorage(BackupStorage):
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull(
-                    f"backup storage {self.root} is full ({exc.strerror}): free space or prune "
-                    "old backups, then run the backup again"
+                    f"backup storage {self.root} is full ({exc.strerror}): free space (remove "
+                    "old backups), then run the backup again"
                 ) from None
             raise StorageError(f"cannot write {target}: {exc.strerror}") from None
 

@@ -39,7 +39,9 @@ class _DbBackupGroup(TyperGroup):
         except UsageError as exc:
             exc.exit_code = ConfigError.exit_code
             raise
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and "reach API" not in str(exc):
+                raise
             from prefect.settings import PREFECT_API_URL
 
             url = PREFECT_API_URL.value() or "the temporary local API"

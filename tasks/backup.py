@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -16,7 +15,7 @@ from pydantic import BaseModel
 from blocks.encryption import AgeEncryption
 from blocks.server import DatabaseServer
 from blocks.storage import BackupStorage
-from tasks.errors import DbBackupError, DiskFull
+from tasks.errors import DbBackupError, DiskFull, is_disk_full
 from tasks.layout import MANIFEST_NAME, backup_key, encode_name
 from tasks.logs import run_logger
 from tasks.manifest import Manifest
@@ -105,7 +104,7 @@ def dump_database(
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             spool.unlink()
-        if _is_disk_full(exc):
+        if is_disk_full(exc):
             raise DiskFull(
                 f"the work dir {workdir.parent} is full while spooling {database!r}: set "
                 "DBBACKUP_WORK_DIR to a disk with room for the largest compressed dump"
@@ -122,13 +121,6 @@ def dump_database(
         st.raw_bytes / 1e6 / max(manifest.seconds, 1e-3),
     )
     return DumpResult(spool=str(spool), manifest=manifest)
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    # pyrage reports a failed write as a plain OSError carrying the original text
-    return isinstance(exc, OSError) and (
-        exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc)
-    )
 
 
 def store_backup(storage: BackupStorage, dump: DumpResult) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 
 
@@ -64,6 +65,13 @@ class StorageError(DbBackupError):
 
 class DiskFull(DbBackupError):
     """No space left (storage or work dir): retrying will not help until space is freed."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether exc means 'no space left' (pyrage reports it as a plain OSError text)."""
+    return isinstance(exc, OSError) and (
+        exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc)
+    )
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:

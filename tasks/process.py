@@ -22,7 +22,6 @@ STDERR_TAIL = 4000
 # client errors that mean the network or server went away: a later attempt may succeed
 CONNECTION_LOST = (
     "server closed the connection unexpectedly",
-    "connection to server",
     "could not connect to server",
     "lost connection to",
     "can't connect to",
@@ -115,7 +114,8 @@ class ToolProcess:
                 f"was killed by signal {-returncode}" if returncode < 0 else f"exited {returncode}"
             )
             error = ToolFailed(f"{self.name} {how}: {stderr or '(no error output)'}")
-            error.retryable = any(marker in stderr.lower() for marker in CONNECTION_LOST)
+            low = stderr.lower()
+            error.retryable = "authentication" not in low and any(m in low for m in CONNECTION_LOST)
             raise error from exc
 
     def _exited_with_error(self, exc: BaseException) -> bool:

@@ -18,7 +18,15 @@ from pydantic import BaseModel
 from blocks.encryption import AgeEncryption
 from blocks.server import STAGING_PREFIX, DatabaseServer, ToolCommand
 from blocks.storage import BackupStorage
-from tasks.errors import AuthError, ConfigError, DbBackupError, IntegrityError, TargetExists
+from tasks.errors import (
+    AuthError,
+    ConfigError,
+    DbBackupError,
+    DiskFull,
+    IntegrityError,
+    TargetExists,
+    is_disk_full,
+)
 from tasks.layout import backup_key
 from tasks.logs import Logger, run_logger
 from tasks.manifest import Manifest, recipient_fingerprint
@@ -133,6 +141,11 @@ def _decrypt_errors(
             f"encrypted to {', '.join(manifest.recipients)}. Use the matching identity file."
         ) from None
     except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFull(
+                f"no space left while decrypting {what} into the work dir: set "
+                "DBBACKUP_WORK_DIR to a disk with room for the uncompressed dump (or drop --jobs)"
+            ) from None
         raise IntegrityError(f"{what} failed to decrypt: {exc}") from None
 
 
@@ -199,7 +212,13 @@ def _replace(server: DatabaseServer, target: str, load: Callable[[str], None], l
     staging = STAGING_PREFIX + secrets.token_hex(4)
     load(staging)
     if server.supports_rename:
-        server.swap_database(staging, target)
+        try:
+            server.swap_database(staging, target)
+        except BaseException as exc:
+            raise DbBackupError(
+                f"the backup restored into {staging!r} but swapping it into {target!r} failed: "
+                f"{exc}. Check which of {target!r}, {staging!r} and {staging + '_old'!r} exist."
+            ) from exc
         log.info("replaced %r with the restored copy", target)
         return
     log.warning("dropping %r to replace it with the restored backup", target)
