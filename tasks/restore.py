@@ -46,7 +46,7 @@ class RestoreResult(BaseModel):
     seconds: float
 
 
-def check_object(f, manifest: Manifest, what: str) -> None:  # noqa: ANN001
+def check_object(f: BinaryIO, manifest: Manifest, what: str) -> None:
     """Fail unless the stored object has the manifest's size and sha256."""
     size = f.seek(0, 2)
     expected = manifest.stats.stored_bytes
