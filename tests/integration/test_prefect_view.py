@@ -77,3 +77,56 @@ def test_a_hung_dump_is_killed_and_the_others_still_complete(env, pg_db, pg_admi
     assert [o.status for o in failure.value.report.outcomes] == ["ok", "failed"]
     assert "time limit of 3s" in failure.value.report.outcomes[1].error
     assert not [p for p in env.storage_path.rglob("*") if stuck in str(p)]
+
+
+def test_block_types_register_from_the_module(prefect_api):
+    """`prefect block register -m blocks` registers exactly our four types (no abstract bases)."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "block", "register", "-m", "blocks"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Successfully registered 4 blocks" in done.stdout
+
+    async def slugs() -> set[str]:
+        async with get_client() as client:
+            return {t.slug for t in await client.read_block_types()}
+
+    assert {
+        "postgres-server",
+        "mysql-server",
+        "local-backup-storage",
+        "age-encryption",
+    } <= asyncio.run(slugs())
+
+
+def test_concurrency_bounds_the_dumps_running_at_once(env, pg_db, pg_admin):
+    """With concurrency=2, no more than two dump task runs ever overlap."""
+    dbs = [pg_db() for _ in range(4)]
+    for db in dbs:
+        pg_admin.execute(
+            db, "CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 50000) g"
+        )
+    backup_server(
+        server=env.pg, storage=env.storage, encryption=env.encryption, databases=dbs, concurrency=2
+    )
+    _, task_runs, _ = asyncio.run(_run_view(f"backup-{env.pg}-{datetime.now(UTC):%Y-%m-%d}"))
+    dumps = [t for t in task_runs if t.name.startswith("dump-")]
+    assert sorted(t.name for t in dumps) == sorted(f"dump-{db}" for db in dbs)
+    events = sorted([(t.start_time, 1) for t in dumps] + [(t.end_time, -1) for t in dumps])
+    running, peak = 0, 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert 1 <= peak <= 2
