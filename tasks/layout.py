@@ -41,21 +41,11 @@ def new_backup_id(now: datetime | None = None) -> str:
     return f"{now.strftime(BACKUP_ID_FORMAT)}-{secrets.token_hex(2)}"
 
 
-def backup_id_time(backup_id: str) -> datetime:
-    """The UTC time encoded in a backup id."""
-    return datetime.strptime(backup_id.split("-", 1)[0], BACKUP_ID_FORMAT).replace(tzinfo=UTC)
-
-
 def series_prefix(server: str, database: str | None = None) -> str:
     """Key prefix of a server, or of one database series on it."""
     if database is None:
         return encode_name(server) + "/"
     return f"{encode_name(server)}/{encode_name(database)}/"
-
-
-def globals_prefix(server: str) -> str:
-    """Key prefix of the users/roles series of a server."""
-    return f"{encode_name(server)}/{GLOBALS_SEGMENT}/"
 
 
 def backup_key(server: str, database: str, backup_id: str, name: str) -> str:

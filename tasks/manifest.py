@@ -45,7 +45,6 @@ class Manifest(BaseModel):
     create_options: dict[str, str] = Field(
         default_factory=dict, description="encoding/collation to recreate the database with"
     )
-    table_row_counts: dict[str, int] | None = None
 
     @property
     def seconds(self) -> float:
