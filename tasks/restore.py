@@ -174,8 +174,8 @@ class _TargetLoader:
 
     def open_stream(self, stack: contextlib.ExitStack) -> BinaryIO | ReplacingWriter:
         """Create the target and start a client reading the dump on stdin."""
-        self._create()
         cmd = stack.enter_context(self.server.restore_command(self.target, self.workdir))
+        self._create()
         stdin = stack.enter_context(self._process(cmd, stdin=True)).stdin
         rewrite = self.server.restore_rewrite(self.manifest.database, self.target)
         if rewrite is None:
@@ -187,12 +187,10 @@ class _TargetLoader:
 
     def load_archive(self, archive: Path, jobs: int) -> None:
         """Create the target and restore a plain archive file with parallel jobs."""
-        self._create()
-        with (
-            self.server.restore_command(self.target, self.workdir, archive, jobs) as cmd,
-            self._process(cmd, stdin=False),
-        ):
-            pass
+        with self.server.restore_command(self.target, self.workdir, archive, jobs) as cmd:
+            self._create()
+            with self._process(cmd, stdin=False):
+                pass
 
     def drop_if_created(self) -> None:
         """Drop a target this restore created (it is incomplete)."""
