@@ -170,9 +170,20 @@ class DatabaseServer(Block, ABC):
             return database in self._all_database_names(conn)
 
     def select_databases(self, requested: list[str] | None) -> list[str]:
-        """The databases to back up: the requested ones (which must exist) or discovery."""
+        """The databases to back up: the requested ones (which must exist) or discovery.
+
+        Discovery that finds nothing is an error: a backup run that silently backs
+        up nothing would look healthy while protecting nothing.
+        """
         if not requested:
-            return self.list_databases()
+            found = self.list_databases()
+            if not found:
+                raise ConfigError(
+                    f"no database on {self.describe()} matches include={self.include} "
+                    f"exclude={self.exclude} (system databases are always skipped): "
+                    "nothing to back up; check the block's include/exclude"
+                )
+            return found
         with self.connect() as conn:
             existing = set(self._all_database_names(conn))
         missing = [d for d in requested if d not in existing]

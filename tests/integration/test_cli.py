@@ -105,3 +105,14 @@ def test_backup_without_manifest_does_not_exist(env, pg_db, pg_admin):
     assert result.exit_code == 3
     assert "no complete backup" in result.stderr
     assert not pg_admin.exists(db + "_x")
+
+
+def test_discovery_that_finds_nothing_fails_instead_of_looking_healthy(env):
+    from blocks import PostgresServer
+
+    server = f"pg-none-{uuid.uuid4().hex[:6]}"
+    PostgresServer(host="127.0.0.1", user="postgres", include=["no_such_prefix_*"]).save(server)
+    result = env.cli("backup", server)
+    assert result.exit_code == 3
+    assert "matches include=['no_such_prefix_*']" in result.stderr
+    assert not env.storage_path.exists() or not list(env.storage_path.rglob("*"))
