@@ -90,9 +90,8 @@ class MySQLServer(DatabaseServer):
     def _all_database_names(self, conn: sa.Connection) -> list[str]:
         return sorted(r[0] for r in conn.execute(sa.text("SHOW DATABASES")))
 
-    def server_version(self) -> str:
-        with self.connect() as conn:
-            return conn.execute(sa.text("SELECT VERSION()")).scalar_one()
+    def _version_query(self) -> str:
+        return "SELECT VERSION()"
 
     def database_options(self, database: str) -> dict[str, str]:
         with self.connect() as conn:
@@ -181,7 +180,7 @@ class MySQLServer(DatabaseServer):
         with self._defaults_file(workdir) as defaults:
             # no --databases: the dump has no CREATE DATABASE/USE and restores under any name
             argv = [client, defaults, *DUMP_OPTIONS, "--", database]
-            yield ToolCommand(argv, env, [s for s in [self.secret()] if s])
+            yield ToolCommand(argv, env, self.secrets())
 
     @contextlib.contextmanager
     def restore_command(
@@ -196,4 +195,4 @@ class MySQLServer(DatabaseServer):
         with self._defaults_file(workdir) as defaults:
             # --comments keeps comments inside routine, trigger and event bodies
             argv = [client, defaults, "--binary-mode", "--comments", f"--database={database}"]
-            yield ToolCommand(argv, env, [s for s in [self.secret()] if s])
+            yield ToolCommand(argv, env, self.secrets())

@@ -109,13 +109,11 @@ class PostgresServer(DatabaseServer):
         )
         return [r[0] for r in rows]
 
-    def server_version(self) -> str:
-        with self.connect() as conn:
-            return conn.execute(sa.text("SHOW server_version")).scalar_one()
+    def _version_query(self) -> str:
+        return "SHOW server_version"
 
     def _server_major(self) -> int:
-        with self.connect() as conn:
-            return int(conn.execute(sa.text("SHOW server_version_num")).scalar_one()) // 10000
+        return int(re.match(r"\d+", self.server_version()).group())
 
     def database_options(self, database: str) -> dict[str, str]:
         with self.connect() as conn:
@@ -219,9 +217,7 @@ class PostgresServer(DatabaseServer):
     def dump_command(self, database: str, workdir: Path) -> Iterator[ToolCommand]:
         argv = [self.dump_client(), *self.dump_options, "--no-password"]
         with self._credentials(workdir) as env:
-            yield ToolCommand(
-                argv + ["--dbname", self.conninfo(database)], env, [s for s in [self.secret()] if s]
-            )
+            yield ToolCommand(argv + ["--dbname", self.conninfo(database)], env, self.secrets())
 
     @contextlib.contextmanager
     def restore_command(
@@ -234,4 +230,4 @@ class PostgresServer(DatabaseServer):
         if archive is not None:
             argv.append(str(archive))
         with self._credentials(workdir) as env:
-            yield ToolCommand(argv, env, [s for s in [self.secret()] if s])
+            yield ToolCommand(argv, env, self.secrets())

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import sqlalchemy as sa
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, PrivateAttr, SecretStr
 
 from tasks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
 
@@ -67,6 +67,7 @@ class DatabaseServer(Block, ABC):
     bin_dir: str | None = Field(
         default=None, description="Directory of the client tools; default: found on PATH."
     )
+    _server_version: str | None = PrivateAttr(default=None)
     connect_timeout: int = Field(default=10, description="Seconds to wait for a connection.")
     dump_timeout: int = Field(
         default=6 * 3600, description="Seconds after which a dump or restore is killed."
@@ -83,8 +84,8 @@ class DatabaseServer(Block, ABC):
     def _all_database_names(self, conn: sa.Connection) -> list[str]: ...
 
     @abstractmethod
-    def server_version(self) -> str:
-        """The server's version string."""
+    def _version_query(self) -> str:
+        """SQL returning the server's version string."""
 
     @abstractmethod
     def database_options(self, database: str) -> dict[str, str]:
@@ -126,6 +127,17 @@ class DatabaseServer(Block, ABC):
     def secret(self) -> str | None:
         """The password, for writing credentials files only."""
         return self.password.get_secret_value() if self.password else None
+
+    def secrets(self) -> list[str]:
+        """What a client's error output must never show."""
+        return [secret] if (secret := self.secret()) else []
+
+    def server_version(self) -> str:
+        """The server's version string, asked once per block instance."""
+        if self._server_version is None:
+            with self.connect() as conn:
+                self._server_version = conn.execute(sa.text(self._version_query())).scalar_one()
+        return self._server_version
 
     def describe(self) -> str:
         """user@host:port, never the password."""
