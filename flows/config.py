@@ -21,6 +21,7 @@ from tasks.errors import ConfigError
 SERVER_KINDS: dict[str, type[Block]] = {"postgres": PostgresServer, "mysql": MySQLServer}
 STORAGE_KINDS: dict[str, type[Block]] = {"local": LocalBackupStorage}
 PATH_FIELDS = {"path", "identity_file", "sslrootcert", "bin_dir"}
+OPERATIONS_SECTIONS = ("schedules", "limits")  # read by flows/operations.py, not blocks
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -87,7 +88,7 @@ def load_config(path: Path) -> list[tuple[str, Block]]:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path} must be a mapping with servers, storage and encryption")
-    unknown = set(config) - {"servers", "storage", "encryption"}
+    unknown = set(config) - {"servers", "storage", "encryption", *OPERATIONS_SECTIONS}
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
     base = path.parent.resolve()

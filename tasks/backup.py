@@ -17,6 +17,7 @@ from blocks.server import DatabaseServer
 from blocks.storage import BackupStorage
 from tasks.errors import DbBackupError, DiskFull, is_disk_full
 from tasks.layout import MANIFEST_NAME, backup_key, encode_name
+from tasks.limits import host_slot
 from tasks.logs import run_logger
 from tasks.manifest import Manifest
 from tasks.process import ToolProcess
@@ -64,7 +65,7 @@ def dump_database(
         log.info("dump of %r: %.0f MiB read so far", database, nbytes / 2**20)
 
     try:
-        with server.dump_command(database, workdir) as cmd:
+        with host_slot(server.host), server.dump_command(database, workdir) as cmd:
             client = cmd.argv[0]
             client_version = server.client_version(client)
             with (
