@@ -1,0 +1,125 @@
+"""Targets of issue #6 checked against measured rows, and the markdown report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tests.benchmarks.cases import TINY_CONCURRENCY
+
+Rows = dict[str, dict[str, Any]]
+PG_BACKUP, PG_BARE, PG_GZIP = "pg backup: dbbackup", "pg_dump -Fc -Z0", "pg_dump -Fc (gzip)"
+SMALL = "pg backup small: dbbackup"
+
+
+def _ratio(rows: Rows, subject: str, baseline: str) -> float | None:
+    if subject in rows and baseline in rows:
+        return rows[subject]["median_s"] / rows[baseline]["median_s"]
+    return None
+
+
+def _at_most(limit: float, subject: str, baseline: str) -> Callable[[Rows], Any]:
+    def check(rows: Rows) -> tuple[str, bool] | None:
+        r = _ratio(rows, subject, baseline)
+        return None if r is None else (f"{r:.2f}x", r <= limit)
+
+    return check
+
+
+def _faster(limit: float, subject: str, baseline: str) -> Callable[[Rows], Any]:
+    def check(rows: Rows) -> tuple[str, bool] | None:
+        r = _ratio(rows, baseline, subject)
+        return None if r is None else (f"{r:.2f}x faster", r >= limit)
+
+    return check
+
+
+def _rss_limit(rows: Rows) -> tuple[str, bool] | None:
+    peaks = [rows[n]["peak_rss_mb"] for n in (PG_BACKUP, SMALL) if n in rows]
+    return (f"{max(peaks):.0f} MB", max(peaks) <= 200) if peaks else None
+
+
+def _rss_flat(rows: Rows) -> tuple[str, bool] | None:
+    if PG_BACKUP not in rows or SMALL not in rows:
+        return None
+    large, small = rows[PG_BACKUP], rows[SMALL]
+    r = large["peak_rss_mb"] / small["peak_rss_mb"]
+    text = (
+        f"{small['peak_rss_mb']:.0f} MB ({small.get('raw_mb', 0):.0f} MB dump) vs "
+        f"{large['peak_rss_mb']:.0f} MB ({large.get('raw_mb', 0):.0f} MB dump): {r:.2f}x"
+    )
+    return text, 1 / 1.2 <= r <= 1.2
+
+
+TINY_BARE = "100 tiny dbs: shell loop of pg_dump"
+TARGETS: list[tuple[str, Callable[[Rows], tuple[str, bool] | None]]] = [
+    ("PostgreSQL backup <= 1.10x bare pg_dump -Fc -Z0", _at_most(1.10, PG_BACKUP, PG_BARE)),
+    ("PostgreSQL backup >= 2.5x faster than pg_dump -Fc", _faster(2.5, PG_BACKUP, PG_GZIP)),
+    (
+        "MariaDB backup <= 1.35x bare mariadb-dump",
+        _at_most(1.35, "my backup: dbbackup", "mariadb-dump"),
+    ),
+    (
+        "PostgreSQL restore <= 1.25x bare pg_restore",
+        _at_most(1.25, "pg restore: dbbackup", "pg_restore"),
+    ),
+    (
+        "MariaDB restore <= 1.25x bare mariadb < file",
+        _at_most(1.25, "my restore: dbbackup", "mariadb < file"),
+    ),
+    ("Peak RSS of a backup <= 200 MB", _rss_limit),
+    ("Peak RSS the same (within 20%) for a small and a large database", _rss_flat),
+    *[
+        (
+            f"100 tiny databases (concurrency={c}) <= 1.5x a shell loop of pg_dump",
+            _at_most(1.5, f"100 tiny dbs: backup_server concurrency={c}", TINY_BARE),
+        )
+        for c in TINY_CONCURRENCY
+    ],
+    (
+        "S3 upload >= 0.9x the speed of boto3 upload_file",
+        _faster(0.9, "S3BackupStorage.put_file", "boto3 upload_file"),
+    ),
+]
+
+
+def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target with its measured value and whether it is met (None: not measured)."""
+    by_name = {r["variant"]: r for r in rows}
+    results = []
+    for text, check in TARGETS:
+        outcome = check(by_name)
+        measured, met = outcome if outcome else ("not run", None)
+        results.append({"target": text, "measured": measured, "met": met})
+    return results
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], targets, skipped) -> str:  # noqa: ANN001
+    """The report: conditions, every variant's figures, targets, cases not run."""
+    lines = [
+        f"Taken {meta['date']} on {meta['host']} ({meta['cpus']} CPUs), size {meta['size']}, "
+        f"{meta['repeat']} interleaved runs per variant; load average "
+        f"{meta['load_before']} before, {meta['load_after']} after.",
+        f"{meta['versions']}",
+        "",
+        "| case | variant | median s | min s | max s | ratio | vs | MB/s | peak RSS MB | CPU s |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['variant']} | {r['median_s']:.2f} | {r['min_s']:.2f} | "
+            f"{r['max_s']:.2f} | {_num(r['ratio'], '.2f')} | {r['baseline'] or ''} | "
+            f"{_num(r.get('mb_per_s'), '.0f')} | {r['peak_rss_mb']:.0f} | "
+            f"{r['cpu_s_median']:.2f} |"
+        )
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    for t in targets:
+        met = {True: "yes", False: "**no**", None: "not run"}[t["met"]]
+        lines.append(f"| {t['target']} | {t['measured']} | {met} |")
+    for case, reason in skipped:
+        lines.append(f"\n{case}: {reason}")
+    return "\n".join(lines) + "\n"
