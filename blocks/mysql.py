@@ -90,6 +90,17 @@ class MySQLServer(DatabaseServer):
     def _all_database_names(self, conn: sa.Connection) -> list[str]:
         return sorted(r[0] for r in conn.execute(sa.text("SHOW DATABASES")))
 
+    def _table_refs(self, conn: sa.Connection, database: str) -> list[tuple[str, str]]:
+        # system-versioned tables are dumped with their current rows; sequences are not tables
+        rows = conn.execute(
+            sa.text(
+                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = :db "
+                "AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED') ORDER BY TABLE_NAME"
+            ),
+            {"db": database},
+        )
+        return [(name, self.quote(conn, name)) for (name,) in rows]
+
     def _version_query(self) -> str:
         return "SELECT VERSION()"
 
@@ -174,7 +185,10 @@ class MySQLServer(DatabaseServer):
             yield f"--defaults-extra-file={path}"
 
     @contextlib.contextmanager
-    def dump_command(self, database: str, workdir: Path) -> Iterator[ToolCommand]:
+    def dump_command(
+        self, database: str, workdir: Path, snapshot: str | None = None
+    ) -> Iterator[ToolCommand]:
+        # mariadb-dump takes its own snapshot (--single-transaction): none can be shared
         client = self.dump_client()
         env = self.clean_env(("MYSQL", "MARIADB"))
         with self._defaults_file(workdir) as defaults:

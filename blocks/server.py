@@ -21,6 +21,9 @@ from pydantic import Field, PrivateAttr, SecretStr
 from tasks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
 
 STAGING_PREFIX = "dbbackup_staging_"
+SCRATCH_PREFIX = "dbbackup_verify_"
+# databases dbbackup creates for itself: never discovered, never backed up
+INTERNAL_PREFIXES = (STAGING_PREFIX, SCRATCH_PREFIX)
 
 
 @dataclass
@@ -30,6 +33,15 @@ class ToolCommand:
     argv: list[str]
     env: dict[str, str]
     secrets: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DumpSnapshot:
+    """What a dump contains, recorded just before it (PostgreSQL: in the dump's own snapshot)."""
+
+    tables: list[str]
+    row_counts: dict[str, int] | None = None
+    snapshot_id: str | None = None
 
 
 @contextlib.contextmanager
@@ -84,6 +96,10 @@ class DatabaseServer(Block, ABC):
     def _all_database_names(self, conn: sa.Connection) -> list[str]: ...
 
     @abstractmethod
+    def _table_refs(self, conn: sa.Connection, database: str) -> list[tuple[str, str]]:
+        """(name as the manifest records it, SQL reference) of each table a dump has data of."""
+
+    @abstractmethod
     def _version_query(self) -> str:
         """SQL returning the server's version string."""
 
@@ -105,8 +121,10 @@ class DatabaseServer(Block, ABC):
 
     @abstractmethod
     @contextlib.contextmanager
-    def dump_command(self, database: str, workdir: Path) -> Iterator[ToolCommand]:
-        """The dump invocation writing one database to stdout."""
+    def dump_command(
+        self, database: str, workdir: Path, snapshot: str | None = None
+    ) -> Iterator[ToolCommand]:
+        """The dump invocation writing one database to stdout (in an exported snapshot)."""
 
     @abstractmethod
     @contextlib.contextmanager
@@ -144,12 +162,14 @@ class DatabaseServer(Block, ABC):
         return f"{self.user}@{self.host}:{getattr(self, 'port', '')}"
 
     @contextlib.contextmanager
-    def connect(self, database: str | None = None) -> Iterator[sa.Connection]:
-        """An autocommit connection; failures become specific, redacted errors."""
+    def connect(
+        self, database: str | None = None, isolation_level: str = "AUTOCOMMIT"
+    ) -> Iterator[sa.Connection]:
+        """An autocommit (or other isolation level) connection; errors become specific, redacted."""
         engine = sa.create_engine(self._url(database), poolclass=sa.pool.NullPool)
         try:
             with engine.connect() as conn:
-                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+                yield conn.execution_options(isolation_level=isolation_level)
         except sa.exc.DBAPIError as exc:
             raise self._classify(exc.orig or exc) from None
         finally:
@@ -171,10 +191,34 @@ class DatabaseServer(Block, ABC):
             n
             for n in names
             if n not in self.system_databases
-            and not n.startswith(STAGING_PREFIX)
+            and not n.startswith(INTERNAL_PREFIXES)
             and any(fnmatch.fnmatchcase(n, p) for p in self.include)
             and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude)
         ]
+
+    def databases_named(self, prefix: str) -> list[str]:
+        """Every database whose name starts with prefix (e.g. verify's scratch databases)."""
+        with self.connect() as conn:
+            return [n for n in self._all_database_names(conn) if n.startswith(prefix)]
+
+    @staticmethod
+    def _count_rows(conn: sa.Connection, refs: list[tuple[str, str]]) -> dict[str, int]:
+        return {
+            name: conn.execute(sa.text(f"SELECT count(*) FROM {ref}")).scalar_one()
+            for name, ref in refs
+        }
+
+    def table_row_counts(self, database: str) -> dict[str, int]:
+        """Exact row count of every table a dump has data of (one full scan per table)."""
+        with self.connect(database) as conn:
+            return self._count_rows(conn, self._table_refs(conn, database))
+
+    @contextlib.contextmanager
+    def dump_snapshot(self, database: str) -> Iterator[DumpSnapshot]:
+        """Record the tables a dump is about to contain; PostgreSQL also exports its snapshot."""
+        with self.connect(database) as conn:
+            tables = [name for name, _ in self._table_refs(conn, database)]
+        yield DumpSnapshot(tables=tables)
 
     def database_exists(self, database: str) -> bool:
         """Whether the database exists (system ones included)."""

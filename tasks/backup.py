@@ -65,7 +65,11 @@ def dump_database(
         log.info("dump of %r: %.0f MiB read so far", database, nbytes / 2**20)
 
     try:
-        with host_slot(server.host), server.dump_command(database, workdir) as cmd:
+        with (
+            host_slot(server.host),
+            server.dump_snapshot(database) as snapshot,
+            server.dump_command(database, workdir, snapshot.snapshot_id) as cmd,
+        ):
             client = cmd.argv[0]
             client_version = server.client_version(client)
             with (
@@ -101,6 +105,8 @@ def dump_database(
             recipients=encryption.fingerprints(),
             dump_options=server.dump_options,
             create_options=options,
+            tables=snapshot.tables,
+            row_counts=snapshot.row_counts,
         )
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):

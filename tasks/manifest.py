@@ -45,6 +45,12 @@ class Manifest(BaseModel):
     create_options: dict[str, str] = Field(
         default_factory=dict, description="encoding/collation to recreate the database with"
     )
+    tables: list[str] | None = Field(
+        default=None, description="tables the dump has data of (None: taken before verify existed)"
+    )
+    row_counts: dict[str, int] | None = Field(
+        default=None, description="PostgreSQL: exact rows per table in the dump's own snapshot"
+    )
 
     @property
     def seconds(self) -> float:
