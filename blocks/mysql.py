@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
+import pymysql
 import sqlalchemy as sa
 from pydantic import Field
 
-from blocks.server import DatabaseServer, ToolCommand, private_file
+from blocks.server import DatabaseServer, GlobalsDump, ToolCommand, private_file
 from tasks.errors import AuthError, ConfigError, ConnectionFailed, DatabaseNotFound, DbBackupError
+from tasks.globals_sql import MySQLAccount, backtick, mysql_script, mysql_text
 
 log = logging.getLogger("dbbackup")
 
@@ -26,6 +28,12 @@ DUMP_OPTIONS: list[str] = [
     "--hex-blob",
     "--default-character-set=utf8mb4",
 ]
+
+
+# accounts the server creates for itself; PUBLIC is MariaDB 10.11's grants-to-everyone holder
+SYSTEM_ACCOUNTS = ("mariadb.sys", "mysql.sys", "mysql.session", "mysql.infoschema", "PUBLIC")
+ACCOUNT_GONE = (1133, 1141, 1396)  # no such user / grant: dropped while we listed
+MISSING_OBJECT = (1146, 1054, 1305)  # no such table / column / routine
 
 
 def version_tuple(text: str, client: bool = False) -> tuple[int, int]:
@@ -59,6 +67,10 @@ class MySQLServer(DatabaseServer):
 
     port: int = Field(default=3306)
     user: str = Field(default="root", description="Login used for dumps and restores.")
+    account_exclude: list[str] = Field(
+        default_factory=lambda: list(SYSTEM_ACCOUNTS),
+        description="Glob patterns of users/roles to skip (default: the server's own accounts).",
+    )
 
     def _url(self, database: str | None) -> sa.URL:
         query = {"charset": "utf8mb4", "connect_timeout": str(self.connect_timeout)}
@@ -131,6 +143,59 @@ class MySQLServer(DatabaseServer):
     def drop_database(self, database: str) -> None:
         with self.connect() as conn:
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {self.quote(conn, database)}"))
+
+    def _login_query(self) -> str:
+        return "SELECT CURRENT_USER()"
+
+    def globals_script(self, workdir: Path) -> GlobalsDump:
+        """SHOW CREATE USER (password hash and plugin) and SHOW GRANTS of every selected
+        account and role, read as bytes so that binary hashes survive (as hex literals)."""
+        role_column = "is_role = 'Y'" if self._is_mariadb() else "FALSE"
+        accounts = []
+        with self.connect() as conn:
+            cursor = conn.connection.cursor()  # DBAPI: the text is sent as it is
+            try:
+                cursor.execute(f"SELECT User, Host, {role_column} FROM mysql.user ORDER BY 1, 2")
+                listed = [(user, host, bool(role)) for user, host, role in cursor.fetchall()]
+                cursor.execute("SET SESSION character_set_results = binary")
+                for user, host, is_role in listed:
+                    if self.account_selected(user):
+                        account = self._account(cursor, user, host, is_role)
+                        accounts += [account] if account else []
+            except pymysql.MySQLError as exc:
+                if exc.args and exc.args[0] in (1142, 1227):  # privilege missing
+                    raise DbBackupError(
+                        f"{self._classify(exc)}: the login may not read the accounts; grant it "
+                        "SELECT on mysql.* or set backup_users: false on the block"
+                    ) from None
+                raise self._classify(exc) from None
+        client = f"PyMySQL {pymysql.__version__}"
+        return GlobalsDump(mysql_script(accounts), "pymysql", client, ["SHOW CREATE USER"])
+
+    @staticmethod
+    def _account(
+        cursor: pymysql.cursors.Cursor, user: str, host: str, is_role: bool
+    ) -> MySQLAccount | None:
+        """One account's SHOW output; None if it was dropped since it was listed."""
+        name = backtick(user) + ("" if is_role else "@" + backtick(host))
+
+        def show(statement: str) -> list[str]:
+            cursor.execute(statement)
+            return [mysql_text(row[0]) for row in cursor.fetchall()]
+
+        try:
+            create = None if is_role else show(f"SHOW CREATE USER {name}")[0]
+            return MySQLAccount(user, host, is_role, create, show(f"SHOW GRANTS FOR {name}"))
+        except pymysql.MySQLError as exc:
+            if exc.args and exc.args[0] in ACCOUNT_GONE:
+                return None
+            raise
+
+    def _tolerated(self, statement: str, exc: Exception) -> str | None:
+        code = exc.args[0] if exc.args else None
+        if statement.upper().startswith("GRANT") and code in MISSING_OBJECT:
+            return "the table, column or routine it grants on does not exist (yet)"
+        return None
 
     def _is_mariadb(self) -> bool:
         return "mariadb" in self.server_version().lower()

@@ -12,8 +12,9 @@ from typing import ClassVar
 import sqlalchemy as sa
 from pydantic import Field
 
-from blocks.server import DatabaseServer, DumpSnapshot, ToolCommand, private_file
+from blocks.server import DatabaseServer, DumpSnapshot, GlobalsDump, ToolCommand, private_file
 from tasks.errors import AuthError, ConfigError, ConnectionFailed, DatabaseNotFound, DbBackupError
+from tasks.process import ToolProcess
 
 AUTH_MARKERS = (
     "password authentication failed",
@@ -79,6 +80,10 @@ class PostgresServer(DatabaseServer):
     )
     include_postgres_database: bool = Field(
         default=False, description="Also back up the 'postgres' database."
+    )
+    dump_tablespaces: bool = Field(
+        default=False,
+        description="Back up tablespaces with the roles (pg_dumpall --globals-only).",
     )
     count_rows: bool = Field(
         default=True,
@@ -214,16 +219,55 @@ class PostgresServer(DatabaseServer):
             raise ConfigError(f"cannot tell the version of {path}: {out.strip()!r}")
         return int(match.group(1))
 
-    def dump_client(self) -> str:
-        path = self.tool("pg_dump")
+    def dump_client(self, name: str = "pg_dump") -> str:
+        path = self.tool(name)
         client, server = self._client_major(path), self._server_major()
         if client < server:
             raise ConfigError(
                 f"{path} is version {client} but the server at {self.describe()} runs {server}: "
-                f"pg_dump cannot dump a newer server. Install PostgreSQL {server} client tools "
+                f"{name} cannot dump a newer server. Install PostgreSQL {server} client tools "
                 "and set bin_dir on the block."
             )
         return path
+
+    def _login_query(self) -> str:
+        return "SELECT current_user"
+
+    def globals_script(self, workdir: Path) -> GlobalsDump:
+        """pg_dumpall --roles-only (--globals-only with tablespaces); without superuser,
+        --no-role-passwords, because only a superuser may read password hashes."""
+        with self.connect() as conn:
+            superuser = conn.execute(
+                sa.text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            ).scalar_one()
+        options = ["--globals-only" if self.dump_tablespaces else "--roles-only"]
+        note = None
+        if not superuser:
+            options.append("--no-role-passwords")
+            note = f"{self.user} is not a superuser: role passwords are not in this backup"
+        client = self.dump_client("pg_dumpall")
+        argv = [client, *options, "--no-password", "--dbname"]
+        with (
+            self._credentials(workdir) as env,
+            ToolProcess(
+                [*argv, self.conninfo(self.maintenance_database)],
+                env=env,
+                timeout=self.dump_timeout,
+                stdout=True,
+                secrets=self.secrets(),
+            ) as proc,
+        ):
+            assert proc.stdout is not None
+            script = proc.stdout.read().decode()
+        return GlobalsDump(script, client, self.client_version(client), options, note)
+
+    def _tolerated(self, statement: str, exc: Exception) -> str | None:
+        # replay is idempotent: CREATE ROLE/TABLESPACE of one that exists is skipped,
+        # the ALTER ROLE that follows it in the script brings it up to date
+        created = re.match(r"CREATE\s+(ROLE|TABLESPACE)\b", statement, re.IGNORECASE)
+        if created and getattr(exc, "sqlstate", None) == "42710":
+            return f"{created.group(1).lower()} exists"
+        return None
 
     def conninfo(self, database: str) -> str:
         """libpq connection string for the client tools (no password: that is the passfile's)."""

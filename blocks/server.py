@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -42,6 +42,17 @@ class DumpSnapshot:
     tables: list[str]
     row_counts: dict[str, int] | None = None
     snapshot_id: str | None = None
+
+
+@dataclass
+class GlobalsDump:
+    """A server's users/roles and grants as a SQL script, and how it was taken."""
+
+    script: str
+    client: str
+    client_version: str
+    options: list[str]
+    note: str | None = None  # e.g. passwords left out because the login may not read them
 
 
 @contextlib.contextmanager
@@ -79,6 +90,15 @@ class DatabaseServer(Block, ABC):
     bin_dir: str | None = Field(
         default=None, description="Directory of the client tools; default: found on PATH."
     )
+    backup_users: bool = Field(
+        default=True, description="Also back up users/roles and grants (the _globals series)."
+    )
+    account_include: list[str] = Field(
+        default_factory=lambda: ["*"], description="Glob patterns of users/roles to back up."
+    )
+    account_exclude: list[str] = Field(
+        default_factory=list, description="Glob patterns of users/roles to skip."
+    )
     _server_version: str | None = PrivateAttr(default=None)
     connect_timeout: int = Field(default=10, description="Seconds to wait for a connection.")
     dump_timeout: int = Field(
@@ -102,6 +122,18 @@ class DatabaseServer(Block, ABC):
     @abstractmethod
     def _version_query(self) -> str:
         """SQL returning the server's version string."""
+
+    @abstractmethod
+    def _login_query(self) -> str:
+        """SQL returning the login as the server sees it (a role, or user@host)."""
+
+    @abstractmethod
+    def globals_script(self, workdir: Path) -> GlobalsDump:
+        """Users/roles, memberships and server-wide grants as a replayable SQL script."""
+
+    @abstractmethod
+    def _tolerated(self, statement: str, exc: Exception) -> str | None:
+        """Why a failed globals statement may be skipped on replay, or None: it is an error."""
 
     @abstractmethod
     def database_options(self, database: str) -> dict[str, str]:
@@ -156,6 +188,39 @@ class DatabaseServer(Block, ABC):
             with self.connect() as conn:
                 self._server_version = conn.execute(sa.text(self._version_query())).scalar_one()
         return self._server_version
+
+    def current_login(self) -> str:
+        """The account this block logs in as (a replay leaves it alone)."""
+        with self.connect() as conn:
+            return conn.execute(sa.text(self._login_query())).scalar_one()
+
+    def account_selected(self, name: str) -> bool:
+        """Whether a user/role name matches account_include and not account_exclude."""
+        return any(fnmatch.fnmatchcase(name, p) for p in self.account_include) and not any(
+            fnmatch.fnmatchcase(name, p) for p in self.account_exclude
+        )
+
+    @contextlib.contextmanager
+    def replay_session(self) -> Iterator[Callable[[str], str | None]]:
+        """Run globals statements one by one on one connection. Each call returns None
+        when the statement was applied, or why it was skipped (see _tolerated)."""
+        with self.connect() as conn:
+            dbapi = conn.connection  # no bind-parameter parsing of ':' or '%' in the text
+
+            def run(statement: str) -> str | None:
+                cursor = dbapi.cursor()
+                try:
+                    cursor.execute(statement)
+                except Exception as exc:
+                    reason = self._tolerated(statement, exc)
+                    if reason is None:
+                        raise self._classify(exc) from None
+                    return reason
+                finally:
+                    cursor.close()
+                return None
+
+            yield run
 
     def describe(self) -> str:
         """user@host:port, never the password."""

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 
+from blocks.encryption import AgeEncryption
 from blocks.registry import load_encryption, load_server, load_storage
+from blocks.server import DatabaseServer
+from blocks.storage import BackupStorage
 from flows.report import BackupFailed, BackupReport, DatabaseOutcome
 from tasks.backup import DumpResult, dump_task, upload_task
-from tasks.layout import new_backup_id
+from tasks.globals import globals_note, globals_task
+from tasks.layout import GLOBALS_SEGMENT, new_backup_id
 from tasks.workdir import private_workdir
 
 
@@ -25,6 +30,31 @@ def _outcome(future: PrefectFuture) -> tuple[object, str | None]:
     if isinstance(value, BaseException):
         return None, str(value) or type(value).__name__
     return value, None
+
+
+def _submit_globals(
+    srv: DatabaseServer,
+    server: str,
+    enc: AgeEncryption,
+    workdir: Path,
+    backup_id: str,
+    level: int,
+    threads: int,
+) -> PrefectFuture | None:
+    """Start the users/roles backup next to the database dumps (unless the block opts out)."""
+    if not srv.backup_users:
+        return None
+    return globals_task.submit(srv, server, enc, workdir, backup_id, level=level, threads=threads)
+
+
+def _globals_outcome(future: PrefectFuture, storage: BackupStorage) -> DatabaseOutcome:
+    """The `_globals` row of the report: its dump, then its upload."""
+    dump, error = _outcome(future)
+    if error is None:
+        key, error = _outcome(upload_task.submit(storage, dump))
+    if error is not None:
+        return DatabaseOutcome(database=GLOBALS_SEGMENT, status="failed", error=error)
+    return DatabaseOutcome.stored(dump.manifest, key, globals_note(dump.manifest))
 
 
 @flow(name="backup-server", flow_run_name=_run_name, validate_parameters=True)
@@ -62,6 +92,7 @@ def backup_server(
         dumping: dict[PrefectFuture, str] = {}
         uploading: dict[PrefectFuture, str] = {}
         dumps: dict[str, DumpResult] = {}
+        users_run = _submit_globals(srv, server, enc, workdir, backup_id, zstd_level, zstd_threads)
         while pending or dumping:
             while pending and len(dumping) < max(1, concurrency):
                 db = pending.pop(0)
@@ -82,19 +113,14 @@ def backup_server(
             m = dumps[db].manifest
             key, error = _outcome(future)
             if error is None:
-                outcomes[db] = DatabaseOutcome(
-                    database=db,
-                    status="ok",
-                    backup_id=backup_id,
-                    key=key,
-                    raw_bytes=m.stats.raw_bytes,
-                    stored_bytes=m.stats.stored_bytes,
-                    seconds=m.seconds,
-                )
+                outcomes[db] = DatabaseOutcome.stored(m, key)
             else:
                 outcomes[db] = DatabaseOutcome(database=db, status="failed", error=error)
+        users_row = [_globals_outcome(users_run, sto)] if users_run else []
     report = BackupReport(
-        server=server, storage=sto.describe(), outcomes=[outcomes[n] for n in names]
+        server=server,
+        storage=sto.describe(),
+        outcomes=[outcomes[n] for n in names] + users_row,
     )
     report.publish()
     for o in report.failed:

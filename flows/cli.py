@@ -11,7 +11,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import httpx
 import typer
@@ -20,6 +20,9 @@ from typer._click.exceptions import UsageError  # typer vendors its own click
 from typer.core import TyperGroup
 
 from tasks.errors import ConfigError, DbBackupError
+
+if TYPE_CHECKING:
+    from tasks.globals import UsersResult
 
 
 class _DbBackupGroup(TyperGroup):
@@ -162,7 +165,8 @@ def backup(
                 else ""
             )
             typer.echo(
-                f"{o.status:6} {o.database}  {o.backup_id or ''}  {size}  {o.error or ''}".rstrip()
+                f"{o.status:6} {o.database}  {o.backup_id or ''}  {size}  "
+                f"{o.error or o.note or ''}".rstrip()
             )
     raise typer.Exit(code)
 
@@ -204,8 +208,9 @@ def list_cmd(
     if not backups:
         typer.echo(f"no complete backups of {server}", err=True)
     for m in backups:
+        name = m.database if m.kind == "database" else f"{m.database} (users/roles)"
         typer.echo(
-            f"{m.database:30} {m.backup_id}  {m.finished_at:%Y-%m-%d %H:%M:%S}Z  "
+            f"{name:30} {m.backup_id}  {m.finished_at:%Y-%m-%d %H:%M:%S}Z  "
             f"{m.stats.raw_bytes / 1e6:10.1f} MB raw {m.stats.stored_bytes / 1e6:10.1f} MB stored"
         )
 
@@ -241,14 +246,37 @@ def restore(
             "--from-server", help="Restore a backup taken from this server (default: SERVER)."
         ),
     ] = None,
+    with_users: Annotated[
+        bool,
+        typer.Option(
+            "--with-users",
+            help="Also restore the users/roles backed up with it (PostgreSQL: before the "
+            "database, MySQL: after it, as table grants need the tables).",
+        ),
+    ] = False,
     storage: StorageOpt = "default",
     encryption: EncryptionOpt = "default",
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a backup of DATABASE (the latest unless --backup-id) into SERVER."""
+    from blocks.registry import load_server
     from flows.restore import restore_database
+    from flows.users import restore_users
+
+    def users() -> UsersResult:
+        return restore_users(
+            server=server,
+            storage=storage,
+            encryption=encryption,
+            backup_id=backup_id,
+            identity_file=str(identity_file.expanduser()) if identity_file else None,
+            source_server=from_server,
+            for_database=database,
+        )
 
     try:
+        users_first = with_users and load_server(server).server_type == "postgres"
+        accounts = users() if users_first else None
         result = restore_database(
             server=server,
             database=database,
@@ -261,94 +289,83 @@ def restore(
             jobs=jobs,
             source_server=from_server,
         )
+        if with_users and not users_first:
+            accounts = users()
     except DbBackupError as exc:
         _fail(exc)
     if as_json:
-        _emit(result.model_dump())
+        _emit({**result.model_dump(), **({"users": accounts.model_dump()} if accounts else {})})
     else:
+        if accounts:
+            _echo_users(accounts)
         typer.echo(
             f"restored {result.database} backup {result.backup_id} into {result.target_database} "
             f"in {result.seconds:.1f} s"
         )
 
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="dbbackup.yaml")]
-limits_app = typer.Typer(cls=_DbBackupGroup, help="Per-database-host concurrency limits.")
-automations_app = typer.Typer(cls=_DbBackupGroup, help="Prefect automations (alerts).")
-app.add_typer(limits_app, name="limits")
-app.add_typer(automations_app, name="automations")
+def _echo_users(result: UsersResult) -> None:
+    verb = "would restore" if result.dry_run else "restored"
+    typer.echo(
+        f"{verb} {len(result.accounts)} users/roles from backup {result.backup_id}: "
+        f"{result.applied} statements applied, {len(result.skipped)} skipped"
+    )
+    for line in result.skipped:
+        typer.echo(f"  skipped {line}")
+    if result.note:
+        typer.echo(f"  note: {result.note}")
 
 
-@app.command()
-def serve(config: ConfigOpt = Path("dbbackup.yaml")) -> None:
-    """Run the scheduled backup, verify and prune deployments of CONFIG in this process."""
-    from flows.operations import serve as serve_config
-
-    try:
-        serve_config(config)
-    except DbBackupError as exc:
-        _fail(exc)
-
-
-@limits_app.command("apply")
-def limits_apply(config: ConfigOpt = Path("dbbackup.yaml")) -> None:
-    """Create or update the dbbackup-host-HOST limits of CONFIG's `limits` section."""
-    from flows.operations import host_limits, read_operations
-    from tasks.limits import apply_host_limits
-
-    try:
-        limits = host_limits(read_operations(config))
-    except DbBackupError as exc:
-        _fail(exc)
-    if not limits:
-        _fail(ConfigError(f"{config}: no `limits` section (dumps_per_host or hosts) to apply"))
-    for name, limit, status in apply_host_limits(limits):
-        typer.echo(f"{status:9} {name} = {limit}")
-
-
-@automations_app.command("apply")
-def automations_apply(
-    notify: Annotated[
-        str, typer.Option("--notify", help="Notification block as TYPE/NAME (slack-webhook/ops).")
-    ],
-    config: ConfigOpt = Path("dbbackup.yaml"),
-    directory: Annotated[
-        Path | None, typer.Option("--dir", help="Automation files (default: shipped ones).")
+@app.command("restore-users")
+def restore_users_cmd(
+    server: Annotated[str, typer.Argument(help="Server block to restore the users/roles into.")],
+    backup_id: Annotated[
+        str, typer.Option("--backup-id", help="Users/roles backup (the run's backup id).")
+    ] = "latest",
+    user: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--user", "-u", help="Only this account (MySQL: NAME for every host, or NAME@HOST)."
+        ),
     ] = None,
-) -> None:
-    """Create or update the shipped automations; per-server ones for each server of CONFIG."""
-    from flows.automations import AUTOMATIONS_DIR, apply_automations, load_automations
-    from flows.operations import read_operations
-
-    try:
-        servers = list(read_operations(config).servers)
-        automations = load_automations(directory or AUTOMATIONS_DIR, servers, notify)
-    except DbBackupError as exc:
-        _fail(exc)
-    for name, status in apply_automations(automations):
-        typer.echo(f"{status:9} {name}")
-
-
-@app.command()
-def fleet(
-    server: Annotated[
-        list[str] | None, typer.Option("--server", "-s", help="Only these servers.")
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the statements (secrets masked), run none.")
+    ] = False,
+    identity_file: Annotated[
+        Path | None, typer.Option("--identity-file", "-i", help="age identity file.")
     ] = None,
-    max_parallel: Annotated[int, typer.Option(help="Backup runs in flight at once.")] = 4,
+    from_server: Annotated[
+        str | None,
+        typer.Option("--from-server", help="Use the backups of this server (default: SERVER)."),
+    ] = None,
+    storage: StorageOpt = "default",
+    encryption: EncryptionOpt = "default",
+    as_json: JsonOpt = False,
 ) -> None:
-    """Run the backup-server deployment of every server (or --server), wait, report."""
-    from flows.fleet import FleetFailed, backup_fleet
+    """Restore users/roles and their grants into SERVER (idempotent: existing accounts are
+    updated, grants added; the login the restore runs as is left alone)."""
+    from flows.users import restore_users
 
     try:
-        runs = backup_fleet(servers=server or None, max_parallel=max_parallel)
-        code = 0
-    except FleetFailed as exc:
-        runs, code = exc.runs, 1
+        result = restore_users(
+            server=server,
+            storage=storage,
+            encryption=encryption,
+            backup_id=backup_id,
+            users=user or None,
+            dry_run=dry_run,
+            identity_file=str(identity_file.expanduser()) if identity_file else None,
+            source_server=from_server,
+        )
     except DbBackupError as exc:
         _fail(exc)
-    for r in runs:
-        typer.echo(f"{r.state:10} {r.server}  {r.flow_run or ''}  {r.message or ''}".rstrip())
-    raise typer.Exit(code)
+    if as_json:
+        _emit(result.model_dump())
+        return
+    if dry_run:
+        for statement in result.statements:
+            typer.echo(f"{statement};")
+    _echo_users(result)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
 from tasks.errors import DbBackupError
+from tasks.manifest import Manifest
 
 
 def first_line(text: str | None) -> str:
@@ -27,6 +28,21 @@ class DatabaseOutcome(BaseModel):
     stored_bytes: int = 0
     seconds: float = 0.0
     error: str | None = None
+    note: str | None = None  # e.g. the _globals row: passwords left out
+
+    @classmethod
+    def stored(cls, manifest: Manifest, key: str, note: str | None = None) -> DatabaseOutcome:
+        """The row of a backup that was stored (the _globals series shows as '_globals')."""
+        return cls(
+            database=manifest.database,
+            status="ok",
+            backup_id=manifest.backup_id,
+            key=key,
+            raw_bytes=manifest.stats.raw_bytes,
+            stored_bytes=manifest.stats.stored_bytes,
+            seconds=manifest.seconds,
+            note=note,
+        )
 
     @property
     def ratio(self) -> float:
@@ -61,6 +77,7 @@ class BackupReport(BaseModel):
                 "MB/s": round(o.mb_per_s, 1),
                 "backup id": o.backup_id or "",
                 "error": first_line(o.error)[:200],
+                "note": o.note or "",
             }
             for o in self.outcomes
         ]

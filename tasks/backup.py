@@ -134,9 +134,10 @@ def store_backup(storage: BackupStorage, dump: DumpResult) -> str:
     """Upload the spooled object, then the manifest (last), then drop the spool."""
     log = run_logger()
     m = dump.manifest
-    key = backup_key(m.server, m.database, m.backup_id, m.object_name)
+    key = backup_key(m.server, m.database, m.backup_id, m.object_name, m.kind)
     storage.put_file(key, Path(dump.spool))
-    storage.put_bytes(backup_key(m.server, m.database, m.backup_id, MANIFEST_NAME), m.to_bytes())
+    manifest_key = backup_key(m.server, m.database, m.backup_id, MANIFEST_NAME, m.kind)
+    storage.put_bytes(manifest_key, m.to_bytes())
     Path(dump.spool).unlink(missing_ok=True)
     log.info("stored backup %s of %r in %s/%s", m.backup_id, m.database, storage.describe(), key)
     return key

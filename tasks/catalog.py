@@ -9,11 +9,12 @@ from tasks.manifest import Manifest
 
 
 def list_backups(
-    storage: BackupStorage, server: str, database: str | None = None
+    storage: BackupStorage, server: str, database: str | None = None, kind: str = "database"
 ) -> list[Manifest]:
-    """Manifests of the complete backups of a server (or one database), oldest first."""
+    """Manifests of the complete backups of a server (or one database, or with kind
+    'globals' its users/roles series), oldest first."""
     manifests = []
-    for key in storage.list_keys(series_prefix(server, database)):
+    for key in storage.list_keys(series_prefix(server, database, kind)):
         parsed = parse_manifest_key(key)
         if parsed is None or parsed[0] != server:
             continue

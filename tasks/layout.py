@@ -41,16 +41,20 @@ def new_backup_id(now: datetime | None = None) -> str:
     return f"{now.strftime(BACKUP_ID_FORMAT)}-{secrets.token_hex(2)}"
 
 
-def series_prefix(server: str, database: str | None = None) -> str:
-    """Key prefix of a server, or of one database series on it."""
+def series_prefix(server: str, database: str | None = None, kind: str = "database") -> str:
+    """Key prefix of a server, of one database series on it, or of its globals series."""
+    if kind == "globals":
+        return f"{encode_name(server)}/{GLOBALS_SEGMENT}/"
     if database is None:
         return encode_name(server) + "/"
     return f"{encode_name(server)}/{encode_name(database)}/"
 
 
-def backup_key(server: str, database: str, backup_id: str, name: str) -> str:
-    """Key of one object of one backup."""
-    return f"{series_prefix(server, database)}{backup_id}/{name}"
+def backup_key(
+    server: str, database: str, backup_id: str, name: str, kind: str = "database"
+) -> str:
+    """Key of one object of one backup (kind 'globals': the users/roles series)."""
+    return f"{series_prefix(server, database, kind)}{backup_id}/{name}"
 
 
 def parse_manifest_key(key: str) -> tuple[str, str, str] | None:

@@ -1,0 +1,62 @@
+"""The restore_users flow: replay a users/roles backup (the `_globals` series) into a server."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from blocks.registry import load_encryption, load_server, load_storage
+from tasks.catalog import find_backup
+from tasks.globals import UsersResult, find_globals, restore_users_task
+from tasks.workdir import private_workdir
+
+
+@flow(name="restore-users", flow_run_name="restore-users-{server}", validate_parameters=True)
+def restore_users(
+    server: str,
+    storage: str = "default",
+    encryption: str = "default",
+    backup_id: str = "latest",
+    users: list[str] | None = None,
+    dry_run: bool = False,
+    identity_file: str | None = None,
+    source_server: str | None = None,
+    for_database: str | None = None,
+) -> UsersResult:
+    """Restore users/roles and their grants into `server`, idempotently.
+
+    backup_id picks the users/roles backup (default: the newest). With
+    for_database, backup_id is that database's backup instead, and the users/roles
+    taken with it (or the newest before it) are restored. users limits the restore
+    to these accounts (MySQL: `name` for every host, or `name@host`). dry_run only
+    lists the statements, passwords and hashes masked. source_server reads the
+    backups of another (e.g. lost) server.
+    """
+    srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
+    series = source_server or server
+    if for_database is None:
+        manifest = find_globals(sto, series, backup_id)
+    else:
+        database_backup = find_backup(sto, series, for_database, backup_id)
+        manifest = find_globals(sto, series, database_backup.backup_id, at_or_before=True)
+    with private_workdir() as workdir:
+        result = restore_users_task(
+            srv,
+            sto,
+            enc,
+            manifest,
+            workdir,
+            users=users,
+            dry_run=dry_run,
+            identity_file=identity_file,
+        )
+    verb = "Would restore" if dry_run else "Restored"
+    create_markdown_artifact(
+        key="restore-users",
+        markdown=(
+            f"{verb} {len(result.accounts)} users/roles from backup `{result.backup_id}` of "
+            f"`{series}` into `{srv.describe()}`: {result.applied} statements applied, "
+            f"{len(result.skipped)} skipped." + (f"\n\nNote: {result.note}" if result.note else "")
+        ),
+    )
+    return result

@@ -1,0 +1,276 @@
+"""Users, roles and grants: the `_globals` series of a server.
+
+Backup: the server block writes its accounts as SQL (pg_dumpall --roles-only,
+or SHOW CREATE USER / SHOW GRANTS), the accounts the block selects are kept,
+and the script goes through the same zstd -> age -> spool path as a database
+dump; tasks.backup.upload_task stores it, manifest last, under
+{server}/_globals/{backup_id}/.
+
+Restore: the stored script is checked against its manifest, decrypted in
+memory (it is small), filtered (--user) and replayed one statement at a
+time, idempotently. Passwords and hashes are masked in everything shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NONE
+from pydantic import BaseModel
+
+from blocks.encryption import AgeEncryption
+from blocks.server import DatabaseServer
+from blocks.storage import BackupStorage
+from tasks.backup import DumpResult, _retry_if_transient, tool_version
+from tasks.catalog import list_backups
+from tasks.errors import BackupNotFound, ConfigError, DbBackupError, DiskFull, is_disk_full, redact
+from tasks.globals_sql import (
+    mask,
+    matches,
+    parse_script,
+    render,
+    secrets_of,
+    select_statements,
+)
+from tasks.layout import GLOBALS_SEGMENT, MANIFEST_NAME, backup_key
+from tasks.logs import run_logger
+from tasks.manifest import Manifest
+from tasks.restore import _decrypt_errors, check_object
+from tasks.stream import decrypt_stream, encrypt_stream
+
+OBJECT_NAME = "globals.sql.zst.age"
+
+
+def globals_note(manifest: Manifest) -> str | None:
+    """What an operator must know about a globals backup (passwords left out)."""
+    if "--no-role-passwords" in manifest.dump_options:
+        return "login is not a superuser: role passwords not backed up (--no-role-passwords)"
+    return None
+
+
+def dump_globals(
+    server: DatabaseServer,
+    server_name: str,
+    encryption: AgeEncryption,
+    workdir: Path,
+    backup_id: str,
+    *,
+    level: int = 3,
+    threads: int = 2,
+) -> DumpResult:
+    """Write the server's selected users/roles and grants into an encrypted spool file."""
+    log = run_logger()
+    recipients = encryption.recipient_keys()
+    started = datetime.now(UTC)
+    dump = server.globals_script(workdir)
+    engine = server.server_type
+    statements = select_statements(parse_script(dump.script, engine), None, server.account_selected)
+    accounts = sorted({s.subject for s in statements if s.subject})
+    script = render(
+        statements, f"users/roles of {server_name} ({server.server_version()}), {backup_id}"
+    )
+    spool = workdir / f"{GLOBALS_SEGMENT}.{backup_id}.age"
+    try:
+        with open(spool, "wb") as out:
+            stats = encrypt_stream(
+                io.BytesIO(script.encode()), out, recipients, level=level, threads=threads
+            )
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            spool.unlink()
+        if is_disk_full(exc):
+            raise DiskFull(
+                f"the work dir {workdir.parent} is full while spooling the users/roles: set "
+                "DBBACKUP_WORK_DIR to a disk with room"
+            ) from None
+        raise
+    if dump.note:
+        log.warning("users/roles of %s: %s", server_name, dump.note)
+    log.info(
+        "backed up %d users/roles of %s (%d statements)",
+        len(accounts),
+        server_name,
+        len(statements),
+    )
+    manifest = Manifest(
+        tool_version=tool_version(),
+        server=server_name,
+        server_type=engine,  # type: ignore[arg-type]
+        server_version=server.server_version(),
+        client=os.path.basename(dump.client),
+        client_version=dump.client_version,
+        database=GLOBALS_SEGMENT,
+        backup_id=backup_id,
+        kind="globals",
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        object_name=OBJECT_NAME,
+        dump_format="sql",
+        stats=stats,
+        recipients=encryption.fingerprints(),
+        dump_options=dump.options,
+    )
+    return DumpResult(spool=str(spool), manifest=manifest)
+
+
+def find_globals(
+    storage: BackupStorage, server: str, backup_id: str = "latest", at_or_before: bool = False
+) -> Manifest:
+    """A users/roles backup: by id, the newest, or (at_or_before) the newest not after backup_id.
+
+    backup ids sort by time, so the globals taken with (or before) a database
+    backup are the ones that match it.
+    """
+    if backup_id != "latest" and not at_or_before:
+        key = backup_key(server, GLOBALS_SEGMENT, backup_id, MANIFEST_NAME, "globals")
+        if storage.exists(key):
+            return Manifest.from_bytes(storage.get_bytes(key))
+        raise BackupNotFound(
+            f"no users/roles backup {backup_id} of {server!r} in {storage.describe()}: "
+            f"`dbbackup list {server}` shows the _globals backups"
+        )
+    found = [
+        m
+        for m in list_backups(storage, server, kind="globals")
+        if backup_id == "latest" or m.backup_id <= backup_id
+    ]
+    if not found:
+        which = "" if backup_id == "latest" else f" at or before {backup_id}"
+        raise BackupNotFound(f"no users/roles backup{which} of {server!r} in {storage.describe()}")
+    return found[-1]
+
+
+class UsersResult(BaseModel):
+    """What a users/roles restore did (statements masked: no password or hash)."""
+
+    server: str
+    backup_id: str
+    dry_run: bool
+    accounts: list[str]
+    statements: list[str]
+    applied: int = 0
+    skipped: list[str] = []
+    note: str | None = None
+
+
+def read_globals(
+    storage: BackupStorage,
+    encryption: AgeEncryption,
+    manifest: Manifest,
+    workdir: Path,
+    identity_file: str | None = None,
+) -> str:
+    """The decrypted script of a users/roles backup, after the size and sha256 check."""
+    what = f"users/roles backup {manifest.backup_id} of {manifest.server}"
+    identities = encryption.identities(identity_file)
+    key = backup_key(
+        manifest.server, manifest.database, manifest.backup_id, manifest.object_name, "globals"
+    )
+    plain = io.BytesIO()
+    with storage.open_read(key, workdir) as f:
+        check_object(f, manifest, what)
+        with _decrypt_errors(what, manifest, identities):
+            decrypt_stream(f, lambda: plain, identities)
+    return plain.getvalue().decode()
+
+
+def restore_globals(
+    server: DatabaseServer,
+    storage: BackupStorage,
+    encryption: AgeEncryption,
+    manifest: Manifest,
+    workdir: Path,
+    *,
+    users: list[str] | None = None,
+    dry_run: bool = False,
+    identity_file: str | None = None,
+) -> UsersResult:
+    """Replay a users/roles backup into server: every account, or only `users`.
+
+    Idempotent: existing accounts are updated (ALTER), never duplicated; grants
+    are added, never revoked. The login the restore runs as is left alone.
+    """
+    log = run_logger()
+    engine = server.server_type
+    if manifest.server_type != engine:
+        raise ConfigError(
+            f"users/roles backup {manifest.backup_id} is from a {manifest.server_type} server; "
+            f"it cannot be restored into a {engine} server"
+        )
+    script = read_globals(storage, encryption, manifest, workdir, identity_file)
+    statements = select_statements(parse_script(script, engine), users, lambda _: True)
+    accounts = sorted({s.subject for s in statements if s.subject})
+    missing = [u for u in users or [] if not any(matches(s, [u]) for s in statements)]
+    if missing:
+        raise BackupNotFound(
+            f"no account {', '.join(map(repr, missing))} in users/roles backup "
+            f"{manifest.backup_id} of {manifest.server}"
+        )
+    me = server.current_login()
+    if me in accounts:
+        log.warning("leaving %s alone: it is the login this restore runs as", me)
+        statements = [s for s in statements if s.subject != me]
+        accounts.remove(me)
+    result = UsersResult(
+        server=manifest.server,
+        backup_id=manifest.backup_id,
+        dry_run=dry_run,
+        accounts=accounts,
+        statements=[mask(s.text, engine) for s in statements],
+        note=globals_note(manifest),
+    )
+    if dry_run:
+        return result
+    with server.replay_session() as run:
+        for i, s in enumerate(statements):
+            try:
+                reason = run(s.text)
+            except DbBackupError as exc:
+                raise type(exc)(
+                    f"statement {i + 1} of {len(statements)} ({first_words(s.text, engine)}) "
+                    f"failed: {redact(str(exc), secrets_of(s.text, engine))}"
+                ) from None
+            if reason is None:
+                result.applied += 1
+            else:
+                result.skipped.append(f"{first_words(s.text, engine)}: {reason}")
+    for line in result.skipped:
+        log.info("skipped %s", line)
+    log.info(
+        "restored %d users/roles from backup %s into %s: %d statements applied, %d skipped",
+        len(accounts),
+        manifest.backup_id,
+        server.describe(),
+        result.applied,
+        len(result.skipped),
+    )
+    return result
+
+
+def first_words(statement: str, engine: str, limit: int = 80) -> str:
+    """A short, masked form of a statement for messages."""
+    text = " ".join(mask(statement, engine).split())  # type: ignore[arg-type]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+globals_task = task(
+    dump_globals,
+    name="globals",
+    task_run_name="globals-{server_name}",
+    cache_policy=NONE,
+    retries=1,
+    retry_delay_seconds=30,
+    retry_condition_fn=_retry_if_transient,
+)
+
+# no retries: like a database restore, rerun it by hand (it is idempotent)
+restore_users_task = task(
+    restore_globals, name="restore-users", task_run_name="restore-users", cache_policy=NONE
+)
