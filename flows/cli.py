@@ -368,6 +368,85 @@ def restore_users_cmd(
     _echo_users(result)
 
 
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="dbbackup.yaml")]
+limits_app = typer.Typer(cls=_DbBackupGroup, help="Per-database-host concurrency limits.")
+automations_app = typer.Typer(cls=_DbBackupGroup, help="Prefect automations (alerts).")
+app.add_typer(limits_app, name="limits")
+app.add_typer(automations_app, name="automations")
+
+
+@app.command()
+def serve(config: ConfigOpt = Path("dbbackup.yaml")) -> None:
+    """Run the scheduled backup, verify and prune deployments of CONFIG in this process."""
+    from flows.operations import serve as serve_config
+
+    try:
+        serve_config(config)
+    except DbBackupError as exc:
+        _fail(exc)
+
+
+@limits_app.command("apply")
+def limits_apply(config: ConfigOpt = Path("dbbackup.yaml")) -> None:
+    """Create or update the dbbackup-host-HOST limits of CONFIG's `limits` section."""
+    from flows.operations import host_limits, read_operations
+    from tasks.limits import apply_host_limits
+
+    try:
+        limits = host_limits(read_operations(config))
+    except DbBackupError as exc:
+        _fail(exc)
+    if not limits:
+        _fail(ConfigError(f"{config}: no `limits` section (dumps_per_host or hosts) to apply"))
+    for name, limit, status in apply_host_limits(limits):
+        typer.echo(f"{status:9} {name} = {limit}")
+
+
+@automations_app.command("apply")
+def automations_apply(
+    notify: Annotated[
+        str, typer.Option("--notify", help="Notification block as TYPE/NAME (slack-webhook/ops).")
+    ],
+    config: ConfigOpt = Path("dbbackup.yaml"),
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Automation files (default: shipped ones).")
+    ] = None,
+) -> None:
+    """Create or update the shipped automations; per-server ones for each server of CONFIG."""
+    from flows.automations import AUTOMATIONS_DIR, apply_automations, load_automations
+    from flows.operations import read_operations
+
+    try:
+        servers = list(read_operations(config).servers)
+        automations = load_automations(directory or AUTOMATIONS_DIR, servers, notify)
+    except DbBackupError as exc:
+        _fail(exc)
+    for name, status in apply_automations(automations):
+        typer.echo(f"{status:9} {name}")
+
+
+@app.command()
+def fleet(
+    server: Annotated[
+        list[str] | None, typer.Option("--server", "-s", help="Only these servers.")
+    ] = None,
+    max_parallel: Annotated[int, typer.Option(help="Backup runs in flight at once.")] = 4,
+) -> None:
+    """Run the backup-server deployment of every server (or --server), wait, report."""
+    from flows.fleet import FleetFailed, backup_fleet
+
+    try:
+        runs = backup_fleet(servers=server or None, max_parallel=max_parallel)
+        code = 0
+    except FleetFailed as exc:
+        runs, code = exc.runs, 1
+    except DbBackupError as exc:
+        _fail(exc)
+    for r in runs:
+        typer.echo(f"{r.state:10} {r.server}  {r.flow_run or ''}  {r.message or ''}".rstrip())
+    raise typer.Exit(code)
+
+
 def main() -> None:
     """Console script entry point."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
