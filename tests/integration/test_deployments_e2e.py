@@ -1,0 +1,423 @@
+"""End to end against a real `prefect server`: deploy prefect.yaml, a process worker runs it.
+
+One server, work pool, deployment and worker for the whole module. What is
+asserted is what an operator relies on: the runs, task runs, artifacts and
+events Prefect shows, the alerts sent, and that the stored backup restores.
+This module's Prefect settings never leak: the server and worker get their own
+environment, and in-process calls use `temporary_settings` for one test at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER = "local-pg"  # the server the shipped deployments/prefect.yaml deploys
+DEADLINE = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(what: str, check: Callable[[], Any], timeout: float = DEADLINE) -> Any:
+    """Poll check() until it returns something truthy; fail naming `what` at the deadline."""
+    end = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def _start(argv: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen:
+    return subprocess.Popen(
+        argv,
+        env=env,
+        cwd=cwd,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: killed as a whole at teardown
+    )
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+class Hook(BaseHTTPRequestHandler):
+    """Receives what the custom-webhook notification block sends."""
+
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Hook.received.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@dataclass
+class Real:
+    """A running `prefect server` with the project deployed and a worker polling its pool."""
+
+    url: str
+    env: dict[str, str]
+    tmp: Path
+    storage_path: Path
+    config: Path
+    hook_url: str
+
+    @contextlib.contextmanager
+    def api(self) -> Iterator[None]:
+        """In-process Prefect calls go to this server inside the block, and only there."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: self.url}):
+            yield
+
+    def run(self, cmd: list[str], cwd: Path = ROOT) -> str:
+        done = subprocess.run(cmd, env=self.env, cwd=cwd, capture_output=True, text=True)
+        assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def post(self, path: str, body: dict) -> Any:
+        response = httpx.post(f"{self.url}{path}", json=body, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def events(self, prefix: str, since: datetime) -> list[dict]:
+        body = {
+            "filter": {
+                "event": {"prefix": [prefix]},
+                "occurred": {"since": since.isoformat(), "until": _later()},
+            },
+            "limit": 50,
+        }
+        return self.post("/events/filter", body)["events"]
+
+
+def _later() -> str:
+    return (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory, identity_file: Path, recipient: str):
+    """Server on a free loopback port; blocks, pool, `prefect deploy --all`, limits, worker."""
+    tmp = tmp_path_factory.mktemp("prefect-e2e")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {
+        "PREFECT_HOME": str(tmp / "prefect-home"),
+        "PREFECT_API_URL": url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
+        "DBBACKUP_HOME": str(ROOT),
+        "DBBACKUP_WORK_DIR": str(tmp / "work"),
+    }
+    procs = []
+    hook = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        procs.append(
+            _start(
+                [sys.executable, "-m", "prefect", "server", "start"]
+                + ["--host", "127.0.0.1", "--port", str(port)],
+                env,
+                tmp / "server.log",
+            )
+        )
+
+        def healthy() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{url}/health", timeout=2).status_code == 200
+            return False
+
+        _wait_for("prefect server to answer", healthy, 60)
+        storage_path = tmp / "backups"
+        config = tmp / "dbbackup.yaml"
+        config.write_text(
+            f"servers:\n  {SERVER}: {{type: postgres, host: 127.0.0.1, port: 5432, user: postgres}}\n"
+            f"storage:\n  default: {{type: local, path: {storage_path}}}\n"
+            f"encryption:\n  default: {{identity_file: {identity_file}}}\n"
+            "limits:\n  dumps_per_host: 1\n"
+        )
+        r = Real(url, env, tmp, storage_path, config, f"http://127.0.0.1:{hook.server_port}/")
+        with r.api():
+            for command in (["apply", str(config)], ["limits", "apply", "--config", str(config)]):
+                done = CliRunner().invoke(app, command, catch_exceptions=False)
+                assert done.exit_code == 0, done.output
+            _create_pool("dbbackup")
+        r.run(
+            [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
+            ROOT / "deployments",
+        )
+        procs.append(
+            _start(
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", "dbbackup"],
+                env,
+                tmp / "worker.log",
+            )
+        )
+        yield r
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        hook.shutdown()
+
+
+def _create_pool(name: str) -> None:
+    """What `prefect work-pool create NAME --type process` does."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(
+            WorkPoolCreate(name=name, type="process", base_job_template=template)
+        )
+
+
+def _trigger(real: Real, deployment: str, **parameters: Any):
+    """Run a deployment through the worker and wait for the run to end; the finished run."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    with real.api():
+        run = run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False)
+
+        def final():
+            with get_client(sync_client=True) as client:
+                current = client.read_flow_run(run.id)
+            return current if current.state and current.state.is_final() else None
+
+        return _wait_for(f"the run of {deployment} to end (see worker.log)", final)
+
+
+def _run_details(real: Real, flow_run_id: uuid.UUID):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter
+
+    with real.api(), get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id={"any_": [flow_run_id]})
+        )
+    return task_runs, artifacts
+
+
+def _events_of(real: Real, prefix: str, database: str, since: datetime, count: int = 1):
+    def mine():
+        found = [
+            e
+            for e in real.events(prefix, since)
+            if e["resource"].get("dbbackup.database") == database
+        ]
+        return found if len(found) >= count else None
+
+    return _wait_for(f"{prefix} events of {database}", mine, 30)
+
+
+@dataclass
+class Backup:
+    database: str
+    fingerprints: dict
+    run: Any
+    started: datetime
+
+
+@pytest.fixture(scope="module")
+def backup(real: Real) -> Iterator[Backup]:
+    """One run of the deployed backup-server/local-pg for a new database with data."""
+    from tests.helpers import PgAdmin
+
+    admin = PgAdmin()
+    database = f"dbb_e2e_{uuid.uuid4().hex[:8]}"
+    admin.create(database)
+    try:
+        admin.execute(
+            database,
+            "CREATE TABLE items (id int PRIMARY KEY, name text);"
+            "INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 500) g;"
+            "CREATE TABLE notes (body text); INSERT INTO notes VALUES ('a'), ('b');",
+        )
+        started = datetime.now(UTC)
+        run = _trigger(real, f"backup-server/{SERVER}", databases=[database])
+        yield Backup(database, admin.table_fingerprints(database), run, started)
+    finally:
+        admin.drop(database)
+
+
+def test_the_deployed_backup_runs_on_the_worker_and_shows_in_prefect(
+    real: Real, backup: Backup, cleanup_pg: list[str], pg_admin
+) -> None:
+    db, run = backup.database, backup.run
+    assert run.state.is_completed(), f"{run.state.name}: {run.state.message}"
+    assert run.name == f"backup-{SERVER}-{datetime.now(UTC):%Y-%m-%d}"
+    assert run.work_pool_name == "dbbackup"
+    assert run.parameters["databases"] == [db] and run.parameters["encryption"] == "default"
+
+    task_runs, artifacts = _run_details(real, run.id)
+    names = {t.name for t in task_runs}
+    assert {f"dump-{db}", f"upload-{db}"} <= names, names  # (+ the server's globals, if any)
+    assert all(t.state.is_completed() for t in task_runs)
+    by_type = {a.type: a for a in artifacts}
+    table = by_type["table"]
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    [row] = [r for r in rows if r["database"] == db]
+    assert table.key == f"backup-{SERVER}"
+    assert row["status"] == "ok" and row["raw MB"] > 0
+    assert db in by_type["markdown"].data
+
+    # the event an automation matches on, with the fixed schema
+    [event] = _events_of(real, "dbbackup.backup.", db, backup.started)
+    assert event["event"] == "dbbackup.backup.completed"
+    assert event["resource"]["prefect.resource.id"] == f"dbbackup.database.{SERVER}.{db}"
+    assert event["resource"]["dbbackup.server"] == SERVER
+    assert {
+        "prefect.resource.id": f"dbbackup.server.{SERVER}",
+        "prefect.resource.role": "server",
+        "prefect.resource.name": SERVER,
+    } in event["related"]
+    assert event["payload"]["backup_id"] == row["backup id"]
+    assert event["payload"]["raw_bytes"] > event["payload"]["stored_bytes"] > 0
+
+    # the dump held a slot of the per-host limit `dbbackup limits apply` created
+    acquired = [
+        e
+        for e in real.events("prefect.concurrency-limit.acquired", backup.started)
+        if e["resource"]["prefect.resource.name"] == "dbbackup-host-127.0.0.1"
+    ]
+    assert acquired and acquired[0]["resource"]["limit"] == "1"
+
+    # the backup in storage restores to the same table contents
+    from flows.restore import restore_database
+
+    target = f"{db}_restored"
+    cleanup_pg.append(target)
+    with real.api():
+        restore_database(server=SERVER, database=db, target_database=target)
+    assert pg_admin.table_fingerprints(target) == backup.fingerprints
+    assert backup.fingerprints["public.items"][0] == 500
+
+
+@dataclass
+class Applied:
+    first: Any
+    again: Any
+    block_id: uuid.UUID
+
+
+@pytest.fixture(scope="module")
+def applied(real: Real) -> Applied:
+    """`dbbackup automations apply` twice, notifying through a webhook block to Hook."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    with real.api():
+        block_id = CustomWebhookNotificationBlock(
+            name="e2e", url=real.hook_url, json_data={"subject": "{{subject}}", "body": "{{body}}"}
+        ).save("e2e-hook", overwrite=True)
+        args = ["automations", "apply", "--config", str(real.config)]
+        args += ["--notify", "custom-webhook/e2e-hook"]
+        first = CliRunner().invoke(app, args, catch_exceptions=False)
+        again = CliRunner().invoke(app, args, catch_exceptions=False)
+    return Applied(first, again, block_id)
+
+
+def test_automations_are_applied_from_the_shipped_files_idempotently(
+    real: Real, applied: Applied
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    with real.api(), get_client(sync_client=True) as client:
+        failed = client.read_automations_by_name("dbbackup backup failed")
+        missing = client.read_automations_by_name(f"dbbackup no backup of {SERVER} in 26h")
+        verify = client.read_automations_by_name("dbbackup verification failed")
+    assert applied.first.exit_code == 0, applied.first.output
+    assert sorted(applied.first.stdout.splitlines()) == [
+        "created   dbbackup backup failed",
+        f"created   dbbackup no backup of {SERVER} in 26h",
+        "created   dbbackup verification failed",
+    ]
+    assert applied.again.exit_code == 0, applied.again.output
+    assert applied.again.stdout.count("unchanged") == 3, applied.again.output
+    assert len(failed) == len(missing) == len(verify) == 1  # updated in place, not duplicated
+    trigger = missing[0].trigger
+    assert trigger.posture == "Proactive" and trigger.expect == {"dbbackup.backup.completed"}
+    assert trigger.match.model_dump() == {"dbbackup.server": SERVER}
+    assert trigger.within == timedelta(hours=26)
+    assert failed[0].trigger.posture == "Reactive"
+    assert failed[0].trigger.expect == {"dbbackup.backup.failed"}
+    assert verify[0].trigger.expect == {"dbbackup.verify.failed"}
+    for automation in (failed, missing, verify):
+        [action] = automation[0].actions
+        assert action.type == "send-notification" and action.block_document_id == applied.block_id
+
+
+def test_the_verify_deployment_passes_then_fails_on_a_corrupted_backup(
+    real: Real, backup: Backup, applied: Applied
+) -> None:
+    db = backup.database
+    since = datetime.now(UTC)
+    ok = _trigger(real, f"verify-backups/{SERVER}", databases=[db])
+    assert ok.state.is_completed(), f"{ok.state.name}: {ok.state.message}"
+    [passed] = _events_of(real, "dbbackup.verify.", db, since)
+    assert passed["event"] == "dbbackup.verify.completed"
+    assert passed["payload"]["tables"] == 2 and passed["payload"]["rows"] == 502
+
+    [stored] = list(real.storage_path.rglob("dump.pgc.zst.age"))
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    since = datetime.now(UTC)
+    bad = _trigger(real, f"verify-backups/{SERVER}", databases=[db])
+    assert bad.state.is_failed()
+    [failed] = _events_of(real, "dbbackup.verify.", db, since)
+    assert failed["event"] == "dbbackup.verify.failed"
+    assert "sha256" in failed["payload"]["error"]
+
+    # the verification-failed automation (applied above) sent its notification
+    def notified():
+        return [m for m in Hook.received if db in m.get("subject", "")]
+
+    [message] = _wait_for("the verify-failed notification", notified, 30)
+    assert message["subject"] == f"dbbackup: verification of {SERVER}/{db} failed"
+    assert "sha256" in message["body"]
