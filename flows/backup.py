@@ -14,6 +14,7 @@ from blocks.registry import load_encryption, load_server, load_storage
 from blocks.server import DatabaseServer
 from blocks.storage import BackupStorage
 from flows.report import BackupFailed, BackupReport, DatabaseOutcome
+from flows.retries import transient_retries_only
 from tasks.backup import DumpResult, dump_task, upload_task
 from tasks.globals import globals_note, globals_task
 from tasks.layout import GLOBALS_SEGMENT, new_backup_id
@@ -58,6 +59,7 @@ def _globals_outcome(future: PrefectFuture, storage: BackupStorage) -> DatabaseO
 
 
 @flow(name="backup-server", flow_run_name=_run_name, validate_parameters=True)
+@transient_retries_only
 def backup_server(
     server: str,
     storage: str = "default",
