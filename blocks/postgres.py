@@ -13,7 +13,14 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from blocks.server import DatabaseServer, DumpSnapshot, GlobalsDump, ToolCommand, private_file
-from tasks.errors import AuthError, ConfigError, ConnectionFailed, DatabaseNotFound, DbBackupError
+from tasks.errors import (
+    AuthError,
+    ConfigError,
+    ConnectionFailed,
+    DatabaseNotFound,
+    DbBackupError,
+    ToolFailed,
+)
 from tasks.process import ToolProcess
 
 AUTH_MARKERS = (
@@ -145,10 +152,26 @@ class PostgresServer(DatabaseServer):
             conn = conn.execution_options(postgresql_readonly=True)
             snapshot = conn.execute(sa.text("SELECT pg_export_snapshot()")).scalar_one()
             refs = self._table_refs(conn, database)
-            counts = self._count_rows(conn, refs) if self.count_rows else None
+            counts = self._count_in_time(conn, refs, database) if self.count_rows else None
             yield DumpSnapshot([name for name, _ in refs], counts, snapshot)
             with contextlib.suppress(sa.exc.DBAPIError):  # pg_dump is done with it either way
                 conn.rollback()
+
+    def _count_in_time(
+        self, conn: sa.Connection, refs: list[tuple[str, str]], database: str
+    ) -> dict[str, int]:
+        """Row counts, each bounded by dump_timeout like the dump (a lock blocks count(*) too)."""
+        conn.execute(sa.text(f"SET LOCAL statement_timeout = {int(self.dump_timeout) * 1000}"))
+        try:
+            return self._count_rows(conn, refs)
+        except sa.exc.DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != "57014":  # query_canceled
+                raise
+            raise ToolFailed(
+                f"counting the rows of {database!r} exceeded the time limit of "
+                f"{self.dump_timeout}s (dump_timeout): a table is locked or very large; set "
+                "count_rows: false on the server block to dump without exact row counts"
+            ) from None
 
     def _version_query(self) -> str:
         return "SHOW server_version"

@@ -88,6 +88,7 @@ def backup_server(
         max(1, concurrency),
     )
     backup_id = new_backup_id()
+    started = datetime.now(UTC)
     outcomes: dict[str, DatabaseOutcome] = {}
     with private_workdir() as workdir:
         pending = list(names)
@@ -124,7 +125,10 @@ def backup_server(
         storage=sto.describe(),
         outcomes=[outcomes[n] for n in names] + users_row,
     )
+    report.started_at, report.finished_at = started, datetime.now(UTC)
     report.publish()
+    report.publish_summary()
+    report.emit_events()
     for o in report.failed:
         log.error("backup of %r failed: %s", o.database, o.error)
     if report.failed:

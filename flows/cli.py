@@ -447,6 +447,53 @@ def fleet(
     raise typer.Exit(code)
 
 
+@app.command()
+def verify(
+    server: Annotated[str, typer.Argument(help="Server block whose backups to verify.")],
+    database: Annotated[
+        list[str] | None, typer.Option("--database", "-d", help="Only these databases.")
+    ] = None,
+    identity_file: Annotated[
+        Path | None, typer.Option("--identity-file", "-i", help="age identity file.")
+    ] = None,
+    storage: StorageOpt = "default",
+    encryption: EncryptionOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore the latest backups of SERVER into scratch databases, check them, drop them."""
+    from flows.verify import VerifyFailed, verify_backups
+
+    try:
+        report = verify_backups(
+            server=server,
+            storage=storage,
+            encryption=encryption,
+            databases=database or None,
+            identity_file=str(identity_file.expanduser()) if identity_file else None,
+        )
+        code = 0
+    except VerifyFailed as exc:
+        report, code = exc.report, exc.exit_code
+        typer.echo(f"dbbackup: {exc}", err=True)
+    except DbBackupError as exc:
+        _fail(exc)
+    if as_json:
+        _emit(
+            {
+                "server": server,
+                "storage": report.storage,
+                "exit_code": code,
+                "databases": [o.model_dump() for o in report.outcomes],
+            }
+        )
+    else:
+        for o in report.outcomes:
+            ok = f"{o.tables} tables  {o.rows} rows  ({o.checked})"
+            detail = ok if o.status == "ok" else o.error
+            typer.echo(f"{o.status:6} {o.database}  {o.backup_id or ''}  {detail}")
+    raise typer.Exit(code)
+
+
 def main() -> None:
     """Console script entry point."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from tasks.errors import DbBackupError
+from tasks.events import emit_backup_event
 from tasks.manifest import Manifest
+
+
+def artifact_key(kind: str, server: str) -> str:
+    """A valid artifact key (lowercase letters, digits, dashes) for one server."""
+    return "-".join(filter(None, [kind, re.sub(r"[^a-z0-9-]+", "-", server.lower()).strip("-")]))
+
+
+def md(text: str) -> str:
+    """text escaped for markdown (table cells and lists)."""
+    return re.sub(r"([\\`*\[\]<>|])", r"\\\1", text.replace("\n", " "))
 
 
 def first_line(text: str | None) -> str:
@@ -59,6 +71,8 @@ class BackupReport(BaseModel):
     server: str
     storage: str
     outcomes: list[DatabaseOutcome]
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
     @property
     def failed(self) -> list[DatabaseOutcome]:
@@ -84,14 +98,66 @@ class BackupReport(BaseModel):
 
     def publish(self) -> None:
         """Create the table artifact of this run in Prefect."""
-        key = "backup-" + re.sub(r"[^a-z0-9-]+", "-", self.server.lower()).strip("-")
         ok = len(self.outcomes) - len(self.failed)
         create_table_artifact(
-            key=key or "backup",
+            key=artifact_key("backup", self.server),
             table=self.table(),
             description=f"{ok}/{len(self.outcomes)} databases of {self.server} backed up to "
             f"{self.storage}",
         )
+
+    def summary(self) -> str:
+        """Markdown: what was backed up, where, how big, how long, what failed and why."""
+        ok = [o for o in self.outcomes if o.status == "ok"]
+        raw, stored = sum(o.raw_bytes for o in ok), sum(o.stored_bytes for o in ok)
+        ids = sorted({o.backup_id for o in ok if o.backup_id})
+        took = (
+            f"{(self.finished_at - self.started_at).total_seconds():.1f} s"
+            if self.started_at and self.finished_at
+            else "n/a"
+        )
+        lines = [
+            f"## Backup of {md(self.server)}: {len(ok)} of {len(self.outcomes)} databases ok",
+            "",
+            f"- **Where:** {md(self.storage)}" + (f", backup id {', '.join(ids)}" if ids else ""),
+            f"- **Size:** {raw / 1e6:.1f} MB raw, {stored / 1e6:.1f} MB stored",
+            f"- **Time:** {took} for the run"
+            + (f"; started {self.started_at:%Y-%m-%d %H:%M:%S} UTC" if self.started_at else ""),
+            "",
+            "| database | status | raw MB | stored MB | seconds | MB/s |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {md(o.database)} | {o.status} | {o.raw_bytes / 1e6:.1f} | "
+            f"{o.stored_bytes / 1e6:.1f} | {o.seconds:.1f} | {o.mb_per_s:.1f} |"
+            for o in self.outcomes
+        ]
+        if self.failed:
+            lines += ["", "### Failed", ""]
+            lines += [f"- {md(o.database)}: {md(first_line(o.error))}" for o in self.failed]
+        return "\n".join(lines) + "\n"
+
+    def publish_summary(self) -> None:
+        """Create the run's markdown summary artifact (key backup-summary-SERVER)."""
+        create_markdown_artifact(
+            key=artifact_key("backup-summary", self.server),
+            markdown=self.summary(),
+            description=f"backup of {self.server}",
+        )
+
+    def emit_events(self) -> None:
+        """One dbbackup.backup.completed/.failed event per database (see tasks/events.py)."""
+        for o in self.outcomes:
+            emit_backup_event(
+                self.server,
+                o.database,
+                backup_id=o.backup_id,
+                raw_bytes=o.raw_bytes,
+                stored_bytes=o.stored_bytes,
+                seconds=o.seconds,
+                storage=self.storage,
+                error=first_line(o.error) if o.status != "ok" else None,
+            )
 
 
 class BackupFailed(DbBackupError):
