@@ -23,6 +23,14 @@ def md(text: str) -> str:
     return re.sub(r"([\\`*\[\]<>|])", r"\\\1", text.replace("\n", " "))
 
 
+def size(nbytes: int) -> str:
+    """A byte count for people: 950 B, 12.3 kB, 4.5 MB, 1.20 GB."""
+    for unit, scale, digits in (("GB", 1e9, 2), ("MB", 1e6, 1), ("kB", 1e3, 1)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.{digits}f} {unit}"
+    return f"{nbytes} B"
+
+
 def first_line(text: str | None) -> str:
     """The first line of an error message ('' for none)."""
     lines = (text or "").strip().splitlines()
@@ -120,16 +128,16 @@ class BackupReport(BaseModel):
             f"## Backup of {md(self.server)}: {len(ok)} of {len(self.outcomes)} databases ok",
             "",
             f"- **Where:** {md(self.storage)}" + (f", backup id {', '.join(ids)}" if ids else ""),
-            f"- **Size:** {raw / 1e6:.1f} MB raw, {stored / 1e6:.1f} MB stored",
+            f"- **Size:** {size(raw)} raw, {size(stored)} stored",
             f"- **Time:** {took} for the run"
             + (f"; started {self.started_at:%Y-%m-%d %H:%M:%S} UTC" if self.started_at else ""),
             "",
-            "| database | status | raw MB | stored MB | seconds | MB/s |",
+            "| database | status | raw | stored | seconds | MB/s |",
             "|---|---|---:|---:|---:|---:|",
         ]
         lines += [
-            f"| {md(o.database)} | {o.status} | {o.raw_bytes / 1e6:.1f} | "
-            f"{o.stored_bytes / 1e6:.1f} | {o.seconds:.1f} | {o.mb_per_s:.1f} |"
+            f"| {md(o.database)} | {o.status} | {size(o.raw_bytes)} | "
+            f"{size(o.stored_bytes)} | {o.seconds:.1f} | {o.mb_per_s:.1f} |"
             for o in self.outcomes
         ]
         if self.failed:

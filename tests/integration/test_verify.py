@@ -258,3 +258,26 @@ def test_a_manifest_from_before_verify_is_checked_by_restoring(env, pg_db, pg_ad
     [outcome] = report.outcomes
     assert outcome.status == "ok" and outcome.checked == "restore only"
     assert (outcome.tables, outcome.rows) == (1, 1)
+
+
+def test_without_row_counts_postgres_compares_table_lists(env, pg_db, pg_admin):
+    db = pg_db()
+    pg_admin.execute(db, "CREATE TABLE t AS SELECT g AS x FROM generate_series(1, 5) g")
+    server = f"{env.pg}-nocount"
+    PostgresServer(host="127.0.0.1", user="postgres", count_rows=False).save(server)
+    backup_server(server=server, storage=env.storage, encryption=env.encryption, databases=[db])
+    manifest = Manifest.from_bytes(_manifest_path(env, server, db).read_bytes())
+    assert manifest.row_counts is None and manifest.tables == ["public.t"]
+    report = verify_backups(
+        server=server, storage=env.storage, encryption=env.encryption, databases=[db]
+    )
+    assert report.outcomes[0].checked == "table list" and report.outcomes[0].rows == 5
+
+
+def test_verify_of_a_database_without_backup_is_a_usage_error(env):
+    result = env.cli(
+        "verify", env.pg, "-d", "never_backed_up", "--storage", env.storage,
+        "--encryption", env.encryption,
+    )  # fmt: skip
+    assert result.exit_code == 3
+    assert "no complete backup of 'never_backed_up'" in result.stderr
