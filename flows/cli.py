@@ -433,10 +433,12 @@ def fleet(
     max_parallel: Annotated[int, typer.Option(help="Backup runs in flight at once.")] = 4,
 ) -> None:
     """Run the backup-server deployment of every server (or --server), wait, report."""
+    import asyncio
+
     from flows.fleet import FleetFailed, backup_fleet
 
     try:
-        runs = backup_fleet(servers=server or None, max_parallel=max_parallel)
+        runs = asyncio.run(backup_fleet(servers=server or None, max_parallel=max_parallel))
         code = 0
     except FleetFailed as exc:
         runs, code = exc.runs, 1

@@ -15,6 +15,7 @@ from prefect.client.schemas.filters import (
     FlowFilterName,
 )
 from prefect.deployments import arun_deployment
+from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel
 
 from flows.operations import FLOWS
@@ -62,12 +63,14 @@ async def backup_deployment_servers() -> list[str]:
 
 async def _run_one(server: str, gate: asyncio.Semaphore, timeout: float | None) -> ServerRun:
     async with gate:
+        name = f"{BACKUP_FLOW}/{server}"
         try:
-            run = await arun_deployment(
-                f"{BACKUP_FLOW}/{server}", timeout=timeout, poll_interval=2, as_subflow=True
-            )
-        except Exception as exc:  # e.g. no such deployment: report it, start the others
-            return ServerRun(server=server, state="NotStarted", message=str(exc))
+            run = await arun_deployment(name, timeout=timeout, poll_interval=2, as_subflow=True)
+        except ObjectNotFound:
+            return ServerRun(server=server, state="NotStarted", message=f"no deployment {name}")
+        except Exception as exc:  # report it and let the other servers run
+            message = f"{type(exc).__name__}: {exc}"
+            return ServerRun(server=server, state="NotStarted", message=message)
     state = run.state
     return ServerRun(
         server=server,

@@ -166,7 +166,7 @@ def host_limits(ops: Operations) -> dict[str, int]:
 
 def runner_deployments(ops: Operations) -> list:
     """The plans as deployments `prefect.serve` runs (each run loads its flow by module path)."""
-    from prefect.client.schemas.objects import EntrypointType
+    from prefect.types.entrypoint import EntrypointType
     from prefect.utilities.importtools import import_object
 
     result = []

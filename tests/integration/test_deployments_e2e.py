@@ -9,6 +9,7 @@ environment, and in-process calls use `temporary_settings` for one test at a tim
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -34,6 +35,7 @@ from flows.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = "local-pg"  # the server the shipped deployments/prefect.yaml deploys
+PREFIX = f"dbb_e2e_{uuid.uuid4().hex[:6]}_"  # server blocks here see only this module's databases
 DEADLINE = 120.0
 
 
@@ -174,7 +176,8 @@ def real(tmp_path_factory: pytest.TempPathFactory, identity_file: Path, recipien
         storage_path = tmp / "backups"
         config = tmp / "dbbackup.yaml"
         config.write_text(
-            f"servers:\n  {SERVER}: {{type: postgres, host: 127.0.0.1, port: 5432, user: postgres}}\n"
+            f"servers:\n  {SERVER}: {{type: postgres, user: postgres, include: ['{PREFIX}*']}}\n"
+            f"  served-pg: {{type: postgres, user: postgres, include: ['{PREFIX}*']}}\n"
             f"storage:\n  default: {{type: local, path: {storage_path}}}\n"
             f"encryption:\n  default: {{identity_file: {identity_file}}}\n"
             "limits:\n  dumps_per_host: 1\n"
@@ -270,7 +273,7 @@ def backup(real: Real) -> Iterator[Backup]:
     from tests.helpers import PgAdmin
 
     admin = PgAdmin()
-    database = f"dbb_e2e_{uuid.uuid4().hex[:8]}"
+    database = f"{PREFIX}db"
     admin.create(database)
     try:
         admin.execute(
@@ -375,10 +378,11 @@ def test_automations_are_applied_from_the_shipped_files_idempotently(
     assert sorted(applied.first.stdout.splitlines()) == [
         "created   dbbackup backup failed",
         f"created   dbbackup no backup of {SERVER} in 26h",
+        "created   dbbackup no backup of served-pg in 26h",
         "created   dbbackup verification failed",
     ]
     assert applied.again.exit_code == 0, applied.again.output
-    assert applied.again.stdout.count("unchanged") == 3, applied.again.output
+    assert applied.again.stdout.count("unchanged") == 4, applied.again.output
     assert len(failed) == len(missing) == len(verify) == 1  # updated in place, not duplicated
     trigger = missing[0].trigger
     assert trigger.posture == "Proactive" and trigger.expect == {"dbbackup.backup.completed"}
@@ -421,3 +425,81 @@ def test_the_verify_deployment_passes_then_fails_on_a_corrupted_backup(
     [message] = _wait_for("the verify-failed notification", notified, 30)
     assert message["subject"] == f"dbbackup: verification of {SERVER}/{db} failed"
     assert "sha256" in message["body"]
+
+
+def test_the_fleet_runs_each_server_deployment_and_names_the_ones_that_failed(
+    real: Real, backup: Backup
+) -> None:
+    from blocks.storage import LocalBackupStorage
+    from flows.fleet import FleetFailed, backup_fleet
+    from tasks.catalog import list_backups
+
+    with real.api(), pytest.raises(FleetFailed) as failed:
+        asyncio.run(backup_fleet(servers=[SERVER, "no-such-server"], max_parallel=2))
+    runs = {r.server: r for r in failed.value.runs}
+    assert runs[SERVER].state == "Completed", runs[SERVER]
+    assert runs[SERVER].flow_run.startswith(f"backup-{SERVER}-")
+    assert runs["no-such-server"].state == "NotStarted"
+    assert "1 of 2 server backups did not complete: no-such-server" in str(failed.value)
+    storage = LocalBackupStorage(path=str(real.storage_path))
+    backups = list_backups(storage, SERVER, backup.database)
+    assert len(backups) == 2  # the fixture's run and the fleet's
+
+
+def test_serve_runs_the_schedules_of_the_config_without_a_work_pool(
+    real: Real, backup: Backup
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from blocks.storage import LocalBackupStorage
+    from tasks.catalog import list_backups
+
+    config = real.tmp / "serve.yaml"
+    config.write_text(
+        "servers:\n  served-pg: {type: postgres, user: postgres}\n"
+        "schedules:\n  timezone: Europe/Berlin\n  backup: '15 1 * * *'\n  verify: null\n"
+    )
+    serving = _start(
+        [sys.executable, "deployments/serve.py", str(config)], real.env, real.tmp / "serve.log"
+    )
+    try:
+
+        def served(name: str):
+            def check():
+                with (
+                    real.api(),
+                    get_client(sync_client=True) as client,
+                    contextlib.suppress(ObjectNotFound),
+                ):
+                    return client.read_deployment_by_name(name)
+
+            return _wait_for(f"{name} to be served (see serve.log)", check, 60)
+
+        backup_dep = served("backup-server/served-pg")
+        verify_dep = served("verify-backups/served-pg")
+        prune_dep = served("prune-backups/served-pg")
+        [schedule] = backup_dep.schedules
+        assert (schedule.schedule.cron, schedule.schedule.timezone) == (
+            "15 1 * * *",
+            "Europe/Berlin",
+        )
+        assert verify_dep.schedules == []
+        assert [s.schedule.cron for s in prune_dep.schedules] == ["30 5 * * *"]
+        assert backup_dep.work_pool_name is None
+        assert backup_dep.global_concurrency_limit.limit == 1
+        assert backup_dep.concurrency_options.collision_strategy == "CANCEL_NEW"
+        assert backup_dep.parameters == {
+            "server": "served-pg",
+            "storage": "default",
+            "encryption": "default",
+        }
+
+        run = _trigger(real, "backup-server/served-pg", databases=[backup.database])
+        assert run.state.is_completed(), f"{run.state.name}: {run.state.message}"
+        assert run.work_pool_name is None
+        storage = LocalBackupStorage(path=str(real.storage_path))
+        [manifest] = list_backups(storage, "served-pg", backup.database)
+        assert manifest.stats.raw_bytes > 0
+    finally:
+        _stop(serving)
