@@ -3,6 +3,13 @@
 from blocks.encryption import AgeEncryption
 from blocks.mysql import MySQLServer
 from blocks.postgres import PostgresServer
+from blocks.s3 import S3BackupStorage
 from blocks.storage import LocalBackupStorage
 
-__all__ = ["AgeEncryption", "LocalBackupStorage", "MySQLServer", "PostgresServer"]
+__all__ = [
+    "AgeEncryption",
+    "LocalBackupStorage",
+    "MySQLServer",
+    "PostgresServer",
+    "S3BackupStorage",
+]

@@ -7,12 +7,13 @@ from prefect.blocks.core import Block
 from blocks.encryption import AgeEncryption
 from blocks.mysql import MySQLServer
 from blocks.postgres import PostgresServer
+from blocks.s3 import S3BackupStorage
 from blocks.server import DatabaseServer
 from blocks.storage import BackupStorage, LocalBackupStorage
 from tasks.errors import ConfigError
 
 SERVER_TYPES: tuple[type[DatabaseServer], ...] = (PostgresServer, MySQLServer)
-STORAGE_TYPES: tuple[type[BackupStorage], ...] = (LocalBackupStorage,)
+STORAGE_TYPES: tuple[type[BackupStorage], ...] = (LocalBackupStorage, S3BackupStorage)
 
 
 def _load_one_of(name: str, types: tuple[type[Block], ...], what: str) -> Block:

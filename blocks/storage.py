@@ -9,13 +9,14 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from prefect.blocks.core import Block
 from pydantic import Field
 
-from tasks.errors import DiskFull, StorageError
+from tasks.errors import ConfigError, DiskFull, StorageError
 
 
 class BackupStorage(Block, ABC):
@@ -53,6 +54,14 @@ class BackupStorage(Block, ABC):
     @abstractmethod
     def describe(self) -> str:
         """Where this storage is, for logs and summaries."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Fail fast (before any dump) when the storage cannot be reached or written."""
+
+    @abstractmethod
+    def collect_garbage(self, prefix: str, before: datetime) -> list[str]:
+        """Remove half-written uploads under prefix started before `before`; return their keys."""
 
 
 class LocalBackupStorage(BackupStorage):
@@ -142,6 +151,26 @@ class LocalBackupStorage(BackupStorage):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create backup storage {self.root}: {exc.strerror}"
+            ) from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise ConfigError(f"backup storage {self.root} is not writable by this worker")
+
+    def collect_garbage(self, prefix: str, before: datetime) -> list[str]:
+        start = self.root / prefix.rstrip("/") if prefix else self.root
+        removed = []
+        for tmp in start.rglob(".tmp-*") if start.is_dir() else []:
+            with contextlib.suppress(FileNotFoundError):
+                if datetime.fromtimestamp(tmp.stat().st_mtime, UTC) < before:
+                    tmp.unlink()
+                    removed.append(tmp.relative_to(self.root).as_posix())
+        return removed
 
     def delete(self, key: str) -> None:
         path = self._path(key)

@@ -63,6 +63,10 @@ class StorageError(DbBackupError):
     retryable = True
 
 
+class ObjectLocked(DbBackupError):
+    """Storage refused to delete an object under object lock (retention not yet expired)."""
+
+
 class DiskFull(DbBackupError):
     """No space left (storage or work dir): retrying will not help until space is freed."""
 

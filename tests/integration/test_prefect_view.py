@@ -47,11 +47,12 @@ def test_a_backup_run_is_readable_in_prefect(env, pg_db, pg_admin):
         "zstd_threads": 2,
     }
     names = sorted(t.name for t in task_runs)
-    assert names == [f"dump-{ok_db}", f"upload-{ok_db}"]
+    assert names == [f"dump-{ok_db}", f"globals-{env.pg}", "upload-_globals", f"upload-{ok_db}"]
     assert all(t.state.is_completed() for t in task_runs)
     [artifact] = [a for a in artifacts if a.type == "table"]
     assert artifact.key == f"backup-{env.pg}"
-    [row] = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    row, users = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    assert users["database"] == "_globals" and users["status"] == "ok"
     assert row["database"] == ok_db and row["status"] == "ok"
     assert row["stored MB"] > 0 and row["backup id"] == report.outcomes[0].backup_id
 
@@ -73,14 +74,14 @@ def test_a_hung_dump_is_killed_and_the_others_still_complete(env, pg_db, pg_admi
                 databases=[good, stuck],
             )
     assert failure.value.exit_code == 1
-    assert f"'{stuck}'" in str(failure.value) and "1 of 2 databases" in str(failure.value)
-    assert [o.status for o in failure.value.report.outcomes] == ["ok", "failed"]
+    assert f"'{stuck}'" in str(failure.value) and "1 of 3 databases" in str(failure.value)
+    assert [o.status for o in failure.value.report.outcomes] == ["ok", "failed", "ok"]
     assert "time limit of 3s" in failure.value.report.outcomes[1].error
     assert not [p for p in env.storage_path.rglob("*") if stuck in str(p)]
 
 
 def test_block_types_register_from_the_module(prefect_api):
-    """`prefect block register -m blocks` registers exactly our four types (no abstract bases)."""
+    """`prefect block register -m blocks` registers exactly our five types (no abstract bases)."""
     import os
     import subprocess
     import sys
@@ -97,7 +98,7 @@ def test_block_types_register_from_the_module(prefect_api):
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Successfully registered 4 blocks" in done.stdout
+    assert "Successfully registered 5 blocks" in done.stdout
 
     async def slugs() -> set[str]:
         async with get_client() as client:
@@ -107,6 +108,7 @@ def test_block_types_register_from_the_module(prefect_api):
         "postgres-server",
         "mysql-server",
         "local-backup-storage",
+        "s3-backup-storage",
         "age-encryption",
     } <= asyncio.run(slugs())
 

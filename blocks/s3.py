@@ -1,0 +1,304 @@
+"""S3 backup storage: AWS S3 and S3-compatible stores (MinIO, SeaweedFS, R2, ...)."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from prefect_aws import AwsCredentials
+from pydantic import Field, PrivateAttr, model_validator
+
+from blocks.storage import BackupStorage
+from tasks.errors import AuthError, ConfigError, DbBackupError, ObjectLocked, StorageError
+
+MiB = 1 << 20
+MIN_PART_SIZE = 8 * MiB
+MAX_PARTS = 10_000
+AUTH_CODES = {
+    "AccessDenied",
+    "AuthorizationHeaderMalformed",
+    "ExpiredToken",
+    "InvalidAccessKeyId",
+    "InvalidClientTokenId",
+    "InvalidToken",
+    "SignatureDoesNotMatch",
+}
+MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+
+
+def part_size(size: int) -> int:
+    """Smallest part size (whole MiB, at least 8 MiB) that fits `size` bytes in 10,000 parts."""
+    needed = -(-size // MAX_PARTS)
+    return max(MIN_PART_SIZE, -(-needed // MiB) * MiB)
+
+
+class S3BackupStorage(BackupStorage):
+    """Backups in an S3 bucket (or any S3-compatible store via endpoint_url)."""
+
+    _block_type_name = "S3 Backup Storage"
+    _block_type_slug = "s3-backup-storage"
+    _description = (
+        "Stores backups in an S3 bucket: AWS, or MinIO/SeaweedFS/R2/... through endpoint_url."
+    )
+
+    bucket: str = Field(description="Bucket name.")
+    prefix: str = Field(default="", description="Key prefix inside the bucket (no leading '/').")
+    region: str | None = Field(default=None, description="Region, e.g. eu-central-1.")
+    endpoint_url: str | None = Field(
+        default=None, description="Endpoint of an S3-compatible store; empty for AWS."
+    )
+    path_style: bool = Field(
+        default=False, description="Path-style addressing (most self-hosted stores need it)."
+    )
+    credentials: AwsCredentials | None = Field(
+        default=None,
+        description="prefect-aws credentials; empty uses boto3's default chain (env, profile, "
+        "instance role).",
+    )
+    storage_class: str | None = Field(
+        default=None, description="e.g. STANDARD_IA, GLACIER_IR; empty for the bucket default."
+    )
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = Field(
+        default=None, description="Server-side encryption on top of age (at-rest policy)."
+    )
+    kms_key_id: str | None = Field(default=None, description="KMS key for aws:kms.")
+    object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = Field(
+        default=None,
+        description="Object lock on every stored object (the bucket must have object lock).",
+    )
+    object_lock_days: int | None = Field(
+        default=None, ge=1, description="Days each object stays locked after upload."
+    )
+    checksum: Literal["SHA256", "CRC32", "none"] = Field(
+        default="SHA256",
+        description="Checksum sent with each upload; 'none' for stores that reject them.",
+    )
+    max_attempts: int = Field(default=5, ge=1, description="boto3 attempts per request.")
+    max_concurrency: int = Field(default=8, ge=1, description="Parts uploaded in parallel.")
+    connect_timeout: float = Field(default=10, gt=0, description="Seconds to connect.")
+    read_timeout: float = Field(default=60, gt=0, description="Seconds to wait for a reply.")
+
+    _client: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _lock_needs_days(self) -> S3BackupStorage:
+        if (self.object_lock_mode is None) != (self.object_lock_days is None):
+            raise ValueError("object_lock_mode and object_lock_days go together: set both or none")
+        return self
+
+    def describe(self) -> str:
+        where = f"s3://{self.bucket}/{self.prefix.strip('/')}".rstrip("/")
+        return f"{where} at {self.endpoint_url}" if self.endpoint_url else where
+
+    @property
+    def client(self) -> Any:
+        """A boto3 S3 client (standard retry mode), made once per block instance."""
+        if self._client is None:
+            session = self.credentials.get_boto3_session() if self.credentials else boto3.Session()
+            when = "when_required" if self.checksum == "none" else "when_supported"
+            config = Config(
+                retries={"mode": "standard", "max_attempts": self.max_attempts},
+                s3={"addressing_style": "path" if self.path_style else "auto"},
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+                request_checksum_calculation=when,
+                response_checksum_validation="when_required",
+            )
+            self._client = session.client(
+                "s3", region_name=self.region, endpoint_url=self.endpoint_url, config=config
+            )
+        return self._client
+
+    def _full(self, key: str) -> str:
+        prefix = self.prefix.strip("/")
+        return f"{prefix}/{key}" if prefix else key
+
+    def _put_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        if self.checksum != "none":
+            args["ChecksumAlgorithm"] = self.checksum
+        if self.storage_class:
+            args["StorageClass"] = self.storage_class
+        if self.server_side_encryption:
+            args["ServerSideEncryption"] = self.server_side_encryption
+            if self.kms_key_id:
+                args["SSEKMSKeyId"] = self.kms_key_id
+        if self.object_lock_mode and self.object_lock_days:
+            args["ObjectLockMode"] = self.object_lock_mode
+            args["ObjectLockRetainUntilDate"] = datetime.now(UTC) + timedelta(
+                days=self.object_lock_days
+            )
+        return args
+
+    def _error(self, exc: BaseException, action: str, key: str) -> DbBackupError:
+        """An operator-facing error for a failed S3 call (secrets are never in boto3 text)."""
+        where = f"s3://{self.bucket}/{self._full(key)}"
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, (ClientError, BotoCoreError)):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, NoCredentialsError):
+            return AuthError(
+                f"cannot {action} {where}: no S3 credentials found; set credentials on the "
+                "storage block or the worker's AWS environment"
+            )
+        if isinstance(cause, ClientError):
+            code = str(cause.response.get("Error", {}).get("Code", ""))
+            if code in AUTH_CODES:
+                return AuthError(
+                    f"S3 refused to {action} {where} ({code}): check the access key, secret "
+                    "and the bucket policy (docs/s3.md lists the permissions needed)"
+                )
+            if code == "NoSuchBucket":
+                return ConfigError(
+                    f"bucket {self.bucket!r} does not exist at {self.endpoint_url or 'AWS'}: "
+                    "create it or fix the storage block"
+                )
+            return StorageError(f"cannot {action} {where}: {code} {cause}")
+        return StorageError(
+            f"cannot {action} {where}: {exc}. Is the S3 endpoint reachable? The upload is "
+            "retried; a failed backup can simply be run again"
+        )
+
+    def check(self) -> None:
+        """The bucket exists and the credentials are accepted (one HEAD request)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "404":
+                exc.response["Error"]["Code"] = "NoSuchBucket"
+            elif code == "403":
+                exc.response["Error"]["Code"] = "AccessDenied"
+            raise self._error(exc, "access", "") from None
+        except Exception as exc:
+            raise self._error(exc, "access", "") from None
+
+    def put_file(self, key: str, source: Path) -> None:
+        full = self._full(key)
+        config = TransferConfig(
+            multipart_threshold=MIN_PART_SIZE,
+            multipart_chunksize=part_size(source.stat().st_size),
+            max_concurrency=self.max_concurrency,
+        )
+        try:
+            self._abort_uploads(full, before=None)  # leftovers of an earlier attempt
+            # s3transfer aborts the multipart upload itself when a part fails
+            self.client.upload_file(
+                str(source), self.bucket, full, ExtraArgs=self._put_args(), Config=config
+            )
+        except Exception as exc:
+            raise self._error(exc, "upload", key) from None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._full(key), Body=data, **self._put_args()
+            )
+        except Exception as exc:
+            raise self._error(exc, "write", key) from None
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+        except Exception as exc:
+            raise self._error(exc, "read", key) from None
+
+    @contextlib.contextmanager
+    def open_read(self, key: str, workdir: Path) -> Iterator[BinaryIO]:
+        """Download to a private temp file in workdir (ciphertext only), then read it."""
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix="download-") as f:
+            try:
+                self.client.download_fileobj(self.bucket, self._full(key), f)
+            except Exception as exc:
+                raise self._error(exc, "download", key) from None
+            f.seek(0)
+            yield f  # type: ignore[misc]
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        full = self._full(prefix)
+        strip = len(self._full(""))
+        keys: list[str] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full
+            )
+            for page in pages:
+                keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        except Exception as exc:
+            raise self._error(exc, "list", prefix) from None
+        return sorted(keys)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._full(key))
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in MISSING_CODES:
+                return False
+            raise self._error(exc, "check", key) from None
+        except Exception as exc:
+            raise self._error(exc, "check", key) from None
+        return True
+
+    def delete(self, key: str) -> None:
+        """Delete an object; with object lock every version goes, or ObjectLocked is raised."""
+        full = self._full(key)
+        try:
+            if not self.object_lock_mode:
+                self.client.delete_object(Bucket=self.bucket, Key=full)
+                return
+            listing = self.client.list_object_versions(Bucket=self.bucket, Prefix=full)
+            versions = listing.get("Versions", []) + listing.get("DeleteMarkers", [])
+            for version in (v for v in versions if v["Key"] == full):
+                self._delete_version(key, version["VersionId"])
+        except DbBackupError:
+            raise
+        except Exception as exc:
+            raise self._error(exc, "delete", key) from None
+
+    def _delete_version(self, key: str, version_id: str) -> None:
+        full = self._full(key)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=full, VersionId=version_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "AccessDenied":
+                raise
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=full, VersionId=version_id)
+            except ClientError:
+                raise self._error(exc, "delete", key) from None
+            until = head.get("ObjectLockRetainUntilDate")
+            if until is None:
+                raise self._error(exc, "delete", key) from None
+            raise ObjectLocked(
+                f"s3://{self.bucket}/{full} is under object lock until {until:%Y-%m-%d %H:%M} UTC"
+            ) from None
+
+    def collect_garbage(self, prefix: str, before: datetime) -> list[str]:
+        """Abort incomplete multipart uploads under prefix started before `before`."""
+        try:
+            return self._abort_uploads(self._full(prefix), before=before)
+        except Exception as exc:
+            raise self._error(exc, "clean up incomplete uploads under", prefix) from None
+
+    def _abort_uploads(self, full_prefix: str, before: datetime | None) -> list[str]:
+        aborted = []
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=full_prefix
+        )
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                if before is not None and upload["Initiated"] >= before:
+                    continue
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+                aborted.append(upload["Key"])
+        return aborted

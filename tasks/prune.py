@@ -1,0 +1,166 @@
+"""Pruning: apply a retention policy to the backups in storage, one series at a time."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+from prefect import task
+from prefect.cache_policies import NONE
+from pydantic import BaseModel
+
+from blocks.storage import BackupStorage
+from tasks.errors import ObjectLocked
+from tasks.layout import (
+    BACKUP_ID_FORMAT,
+    GLOBALS_SEGMENT,
+    MANIFEST_NAME,
+    decode_name,
+    series_prefix,
+)
+from tasks.logs import run_logger
+from tasks.retention import BackupRef, RetentionPolicy, plan
+
+
+class PruneItem(BaseModel):
+    """One stored backup, the policy's decision on it, and what pruning did."""
+
+    database: str
+    backup_id: str
+    time: datetime
+    complete: bool
+    keep: bool
+    reasons: list[str]
+    outcome: str = "kept"
+    objects: list[str] = []
+
+
+def backup_time(backup_id: str) -> datetime:
+    """Start time (UTC) encoded in a backup id."""
+    return datetime.strptime(backup_id.split("-")[0], BACKUP_ID_FORMAT).replace(tzinfo=UTC)
+
+
+def _segment_name(segment: str) -> str:
+    return GLOBALS_SEGMENT if segment == GLOBALS_SEGMENT else decode_name(segment)
+
+
+def _prefixes(server: str, databases: list[str] | None) -> list[str]:
+    """Key prefixes of the named series (the globals series included), or of the server."""
+    if not databases:
+        return [series_prefix(server)]
+    return [
+        series_prefix(server) + f"{GLOBALS_SEGMENT}/"
+        if db == GLOBALS_SEGMENT
+        else series_prefix(server, db)
+        for db in databases
+    ]
+
+
+def stored_backups(
+    storage: BackupStorage, server: str, databases: list[str] | None = None
+) -> dict[str, dict[str, list[str]]]:
+    """database -> backup_id -> keys, for every backup (complete or not) of a server."""
+    found: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for prefix in _prefixes(server, databases):
+        for key in storage.list_keys(prefix):
+            parts = key.split("/")
+            if len(parts) != 4:
+                continue
+            try:
+                backup_time(parts[2])
+            except ValueError:
+                continue  # not a backup directory of ours
+            found[_segment_name(parts[1])][parts[2]].append(key)
+    return found
+
+
+def plan_prune(
+    storage: BackupStorage,
+    server: str,
+    policy: RetentionPolicy,
+    now: datetime,
+    databases: list[str] | None = None,
+) -> list[PruneItem]:
+    """The policy's decision on every stored backup of a server, series by series."""
+    items = []
+    for database, backups in sorted(stored_backups(storage, server, databases).items()):
+        refs = [
+            BackupRef(bid, backup_time(bid), any(k.endswith("/" + MANIFEST_NAME) for k in keys))
+            for bid, keys in backups.items()
+        ]
+        for d in plan(refs, policy, now):
+            items.append(
+                PruneItem(
+                    database=database,
+                    backup_id=d.backup_id,
+                    time=d.time,
+                    complete=any(r.complete for r in refs if r.backup_id == d.backup_id),
+                    keep=d.keep,
+                    reasons=d.reasons,
+                    objects=sorted(backups[d.backup_id]),
+                )
+            )
+    return items
+
+
+def _remove(storage: BackupStorage, item: PruneItem) -> None:
+    """Delete one backup, manifest first: a half-deleted backup no longer counts as existing."""
+    manifest_first = sorted(item.objects, key=lambda k: not k.endswith("/" + MANIFEST_NAME))
+    for key in manifest_first:
+        storage.delete(key)
+
+
+def prune(
+    storage: BackupStorage,
+    server: str,
+    policy: RetentionPolicy,
+    *,
+    databases: list[str] | None = None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> list[PruneItem]:
+    """Apply a policy to a server's backups (or only some series); dry_run deletes nothing.
+
+    Object-locked backups are skipped with a note; incomplete uploads older than the
+    policy's grace period are cleaned up as garbage.
+    """
+    log = run_logger()
+    now = now or datetime.now(UTC)
+    items = plan_prune(storage, server, policy, now, databases)
+    for item in items:
+        if item.keep:
+            continue
+        if dry_run:
+            item.outcome = "would remove"
+            continue
+        try:
+            _remove(storage, item)
+            item.outcome = "removed"
+        except ObjectLocked as exc:
+            item.outcome = f"locked: {exc}"
+            log.info("kept %s of %r: %s", item.backup_id, item.database, exc)
+    if not dry_run and not policy.is_empty:
+        before = now - timedelta(hours=policy.garbage_grace_hours)
+        for prefix in _prefixes(server, databases):
+            for key in storage.collect_garbage(prefix, before):
+                log.info("removed an incomplete upload left by an earlier run: %s", key)
+    removed = [i for i in items if i.outcome in ("removed", "would remove")]
+    locked = [i for i in items if i.outcome.startswith("locked")]
+    log.info(
+        "retention on %s: %d backup(s), %d kept, %d %s, %d locked",
+        server,
+        len(items),
+        len(items) - len(removed) - len(locked),
+        len(removed),
+        "to remove (dry run)" if dry_run else "removed",
+        len(locked),
+    )
+    return items
+
+
+prune_task = task(
+    prune,
+    name="prune",
+    task_run_name="prune-{server}",
+    cache_policy=NONE,
+)

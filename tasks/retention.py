@@ -1,0 +1,188 @@
+"""Retention (GFS): which backups of one series to keep, with restic `forget` semantics.
+
+Only complete backups (with a manifest) count. Walking newest first, keep_last keeps
+the N newest; each bucket (hourly, daily, weekly, monthly, yearly) keeps the newest
+backup of each of its N most recent periods that have a backup. Periods are wall-clock
+calendar periods in the policy's time zone. Buckets are independent and the result is
+their union; the newest complete backup is always kept. An empty policy removes
+nothing. Incomplete backups are removed only once older than the grace period.
+Pure logic: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator
+
+NEWEST = "newest"
+LAST = "last"
+NO_POLICY = "no policy"
+NOT_KEPT = "not kept by policy"
+IN_GRACE = "incomplete, in grace period"
+
+
+@dataclass(frozen=True)
+class BackupRef:
+    """One backup of a series: id, start time (aware) and whether its manifest exists."""
+
+    backup_id: str
+    time: datetime
+    complete: bool = True
+
+    def __post_init__(self) -> None:
+        _require_aware(self.time, f"time of backup {self.backup_id!r}")
+
+
+@dataclass
+class Decision:
+    """Keep or remove one backup, and why."""
+
+    backup_id: str
+    time: datetime
+    keep: bool
+    reasons: list[str]
+
+
+def _hour(local: datetime) -> str:
+    return f"{local:%Y-%m-%d %H}:00"
+
+
+def _day(local: datetime) -> str:
+    return f"{local:%Y-%m-%d}"
+
+
+def _iso_week(local: datetime) -> str:
+    year, week, _ = local.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def _month(local: datetime) -> str:
+    return f"{local:%Y-%m}"
+
+
+def _year(local: datetime) -> str:
+    return f"{local:%Y}"
+
+
+BUCKETS: tuple[tuple[str, Callable[[datetime], str]], ...] = (
+    ("hourly", _hour),
+    ("daily", _day),
+    ("weekly", _iso_week),
+    ("monthly", _month),
+    ("yearly", _year),
+)
+"""Bucket name and the label of the period a local time falls in."""
+
+
+class RetentionPolicy(BaseModel):
+    """How many backups to keep per rule; None and 0 both mean "this rule keeps nothing"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_last: NonNegativeInt | None = None
+    keep_hourly: NonNegativeInt | None = None
+    keep_daily: NonNegativeInt | None = None
+    keep_weekly: NonNegativeInt | None = None
+    keep_monthly: NonNegativeInt | None = None
+    keep_yearly: NonNegativeInt | None = None
+    timezone: str = "UTC"
+    garbage_grace_hours: float = Field(default=24, ge=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(
+                f"unknown time zone {name!r}: use an IANA name such as 'UTC' or 'Europe/Berlin'"
+            ) from None
+        return name
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The time zone periods are computed in."""
+        return ZoneInfo(self.timezone)
+
+    def count(self, rule: str) -> int:
+        """How many backups (last) or periods (buckets) one rule keeps."""
+        return getattr(self, f"keep_{rule}") or 0
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no rule keeps anything: such a policy removes nothing."""
+        return not any(self.count(rule) for rule in ("last", *(name for name, _ in BUCKETS)))
+
+
+def plan(backups: Iterable[BackupRef], policy: RetentionPolicy, now: datetime) -> list[Decision]:
+    """One decision per backup of one series, newest first."""
+    _require_aware(now, "now")
+    ordered = _newest_first(backups)
+    if policy.is_empty:
+        return [Decision(b.backup_id, b.time, True, [NO_POLICY]) for b in ordered]
+    kept = _keep_reasons([b for b in ordered if b.complete], policy)
+    return [_decide(b, kept.get(b.backup_id, []), policy, now) for b in ordered]
+
+
+def _require_aware(moment: datetime, what: str) -> None:
+    if moment.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got {moment.isoformat()}")
+
+
+def _newest_first(backups: Iterable[BackupRef]) -> list[BackupRef]:
+    """Newest first; equal times are ordered by id, the larger id counting as newer."""
+    ordered = sorted(backups, key=lambda b: (b.time, b.backup_id), reverse=True)
+    ids = [b.backup_id for b in ordered]
+    if len(set(ids)) != len(ids):
+        raise ValueError("backup ids must be unique within a series")
+    return ordered
+
+
+def _keep_reasons(complete: Sequence[BackupRef], policy: RetentionPolicy) -> dict[str, list[str]]:
+    """Reasons per kept backup id, for complete backups ordered newest first."""
+    reasons: dict[str, list[str]] = defaultdict(list)
+    for backup in complete[:1]:
+        reasons[backup.backup_id].append(NEWEST)
+    for backup in complete[: policy.count("last")]:
+        reasons[backup.backup_id].append(LAST)
+    for name, period in BUCKETS:
+        for backup_id, label in _bucket(complete, policy, name, period).items():
+            reasons[backup_id].append(f"{name} {label}")
+    return reasons
+
+
+def _bucket(
+    complete: Sequence[BackupRef],
+    policy: RetentionPolicy,
+    name: str,
+    period: Callable[[datetime], str],
+) -> dict[str, str]:
+    """Period label per backup id kept by one bucket: the newest of each of its N newest periods."""
+    kept: dict[str, str] = {}
+    seen: set[str] = set()
+    limit, zone = policy.count(name), policy.zone
+    for backup in complete:
+        if len(seen) >= limit:
+            break
+        label = period(backup.time.astimezone(zone))
+        if label not in seen:
+            seen.add(label)
+            kept[backup.backup_id] = label
+    return kept
+
+
+def _decide(
+    backup: BackupRef, reasons: list[str], policy: RetentionPolicy, now: datetime
+) -> Decision:
+    """Complete backups are kept when a rule keeps them; incomplete ones while in grace."""
+    if backup.complete:
+        return Decision(backup.backup_id, backup.time, bool(reasons), reasons or [NOT_KEPT])
+    grace = policy.garbage_grace_hours
+    young = (now - backup.time).total_seconds() <= grace * 3600
+    reason = IN_GRACE if young else f"incomplete, older than {grace:g}h"
+    return Decision(backup.backup_id, backup.time, young, [reason])
