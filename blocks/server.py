@@ -19,6 +19,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, PrivateAttr, SecretStr
 
 from tasks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
+from tasks.retention import RetentionPolicy
 
 STAGING_PREFIX = "dbbackup_staging_"
 SCRATCH_PREFIX = "dbbackup_verify_"
@@ -103,6 +104,11 @@ class DatabaseServer(Block, ABC):
     connect_timeout: int = Field(default=10, description="Seconds to wait for a connection.")
     dump_timeout: int = Field(
         default=6 * 3600, description="Seconds after which a dump or restore is killed."
+    )
+    retention: RetentionPolicy | None = Field(
+        default=None,
+        description="GFS retention of this server's backups (keep_last/hourly/daily/weekly/"
+        "monthly/yearly, timezone); empty keeps everything. A flow parameter overrides it.",
     )
 
     # --- engine specifics -------------------------------------------------

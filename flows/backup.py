@@ -18,6 +18,8 @@ from flows.retries import transient_retries_only
 from tasks.backup import DumpResult, dump_task, upload_task
 from tasks.globals import globals_note, globals_task
 from tasks.layout import GLOBALS_SEGMENT, new_backup_id
+from tasks.prune import prune_task
+from tasks.retention import RetentionPolicy
 from tasks.workdir import private_workdir
 
 
@@ -68,16 +70,20 @@ def backup_server(
     concurrency: int = 2,
     zstd_level: int = 3,
     zstd_threads: int = 2,
+    retention: RetentionPolicy | None = None,
 ) -> BackupReport:
     """Back up every selected database of a server; one failing does not stop the others.
 
     Parameters name blocks (no secrets): `server` a postgres-server or
     mysql-server block, `storage` a backup storage block, `encryption` an
     age-encryption block. Ends Failed, naming the failed databases, if any failed.
+    When every backup succeeded, the series it wrote are pruned with `retention`
+    (default: the server block's policy; none keeps everything).
     """
     log = get_run_logger()
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
     enc.recipient_keys()  # fail closed before touching anything
+    sto.check()  # wrong S3 keys or a missing bucket fail here, not after every dump
     names = srv.select_databases(databases)
     log.info(
         "backing up %d database(s) of %s (%s) to %s, %d at a time",
@@ -133,4 +139,14 @@ def backup_server(
         log.error("backup of %r failed: %s", o.database, o.error)
     if report.failed:
         raise BackupFailed(report)
+    policy = retention or srv.retention
+    if policy is not None and not policy.is_empty:
+        pruned = prune_task.submit(
+            sto, server, policy, databases=[o.database for o in report.outcomes]
+        )
+        _, error = _outcome(pruned)
+        if error is not None:  # the backups are safe: say so, and how to prune by hand
+            log.error(
+                "all backups stored, but pruning failed: %s; run `dbbackup prune %s`", error, server
+            )
     return report

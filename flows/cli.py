@@ -368,6 +368,86 @@ def restore_users_cmd(
     _echo_users(result)
 
 
+@app.command()
+def prune(
+    server: Annotated[str, typer.Argument(help="Server block name (the series to prune).")],
+    database: Annotated[
+        str | None, typer.Option("--database", "-d", help="Only this database's series.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show keep/remove and why; delete nothing.")
+    ] = False,
+    storage: StorageOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply SERVER's retention policy to its backups (see docs/retention.md)."""
+    from flows.prune import prune_backups
+
+    try:
+        items = prune_backups(server=server, storage=storage, database=database, dry_run=dry_run)
+    except DbBackupError as exc:
+        _fail(exc)
+    if as_json:
+        _emit([i.model_dump(exclude={"objects"}) for i in items])
+        return
+    if not items:
+        typer.echo(f"no backups of {server}", err=True)
+    for i in items:
+        decision = "keep  " if i.keep else "remove"
+        outcome = "" if i.outcome in ("kept", "removed", "would remove") else f"  [{i.outcome}]"
+        typer.echo(
+            f"{decision} {i.database:24} {i.backup_id}  {i.time:%Y-%m-%d %H:%M}Z  "
+            f"{', '.join(i.reasons)}{outcome}"
+        )
+
+
+@app.command()
+def verify(
+    server: Annotated[str, typer.Argument(help="Server block whose backups to verify.")],
+    database: Annotated[
+        list[str] | None, typer.Option("--database", "-d", help="Only these databases.")
+    ] = None,
+    identity_file: Annotated[
+        Path | None, typer.Option("--identity-file", "-i", help="age identity file.")
+    ] = None,
+    storage: StorageOpt = "default",
+    encryption: EncryptionOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore the latest backups of SERVER into scratch databases, check them, drop them."""
+    from flows.verify import VerifyFailed, verify_backups
+
+    try:
+        report = verify_backups(
+            server=server,
+            storage=storage,
+            encryption=encryption,
+            databases=database or None,
+            identity_file=str(identity_file.expanduser()) if identity_file else None,
+        )
+        code = 0
+    except VerifyFailed as exc:
+        report, code = exc.report, exc.exit_code
+        typer.echo(f"dbbackup: {exc}", err=True)
+    except DbBackupError as exc:
+        _fail(exc)
+    if as_json:
+        _emit(
+            {
+                "server": server,
+                "storage": report.storage,
+                "exit_code": code,
+                "databases": [o.model_dump() for o in report.outcomes],
+            }
+        )
+    else:
+        for o in report.outcomes:
+            ok = f"{o.tables} tables  {o.rows} rows  ({o.checked})"
+            detail = ok if o.status == "ok" else o.error
+            typer.echo(f"{o.status:6} {o.database}  {o.backup_id or ''}  {detail}")
+    raise typer.Exit(code)
+
+
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="dbbackup.yaml")]
 limits_app = typer.Typer(cls=_DbBackupGroup, help="Per-database-host concurrency limits.")
 automations_app = typer.Typer(cls=_DbBackupGroup, help="Prefect automations (alerts).")
@@ -446,53 +526,6 @@ def fleet(
         _fail(exc)
     for r in runs:
         typer.echo(f"{r.state:10} {r.server}  {r.flow_run or ''}  {r.message or ''}".rstrip())
-    raise typer.Exit(code)
-
-
-@app.command()
-def verify(
-    server: Annotated[str, typer.Argument(help="Server block whose backups to verify.")],
-    database: Annotated[
-        list[str] | None, typer.Option("--database", "-d", help="Only these databases.")
-    ] = None,
-    identity_file: Annotated[
-        Path | None, typer.Option("--identity-file", "-i", help="age identity file.")
-    ] = None,
-    storage: StorageOpt = "default",
-    encryption: EncryptionOpt = "default",
-    as_json: JsonOpt = False,
-) -> None:
-    """Restore the latest backups of SERVER into scratch databases, check them, drop them."""
-    from flows.verify import VerifyFailed, verify_backups
-
-    try:
-        report = verify_backups(
-            server=server,
-            storage=storage,
-            encryption=encryption,
-            databases=database or None,
-            identity_file=str(identity_file.expanduser()) if identity_file else None,
-        )
-        code = 0
-    except VerifyFailed as exc:
-        report, code = exc.report, exc.exit_code
-        typer.echo(f"dbbackup: {exc}", err=True)
-    except DbBackupError as exc:
-        _fail(exc)
-    if as_json:
-        _emit(
-            {
-                "server": server,
-                "storage": report.storage,
-                "exit_code": code,
-                "databases": [o.model_dump() for o in report.outcomes],
-            }
-        )
-    else:
-        for o in report.outcomes:
-            ok = f"{o.tables} tables  {o.rows} rows  ({o.checked})"
-            detail = ok if o.status == "ok" else o.error
-            typer.echo(f"{o.status:6} {o.database}  {o.backup_id or ''}  {detail}")
     raise typer.Exit(code)
 
 

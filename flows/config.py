@@ -15,11 +15,12 @@ from blocks.encryption import AgeEncryption
 from blocks.mysql import MySQLServer
 from blocks.postgres import PostgresServer
 from blocks.registry import SERVER_TYPES
+from blocks.s3 import S3BackupStorage
 from blocks.storage import LocalBackupStorage
 from tasks.errors import ConfigError
 
 SERVER_KINDS: dict[str, type[Block]] = {"postgres": PostgresServer, "mysql": MySQLServer}
-STORAGE_KINDS: dict[str, type[Block]] = {"local": LocalBackupStorage}
+STORAGE_KINDS: dict[str, type[Block]] = {"local": LocalBackupStorage, "s3": S3BackupStorage}
 PATH_FIELDS = {"path", "identity_file", "sslrootcert", "bin_dir"}
 OPERATIONS_SECTIONS = ("schedules", "limits")  # read by flows/operations.py, not blocks
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -122,10 +123,16 @@ def _check_server_names(blocks: list[tuple[str, Block]]) -> None:
 
 
 def _comparable(block: Block) -> dict[str, Any]:
-    return {
-        k: (v.get_secret_value() if isinstance(v, SecretStr) else v)
-        for k, v in ((f, getattr(block, f)) for f in type(block).model_fields)
-    }
+    """Field values with secrets revealed and nested blocks (S3 credentials) unfolded."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        if isinstance(value, Block):
+            return _comparable(value)
+        return value
+
+    return {f: plain(getattr(block, f)) for f in type(block).model_fields}
 
 
 def apply_config(path: Path) -> list[tuple[str, str, str]]:

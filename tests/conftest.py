@@ -15,6 +15,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
 
 from tests.helpers import MyAdmin, PgAdmin  # noqa: E402
+from tests.s3server import SeaweedFS  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -108,3 +109,26 @@ def env(prefect_api: None, tmp_path: Path, identity_file: Path, recipient: str):
     from tests.helpers import BlockEnv
 
     return BlockEnv.create(tmp_path, identity_file, recipient)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real S3 server (SeaweedFS) for the session, on free loopback ports."""
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(env, s3_server: SeaweedFS):
+    """`env` whose storage block is a fresh prefix on the real S3 server."""
+    return env.use_s3(s3_server)
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_env(request: pytest.FixtureRequest, env):
+    """`env` on local storage, then on S3: the same test must pass on both."""
+    if request.param == "s3":
+        return env.use_s3(request.getfixturevalue("s3_server"))
+    return env

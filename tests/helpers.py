@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg
 import pymysql
 from psycopg import sql
 from typer.testing import CliRunner
+
+from tests.s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 MY = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
@@ -125,6 +127,8 @@ class BlockEnv:
     storage_path: Path
     identity_file: Path
     recipient: str
+    bucket: str | None = None
+    s3_prefix: str = ""
 
     @classmethod
     def create(cls, tmp_path: Path, identity_file: Path, recipient: str) -> BlockEnv:
@@ -146,6 +150,34 @@ class BlockEnv:
         AgeEncryption(recipients=[recipient], identity_file=str(identity_file)).save(env.encryption)
         return env
 
+    def use_s3(self, server: SeaweedFS, *, object_lock: bool = False, **fields: object) -> BlockEnv:
+        """This env with its storage block under a new prefix of a bucket on a real S3 server.
+
+        Tests share two buckets (plain and object-locked): SeaweedFS gives each bucket
+        volumes of its own, so one bucket per test would exhaust them.
+        """
+        from prefect_aws import AwsCredentials
+
+        from blocks import S3BackupStorage
+
+        tag = uuid.uuid4().hex[:8]
+        bucket = server.make_bucket(
+            "dbb-locked" if object_lock else "dbb-tests", object_lock=object_lock
+        )
+        credentials = AwsCredentials(
+            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=fields.pop("secret", SECRET_KEY)
+        )
+        S3BackupStorage(
+            bucket=bucket,
+            prefix=f"backups-{tag}",
+            region="us-east-1",
+            endpoint_url=server.endpoint,
+            path_style=True,
+            credentials=credentials,
+            **fields,
+        ).save(f"s3-{tag}")
+        return replace(self, storage=f"s3-{tag}", bucket=bucket, s3_prefix=f"backups-{tag}/")
+
     def cli(self, *args: str) -> CliResult:
         """Run `dbbackup ARGS` in-process with this env's storage and encryption blocks."""
         from flows.cli import app
@@ -154,7 +186,7 @@ class BlockEnv:
         defaults = {"--storage": self.storage}
         if command and command[0] in ("backup", "restore"):
             defaults["--encryption"] = self.encryption
-        if command and command[0] in ("backup", "restore", "list"):
+        if command and command[0] in ("backup", "restore", "list", "prune"):
             for option, value in defaults.items():
                 if option not in command:
                     command += [option, value]
