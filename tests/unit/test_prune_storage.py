@@ -1,0 +1,87 @@
+"""prune() on a real directory: it touches only the series it is given, and is idempotent."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from blocks.storage import LocalBackupStorage
+from tasks.layout import GLOBALS_SEGMENT, MANIFEST_NAME, backup_key, new_backup_id
+from tasks.prune import backup_time, prune
+from tasks.retention import RetentionPolicy
+
+NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
+SERIES = [("srv", "shop"), ("srv", "other"), ("srv", GLOBALS_SEGMENT), ("srv2", "shop")]
+
+backups = st.lists(
+    st.tuples(
+        st.sampled_from(SERIES),
+        st.integers(min_value=0, max_value=400 * 24),  # hours before NOW
+        st.booleans(),  # complete
+    ),
+    max_size=40,
+)
+policies = st.builds(
+    RetentionPolicy,
+    keep_last=st.none() | st.integers(0, 3),
+    keep_daily=st.none() | st.integers(0, 7),
+    keep_weekly=st.none() | st.integers(0, 4),
+    keep_monthly=st.none() | st.integers(0, 6),
+    timezone=st.sampled_from(["UTC", "Europe/Berlin", "America/New_York"]),
+)
+
+
+def _key(server: str, database: str, backup_id: str, name: str) -> str:
+    if database == GLOBALS_SEGMENT:
+        return f"{server}/{GLOBALS_SEGMENT}/{backup_id}/{name}"
+    return backup_key(server, database, backup_id, name)
+
+
+def _store(storage: LocalBackupStorage, planted: list) -> None:
+    for (server, database), hours, complete in planted:
+        backup_id = new_backup_id(NOW - timedelta(hours=hours))
+        storage.put_bytes(_key(server, database, backup_id, "dump.age"), b"x")
+        if complete:
+            storage.put_bytes(_key(server, database, backup_id, MANIFEST_NAME), b"{}")
+
+
+@settings(max_examples=40, deadline=None)
+@given(backups, policies, st.sampled_from(["shop", GLOBALS_SEGMENT, None]))
+def test_prune_touches_only_its_series_keeps_newest_and_is_idempotent(planted, policy, database):
+    with tempfile.TemporaryDirectory() as root:
+        storage = LocalBackupStorage(path=root)
+        _store(storage, planted)
+        before = set(storage.list_keys())
+        in_scope = f"srv/{database}/" if database else "srv/"
+
+        items = prune(storage, "srv", policy, databases=[database] if database else None, now=NOW)
+
+        after = set(storage.list_keys())
+        assert {k for k in before if not k.startswith(in_scope)} <= after  # outside: untouched
+        removed = {k for i in items if i.outcome == "removed" for k in i.objects}
+        assert before - after == removed
+        for name in {i.database for i in items}:
+            complete = [i for i in items if i.database == name and i.complete]
+            if complete:
+                newest = max(complete, key=lambda i: (i.time, i.backup_id))
+                assert newest.keep and newest.outcome == "kept"
+        again = prune(storage, "srv", policy, databases=[database] if database else None, now=NOW)
+        assert all(i.outcome == "kept" for i in again)
+        assert set(storage.list_keys()) == after
+
+
+def test_dry_run_deletes_nothing(tmp_path: Path):
+    storage = LocalBackupStorage(path=str(tmp_path))
+    _store(storage, [(("srv", "shop"), h * 24, True) for h in range(10)])
+    before = storage.list_keys()
+    items = prune(storage, "srv", RetentionPolicy(keep_last=2), dry_run=True, now=NOW)
+    assert [i.outcome for i in items] == ["kept"] * 2 + ["would remove"] * 8
+    assert storage.list_keys() == before
+
+
+def test_backup_time_is_the_id_timestamp():
+    assert backup_time("20261127T031500Z-3f9a") == datetime(2026, 11, 27, 3, 15, tzinfo=UTC)
