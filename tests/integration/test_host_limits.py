@@ -1,0 +1,123 @@
+"""Per-host global concurrency limits: created from the config, honoured by the dump task.
+
+The server block here uses host `localhost` (the other tests use 127.0.0.1), so
+the limit this module creates throttles only its own dumps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+from prefect.concurrency.sync import concurrency
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+from blocks import PostgresServer
+from flows.backup import backup_server
+from tests.helpers import stored_objects
+
+LIMIT = "dbbackup-host-localhost"
+
+
+@pytest.fixture
+def localhost_limit(prefect_api: None):
+    yield LIMIT
+    with get_client(sync_client=True) as client:
+        client.delete_global_concurrency_limit_by_name(LIMIT)
+
+
+def _limit(name: str):
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(name)
+
+
+def test_limits_apply_creates_then_updates_each_host_limit(env, tmp_path: Path, localhost_limit):
+    config = tmp_path / "dbbackup.yaml"
+    config.write_text(
+        "servers:\n  a: {type: postgres, host: localhost, user: postgres}\n"
+        "limits: {dumps_per_host: 2}\n"
+    )
+    first = env.cli("limits", "apply", "--config", str(config))
+    again = env.cli("limits", "apply", "--config", str(config))
+    config.write_text(config.read_text().replace("dumps_per_host: 2", "hosts: {localhost: 3}"))
+    changed = env.cli("limits", "apply", "--config", str(config))
+    assert (first.exit_code, first.stdout) == (0, f"created   {LIMIT} = 2\n")
+    assert (again.exit_code, again.stdout) == (0, f"unchanged {LIMIT} = 2\n")
+    assert (changed.exit_code, changed.stdout) == (0, f"updated   {LIMIT} = 3\n")
+    assert _limit(LIMIT).limit == 3
+
+
+def test_limits_apply_without_a_limits_section_is_a_config_error(env, tmp_path: Path):
+    config = tmp_path / "dbbackup.yaml"
+    config.write_text("servers:\n  a: {type: postgres, host: localhost, user: postgres}\n")
+    result = env.cli("limits", "apply", "--config", str(config))
+    assert result.exit_code == 3 and "no `limits` section" in result.stderr
+
+
+def _poll(what: str, check, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return value
+
+
+def _acquisitions(since: datetime) -> list[datetime]:
+    """When slots of LIMIT were acquired (events), oldest first."""
+    with get_client(sync_client=True) as client:
+        page = client.read_events(
+            EventFilter(
+                occurred=EventOccurredFilter(since=since, until=datetime.now(UTC)),
+                event=EventNameFilter(name=["prefect.concurrency-limit.acquired"]),
+            ),
+            limit=50,
+        )
+    return sorted(e.occurred for e in page.events if e.resource.name == LIMIT)
+
+
+def test_a_dump_waits_for_a_free_slot_of_its_host(env, pg_db, pg_admin, localhost_limit):
+    since = datetime.now(UTC)
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(LIMIT, 1)
+    server = f"lh-{uuid.uuid4().hex[:8]}"
+    PostgresServer(host="localhost", port=5432, user="postgres").save(server)
+    db = pg_db()
+    pg_admin.execute(db, "CREATE TABLE t AS SELECT 1 AS x")
+    outcome: list[object] = []
+
+    def dumps_of(database: str) -> list[Path]:
+        return [p for p in stored_objects(env.storage_path) if p.parent.parent.name == database]
+
+    def run() -> None:
+        outcome.append(
+            backup_server(
+                server=server, storage=env.storage, encryption=env.encryption, databases=[db]
+            )
+        )
+
+    def dump_running() -> bool:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[f"dump-{db}"]))
+            )
+        return bool(runs) and runs[0].state is not None and runs[0].state.is_running()
+
+    with concurrency(LIMIT, occupy=1):  # another dump of that host holds the only slot
+        backup = threading.Thread(target=run)
+        backup.start()
+        _poll("the dump task to start", dump_running)
+        assert not dumps_of(db)
+        released = datetime.now(UTC)
+    backup.join(timeout=120)
+    assert outcome and outcome[0].outcomes[0].status == "ok"
+    assert len(dumps_of(db)) == 1
+    held, dumped = _poll(
+        "both acquisitions", lambda: (a := _acquisitions(since)) and len(a) == 2 and a
+    )
+    assert held < released <= dumped  # the dump got its slot only once this test let go of it
