@@ -75,12 +75,13 @@ def test_backup_all_discovered_databases_and_list_them(env, pg_db, pg_admin):
     result = env.cli("backup", server, "--json", "--concurrency", "2")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert [d["database"] for d in report["databases"]] == dbs[:2]
+    assert [d["database"] for d in report["databases"]] == [*dbs[:2], "_globals"]
     assert all(d["status"] == "ok" and d["stored_bytes"] > 0 for d in report["databases"])
 
     listed = json.loads(env.cli("list", server, "--json").stdout)
-    assert [(b["database"], b["backup_id"]) for b in listed] == [
-        (d["database"], d["backup_id"]) for d in report["databases"]
+    assert [b["kind"] for b in listed] == ["globals", "database", "database"]
+    assert [(b["database"], b["backup_id"]) for b in listed[1:]] == [
+        (d["database"], d["backup_id"]) for d in report["databases"][:2]
     ]
     assert set(listed[0]) >= {
         "server",
@@ -97,10 +98,10 @@ def test_backup_all_discovered_databases_and_list_them(env, pg_db, pg_admin):
 def test_backup_without_manifest_does_not_exist(env, pg_db, pg_admin):
     db = pg_db()
     assert env.cli("backup", env.pg, "-d", db).exit_code == 0
-    [manifest] = list(env.storage_path.rglob("manifest.json"))
+    [manifest] = list((env.storage_path / env.pg / db).rglob("manifest.json"))
     manifest.unlink()
     listed = json.loads(env.cli("list", env.pg, "--json").stdout)
-    assert listed == []
+    assert [b["kind"] for b in listed] == ["globals"]
     result = env.cli("restore", env.pg, db, "--into", db + "_x")
     assert result.exit_code == 3
     assert "no complete backup" in result.stderr
