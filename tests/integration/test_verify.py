@@ -11,6 +11,7 @@ import pytest
 from blocks import MySQLServer, PostgresServer
 from blocks.server import SCRATCH_PREFIX
 from flows.backup import backup_server
+from flows.report import BackupFailed
 from flows.verify import VerifyFailed, verify_backups
 from tasks.manifest import Manifest
 from tasks.verify import scratch_name
@@ -281,3 +282,21 @@ def test_verify_of_a_database_without_backup_is_a_usage_error(env):
     )  # fmt: skip
     assert result.exit_code == 3
     assert "no complete backup of 'never_backed_up'" in result.stderr
+
+
+def test_counting_rows_of_a_locked_table_stops_at_the_dump_time_limit(env, pg_db, pg_admin):
+    """count(*) waits for locks like pg_dump does: it is bounded by dump_timeout too."""
+    db = pg_db()
+    pg_admin.execute(db, "CREATE TABLE held (x int)")
+    server = f"{env.pg}-impatient"
+    PostgresServer(host="127.0.0.1", user="postgres", dump_timeout=2).save(server)
+    with pg_admin.connect(db) as conn, conn.transaction():
+        conn.execute("LOCK TABLE held IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(BackupFailed) as failure:
+            backup_server(
+                server=server, storage=env.storage, encryption=env.encryption, databases=[db]
+            )
+    [outcome] = [o for o in failure.value.report.outcomes if o.database == db]
+    assert outcome.error.startswith(f"counting the rows of {db!r} exceeded the time limit of 2s")
+    assert "count_rows: false" in outcome.error
+    assert not [p for p in env.storage_path.rglob("*") if db in str(p)]
