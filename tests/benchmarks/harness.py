@@ -129,6 +129,8 @@ def summarise(group: Group, samples: dict[str, list[Sample]]) -> list[dict[str, 
             "runs": [s.__dict__ for s in runs],
         }
         extra = runs[-1].extra
+        if "rss_before_mb" in extra:
+            row["rss_at_start_mb"] = max(s.extra["rss_before_mb"] for s in runs)
         if "raw_bytes" in extra:
             row["raw_mb"] = extra["raw_bytes"] / 1e6
             row["mb_per_s"] = row["raw_mb"] / row["median_s"]

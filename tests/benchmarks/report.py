@@ -26,10 +26,10 @@ def _at_most(limit: float, subject: str, baseline: str) -> Callable[[Rows], Any]
     return check
 
 
-def _faster(limit: float, subject: str, baseline: str) -> Callable[[Rows], Any]:
+def _faster(limit: float, subject: str, baseline: str, unit: str) -> Callable[[Rows], Any]:
     def check(rows: Rows) -> tuple[str, bool] | None:
         r = _ratio(rows, baseline, subject)
-        return None if r is None else (f"{r:.2f}x faster", r >= limit)
+        return None if r is None else (f"{r:.2f}x {unit}", r >= limit)
 
     return check
 
@@ -54,7 +54,10 @@ def _rss_flat(rows: Rows) -> tuple[str, bool] | None:
 TINY_BARE = "100 tiny dbs: shell loop of pg_dump"
 TARGETS: list[tuple[str, Callable[[Rows], tuple[str, bool] | None]]] = [
     ("PostgreSQL backup <= 1.10x bare pg_dump -Fc -Z0", _at_most(1.10, PG_BACKUP, PG_BARE)),
-    ("PostgreSQL backup >= 2.5x faster than pg_dump -Fc", _faster(2.5, PG_BACKUP, PG_GZIP)),
+    (
+        "PostgreSQL backup >= 2.5x faster than pg_dump -Fc",
+        _faster(2.5, PG_BACKUP, PG_GZIP, "faster"),
+    ),
     (
         "MariaDB backup <= 1.35x bare mariadb-dump",
         _at_most(1.35, "my backup: dbbackup", "mariadb-dump"),
@@ -78,7 +81,7 @@ TARGETS: list[tuple[str, Callable[[Rows], tuple[str, bool] | None]]] = [
     ],
     (
         "S3 upload >= 0.9x the speed of boto3 upload_file",
-        _faster(0.9, "S3BackupStorage.put_file", "boto3 upload_file"),
+        _faster(0.9, "S3BackupStorage.put_file", "boto3 upload_file", "the speed"),
     ),
 ]
 
@@ -106,14 +109,16 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], targets, skipped)
         f"{meta['load_before']} before, {meta['load_after']} after.",
         f"{meta['versions']}",
         "",
-        "| case | variant | median s | min s | max s | ratio | vs | MB/s | peak RSS MB | CPU s |",
-        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| case | variant | median s | min s | max s | ratio | vs | MB/s | peak RSS MB "
+        "| RSS at start MB | CPU s |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['case']} | {r['variant']} | {r['median_s']:.2f} | {r['min_s']:.2f} | "
             f"{r['max_s']:.2f} | {_num(r['ratio'], '.2f')} | {r['baseline'] or ''} | "
             f"{_num(r.get('mb_per_s'), '.0f')} | {r['peak_rss_mb']:.0f} | "
+            f"{_num(r.get('rss_at_start_mb'), '.0f')} | "
             f"{r['cpu_s_median']:.2f} |"
         )
     lines += ["", "| target | measured | met |", "|---|---|---|"]
