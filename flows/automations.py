@@ -60,8 +60,14 @@ def load_automations(directory: Path, servers: list[str], notify: str) -> list[A
     block_id = _notification_block_id(notify)
     result = []
     for path in files:
-        raw = yaml.safe_load(path.read_text())
-        per_server = "${server}" in path.read_text()
+        text = path.read_text()
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must be a mapping (one automation)")
+        per_server = "${server}" in text
         for server in servers if per_server else [None]:
             data = _substitute(raw, {"server": server or "", "notify": notify})
             for action in data.get("actions", []) + data.get("actions_on_trigger", []):

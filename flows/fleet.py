@@ -51,14 +51,20 @@ class FleetFailed(DbBackupError):
         return (FleetFailed, (self.runs,))
 
 
-async def backup_deployment_servers() -> list[str]:
+async def backup_deployment_servers(page: int = 200) -> list[str]:
     """Servers that have a backup deployment (deployments of backup-server tagged dbbackup)."""
+    names: list[str] = []
     async with get_client() as client:
-        deployments = await client.read_deployments(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[BACKUP_FLOW])),
-            deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=["dbbackup"])),
-        )
-    return sorted(d.name for d in deployments)
+        while True:
+            deployments = await client.read_deployments(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[BACKUP_FLOW])),
+                deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=["dbbackup"])),
+                limit=page,
+                offset=len(names),
+            )
+            names += [d.name for d in deployments]
+            if len(deployments) < page:
+                return sorted(names)
 
 
 async def _run_one(server: str, gate: asyncio.Semaphore, timeout: float | None) -> ServerRun:

@@ -108,10 +108,17 @@ class Real:
     @contextlib.contextmanager
     def api(self) -> Iterator[None]:
         """In-process Prefect calls go to this server inside the block, and only there."""
+        from prefect.events.worker import EventsWorker
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
+        # the process's events worker is not keyed by API URL: send what it holds to the API
+        # it was started for, and let the next event start one for the current settings
+        EventsWorker.drain_all(timeout=30)
         with temporary_settings(updates={PREFECT_API_URL: self.url}):
-            yield
+            try:
+                yield
+            finally:
+                EventsWorker.drain_all(timeout=30)
 
     def run(self, cmd: list[str], cwd: Path = ROOT) -> str:
         done = subprocess.run(cmd, env=self.env, cwd=cwd, capture_output=True, text=True)
@@ -431,7 +438,7 @@ def test_the_fleet_runs_each_server_deployment_and_names_the_ones_that_failed(
     real: Real, backup: Backup
 ) -> None:
     from blocks.storage import LocalBackupStorage
-    from flows.fleet import FleetFailed, backup_fleet
+    from flows.fleet import FleetFailed, backup_deployment_servers, backup_fleet
     from tasks.catalog import list_backups
 
     with real.api(), pytest.raises(FleetFailed) as failed:
@@ -442,8 +449,9 @@ def test_the_fleet_runs_each_server_deployment_and_names_the_ones_that_failed(
     assert runs["no-such-server"].state == "NotStarted"
     assert "1 of 2 server backups did not complete: no-such-server" in str(failed.value)
     storage = LocalBackupStorage(path=str(real.storage_path))
-    backups = list_backups(storage, SERVER, backup.database)
-    assert len(backups) == 2  # the fixture's run and the fleet's
+    assert len(list_backups(storage, SERVER, backup.database)) == 2  # the fixture's and this one
+    with real.api():  # what the fleet runs by default: every backup-server deployment, paged
+        assert asyncio.run(backup_deployment_servers(page=1)) == ["local-my", "local-pg"]
 
 
 def test_serve_runs_the_schedules_of_the_config_without_a_work_pool(
@@ -459,6 +467,7 @@ def test_serve_runs_the_schedules_of_the_config_without_a_work_pool(
     config.write_text(
         "servers:\n  served-pg: {type: postgres, user: postgres}\n"
         "schedules:\n  timezone: Europe/Berlin\n  backup: '15 1 * * *'\n  verify: null\n"
+        "  retries: 1\n  retry_delay_seconds: 5\n"
     )
     serving = _start(
         [sys.executable, "deployments/serve.py", str(config)], real.env, real.tmp / "serve.log"
@@ -498,6 +507,7 @@ def test_serve_runs_the_schedules_of_the_config_without_a_work_pool(
         run = _trigger(real, "backup-server/served-pg", databases=[backup.database])
         assert run.state.is_completed(), f"{run.state.name}: {run.state.message}"
         assert run.work_pool_name is None
+        assert (run.empirical_policy.retries, run.empirical_policy.retry_delay) == (1, 5)
         storage = LocalBackupStorage(path=str(real.storage_path))
         [manifest] = list_backups(storage, "served-pg", backup.database)
         assert manifest.stats.raw_bytes > 0
