@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import httpx
 import typer
@@ -78,6 +79,25 @@ def _fail(exc: BaseException) -> NoReturn:
 
 def _emit(data: object) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _show_outcomes(
+    server: str, report: Any, code: int, as_json: bool, detail: Callable[[Any], str]
+) -> NoReturn:
+    """Print a run's per-database outcomes (text or --json), then exit with its code."""
+    if as_json:
+        _emit(
+            {
+                "server": server,
+                "storage": report.storage,
+                "exit_code": code,
+                "databases": [o.model_dump() for o in report.outcomes],
+            }
+        )
+    else:
+        for o in report.outcomes:
+            typer.echo(f"{o.status:6} {o.database}  {o.backup_id or ''}  {detail(o)}".rstrip())
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -148,27 +168,13 @@ def backup(
         typer.echo(f"dbbackup: {exc}", err=True)
     except DbBackupError as exc:
         _fail(exc)
-    if as_json:
-        _emit(
-            {
-                "server": server,
-                "storage": report.storage,
-                "exit_code": code,
-                "databases": [o.model_dump() for o in report.outcomes],
-            }
-        )
-    else:
-        for o in report.outcomes:
-            size = (
-                f"{o.raw_bytes / 1e6:.1f} MB -> {o.stored_bytes / 1e6:.1f} MB"
-                if o.status == "ok"
-                else ""
-            )
-            typer.echo(
-                f"{o.status:6} {o.database}  {o.backup_id or ''}  {size}  "
-                f"{o.error or o.note or ''}".rstrip()
-            )
-    raise typer.Exit(code)
+
+    def detail(o: Any) -> str:
+        ok = o.status == "ok"
+        size = f"{o.raw_bytes / 1e6:.1f} MB -> {o.stored_bytes / 1e6:.1f} MB" if ok else ""
+        return f"{size}  {o.error or o.note or ''}"
+
+    _show_outcomes(server, report, code, as_json, detail)
 
 
 @app.command("list")
@@ -431,21 +437,11 @@ def verify(
         typer.echo(f"dbbackup: {exc}", err=True)
     except DbBackupError as exc:
         _fail(exc)
-    if as_json:
-        _emit(
-            {
-                "server": server,
-                "storage": report.storage,
-                "exit_code": code,
-                "databases": [o.model_dump() for o in report.outcomes],
-            }
-        )
-    else:
-        for o in report.outcomes:
-            ok = f"{o.tables} tables  {o.rows} rows  ({o.checked})"
-            detail = ok if o.status == "ok" else o.error
-            typer.echo(f"{o.status:6} {o.database}  {o.backup_id or ''}  {detail}")
-    raise typer.Exit(code)
+
+    def detail(o: Any) -> str:
+        return f"{o.tables} tables  {o.rows} rows  ({o.checked})" if o.status == "ok" else o.error
+
+    _show_outcomes(server, report, code, as_json, detail)
 
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="dbbackup.yaml")]

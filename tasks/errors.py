@@ -72,9 +72,12 @@ class DiskFull(DbBackupError):
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """Whether exc means 'no space left' (pyrage reports it as a plain OSError text)."""
-    return isinstance(exc, OSError) and (
-        exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc)
+    """Whether exc means 'no space left', also when a library wrapped the OSError."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # pyrage wraps the write error of its output in EncryptError('OSError: [Errno 28] ...')
+    return isinstance(exc, Exception) and any(
+        text in str(exc) for text in ("No space left on device", "Disk quota exceeded")
     )
 
 

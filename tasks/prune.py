@@ -49,7 +49,7 @@ def _prefixes(server: str, databases: list[str] | None) -> list[str]:
     if not databases:
         return [series_prefix(server)]
     return [
-        series_prefix(server) + f"{GLOBALS_SEGMENT}/"
+        series_prefix(server, kind="globals")
         if db == GLOBALS_SEGMENT
         else series_prefix(server, db)
         for db in databases

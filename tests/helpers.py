@@ -205,6 +205,9 @@ class CliResult:
         return self.stdout + self.stderr
 
 
-def stored_objects(storage_path: Path, suffix: str = ".age") -> list[Path]:
-    """Stored backup objects under a local storage root."""
-    return sorted(storage_path.rglob(f"*{suffix}"))
+def stored_objects(
+    storage_path: Path, suffix: str = ".age", with_globals: bool = False
+) -> list[Path]:
+    """Stored backup objects under a local storage root (the _globals series left out)."""
+    found = sorted(storage_path.rglob(f"*{suffix}"))
+    return [p for p in found if with_globals or "_globals" not in p.parts]

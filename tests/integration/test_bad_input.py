@@ -39,9 +39,10 @@ def stored_files(root: Path) -> list[Path]:
 
 
 def listed(env: BlockEnv, server: str) -> list[dict]:
+    """The database backups of a server (its users/roles series left out)."""
     result = env.cli("list", server, "--json")
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return [b for b in json.loads(result.stdout) if b["kind"] == "database"]
 
 
 def fill_pg(admin, db: str, rows: int = 2000) -> None:  # noqa: ANN001
@@ -273,9 +274,9 @@ APPLY_CASES = {
         servers:
           {ok}:
             type: postgres
-        schedules: {{}}
+        backups: {{}}
         """,
-        "unknown section(s) schedules",
+        "unknown section(s) backups",
     ),
     "no-recipients": (
         """
@@ -533,9 +534,9 @@ def test_failing_restore_with_replace_keeps_the_existing_target(env, pg_db, pg_a
         f"#!/bin/sh\ncat > /dev/null\necho 'pg_restore: error: {marker}' >&2\nexit 1\n"
     )
     script.chmod(0o755)
-    PostgresServer(host=PG["host"], port=PG["port"], user=PG["user"], bin_dir=str(bin_dir)).save(
-        env.pg, overwrite=True
-    )
+    PostgresServer(
+        host=PG["host"], port=PG["port"], user=PG["user"], bin_dir=str(bin_dir), backup_users=False
+    ).save(env.pg, overwrite=True)
     result = env.cli("restore", env.pg, db, "--into", target, "--replace")
     assert result.exit_code == 2, result.output
     assert marker in result.stderr
@@ -558,7 +559,8 @@ def fake_pg_dump(directory: Path, body: str) -> Path:
 
 
 def assert_nothing_left(env: BlockEnv, server: str, workdir: Path) -> None:
-    assert [p for p in stored_files(env.storage_path) if p.name == "manifest.json"] == []
+    manifests = [p for p in stored_files(env.storage_path) if p.name == "manifest.json"]
+    assert [p for p in manifests if "_globals" not in p.parts] == []
     assert stored_objects(env.storage_path) == []
     assert listed(env, server) == []
     assert list(workdir.iterdir()) == [], "spool or credentials files were left behind"
@@ -578,7 +580,13 @@ def test_dump_failing_midway_leaves_no_manifest_and_no_spool(env, pg_db, tmp_pat
         f"head -c 300000 /dev/urandom\necho 'pg_dump: error: {marker}' >&2\nexit 1\n",
     )
     name = save(
-        PostgresServer(host=PG["host"], port=PG["port"], user=PG["user"], bin_dir=str(bin_dir)),
+        PostgresServer(
+            host=PG["host"],
+            port=PG["port"],
+            user=PG["user"],
+            bin_dir=str(bin_dir),
+            backup_users=False,
+        ),
         "pg-fake",
     )
     result = env.cli("backup", name, "--database", db, "--json")
@@ -606,7 +614,12 @@ def test_dump_over_its_time_limit_is_killed_with_its_children(env, pg_db, tmp_pa
     )
     name = save(
         PostgresServer(
-            host=PG["host"], port=PG["port"], user=PG["user"], bin_dir=str(bin_dir), dump_timeout=1
+            host=PG["host"],
+            port=PG["port"],
+            user=PG["user"],
+            bin_dir=str(bin_dir),
+            backup_users=False,
+            dump_timeout=1,
         ),
         "pg-stuck",
     )
@@ -641,7 +654,7 @@ def test_one_failing_database_does_not_stop_the_others(env, my_db, my_admin, cle
     assert status[good]["status"] == "ok" and status[broken]["status"] == "failed"
     assert "mariadb-dump" in status[broken]["error"]
     assert "references invalid table" in status[broken]["error"]
-    assert broken in result.stderr and "1 of 2" in result.stderr
+    assert broken in result.stderr and "1 of 3" in result.stderr  # 2 databases + users
 
     assert [b["database"] for b in listed(env, env.my)] == [good]
     assert len(stored_objects(env.storage_path)) == 1
@@ -685,7 +698,9 @@ def _my_replace_setup(env, my_db, my_admin, tmp_path, fail_on_call: int):  # noq
     my_admin.execute(target, "CREATE TABLE keep (x text)", "INSERT INTO keep VALUES ('precious')")
     server = f"my-flaky-{uuid.uuid4().hex[:8]}"
     bin_dir = fake_mariadb(tmp_path / "bin", fail_on_call)
-    MySQLServer(host="127.0.0.1", user="root", bin_dir=str(bin_dir)).save(server)
+    MySQLServer(host="127.0.0.1", user="root", bin_dir=str(bin_dir), backup_users=False).save(
+        server
+    )
     assert env.cli("backup", server, "-d", db).exit_code == 0
     return server, db, target
 

@@ -37,7 +37,9 @@ def _flaky_pg_dump(directory, first_error: str):
 
 def _server_with(bin_dir) -> str:
     name = f"pg-flaky-{uuid.uuid4().hex[:8]}"
-    PostgresServer(host="127.0.0.1", user="postgres", bin_dir=str(bin_dir)).save(name)
+    PostgresServer(
+        host="127.0.0.1", user="postgres", bin_dir=str(bin_dir), backup_users=False
+    ).save(name)
     return name
 
 
