@@ -67,6 +67,13 @@ class MySQLServer(DatabaseServer):
 
     port: int = Field(default=3306)
     user: str = Field(default="root", description="Login used for dumps and restores.")
+    zstd_level: int = Field(
+        default=1,
+        ge=1,
+        le=19,
+        description="zstd level of the dumps: 1 by default, because mariadb-dump already takes a "
+        "whole core and SQL text at level 1 keeps pace with it (docs/performance.md).",
+    )
     account_exclude: list[str] = Field(
         default_factory=lambda: list(SYSTEM_ACCOUNTS),
         description="Glob patterns of users/roles to skip (default: the server's own accounts).",

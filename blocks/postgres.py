@@ -6,6 +6,7 @@ import contextlib
 import functools
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -147,13 +148,29 @@ class PostgresServer(DatabaseServer):
 
     @contextlib.contextmanager
     def dump_snapshot(self, database: str) -> Iterator[DumpSnapshot]:
-        """Export a snapshot, count rows in it, and keep it open while pg_dump --snapshot runs."""
+        """Export a snapshot and keep it open while pg_dump --snapshot runs.
+
+        With count_rows, the rows are counted in that same snapshot on this
+        connection while pg_dump runs (not before it), so counting adds little
+        wall time; the counts are set on the snapshot record when the body ends.
+        """
         with self.connect(database, isolation_level="REPEATABLE READ") as conn:
             conn = conn.execution_options(postgresql_readonly=True)
             snapshot = conn.execute(sa.text("SELECT pg_export_snapshot()")).scalar_one()
             refs = self._table_refs(conn, database)
-            counts = self._count_in_time(conn, refs, database) if self.count_rows else None
-            yield DumpSnapshot([name for name, _ in refs], counts, snapshot)
+            record = DumpSnapshot([name for name, _ in refs], None, snapshot)
+            if not self.count_rows:
+                yield record
+            else:
+                with ThreadPoolExecutor(1, thread_name_prefix="count-rows") as pool:
+                    counting = pool.submit(self._count_in_time, conn, refs, database)
+                    try:
+                        yield record
+                    except BaseException:
+                        with contextlib.suppress(Exception):  # stop counting for a failed dump
+                            conn.connection.dbapi_connection.cancel()
+                        raise
+                    record.row_counts = counting.result()
             with contextlib.suppress(sa.exc.DBAPIError):  # pg_dump is done with it either way
                 conn.rollback()
 

@@ -105,6 +105,12 @@ class DatabaseServer(Block, ABC):
     dump_timeout: int = Field(
         default=6 * 3600, description="Seconds after which a dump or restore is killed."
     )
+    zstd_level: int = Field(
+        default=3,
+        ge=1,
+        le=19,
+        description="zstd level of this server's dumps (a flow's zstd_level overrides it).",
+    )
     retention: RetentionPolicy | None = Field(
         default=None,
         description="GFS retention of this server's backups (keep_last/hourly/daily/weekly/"

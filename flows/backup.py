@@ -41,7 +41,7 @@ def _submit_globals(
     enc: AgeEncryption,
     workdir: Path,
     backup_id: str,
-    level: int,
+    level: int | None,
     threads: int,
 ) -> PrefectFuture | None:
     """Start the users/roles backup next to the database dumps (unless the block opts out)."""
@@ -68,7 +68,7 @@ def backup_server(
     encryption: str = "default",
     databases: list[str] | None = None,
     concurrency: int = 2,
-    zstd_level: int = 3,
+    zstd_level: int | None = None,
     zstd_threads: int = 2,
     retention: RetentionPolicy | None = None,
 ) -> BackupReport:

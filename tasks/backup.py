@@ -61,11 +61,15 @@ def dump_database(
     workdir: Path,
     backup_id: str,
     *,
-    level: int = 3,
+    level: int | None = None,
     threads: int = 2,
 ) -> DumpResult:
-    """Dump one database into an encrypted spool file; nothing is stored yet."""
+    """Dump one database into an encrypted spool file; nothing is stored yet.
+
+    `level` is the zstd level; None takes the server block's.
+    """
     log = run_logger()
+    level = server.zstd_level if level is None else level
     recipients = encryption.recipient_keys()
     started = datetime.now(UTC)
     options = server.database_options(database)
@@ -150,7 +154,7 @@ def store_backup(storage: BackupStorage, dump: DumpResult) -> str:
     manifest_key = backup_key(m.server, m.database, m.backup_id, MANIFEST_NAME, m.kind)
     storage.put_bytes(manifest_key, m.to_bytes())
     Path(dump.spool).unlink(missing_ok=True)
-    log.info("stored backup %s of %r in %s/%s", m.backup_id, m.database, storage.describe(), key)
+    log.info("stored backup %s of %r as %s in %s", m.backup_id, m.database, key, storage.describe())
     return key
 
 

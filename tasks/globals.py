@@ -60,10 +60,11 @@ def dump_globals(
     workdir: Path,
     backup_id: str,
     *,
-    level: int = 3,
+    level: int | None = None,
     threads: int = 2,
 ) -> DumpResult:
     """Write the server's selected users/roles and grants into an encrypted spool file."""
+    level = server.zstd_level if level is None else level
     log = run_logger()
     recipients = encryption.recipient_keys()
     started = datetime.now(UTC)

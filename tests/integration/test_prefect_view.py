@@ -43,7 +43,7 @@ def test_a_backup_run_is_readable_in_prefect(env, pg_db, pg_admin):
         "encryption": env.encryption,
         "databases": [ok_db],
         "concurrency": 2,
-        "zstd_level": 3,
+        "zstd_level": None,
         "zstd_threads": 2,
         "retention": None,
     }

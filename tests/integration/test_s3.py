@@ -90,11 +90,17 @@ def _stop_when_upload_starts(server: SeaweedFS, bucket: str, stopped: threading.
 
 
 def test_store_down_mid_upload_leaves_no_backup_and_a_later_run_succeeds(
-    env, tmp_path, pg_db, pg_admin, cleanup_pg
+    env, tmp_path, pg_db, pg_admin, cleanup_pg, monkeypatch
 ):
     """The S3 server dies during the multipart upload and stays down while the upload task
     retries: the run fails, no manifest exists, and once the store is back the next run's
     prune aborts the half upload and its backup restores."""
+    import flows.backup
+    from tasks.backup import upload_task
+
+    # the real upload task and its 3 retries, 1 s apart instead of 2, 10 and 30 s
+    quick = upload_task.with_options(retry_delay_seconds=[1, 1, 1])
+    monkeypatch.setattr(flows.backup, "upload_task", quick)
     server = SeaweedFS(tmp_path / "s3")
     server.start()
     try:

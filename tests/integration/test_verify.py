@@ -285,7 +285,8 @@ def test_verify_of_a_database_without_backup_is_a_usage_error(env):
 
 
 def test_counting_rows_of_a_locked_table_stops_at_the_dump_time_limit(env, pg_db, pg_admin):
-    """count(*) waits for locks like pg_dump does: it is bounded by dump_timeout too."""
+    """count(*) waits for locks like pg_dump does, and runs beside it: both are bounded by
+    dump_timeout, and whichever reports first names the time limit."""
     db = pg_db()
     pg_admin.execute(db, "CREATE TABLE held (x int)")
     server = f"{env.pg}-impatient"
@@ -297,6 +298,5 @@ def test_counting_rows_of_a_locked_table_stops_at_the_dump_time_limit(env, pg_db
                 server=server, storage=env.storage, encryption=env.encryption, databases=[db]
             )
     [outcome] = [o for o in failure.value.report.outcomes if o.database == db]
-    assert outcome.error.startswith(f"counting the rows of {db!r} exceeded the time limit of 2s")
-    assert "count_rows: false" in outcome.error
+    assert "time limit of 2s" in outcome.error, outcome.error
     assert not [p for p in env.storage_path.rglob("*") if db in str(p)]
