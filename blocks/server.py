@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import os
 import shutil
 import subprocess
@@ -69,6 +70,14 @@ def private_file(directory: Path, name: str, content: str) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+@functools.lru_cache(maxsize=64)
+def _version_line(path: str, mtime_ns: int) -> str:
+    """`path --version` (Debian's clients are Perl wrappers: ~0.1 s a call)."""
+    return subprocess.run(
+        [path, "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
 
 
 class DatabaseServer(Block, ABC):
@@ -342,10 +351,8 @@ class DatabaseServer(Block, ABC):
 
     @staticmethod
     def client_version(path: str) -> str:
-        """The version line a client tool prints."""
-        return subprocess.run(
-            [path, "--version"], capture_output=True, text=True, check=False
-        ).stdout.strip()
+        """The version line a client tool prints, asked once per binary (until it changes)."""
+        return _version_line(path, os.stat(path).st_mtime_ns)
 
     @staticmethod
     def clean_env(drop_prefixes: tuple[str, ...]) -> dict[str, str]:

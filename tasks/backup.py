@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -43,16 +42,6 @@ def tool_version() -> str:
         return "unknown"
 
 
-@functools.lru_cache(maxsize=32)
-def _client_version(path: str, backup_id: str) -> str:
-    """A client's version line, asked once per binary and backup run.
-
-    On Debian every client is a Perl wrapper: asking costs ~0.1 s, a third of
-    a tiny database's whole dump (docs/performance.md).
-    """
-    return DatabaseServer.client_version(path)
-
-
 def dump_database(
     server: DatabaseServer,
     server_name: str,
@@ -86,7 +75,7 @@ def dump_database(
             server.dump_command(database, workdir, snapshot.snapshot_id) as cmd,
         ):
             client = cmd.argv[0]
-            client_version = _client_version(client, backup_id)
+            client_version = server.client_version(client)
             with (
                 ToolProcess(
                     cmd.argv,
