@@ -84,17 +84,17 @@ def plan_prune(
     """The policy's decision on every stored backup of a server, series by series."""
     items = []
     for database, backups in sorted(stored_backups(storage, server, databases).items()):
-        refs = [
-            BackupRef(bid, backup_time(bid), any(k.endswith("/" + MANIFEST_NAME) for k in keys))
-            for bid, keys in backups.items()
-        ]
+        complete = {
+            bid: any(k.endswith("/" + MANIFEST_NAME) for k in keys) for bid, keys in backups.items()
+        }
+        refs = [BackupRef(bid, backup_time(bid), done) for bid, done in complete.items()]
         for d in plan(refs, policy, now):
             items.append(
                 PruneItem(
                     database=database,
                     backup_id=d.backup_id,
                     time=d.time,
-                    complete=any(r.complete for r in refs if r.backup_id == d.backup_id),
+                    complete=complete[d.backup_id],
                     keep=d.keep,
                     reasons=d.reasons,
                     objects=sorted(backups[d.backup_id]),
