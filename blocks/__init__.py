@@ -1,10 +1,13 @@
-"""Prefect block types of dbbackup: `prefect block register -m blocks` registers them all."""
+"""Prefect block types of dbbackup.
 
-from blocks.encryption import AgeEncryption
-from blocks.mysql import MySQLServer
-from blocks.postgres import PostgresServer
-from blocks.s3 import S3BackupStorage
-from blocks.storage import LocalBackupStorage
+`prefect block register -m prefect_dbbackup.blocks` registers them all.
+"""
+
+from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.mysql import MySQLServer
+from prefect_dbbackup.blocks.postgres import PostgresServer
+from prefect_dbbackup.blocks.s3 import S3BackupStorage
+from prefect_dbbackup.blocks.storage import LocalBackupStorage
 
 __all__ = [
     "AgeEncryption",

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pyrage
 from prefect.blocks.core import Block
+from prefect_dbbackup.tasks.errors import ConfigError
+from prefect_dbbackup.tasks.manifest import recipient_fingerprint
 from pydantic import Field, SecretStr
-
-from tasks.errors import ConfigError
-from tasks.manifest import recipient_fingerprint
 
 
 def parse_identities(text: str, source: str) -> list[pyrage.x25519.Identity]:

@@ -11,11 +11,16 @@ from typing import ClassVar
 
 import pymysql
 import sqlalchemy as sa
+from prefect_dbbackup.blocks.server import DatabaseServer, GlobalsDump, ToolCommand, private_file
+from prefect_dbbackup.tasks.errors import (
+    AuthError,
+    ConfigError,
+    ConnectionFailed,
+    DatabaseNotFound,
+    DbBackupError,
+)
+from prefect_dbbackup.tasks.globals_sql import MySQLAccount, backtick, mysql_script, mysql_text
 from pydantic import Field
-
-from blocks.server import DatabaseServer, GlobalsDump, ToolCommand, private_file
-from tasks.errors import AuthError, ConfigError, ConnectionFailed, DatabaseNotFound, DbBackupError
-from tasks.globals_sql import MySQLAccount, backtick, mysql_script, mysql_text
 
 log = logging.getLogger("dbbackup")
 

@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import ClassVar
 
 import sqlalchemy as sa
-from pydantic import Field
-
-from blocks.server import DatabaseServer, DumpSnapshot, GlobalsDump, ToolCommand, private_file
-from tasks.errors import (
+from prefect_dbbackup.blocks.server import (
+    DatabaseServer,
+    DumpSnapshot,
+    GlobalsDump,
+    ToolCommand,
+    private_file,
+)
+from prefect_dbbackup.tasks.errors import (
     AuthError,
     ConfigError,
     ConnectionFailed,
@@ -22,7 +26,8 @@ from tasks.errors import (
     DbBackupError,
     ToolFailed,
 )
-from tasks.process import ToolProcess
+from prefect_dbbackup.tasks.process import ToolProcess
+from pydantic import Field
 
 AUTH_MARKERS = (
     "password authentication failed",

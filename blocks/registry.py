@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from prefect.blocks.core import Block
-
-from blocks.encryption import AgeEncryption
-from blocks.mysql import MySQLServer
-from blocks.postgres import PostgresServer
-from blocks.s3 import S3BackupStorage
-from blocks.server import DatabaseServer
-from blocks.storage import BackupStorage, LocalBackupStorage
-from tasks.errors import ConfigError
+from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.mysql import MySQLServer
+from prefect_dbbackup.blocks.postgres import PostgresServer
+from prefect_dbbackup.blocks.s3 import S3BackupStorage
+from prefect_dbbackup.blocks.server import DatabaseServer
+from prefect_dbbackup.blocks.storage import BackupStorage, LocalBackupStorage
+from prefect_dbbackup.tasks.errors import ConfigError
 
 SERVER_TYPES: tuple[type[DatabaseServer], ...] = (PostgresServer, MySQLServer)
 STORAGE_TYPES: tuple[type[BackupStorage], ...] = (LocalBackupStorage, S3BackupStorage)

@@ -14,10 +14,15 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from prefect_aws import AwsCredentials
+from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.tasks.errors import (
+    AuthError,
+    ConfigError,
+    DbBackupError,
+    ObjectLocked,
+    StorageError,
+)
 from pydantic import Field, PrivateAttr, model_validator
-
-from blocks.storage import BackupStorage
-from tasks.errors import AuthError, ConfigError, DbBackupError, ObjectLocked, StorageError
 
 MiB = 1 << 20
 MIN_PART_SIZE = 8 * MiB

@@ -17,10 +17,9 @@ from typing import ClassVar
 
 import sqlalchemy as sa
 from prefect.blocks.core import Block
+from prefect_dbbackup.tasks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
+from prefect_dbbackup.tasks.retention import RetentionPolicy
 from pydantic import Field, PrivateAttr, SecretStr
-
-from tasks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
-from tasks.retention import RetentionPolicy
 
 STAGING_PREFIX = "dbbackup_staging_"
 SCRATCH_PREFIX = "dbbackup_verify_"

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from prefect.blocks.core import Block
+from prefect_dbbackup.tasks.errors import ConfigError, DiskFull, StorageError
 from pydantic import Field
-
-from tasks.errors import ConfigError, DiskFull, StorageError
 
 
 class BackupStorage(Block, ABC):

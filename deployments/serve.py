@@ -10,7 +10,7 @@ section (docs/operations.md); the same times as deployments/prefect.yaml by defa
 import sys
 from pathlib import Path
 
-from flows.cli import main
+from prefect_dbbackup.flows.cli import main
 
 if __name__ == "__main__":
     config = sys.argv[1] if len(sys.argv) > 1 else "dbbackup.yaml"

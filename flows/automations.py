@@ -9,6 +9,7 @@ action names its block as `block: ${notify}` (TYPE/NAME, e.g.
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -18,11 +19,10 @@ from prefect.automations import Automation
 from prefect.client.orchestration import get_client
 from prefect.events.schemas.automations import AutomationCore
 from prefect.exceptions import ObjectNotFound
+from prefect_dbbackup.tasks.errors import ConfigError
 from pydantic import ValidationError
 
-from tasks.errors import ConfigError
-
-AUTOMATIONS_DIR = Path(__file__).resolve().parent.parent / "deployments" / "automations"
+AUTOMATIONS_DIR = Path(str(files("prefect_dbbackup.deployments").joinpath("automations")))
 COMPARED = ("description", "enabled", "trigger", "actions", "actions_on_trigger")
 
 

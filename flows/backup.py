@@ -8,19 +8,18 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
-
-from blocks.encryption import AgeEncryption
-from blocks.registry import load_encryption, load_server, load_storage
-from blocks.server import DatabaseServer
-from blocks.storage import BackupStorage
-from flows.report import BackupFailed, BackupReport, DatabaseOutcome
-from flows.retries import transient_retries_only
-from tasks.backup import DumpResult, dump_task, upload_task
-from tasks.globals import globals_note, globals_task
-from tasks.layout import GLOBALS_SEGMENT, new_backup_id
-from tasks.prune import prune_task
-from tasks.retention import RetentionPolicy
-from tasks.workdir import private_workdir
+from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
+from prefect_dbbackup.blocks.server import DatabaseServer
+from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.flows.report import BackupFailed, BackupReport, DatabaseOutcome
+from prefect_dbbackup.flows.retries import transient_retries_only
+from prefect_dbbackup.tasks.backup import DumpResult, dump_task, upload_task
+from prefect_dbbackup.tasks.globals import globals_note, globals_task
+from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, new_backup_id
+from prefect_dbbackup.tasks.prune import prune_task
+from prefect_dbbackup.tasks.retention import RetentionPolicy
+from prefect_dbbackup.tasks.workdir import private_workdir
 
 
 def _run_name() -> str:

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import httpx
 import typer
+from prefect_dbbackup.tasks.errors import ConfigError, DbBackupError
 from typer._click import Context
 from typer._click.exceptions import UsageError  # typer vendors its own click
 from typer.core import TyperGroup
 
-from tasks.errors import ConfigError, DbBackupError
-
 if TYPE_CHECKING:
-    from tasks.globals import UsersResult
+    from prefect_dbbackup.tasks.globals import UsersResult
 
 
 class _DbBackupGroup(TyperGroup):
@@ -129,7 +128,7 @@ def keygen(
 @app.command()
 def apply(config: Annotated[Path, typer.Argument(help="dbbackup.yaml")]) -> None:
     """Create or update the Prefect blocks described by a config file."""
-    from flows.config import apply_config
+    from prefect_dbbackup.flows.config import apply_config
 
     try:
         changes = apply_config(config)
@@ -151,8 +150,8 @@ def backup(
     as_json: JsonOpt = False,
 ) -> None:
     """Back up the databases of SERVER (all user databases unless --database is given)."""
-    from flows.backup import backup_server
-    from flows.report import BackupFailed
+    from prefect_dbbackup.flows.backup import backup_server
+    from prefect_dbbackup.flows.report import BackupFailed
 
     try:
         report = backup_server(
@@ -185,8 +184,8 @@ def list_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """List the complete backups of SERVER, oldest first."""
-    from blocks.registry import load_storage
-    from tasks.catalog import list_backups
+    from prefect_dbbackup.blocks.registry import load_storage
+    from prefect_dbbackup.tasks.catalog import list_backups
 
     try:
         backups = list_backups(load_storage(storage), server, database)
@@ -265,9 +264,9 @@ def restore(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a backup of DATABASE (the latest unless --backup-id) into SERVER."""
-    from blocks.registry import load_server
-    from flows.restore import restore_database
-    from flows.users import restore_users
+    from prefect_dbbackup.blocks.registry import load_server
+    from prefect_dbbackup.flows.restore import restore_database
+    from prefect_dbbackup.flows.users import restore_users
 
     def users() -> UsersResult:
         return restore_users(
@@ -350,7 +349,7 @@ def restore_users_cmd(
 ) -> None:
     """Restore users/roles and their grants into SERVER (idempotent: existing accounts are
     updated, grants added; the login the restore runs as is left alone)."""
-    from flows.users import restore_users
+    from prefect_dbbackup.flows.users import restore_users
 
     try:
         result = restore_users(
@@ -387,7 +386,7 @@ def prune(
     as_json: JsonOpt = False,
 ) -> None:
     """Apply SERVER's retention policy to its backups (see docs/retention.md)."""
-    from flows.prune import prune_backups
+    from prefect_dbbackup.flows.prune import prune_backups
 
     try:
         items = prune_backups(server=server, storage=storage, database=database, dry_run=dry_run)
@@ -421,7 +420,7 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore the latest backups of SERVER into scratch databases, check them, drop them."""
-    from flows.verify import VerifyFailed, verify_backups
+    from prefect_dbbackup.flows.verify import VerifyFailed, verify_backups
 
     try:
         report = verify_backups(
@@ -454,7 +453,7 @@ app.add_typer(automations_app, name="automations")
 @app.command()
 def serve(config: ConfigOpt = Path("dbbackup.yaml")) -> None:
     """Run the scheduled backup, verify and prune deployments of CONFIG in this process."""
-    from flows.operations import serve as serve_config
+    from prefect_dbbackup.flows.operations import serve as serve_config
 
     try:
         serve_config(config)
@@ -465,8 +464,8 @@ def serve(config: ConfigOpt = Path("dbbackup.yaml")) -> None:
 @limits_app.command("apply")
 def limits_apply(config: ConfigOpt = Path("dbbackup.yaml")) -> None:
     """Create or update the dbbackup-host-HOST limits of CONFIG's `limits` section."""
-    from flows.operations import host_limits, read_operations
-    from tasks.limits import apply_host_limits
+    from prefect_dbbackup.flows.operations import host_limits, read_operations
+    from prefect_dbbackup.tasks.limits import apply_host_limits
 
     try:
         limits = host_limits(read_operations(config))
@@ -489,8 +488,12 @@ def automations_apply(
     ] = None,
 ) -> None:
     """Create or update the shipped automations; per-server ones for each server of CONFIG."""
-    from flows.automations import AUTOMATIONS_DIR, apply_automations, load_automations
-    from flows.operations import read_operations
+    from prefect_dbbackup.flows.automations import (
+        AUTOMATIONS_DIR,
+        apply_automations,
+        load_automations,
+    )
+    from prefect_dbbackup.flows.operations import read_operations
 
     try:
         servers = list(read_operations(config).servers)
@@ -511,7 +514,7 @@ def fleet(
     """Run the backup-server deployment of every server (or --server), wait, report."""
     import asyncio
 
-    from flows.fleet import FleetFailed, backup_fleet
+    from prefect_dbbackup.flows.fleet import FleetFailed, backup_fleet
 
     try:
         runs = asyncio.run(backup_fleet(servers=server or None, max_parallel=max_parallel))

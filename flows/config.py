@@ -9,15 +9,14 @@ from typing import Any
 
 import yaml
 from prefect.blocks.core import Block
+from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.mysql import MySQLServer
+from prefect_dbbackup.blocks.postgres import PostgresServer
+from prefect_dbbackup.blocks.registry import SERVER_TYPES
+from prefect_dbbackup.blocks.s3 import S3BackupStorage
+from prefect_dbbackup.blocks.storage import LocalBackupStorage
+from prefect_dbbackup.tasks.errors import ConfigError
 from pydantic import SecretStr, ValidationError
-
-from blocks.encryption import AgeEncryption
-from blocks.mysql import MySQLServer
-from blocks.postgres import PostgresServer
-from blocks.registry import SERVER_TYPES
-from blocks.s3 import S3BackupStorage
-from blocks.storage import LocalBackupStorage
-from tasks.errors import ConfigError
 
 SERVER_KINDS: dict[str, type[Block]] = {"postgres": PostgresServer, "mysql": MySQLServer}
 STORAGE_KINDS: dict[str, type[Block]] = {"local": LocalBackupStorage, "s3": S3BackupStorage}

@@ -16,11 +16,10 @@ from prefect.client.schemas.filters import (
 )
 from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
+from prefect_dbbackup.flows.operations import FLOWS
+from prefect_dbbackup.flows.report import first_line
+from prefect_dbbackup.tasks.errors import DbBackupError
 from pydantic import BaseModel
-
-from flows.operations import FLOWS
-from flows.report import first_line
-from tasks.errors import DbBackupError
 
 BACKUP_FLOW = FLOWS["backup"][0]
 

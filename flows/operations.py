@@ -15,17 +15,16 @@ from typing import Any
 import yaml
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule
+from prefect_dbbackup.flows.config import expand_env
+from prefect_dbbackup.tasks.errors import ConfigError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from flows.config import expand_env
-from tasks.errors import ConfigError
 
 JOBS = ("backup", "verify", "prune")
 # flow name and module-path entrypoint of each job (the deployment is FLOW_NAME/SERVER)
 FLOWS = {
-    "backup": ("backup-server", "flows.backup.backup_server"),
-    "verify": ("verify-backups", "flows.verify.verify_backups"),
-    "prune": ("prune-backups", "flows.prune.prune_backups"),
+    "backup": ("backup-server", "prefect_dbbackup.flows.backup.backup_server"),
+    "verify": ("verify-backups", "prefect_dbbackup.flows.verify.verify_backups"),
+    "prune": ("prune-backups", "prefect_dbbackup.flows.prune.prune_backups"),
 }
 # a run that starts while the previous one of the same deployment still runs is cancelled:
 # stacking two dumps of one server never helps, and a queue could grow night after night

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-
-from blocks.registry import load_server, load_storage
-from flows.report import artifact_key
-from tasks.prune import PruneItem, prune_task
-from tasks.retention import RetentionPolicy
+from prefect_dbbackup.blocks.registry import load_server, load_storage
+from prefect_dbbackup.flows.report import artifact_key
+from prefect_dbbackup.tasks.prune import PruneItem, prune_task
+from prefect_dbbackup.tasks.retention import RetentionPolicy
 
 
 def policy_for(server: str, retention: RetentionPolicy | None) -> RetentionPolicy:

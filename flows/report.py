@@ -6,11 +6,10 @@ import re
 from datetime import datetime
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect_dbbackup.tasks.errors import DbBackupError
+from prefect_dbbackup.tasks.events import emit_backup_event
+from prefect_dbbackup.tasks.manifest import Manifest
 from pydantic import BaseModel
-
-from tasks.errors import DbBackupError
-from tasks.events import emit_backup_event
-from tasks.manifest import Manifest
 
 
 def artifact_key(kind: str, server: str) -> str:

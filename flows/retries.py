@@ -18,9 +18,8 @@ from typing import ParamSpec, TypeVar
 
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
-
-from tasks.errors import DbBackupError
-from tasks.logs import run_logger
+from prefect_dbbackup.tasks.errors import DbBackupError
+from prefect_dbbackup.tasks.logs import run_logger
 
 P = ParamSpec("P")
 R = TypeVar("R")

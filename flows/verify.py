@@ -7,14 +7,13 @@ from datetime import UTC, datetime, timedelta
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
+from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
+from prefect_dbbackup.flows.report import BackupFailed, artifact_key, first_line
+from prefect_dbbackup.tasks.errors import DbBackupError
+from prefect_dbbackup.tasks.events import emit_verify_event
+from prefect_dbbackup.tasks.verify import drop_stale_scratch, latest_backups, verify_task
+from prefect_dbbackup.tasks.workdir import private_workdir
 from pydantic import BaseModel
-
-from blocks.registry import load_encryption, load_server, load_storage
-from flows.report import BackupFailed, artifact_key, first_line
-from tasks.errors import DbBackupError
-from tasks.events import emit_verify_event
-from tasks.verify import drop_stale_scratch, latest_backups, verify_task
-from tasks.workdir import private_workdir
 
 
 class VerifyOutcome(BaseModel):

@@ -10,18 +10,17 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
+from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.server import DatabaseServer
+from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.tasks.errors import DbBackupError, DiskFull, is_disk_full
+from prefect_dbbackup.tasks.layout import MANIFEST_NAME, backup_key, encode_name
+from prefect_dbbackup.tasks.limits import host_slot
+from prefect_dbbackup.tasks.logs import run_logger
+from prefect_dbbackup.tasks.manifest import Manifest
+from prefect_dbbackup.tasks.process import ToolProcess
+from prefect_dbbackup.tasks.stream import encrypt_stream
 from pydantic import BaseModel
-
-from blocks.encryption import AgeEncryption
-from blocks.server import DatabaseServer
-from blocks.storage import BackupStorage
-from tasks.errors import DbBackupError, DiskFull, is_disk_full
-from tasks.layout import MANIFEST_NAME, backup_key, encode_name
-from tasks.limits import host_slot
-from tasks.logs import run_logger
-from tasks.manifest import Manifest
-from tasks.process import ToolProcess
-from tasks.stream import encrypt_stream
 
 OBJECT_NAMES = {"postgres": "dump.pgc.zst.age", "mysql": "dump.sql.zst.age"}
 DUMP_FORMATS = {"postgres": "pg_custom", "mysql": "sql"}

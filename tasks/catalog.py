@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from blocks.storage import BackupStorage
-from tasks.errors import BackupNotFound, DbBackupError
-from tasks.layout import MANIFEST_NAME, backup_key, parse_manifest_key, series_prefix
-from tasks.manifest import Manifest
+from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.tasks.errors import BackupNotFound, DbBackupError
+from prefect_dbbackup.tasks.layout import (
+    MANIFEST_NAME,
+    backup_key,
+    parse_manifest_key,
+    series_prefix,
+)
+from prefect_dbbackup.tasks.manifest import Manifest
 
 
 def list_backups(

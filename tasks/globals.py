@@ -21,15 +21,20 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
-from pydantic import BaseModel
-
-from blocks.encryption import AgeEncryption
-from blocks.server import DatabaseServer
-from blocks.storage import BackupStorage
-from tasks.backup import DumpResult, _retry_if_transient, tool_version
-from tasks.catalog import list_backups
-from tasks.errors import BackupNotFound, ConfigError, DbBackupError, DiskFull, is_disk_full, redact
-from tasks.globals_sql import (
+from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.server import DatabaseServer
+from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.tasks.backup import DumpResult, _retry_if_transient, tool_version
+from prefect_dbbackup.tasks.catalog import list_backups
+from prefect_dbbackup.tasks.errors import (
+    BackupNotFound,
+    ConfigError,
+    DbBackupError,
+    DiskFull,
+    is_disk_full,
+    redact,
+)
+from prefect_dbbackup.tasks.globals_sql import (
     mask,
     matches,
     parse_script,
@@ -37,11 +42,12 @@ from tasks.globals_sql import (
     secrets_of,
     select_statements,
 )
-from tasks.layout import GLOBALS_SEGMENT, MANIFEST_NAME, backup_key
-from tasks.logs import run_logger
-from tasks.manifest import Manifest
-from tasks.restore import _decrypt_errors, check_object
-from tasks.stream import decrypt_stream, encrypt_stream
+from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, MANIFEST_NAME, backup_key
+from prefect_dbbackup.tasks.logs import run_logger
+from prefect_dbbackup.tasks.manifest import Manifest
+from prefect_dbbackup.tasks.restore import _decrypt_errors, check_object
+from prefect_dbbackup.tasks.stream import decrypt_stream, encrypt_stream
+from pydantic import BaseModel
 
 OBJECT_NAME = "globals.sql.zst.age"
 

@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
-
-from tasks.logs import run_logger
+from prefect_dbbackup.tasks.logs import run_logger
 
 PREFIX = "dbbackup-host-"
 _BANNED = re.compile(r"[/%&<>]")  # characters Prefect refuses in a limit name

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from types import TracebackType
 
-from tasks.errors import ToolFailed, redact
+from prefect_dbbackup.tasks.errors import ToolFailed, redact
 
 STDERR_TAIL = 4000
 # client errors that mean the network or server went away: a later attempt may succeed

@@ -7,19 +7,18 @@ from datetime import UTC, datetime, timedelta
 
 from prefect import task
 from prefect.cache_policies import NONE
-from pydantic import BaseModel
-
-from blocks.storage import BackupStorage
-from tasks.errors import ObjectLocked
-from tasks.layout import (
+from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.tasks.errors import ObjectLocked
+from prefect_dbbackup.tasks.layout import (
     BACKUP_ID_FORMAT,
     GLOBALS_SEGMENT,
     MANIFEST_NAME,
     decode_name,
     series_prefix,
 )
-from tasks.logs import run_logger
-from tasks.retention import BackupRef, RetentionPolicy, plan
+from prefect_dbbackup.tasks.logs import run_logger
+from prefect_dbbackup.tasks.retention import BackupRef, RetentionPolicy, plan
+from pydantic import BaseModel
 
 
 class PruneItem(BaseModel):

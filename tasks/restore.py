@@ -13,12 +13,10 @@ from typing import BinaryIO
 import pyrage
 from prefect import task
 from prefect.cache_policies import NONE
-from pydantic import BaseModel
-
-from blocks.encryption import AgeEncryption
-from blocks.server import STAGING_PREFIX, DatabaseServer, ToolCommand
-from blocks.storage import BackupStorage
-from tasks.errors import (
+from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.server import STAGING_PREFIX, DatabaseServer, ToolCommand
+from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.tasks.errors import (
     AuthError,
     ConfigError,
     DbBackupError,
@@ -27,11 +25,12 @@ from tasks.errors import (
     TargetExists,
     is_disk_full,
 )
-from tasks.layout import backup_key
-from tasks.logs import Logger, run_logger
-from tasks.manifest import Manifest, recipient_fingerprint
-from tasks.process import ToolProcess
-from tasks.stream import ReplacingWriter, decrypt_stream, file_sha256
+from prefect_dbbackup.tasks.layout import backup_key
+from prefect_dbbackup.tasks.logs import Logger, run_logger
+from prefect_dbbackup.tasks.manifest import Manifest, recipient_fingerprint
+from prefect_dbbackup.tasks.process import ToolProcess
+from prefect_dbbackup.tasks.stream import ReplacingWriter, decrypt_stream, file_sha256
+from pydantic import BaseModel
 
 
 class RestoreResult(BaseModel):

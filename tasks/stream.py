@@ -13,8 +13,7 @@ from typing import BinaryIO, Protocol
 
 import pyrage
 import zstandard
-
-from tasks.manifest import StreamStats
+from prefect_dbbackup.tasks.manifest import StreamStats
 
 READ_SIZE = 1 << 20
 

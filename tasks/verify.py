@@ -14,16 +14,15 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
+from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.server import SCRATCH_PREFIX, DatabaseServer
+from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.tasks.catalog import find_backup, list_backups
+from prefect_dbbackup.tasks.errors import BackupNotFound, IntegrityError
+from prefect_dbbackup.tasks.logs import Logger, run_logger
+from prefect_dbbackup.tasks.manifest import Manifest
+from prefect_dbbackup.tasks.restore import restore_backup
 from pydantic import BaseModel
-
-from blocks.encryption import AgeEncryption
-from blocks.server import SCRATCH_PREFIX, DatabaseServer
-from blocks.storage import BackupStorage
-from tasks.catalog import find_backup, list_backups
-from tasks.errors import BackupNotFound, IntegrityError
-from tasks.logs import Logger, run_logger
-from tasks.manifest import Manifest
-from tasks.restore import restore_backup
 
 NAME_LIMIT = 63  # PostgreSQL's identifier limit (MariaDB allows 64)
 STAMP_FORMAT = "%Y%m%d%H%M%S"

@@ -132,7 +132,12 @@ class BlockEnv:
 
     @classmethod
     def create(cls, tmp_path: Path, identity_file: Path, recipient: str) -> BlockEnv:
-        from blocks import AgeEncryption, LocalBackupStorage, MySQLServer, PostgresServer
+        from prefect_dbbackup.blocks import (
+            AgeEncryption,
+            LocalBackupStorage,
+            MySQLServer,
+            PostgresServer,
+        )
 
         tag = uuid.uuid4().hex[:8]
         env = cls(
@@ -157,8 +162,7 @@ class BlockEnv:
         volumes of its own, so one bucket per test would exhaust them.
         """
         from prefect_aws import AwsCredentials
-
-        from blocks import S3BackupStorage
+        from prefect_dbbackup.blocks import S3BackupStorage
 
         tag = uuid.uuid4().hex[:8]
         bucket = server.make_bucket(
@@ -180,7 +184,7 @@ class BlockEnv:
 
     def cli(self, *args: str) -> CliResult:
         """Run `dbbackup ARGS` in-process with this env's storage and encryption blocks."""
-        from flows.cli import app
+        from prefect_dbbackup.flows.cli import app
 
         command = list(args)
         defaults = {"--storage": self.storage}

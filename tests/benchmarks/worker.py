@@ -28,7 +28,7 @@ def _rss_mb() -> float:
 
 
 def _server(engine: str):  # noqa: ANN202
-    from blocks import MySQLServer, PostgresServer
+    from prefect_dbbackup.blocks import MySQLServer, PostgresServer
 
     if engine == "pg":
         return PostgresServer(host=PG["host"], port=PG["port"], user=PG["user"])
@@ -37,10 +37,10 @@ def _server(engine: str):  # noqa: ANN202
 
 def backup(args: argparse.Namespace) -> dict[str, Any]:
     """dump_database + store_backup into a local storage, as the backup flow's tasks do."""
-    from blocks import AgeEncryption, LocalBackupStorage
-    from tasks.backup import dump_database, store_backup
-    from tasks.layout import new_backup_id
-    from tasks.workdir import private_workdir
+    from prefect_dbbackup.blocks import AgeEncryption, LocalBackupStorage
+    from prefect_dbbackup.tasks.backup import dump_database, store_backup
+    from prefect_dbbackup.tasks.layout import new_backup_id
+    from prefect_dbbackup.tasks.workdir import private_workdir
 
     server = _server(args.engine)
     storage = LocalBackupStorage(path=args.storage)
@@ -64,10 +64,10 @@ def backup(args: argparse.Namespace) -> dict[str, Any]:
 
 def restore(args: argparse.Namespace) -> dict[str, Any]:
     """restore_backup of the latest backup of a database into a new target."""
-    from blocks import AgeEncryption, LocalBackupStorage
-    from tasks.catalog import find_backup
-    from tasks.restore import restore_backup
-    from tasks.workdir import private_workdir
+    from prefect_dbbackup.blocks import AgeEncryption, LocalBackupStorage
+    from prefect_dbbackup.tasks.catalog import find_backup
+    from prefect_dbbackup.tasks.restore import restore_backup
+    from prefect_dbbackup.tasks.workdir import private_workdir
 
     server = _server(args.engine)
     storage = LocalBackupStorage(path=args.storage)
@@ -86,7 +86,7 @@ def restore(args: argparse.Namespace) -> dict[str, Any]:
 
 def blocks(args: argparse.Namespace) -> dict[str, Any]:
     """Save the blocks the flow cases use in the benchmark's Prefect API."""
-    from blocks import AgeEncryption, LocalBackupStorage
+    from prefect_dbbackup.blocks import AgeEncryption, LocalBackupStorage
 
     _server("pg").save(f"{SERVER_NAME}-pg", overwrite=True)
     LocalBackupStorage(path=args.storage).save(f"{SERVER_NAME}-store", overwrite=True)
@@ -96,7 +96,7 @@ def blocks(args: argparse.Namespace) -> dict[str, Any]:
 
 def flow(args: argparse.Namespace) -> dict[str, Any]:
     """One backup_server flow run over the named databases (needs PREFECT_API_URL)."""
-    from flows.backup import backup_server
+    from prefect_dbbackup.flows.backup import backup_server
 
     databases = args.databases.split(",")
     started = time.perf_counter()
@@ -129,7 +129,7 @@ def s3(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         client.upload_file(args.file, args.bucket, key)
     else:
-        from blocks.s3 import S3BackupStorage
+        from prefect_dbbackup.blocks.s3 import S3BackupStorage
 
         storage = S3BackupStorage(bucket=args.bucket, endpoint_url=args.endpoint, path_style=True)
         started = time.perf_counter()

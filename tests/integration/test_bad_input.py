@@ -77,7 +77,7 @@ def pg_backup(env: BlockEnv, pg_db, pg_admin) -> str:  # noqa: ANN001
 
 # --- logins ------------------------------------------------------------------
 def test_mysql_wrong_password_exits_4(env, my_db, my_admin, my_password_user):  # noqa: F811
-    from blocks import MySQLServer
+    from prefect_dbbackup.blocks import MySQLServer
 
     db = my_db()
     fill_my(my_admin, db)
@@ -105,7 +105,7 @@ def test_postgres_wrong_password_exits_4_and_right_password_round_trips(
     env,
     pg_password_server,  # noqa: F811
 ):
-    from blocks import PostgresServer
+    from prefect_dbbackup.blocks import PostgresServer
 
     srv = pg_password_server
     db = f"dbb_{uuid.uuid4().hex[:10]}"
@@ -158,7 +158,7 @@ def test_postgres_wrong_password_exits_4_and_right_password_round_trips(
 
 
 def test_postgres_unknown_role_exits_4(env, pg_db):
-    from blocks import PostgresServer
+    from prefect_dbbackup.blocks import PostgresServer
 
     db = pg_db()
     role = f"dbb_norole_{uuid.uuid4().hex[:8]}"
@@ -171,7 +171,7 @@ def test_postgres_unknown_role_exits_4(env, pg_db):
 
 @pytest.mark.parametrize("engine", ["postgres", "mysql"])
 def test_unreachable_server_fails_quickly_saying_it_cannot_connect(env, engine):
-    from blocks import MySQLServer, PostgresServer
+    from prefect_dbbackup.blocks import MySQLServer, PostgresServer
 
     port = free_port()
     kind = PostgresServer if engine == "postgres" else MySQLServer
@@ -305,7 +305,7 @@ APPLY_CASES = {
 
 @pytest.mark.parametrize("case", sorted(APPLY_CASES))
 def test_apply_bad_config_exits_3_and_creates_nothing(env, tmp_path, monkeypatch, case):
-    from blocks import PostgresServer
+    from prefect_dbbackup.blocks import PostgresServer
 
     tag = uuid.uuid4().hex[:8]
     ok, bad, var = f"ok-{tag}", f"bad-{tag}", f"DBB_UNSET_{tag.upper()}"
@@ -366,7 +366,7 @@ def test_identity_file_that_is_not_an_identity_exits_3(env, pg_db, pg_admin, cle
 
 
 def test_missing_identity_exits_3(env, pg_db, pg_admin, cleanup_pg):
-    from blocks import AgeEncryption
+    from prefect_dbbackup.blocks import AgeEncryption
 
     # a worker that holds only the public key can back up...
     public_only = replace(
@@ -399,7 +399,7 @@ def test_missing_identity_exits_3(env, pg_db, pg_admin, cleanup_pg):
 def test_encryption_fails_closed_exits_3_and_writes_nothing(
     env, pg_db, pg_admin, recipients, expected
 ):
-    from blocks import AgeEncryption
+    from prefect_dbbackup.blocks import AgeEncryption
 
     db = pg_db()
     fill_pg(pg_admin, db)
@@ -518,7 +518,7 @@ def test_target_exists_without_replace_exits_3_and_leaves_it_alone(
 
 
 def test_failing_restore_with_replace_keeps_the_existing_target(env, pg_db, pg_admin, tmp_path):
-    from blocks import PostgresServer
+    from prefect_dbbackup.blocks import PostgresServer
 
     db = pg_backup(env, pg_db, pg_admin)
     target = pg_db()
@@ -567,7 +567,7 @@ def assert_nothing_left(env: BlockEnv, server: str, workdir: Path) -> None:
 
 
 def test_dump_failing_midway_leaves_no_manifest_and_no_spool(env, pg_db, tmp_path, monkeypatch):
-    from blocks import PostgresServer
+    from prefect_dbbackup.blocks import PostgresServer
 
     db = pg_db()
     workdir = tmp_path / "work"
@@ -600,7 +600,7 @@ def test_dump_failing_midway_leaves_no_manifest_and_no_spool(env, pg_db, tmp_pat
 
 
 def test_dump_over_its_time_limit_is_killed_with_its_children(env, pg_db, tmp_path, monkeypatch):
-    from blocks import PostgresServer
+    from prefect_dbbackup.blocks import PostgresServer
 
     db = pg_db()
     workdir = tmp_path / "work"
@@ -690,7 +690,7 @@ def fake_mariadb(directory: Path, fail_on_call: int) -> Path:
 
 
 def _my_replace_setup(env, my_db, my_admin, tmp_path, fail_on_call: int):  # noqa: ANN001, ANN202
-    from blocks import MySQLServer
+    from prefect_dbbackup.blocks import MySQLServer
 
     db = my_db()
     my_admin.execute(db, "CREATE TABLE t (id int PRIMARY KEY)", "INSERT INTO t VALUES (1), (2)")

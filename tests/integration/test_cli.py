@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 
+from prefect_dbbackup.flows.cli import app
 from typer.testing import CliRunner
-
-from flows.cli import app
 
 
 def _apply(path):
@@ -43,7 +42,7 @@ encryption:
     assert f"updated   postgres-server/pg-{tag}" in third.stdout
     assert third.stdout.count("unchanged") == 2
 
-    from blocks import LocalBackupStorage, PostgresServer
+    from prefect_dbbackup.blocks import LocalBackupStorage, PostgresServer
 
     assert PostgresServer.load(f"pg-{tag}").password.get_secret_value() == "rotated"
     assert LocalBackupStorage.load(f"st-{tag}").path == str(tmp_path / "backups")
@@ -61,7 +60,7 @@ def test_apply_refuses_a_server_name_taken_by_the_other_engine(prefect_api, tmp_
 
 
 def test_backup_all_discovered_databases_and_list_them(env, pg_db, pg_admin):
-    from blocks import PostgresServer
+    from prefect_dbbackup.blocks import PostgresServer
 
     tag = uuid.uuid4().hex[:6]
     dbs = [pg_db(f"dbb_{tag}_a"), pg_db(f"dbb_{tag}_b"), pg_db(f"dbb_{tag}_skip")]
@@ -109,7 +108,7 @@ def test_backup_without_manifest_does_not_exist(env, pg_db, pg_admin):
 
 
 def test_discovery_that_finds_nothing_fails_instead_of_looking_healthy(env):
-    from blocks import PostgresServer
+    from prefect_dbbackup.blocks import PostgresServer
 
     server = f"pg-none-{uuid.uuid4().hex[:6]}"
     PostgresServer(host="127.0.0.1", user="postgres", include=["no_such_prefix_*"]).save(server)

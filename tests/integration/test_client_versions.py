@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from blocks import MySQLServer, PostgresServer
+from prefect_dbbackup.blocks import MySQLServer, PostgresServer
 
 
 def _fake_client(directory, name: str, version_line: str) -> None:

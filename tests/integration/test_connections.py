@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from blocks import MySQLServer, PostgresServer
+from prefect_dbbackup.blocks import MySQLServer, PostgresServer
 
 
 def test_mysql_over_its_unix_socket(env, my_db, my_admin, cleanup_my):

@@ -29,9 +29,8 @@ from typing import Any
 
 import httpx
 import pytest
+from prefect_dbbackup.flows.cli import app
 from typer.testing import CliRunner
-
-from flows.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = "local-pg"  # the server the shipped deployments/prefect.yaml deploys
@@ -339,7 +338,7 @@ def test_the_deployed_backup_runs_on_the_worker_and_shows_in_prefect(
     assert acquired and acquired[0]["resource"]["limit"] == "1"
 
     # the backup in storage restores to the same table contents
-    from flows.restore import restore_database
+    from prefect_dbbackup.flows.restore import restore_database
 
     target = f"{db}_restored"
     cleanup_pg.append(target)
@@ -437,9 +436,9 @@ def test_the_verify_deployment_passes_then_fails_on_a_corrupted_backup(
 def test_the_fleet_runs_each_server_deployment_and_names_the_ones_that_failed(
     real: Real, backup: Backup
 ) -> None:
-    from blocks.storage import LocalBackupStorage
-    from flows.fleet import FleetFailed, backup_deployment_servers, backup_fleet
-    from tasks.catalog import list_backups
+    from prefect_dbbackup.blocks.storage import LocalBackupStorage
+    from prefect_dbbackup.flows.fleet import FleetFailed, backup_deployment_servers, backup_fleet
+    from prefect_dbbackup.tasks.catalog import list_backups
 
     with real.api(), pytest.raises(FleetFailed) as failed:
         asyncio.run(backup_fleet(servers=[SERVER, "no-such-server"], max_parallel=2))
@@ -459,9 +458,8 @@ def test_serve_runs_the_schedules_of_the_config_without_a_work_pool(
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
-
-    from blocks.storage import LocalBackupStorage
-    from tasks.catalog import list_backups
+    from prefect_dbbackup.blocks.storage import LocalBackupStorage
+    from prefect_dbbackup.tasks.catalog import list_backups
 
     config = real.tmp / "serve.yaml"
     config.write_text(

@@ -7,8 +7,7 @@ import subprocess
 import uuid
 
 import pytest
-
-from blocks import LocalBackupStorage
+from prefect_dbbackup.blocks import LocalBackupStorage
 
 
 @pytest.fixture

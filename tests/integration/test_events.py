@@ -8,9 +8,8 @@ import time
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
-
-from flows.backup import backup_server
-from flows.report import BackupFailed, md
+from prefect_dbbackup.flows.backup import backup_server
+from prefect_dbbackup.flows.report import BackupFailed, md
 
 
 async def _read_events(server: str, prefix: str) -> list:
@@ -110,7 +109,7 @@ def test_a_backup_run_emits_one_event_per_database_and_a_summary(env, my_db, my_
 
 def test_events_and_summary_carry_no_secret(env, pg_db, pg_admin):
     """A server block with a password: it is in no event or summary of its run."""
-    from blocks import PostgresServer
+    from prefect_dbbackup.blocks import PostgresServer
 
     db = pg_db()
     pg_admin.execute(db, "CREATE TABLE t AS SELECT 1 AS x")

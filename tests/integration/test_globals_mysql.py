@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import pymysql
 import pytest
+from prefect_dbbackup.flows.backup import backup_server  # noqa: F401  (configures logging before caplog listens)
 
-from flows.backup import backup_server  # noqa: F401  (configures logging before caplog listens)
 from tests.helpers import MY, MyAdmin
 
 HASH = re.compile(r"\*[0-9A-F]{40}")
@@ -87,7 +87,7 @@ class Accounts:
 
 @pytest.fixture
 def accounts(env, my_db, my_admin) -> Iterator[Accounts]:
-    from blocks import MySQLServer
+    from prefect_dbbackup.blocks import MySQLServer
 
     prefix = f"dbbg{uuid.uuid4().hex[:6]}_"
     db = my_db()
@@ -206,7 +206,7 @@ def test_restore_with_users_brings_back_the_database_and_its_accounts(
 
 def test_a_globals_failure_fails_the_run(env, my_db, my_admin):
     """A login that may not read mysql.user: the databases back up, the _globals row fails."""
-    from blocks import MySQLServer
+    from prefect_dbbackup.blocks import MySQLServer
 
     db = my_db()
     my_admin.execute(db, "CREATE TABLE t (a int)")

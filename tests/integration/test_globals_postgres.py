@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import psycopg
 import pytest
+from prefect_dbbackup.flows.backup import backup_server  # noqa: F401  (configures logging before caplog listens)
 from psycopg import sql
 
-from flows.backup import backup_server  # noqa: F401  (configures logging before caplog listens)
 from tests.helpers import PgAdmin
 from tests.integration.pg_auth import pg_password_server  # noqa: F401
 
@@ -113,7 +113,7 @@ def roles(pg_admin: PgAdmin) -> Iterator[Roles]:
 
 
 def _block(prefix: str, **fields) -> str:
-    from blocks import PostgresServer
+    from prefect_dbbackup.blocks import PostgresServer
 
     name = f"pg-users-{uuid.uuid4().hex[:8]}"
     fields = {"host": "127.0.0.1", "user": "postgres", **fields}

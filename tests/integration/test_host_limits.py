@@ -17,9 +17,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 from prefect.concurrency.sync import concurrency
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+from prefect_dbbackup.blocks import PostgresServer
+from prefect_dbbackup.flows.backup import backup_server
 
-from blocks import PostgresServer
-from flows.backup import backup_server
 from tests.helpers import stored_objects
 
 LIMIT = "dbbackup-host-localhost"

@@ -6,10 +6,10 @@ import io
 import subprocess
 
 import pyrage
+from prefect_dbbackup.flows.cli import app
+from prefect_dbbackup.tasks.stream import decrypt_stream
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks.stream import decrypt_stream
 from tests.helpers import stored_objects
 
 

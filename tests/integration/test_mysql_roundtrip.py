@@ -183,7 +183,7 @@ def restore(env: BlockEnv, database: str, *args: str) -> CliResult:
     """
     if not database.startswith("-"):
         return env.cli("restore", env.my, database, *args)
-    from flows.cli import app
+    from prefect_dbbackup.flows.cli import app
 
     command = ["restore", env.my, *args, "--storage", env.storage]
     command += ["--encryption", env.encryption, "--", database]

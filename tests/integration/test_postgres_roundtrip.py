@@ -324,7 +324,7 @@ def backup(env, db: str) -> str:
 
 def restore_named(env, database: str, *options: str) -> CliResult:
     """`dbbackup restore OPTIONS -- SERVER DATABASE`: `--` keeps a name like '-x' an argument."""
-    from flows.cli import app
+    from prefect_dbbackup.flows.cli import app
 
     args = ["restore", *options, "--storage", env.storage, "--encryption", env.encryption]
     result = CliRunner().invoke(app, [*args, "--", env.pg, database], catch_exceptions=False)

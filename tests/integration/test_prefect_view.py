@@ -9,10 +9,9 @@ from datetime import UTC, datetime
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
-
-from blocks import PostgresServer
-from flows.backup import backup_server
-from flows.report import BackupFailed
+from prefect_dbbackup.blocks import PostgresServer
+from prefect_dbbackup.flows.backup import backup_server
+from prefect_dbbackup.flows.report import BackupFailed
 
 
 async def _run_view(run_name: str):
@@ -83,7 +82,7 @@ def test_a_hung_dump_is_killed_and_the_others_still_complete(env, pg_db, pg_admi
 
 
 def test_block_types_register_from_the_module(prefect_api):
-    """`prefect block register -m blocks` registers exactly our five types (no abstract bases)."""
+    """`prefect block register -m prefect_dbbackup.blocks` registers exactly our five types (no abstract bases)."""
     import os
     import subprocess
     import sys
@@ -92,7 +91,7 @@ def test_block_types_register_from_the_module(prefect_api):
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     done = subprocess.run(
-        [sys.executable, "-m", "prefect", "block", "register", "-m", "blocks"],
+        [sys.executable, "-m", "prefect", "block", "register", "-m", "prefect_dbbackup.blocks"],
         env=env,
         capture_output=True,
         text=True,

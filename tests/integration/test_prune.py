@@ -6,11 +6,11 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from blocks import PostgresServer
-from blocks.registry import load_storage
-from tasks.layout import MANIFEST_NAME, backup_key, new_backup_id
-from tasks.prune import backup_time
-from tasks.retention import BackupRef, RetentionPolicy, plan
+from prefect_dbbackup.blocks import PostgresServer
+from prefect_dbbackup.blocks.registry import load_storage
+from prefect_dbbackup.tasks.layout import MANIFEST_NAME, backup_key, new_backup_id
+from prefect_dbbackup.tasks.prune import backup_time
+from prefect_dbbackup.tasks.retention import BackupRef, RetentionPolicy, plan
 
 
 def _server_with(policy: dict) -> str:

@@ -6,10 +6,9 @@ import shutil
 import uuid
 
 import pytest
-
-from blocks import PostgresServer
-from flows import backup as backup_flow
-from tasks.backup import dump_task
+from prefect_dbbackup.blocks import PostgresServer
+from prefect_dbbackup.flows import backup as backup_flow
+from prefect_dbbackup.tasks.backup import dump_task
 
 
 @pytest.fixture

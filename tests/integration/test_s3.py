@@ -8,10 +8,10 @@ import time
 import uuid
 
 import pytest
+from prefect_dbbackup.blocks import PostgresServer
+from prefect_dbbackup.blocks.registry import load_storage
+from prefect_dbbackup.blocks.s3 import MAX_PARTS, MIN_PART_SIZE, part_size
 
-from blocks import PostgresServer
-from blocks.registry import load_storage
-from blocks.s3 import MAX_PARTS, MIN_PART_SIZE, part_size
 from tests.s3server import SECRET_KEY, SeaweedFS
 
 # ~40 MB of incompressible bytea: more than one 8 MiB part once stored
@@ -63,7 +63,7 @@ def test_wrong_credentials_exit_4_and_store_nothing(env, s3_server, pg_db, pg_ad
 
 
 def test_missing_bucket_is_a_configuration_error(env, s3_server):
-    from blocks import S3BackupStorage
+    from prefect_dbbackup.blocks import S3BackupStorage
 
     name = f"s3-nobucket-{uuid.uuid4().hex[:6]}"
     S3BackupStorage(
@@ -95,12 +95,12 @@ def test_store_down_mid_upload_leaves_no_backup_and_a_later_run_succeeds(
     """The S3 server dies during the multipart upload and stays down while the upload task
     retries: the run fails, no manifest exists, and once the store is back the next run's
     prune aborts the half upload and its backup restores."""
-    import flows.backup
-    from tasks.backup import upload_task
+    from prefect_dbbackup.flows import backup as backup_flow
+    from prefect_dbbackup.tasks.backup import upload_task
 
     # the real upload task and its 3 retries, 1 s apart instead of 2, 10 and 30 s
     quick = upload_task.with_options(retry_delay_seconds=[1, 1, 1])
-    monkeypatch.setattr(flows.backup, "upload_task", quick)
+    monkeypatch.setattr(backup_flow, "upload_task", quick)
     server = SeaweedFS(tmp_path / "s3")
     server.start()
     try:

@@ -24,8 +24,9 @@ import pytest
 
 # Importing the flows imports prefect.main, which configures logging and replaces the root
 # logger's handlers: do it at collection, not inside the test where caplog already listens.
-from flows.backup import backup_server
-from flows.restore import restore_database
+from prefect_dbbackup.flows.backup import backup_server
+from prefect_dbbackup.flows.restore import restore_database
+
 from tests.integration.pg_auth import my_password_user, pg_password_server  # noqa: F401
 
 DUMP_TOOLS = {"pg_dump", "mariadb-dump", "mysqldump"}
@@ -58,7 +59,7 @@ class Spawn:
 @pytest.fixture
 def popen_spy(monkeypatch: pytest.MonkeyPatch) -> list[Spawn]:
     """Record every child process (argv, environment, credentials files) and start it."""
-    import tasks.process
+    from prefect_dbbackup.tasks import process
 
     real_popen = subprocess.Popen
     spawns: list[Spawn] = []
@@ -84,7 +85,7 @@ def popen_spy(monkeypatch: pytest.MonkeyPatch) -> list[Spawn]:
             spawns.append(Spawn(argv, env, files))
             super().__init__(args, *rest, **kwargs)
 
-    monkeypatch.setattr(tasks.process.subprocess, "Popen", SpyPopen)
+    monkeypatch.setattr(process.subprocess, "Popen", SpyPopen)
     return spawns
 
 
@@ -107,7 +108,7 @@ class Login:
 @pytest.fixture(params=["postgres", "mysql"])
 def login(request, env, my_db, my_admin, cleanup_my) -> Login:
     """A block with a password login and a database with data, on both engines."""
-    from blocks import MySQLServer, PostgresServer
+    from prefect_dbbackup.blocks import MySQLServer, PostgresServer
 
     tag = uuid.uuid4().hex[:8]
     if request.param == "postgres":

@@ -83,7 +83,7 @@ def test_restore_a_backup_of_another_server(env, pg_db, pg_admin, cleanup_pg):
     """Incident case: the original server is gone; its backups restore into a new server block."""
     import uuid
 
-    from blocks import PostgresServer
+    from prefect_dbbackup.blocks import PostgresServer
 
     db = pg_db()
     pg_admin.execute(db, "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g")

@@ -7,14 +7,14 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
+from prefect_dbbackup.blocks import MySQLServer, PostgresServer
+from prefect_dbbackup.blocks.server import SCRATCH_PREFIX
+from prefect_dbbackup.flows.backup import backup_server
+from prefect_dbbackup.flows.report import BackupFailed
+from prefect_dbbackup.flows.verify import VerifyFailed, verify_backups
+from prefect_dbbackup.tasks.manifest import Manifest
+from prefect_dbbackup.tasks.verify import scratch_name
 
-from blocks import MySQLServer, PostgresServer
-from blocks.server import SCRATCH_PREFIX
-from flows.backup import backup_server
-from flows.report import BackupFailed
-from flows.verify import VerifyFailed, verify_backups
-from tasks.manifest import Manifest
-from tasks.verify import scratch_name
 from tests.helpers import MyAdmin, PgAdmin
 from tests.integration.test_events import assert_database_event, wait_for_events
 

@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from tasks.layout import (
+from prefect_dbbackup.tasks.layout import (
     GLOBALS_SEGMENT,
     backup_key,
     decode_name,

@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from tasks.errors import ToolFailed
-from tasks.process import ToolProcess
+from prefect_dbbackup.tasks.errors import ToolFailed
+from prefect_dbbackup.tasks.process import ToolProcess
 
 
 def test_non_zero_exit_raises_with_redacted_stderr():

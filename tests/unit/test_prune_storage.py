@@ -8,11 +8,10 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from blocks.storage import LocalBackupStorage
-from tasks.layout import GLOBALS_SEGMENT, MANIFEST_NAME, backup_key, new_backup_id
-from tasks.prune import backup_time, prune
-from tasks.retention import RetentionPolicy
+from prefect_dbbackup.blocks.storage import LocalBackupStorage
+from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, MANIFEST_NAME, backup_key, new_backup_id
+from prefect_dbbackup.tasks.prune import backup_time, prune
+from prefect_dbbackup.tasks.retention import RetentionPolicy
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 SERIES = [("srv", "shop"), ("srv", "other"), ("srv", GLOBALS_SEGMENT), ("srv2", "shop")]

@@ -8,9 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prefect_dbbackup.tasks.retention import BUCKETS, BackupRef, Decision, RetentionPolicy, plan
 from pydantic import ValidationError
-
-from tasks.retention import BUCKETS, BackupRef, Decision, RetentionPolicy, plan
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NOW = datetime(2029, 1, 1, tzinfo=UTC)

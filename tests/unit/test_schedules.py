@@ -6,10 +6,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from flows.operations import FLOWS, ONE_AT_A_TIME, deployment_plans, host_limits, read_operations
-from tasks.errors import ConfigError
-from tasks.limits import host_limit_name
+from prefect_dbbackup.flows.operations import (
+    FLOWS,
+    ONE_AT_A_TIME,
+    deployment_plans,
+    host_limits,
+    read_operations,
+)
+from prefect_dbbackup.tasks.errors import ConfigError
+from prefect_dbbackup.tasks.limits import host_limit_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +38,7 @@ def test_prefect_yaml_declares_what_serve_serves_for_the_example_config() -> Non
     by_name = {
         (d["entrypoint"], d["name"]): d
         for d in declared["deployments"]
-        if d["entrypoint"] != "flows.fleet.backup_fleet"
+        if d["entrypoint"] != "prefect_dbbackup.flows.fleet.backup_fleet"
     }
     plans = deployment_plans(read_operations(ROOT / "dbbackup.example.yaml"))
     assert {(FLOWS[p.job][1], p.server) for p in plans} == set(by_name)

@@ -10,8 +10,7 @@ import pyrage
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from tasks.stream import ReplacingWriter, decrypt_stream, encrypt_stream
+from prefect_dbbackup.tasks.stream import ReplacingWriter, decrypt_stream, encrypt_stream
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +100,7 @@ def test_progress_is_reported_while_streaming(keys):
         on_progress=seen.append,
     )
     assert seen == []  # default reporting step is 256 MiB
-    from tasks import stream
+    from prefect_dbbackup.tasks import stream
 
     reader = stream.CountingReader(io.BytesIO(b"x" * (5 << 20)), seen.append, every=1 << 20)
     while reader.read(1 << 16):

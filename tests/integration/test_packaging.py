@@ -1,0 +1,90 @@
+"""A non-editable install (a built wheel) holds only the prefect_dbbackup namespace and
+the `dbbackup` script, and carries the shipped automations and prefect.yaml."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_wheel_installs_only_the_namespace_and_ships_automations(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q"]
+        + ["-w", str(wheels), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = wheels.glob("prefect_dbbackup-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"prefect_dbbackup"}
+    assert "prefect_dbbackup/deployments/automations/backup-failed.yaml" in names
+    assert "prefect_dbbackup/deployments/prefect.yaml" in names
+
+    # a venv that sees the machine's dependencies but not the editable checkout
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    python = env_dir / "bin" / "python"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps"]
+        + ["--force-reinstall", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    env = {**os.environ, "PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}"}
+    where = subprocess.run(
+        [str(python), "-c", "import prefect_dbbackup.flows.cli as m; print(m.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert where.stdout.strip().startswith(str(env_dir)), where.stdout
+    done = subprocess.run(
+        [str(env_dir / "bin" / "dbbackup"), "automations", "apply", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "automations" in done.stdout.lower()
+    listed = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "from prefect_dbbackup.flows.automations import AUTOMATIONS_DIR as d;"
+            "print(sorted(p.name for p in d.iterdir()))",
+        ],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert "backup-failed.yaml" in listed.stdout
+    assert (
+        str(env_dir)
+        in subprocess.run(
+            [
+                str(python),
+                "-c",
+                "from prefect_dbbackup.flows.automations import AUTOMATIONS_DIR as d;print(d)",
+            ],
+            cwd=tmp_path,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
