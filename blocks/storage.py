@@ -13,13 +13,72 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from prefect.blocks.core import Block
+from prefect_dbbackup.blocks import signing
 from prefect_dbbackup.tasks.errors import ConfigError, DiskFull, StorageError
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 
 class BackupStorage(Block, ABC):
-    """What every storage offers; keys are '/'-separated and already safe."""
+    """What every storage offers; keys are '/'-separated and already safe.
+
+    Manifests are signed (docs/security.md): writers need a signing key, readers
+    (restore, verify, list, prune) the public keys they trust.
+    """
+
+    manifest_signing_key: SecretStr | None = Field(
+        default=None,
+        description="Ed25519 key (PEM) that signs the manifests of new backups; backup "
+        "workers need it. `dbbackup signing-keygen -o FILE` creates one.",
+    )
+    manifest_signing_key_file: str | None = Field(
+        default=None,
+        description="Path to the signing key file, used when manifest_signing_key is empty.",
+    )
+    manifest_verify_keys: list[str] = Field(
+        default_factory=list,
+        description="Public keys (dbbackup-ed25519:...) whose manifest signatures are trusted; "
+        "several for key rotation. Empty: the signing key's own public key.",
+    )
+
+    def manifest_signer(self) -> Ed25519PrivateKey:
+        """The signing key; fails closed (ConfigError) when there is none or it is not trusted."""
+        if self.manifest_signing_key is not None:
+            text, source = self.manifest_signing_key.get_secret_value(), "manifest_signing_key"
+        elif self.manifest_signing_key_file:
+            path = Path(self.manifest_signing_key_file).expanduser()
+            source = f"manifest signing key file {path}"
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise ConfigError(f"cannot read {source}: {exc.strerror}") from None
+        else:
+            raise ConfigError(
+                f"storage {self.describe()} has no manifest signing key: refusing to write an "
+                "unsigned backup. Create one with `dbbackup signing-keygen -o FILE` and set "
+                "manifest_signing_key_file (or manifest_signing_key) on the storage block"
+            )
+        key = signing.load_signing_key(text, source)
+        trusted = [signing.public_key_text(k) for k in self._configured_verify_keys()]
+        public = signing.public_key_text(key.public_key())
+        if trusted and public not in trusted:
+            raise ConfigError(
+                f"the manifest signing key of storage {self.describe()} ({public}) is not in its "
+                "manifest_verify_keys: its backups would be refused at restore; add it there"
+            )
+        return key
+
+    def _configured_verify_keys(self) -> list[Ed25519PublicKey]:
+        return [signing.parse_public_key(text) for text in self.manifest_verify_keys]
+
+    def manifest_verifiers(self) -> list[Ed25519PublicKey]:
+        """Public keys whose signatures are trusted: the configured ones, else the signing
+        key's own; empty when neither is set (then no manifest counts as signed)."""
+        configured = self._configured_verify_keys()
+        if configured or (self.manifest_signing_key is None and not self.manifest_signing_key_file):
+            return configured
+        return [self.manifest_signer().public_key()]
 
     @abstractmethod
     def put_file(self, key: str, source: Path) -> None:

@@ -83,6 +83,7 @@ def backup_server(
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
     enc.recipient_keys()  # fail closed before touching anything
     sto.check()  # wrong S3 keys or a missing bucket fail here, not after every dump
+    sto.manifest_signer()  # no signing key: fail closed before any dump (docs/security.md)
     names = srv.select_databases(databases)
     log.info(
         "backing up %d database(s) of %s (%s) to %s, %d at a time",

@@ -6,6 +6,7 @@ failed), 3 configuration or usage error, 4 authentication/credentials error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -68,6 +69,14 @@ app = typer.Typer(
 StorageOpt = Annotated[str, typer.Option("--storage", help="Backup storage block name.")]
 EncryptionOpt = Annotated[str, typer.Option("--encryption", help="age-encryption block name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+AllowUnsignedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unsigned",
+        help="Also accept backups whose manifest is unsigned (taken before manifests were "
+        "signed). Never accepts a bad signature or a manifest that does not match its location.",
+    ),
+]
 
 
 def _fail(exc: BaseException) -> NoReturn:
@@ -123,6 +132,56 @@ def keygen(
     os.replace(tmp, output)
     typer.echo(f"wrote {output}; keep it secret, keep a copy offline.", err=True)
     typer.echo(recipient)
+
+
+@app.command("signing-keygen")
+def signing_keygen(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Signing key file to write (0600).")
+    ],
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Create an Ed25519 manifest signing key file and print its public (verify) key."""
+    from prefect_dbbackup.blocks import signing
+
+    pem = signing.generate_signing_key()
+    public = signing.public_key_text(signing.load_signing_key(pem, "new key").public_key())
+    try:
+        _write_private_file(output.expanduser(), pem, force)
+    except DbBackupError as exc:
+        _fail(exc)
+    typer.echo(
+        f"wrote {output}; set it as manifest_signing_key_file of the storage on backup workers, "
+        "and the public key below in manifest_verify_keys of every storage block that reads.",
+        err=True,
+    )
+    typer.echo(public)
+
+
+def _write_private_file(output: Path, text: str, force: bool) -> None:
+    """Write a 0600 file through a fresh random temp name (O_EXCL, no symlinks followed);
+    an existing file is replaced only with force, and never through a race."""
+    import tempfile
+
+    output.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)  # 0600, O_EXCL
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if force:
+            os.replace(tmp, output)
+        else:
+            try:
+                os.link(tmp, output)  # fails if anything (even a dangling link) is there
+            except FileExistsError:
+                raise ConfigError(
+                    f"{output} exists; refusing to overwrite a key (use --force)"
+                ) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 @app.command()
@@ -183,41 +242,55 @@ def list_cmd(
     storage: StorageOpt = "default",
     as_json: JsonOpt = False,
 ) -> None:
-    """List the complete backups of SERVER, oldest first."""
+    """List the backups of SERVER, oldest first, with their signature status."""
     from prefect_dbbackup.blocks.registry import load_storage
-    from prefect_dbbackup.tasks.catalog import list_backups
+    from prefect_dbbackup.tasks.catalog import scan_backups
 
     try:
-        backups = list_backups(load_storage(storage), server, database)
+        entries = scan_backups(load_storage(storage), server, database)
     except DbBackupError as exc:
         _fail(exc)
     if as_json:
-        _emit(
-            [
-                {
-                    "server": m.server,
-                    "database": m.database,
-                    "backup_id": m.backup_id,
-                    "kind": m.kind,
-                    "started_at": m.started_at.isoformat(),
-                    "finished_at": m.finished_at.isoformat(),
-                    "raw_bytes": m.stats.raw_bytes,
-                    "stored_bytes": m.stats.stored_bytes,
-                    "sha256": m.stats.sha256,
-                    "server_version": m.server_version,
-                }
-                for m in backups
-            ]
-        )
+        _emit([_listed(e) for e in entries])
         return
-    if not backups:
+    if not entries:
         typer.echo(f"no complete backups of {server}", err=True)
-    for m in backups:
+    for e in entries:
+        trust = e.trust if e.trust == "signed" else f"{e.trust.upper()}: {e.problem}"
+        m = e.manifest
+        if m is None or e.trust == "invalid":  # what it says is not to be believed
+            typer.echo(f"{e.database:30} {e.backup_id}  {trust}")
+            continue
         name = m.database if m.kind == "database" else f"{m.database} (users/roles)"
         typer.echo(
             f"{name:30} {m.backup_id}  {m.finished_at:%Y-%m-%d %H:%M:%S}Z  "
             f"{m.stats.raw_bytes / 1e6:10.1f} MB raw {m.stats.stored_bytes / 1e6:10.1f} MB stored"
+            f"  {trust}"
         )
+
+
+def _listed(e: Any) -> dict[str, Any]:
+    """One `list --json` row: where the manifest sits, its trust, and what it says."""
+    row = {
+        "server": e.server,
+        "database": e.database,
+        "backup_id": e.backup_id,
+        "trust": e.trust,
+        "problem": e.problem,
+        "signed_by": e.signed_by,
+    }
+    m = e.manifest
+    if m is not None and e.trust != "invalid":
+        row |= {
+            "kind": m.kind,
+            "started_at": m.started_at.isoformat(),
+            "finished_at": m.finished_at.isoformat(),
+            "raw_bytes": m.stats.raw_bytes,
+            "stored_bytes": m.stats.stored_bytes,
+            "sha256": m.stats.sha256,
+            "server_version": m.server_version,
+        }
+    return row
 
 
 @app.command()
@@ -259,11 +332,12 @@ def restore(
             "database, MySQL: after it, as table grants need the tables).",
         ),
     ] = False,
+    allow_unsigned: AllowUnsignedOpt = False,
     storage: StorageOpt = "default",
     encryption: EncryptionOpt = "default",
     as_json: JsonOpt = False,
 ) -> None:
-    """Restore a backup of DATABASE (the latest unless --backup-id) into SERVER."""
+    """Restore a backup of DATABASE (the latest signed one unless --backup-id) into SERVER."""
     from prefect_dbbackup.blocks.registry import load_server
     from prefect_dbbackup.flows.restore import restore_database
     from prefect_dbbackup.flows.users import restore_users
@@ -277,6 +351,7 @@ def restore(
             identity_file=str(identity_file.expanduser()) if identity_file else None,
             source_server=from_server,
             for_database=database,
+            allow_unsigned=allow_unsigned,
         )
 
     try:
@@ -293,6 +368,7 @@ def restore(
             identity_file=str(identity_file.expanduser()) if identity_file else None,
             jobs=jobs,
             source_server=from_server,
+            allow_unsigned=allow_unsigned,
         )
         if with_users and not users_first:
             accounts = users()
@@ -343,6 +419,7 @@ def restore_users_cmd(
         str | None,
         typer.Option("--from-server", help="Use the backups of this server (default: SERVER)."),
     ] = None,
+    allow_unsigned: AllowUnsignedOpt = False,
     storage: StorageOpt = "default",
     encryption: EncryptionOpt = "default",
     as_json: JsonOpt = False,
@@ -361,6 +438,7 @@ def restore_users_cmd(
             dry_run=dry_run,
             identity_file=str(identity_file.expanduser()) if identity_file else None,
             source_server=from_server,
+            allow_unsigned=allow_unsigned,
         )
     except DbBackupError as exc:
         _fail(exc)

@@ -14,13 +14,14 @@ from prefect_dbbackup.blocks.mysql import MySQLServer
 from prefect_dbbackup.blocks.postgres import PostgresServer
 from prefect_dbbackup.blocks.registry import SERVER_TYPES
 from prefect_dbbackup.blocks.s3 import S3BackupStorage
-from prefect_dbbackup.blocks.storage import LocalBackupStorage
+from prefect_dbbackup.blocks.signing import public_key_text
+from prefect_dbbackup.blocks.storage import BackupStorage, LocalBackupStorage
 from prefect_dbbackup.tasks.errors import ConfigError
 from pydantic import SecretStr, ValidationError
 
 SERVER_KINDS: dict[str, type[Block]] = {"postgres": PostgresServer, "mysql": MySQLServer}
 STORAGE_KINDS: dict[str, type[Block]] = {"local": LocalBackupStorage, "s3": S3BackupStorage}
-PATH_FIELDS = {"path", "identity_file", "sslrootcert", "bin_dir"}
+PATH_FIELDS = {"path", "identity_file", "sslrootcert", "bin_dir", "manifest_signing_key_file"}
 OPERATIONS_SECTIONS = ("schedules", "limits")  # read by flows/operations.py, not blocks
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -93,7 +94,10 @@ def load_config(path: Path) -> list[tuple[str, Block]]:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
     base = path.parent.resolve()
     blocks = _typed(_entries(config, "servers"), SERVER_KINDS, "servers", base)
-    blocks += _typed(_entries(config, "storage"), STORAGE_KINDS, "storage", base)
+    storages = _typed(_entries(config, "storage"), STORAGE_KINDS, "storage", base)
+    for name, block in storages:
+        _check_signing(block, f"storage.{name}")
+    blocks += storages
     for name, raw in _entries(config, "encryption").items():
         where = f"encryption.{name}"
         block = _build(AgeEncryption, expand_env(dict(raw), where), where, base)
@@ -105,6 +109,20 @@ def load_config(path: Path) -> list[tuple[str, Block]]:
             raise ConfigError(f"{where}: {exc}") from None
         blocks.append((str(name), block))
     return blocks
+
+
+def _check_signing(storage: BackupStorage, where: str) -> None:
+    """Validate the manifest keys of a storage entry; with a signing key and no verify
+    keys, trust the signing key's own public key (like recipients from an identity)."""
+    try:
+        if storage.manifest_verify_keys:
+            storage.manifest_verifiers()  # every key must parse
+        if storage.manifest_signing_key is not None or storage.manifest_signing_key_file:
+            signer = storage.manifest_signer()  # readable, and trusted by the verify keys
+            if not storage.manifest_verify_keys:
+                storage.manifest_verify_keys = [public_key_text(signer.public_key())]
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _check_server_names(blocks: list[tuple[str, Block]]) -> None:

@@ -26,6 +26,7 @@ def restore_database(
     identity_file: str | None = None,
     jobs: int = 1,
     source_server: str | None = None,
+    allow_unsigned: bool = False,
 ) -> RestoreResult:
     """Restore a backup of `database` (default: the latest) into `target_database`.
 
@@ -34,11 +35,14 @@ def restore_database(
     An existing target is replaced only with replace=True. jobs > 1 (PostgreSQL)
     decrypts into the private work dir first so pg_restore can run in parallel.
     source_server picks the backups of another server (e.g. one that is gone)
-    to restore into `server`.
+    to restore into `server`. Only backups whose manifest is signed by a key the storage
+    trusts are restored; allow_unsigned also accepts unsigned ones (from before signing).
     """
     log = get_run_logger()
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
-    manifest = find_backup(sto, source_server or server, database, backup_id)
+    manifest = find_backup(
+        sto, source_server or server, database, backup_id, allow_unsigned=allow_unsigned
+    )
     target = target_database or database
     log.info(
         "restoring backup %s of %r (%.1f MB stored) into %r on %s",

@@ -21,6 +21,7 @@ def restore_users(
     identity_file: str | None = None,
     source_server: str | None = None,
     for_database: str | None = None,
+    allow_unsigned: bool = False,
 ) -> UsersResult:
     """Restore users/roles and their grants into `server`, idempotently.
 
@@ -29,15 +30,20 @@ def restore_users(
     taken with it (or the newest before it) are restored. users limits the restore
     to these accounts (MySQL: `name` for every host, or `name@host`). dry_run only
     lists the statements, passwords and hashes masked. source_server reads the
-    backups of another (e.g. lost) server.
+    backups of another (e.g. lost) server. allow_unsigned also accepts backups whose
+    manifests are unsigned (from before signing).
     """
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
     series = source_server or server
     if for_database is None:
-        manifest = find_globals(sto, series, backup_id)
+        manifest = find_globals(sto, series, backup_id, allow_unsigned=allow_unsigned)
     else:
-        database_backup = find_backup(sto, series, for_database, backup_id)
-        manifest = find_globals(sto, series, database_backup.backup_id, at_or_before=True)
+        database_backup = find_backup(
+            sto, series, for_database, backup_id, allow_unsigned=allow_unsigned
+        )
+        manifest = find_globals(
+            sto, series, database_backup.backup_id, at_or_before=True, allow_unsigned=allow_unsigned
+        )
     with private_workdir() as workdir:
         result = restore_users_task(
             srv,

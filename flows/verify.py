@@ -9,6 +9,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
 from prefect_dbbackup.flows.report import BackupFailed, artifact_key, first_line
+from prefect_dbbackup.tasks.catalog import refused_latest
 from prefect_dbbackup.tasks.errors import DbBackupError
 from prefect_dbbackup.tasks.events import emit_verify_event
 from prefect_dbbackup.tasks.verify import drop_stale_scratch, latest_backups, verify_task
@@ -107,12 +108,21 @@ def verify_backups(
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
     enc.identities(identity_file)  # no identity: a configuration error before anything runs
     manifests = latest_backups(sto, server, databases)
+    refused = [
+        VerifyOutcome(
+            database=e.database,
+            status="refused",
+            backup_id=e.backup_id,
+            error=str(e.refusal()),
+        )
+        for e in refused_latest(sto, server, databases)
+    ]
     hours = stale_after_hours if stale_after_hours is not None else srv.dump_timeout / 3600 + 1
     try:
         drop_stale_scratch(srv, timedelta(hours=hours))
     except DbBackupError as exc:  # each verification below reports the server's trouble itself
         log.warning("could not look for stale scratch databases: %s", exc)
-    outcomes = []
+    outcomes = list(refused)  # newer than what is verified: a planted or tampered backup
     with private_workdir() as workdir:
         for m in manifests:
             state = verify_task(

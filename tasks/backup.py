@@ -13,16 +13,16 @@ from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.tasks.catalog import publish_manifest
 from prefect_dbbackup.tasks.errors import DbBackupError, DiskFull, is_disk_full
-from prefect_dbbackup.tasks.layout import MANIFEST_NAME, backup_key, encode_name
+from prefect_dbbackup.tasks.layout import backup_key, encode_name
 from prefect_dbbackup.tasks.limits import host_slot
 from prefect_dbbackup.tasks.logs import run_logger
-from prefect_dbbackup.tasks.manifest import Manifest
+from prefect_dbbackup.tasks.manifest import OBJECT_NAMES, Manifest
 from prefect_dbbackup.tasks.process import ToolProcess
 from prefect_dbbackup.tasks.stream import encrypt_stream
 from pydantic import BaseModel
 
-OBJECT_NAMES = {"postgres": "dump.pgc.zst.age", "mysql": "dump.sql.zst.age"}
 DUMP_FORMATS = {"postgres": "pg_custom", "mysql": "sql"}
 
 
@@ -102,7 +102,7 @@ def dump_database(
             backup_id=backup_id,
             started_at=started,
             finished_at=datetime.now(UTC),
-            object_name=OBJECT_NAMES[server.server_type],
+            object_name=OBJECT_NAMES[("database", server.server_type)],
             dump_format=DUMP_FORMATS[server.server_type],  # type: ignore[arg-type]
             stats=stats,
             recipients=encryption.fingerprints(),
@@ -134,13 +134,12 @@ def dump_database(
 
 
 def store_backup(storage: BackupStorage, dump: DumpResult) -> str:
-    """Upload the spooled object, then the manifest (last), then drop the spool."""
+    """Upload the spooled object, then the signed manifest (last), then drop the spool."""
     log = run_logger()
     m = dump.manifest
-    key = backup_key(m.server, m.database, m.backup_id, m.object_name, m.kind)
+    key = backup_key(m.server, m.database, m.backup_id, m.stored_object_name, m.kind)
     storage.put_file(key, Path(dump.spool))
-    manifest_key = backup_key(m.server, m.database, m.backup_id, MANIFEST_NAME, m.kind)
-    storage.put_bytes(manifest_key, m.to_bytes())
+    publish_manifest(storage, m)
     Path(dump.spool).unlink(missing_ok=True)
     log.info("stored backup %s of %r as %s in %s", m.backup_id, m.database, key, storage.describe())
     return key

@@ -1,55 +1,261 @@
-"""Finding complete backups: a backup exists only when its manifest does."""
+"""Finding trusted backups: a backup exists only when its manifest does, and it is trusted
+only when that manifest is signed by a trusted key and matches where it sits.
+
+Every manifest read goes through `read_manifest`: the signature (manifest.json.sig)
+is checked over the manifest's exact bytes, and the manifest's own server, database,
+backup id, kind and object name must match its key. A manifest that fails is never
+used by restore or verify, never counts for retention, and is reported (log, `list`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from prefect_dbbackup.blocks import signing
 from prefect_dbbackup.blocks.storage import BackupStorage
-from prefect_dbbackup.tasks.errors import BackupNotFound, DbBackupError
+from prefect_dbbackup.tasks.errors import BackupNotFound, IntegrityError
 from prefect_dbbackup.tasks.layout import (
+    GLOBALS_SEGMENT,
     MANIFEST_NAME,
+    SIGNATURE_NAME,
     backup_key,
     parse_manifest_key,
     series_prefix,
 )
+from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import Manifest
 
+Trust = Literal["signed", "unsigned", "invalid", "unreadable"]
+ALLOW_UNSIGNED_HINT = (
+    "If it is a backup from before manifests were signed and you trust the storage, "
+    "pass --allow-unsigned"
+)
 
-def list_backups(
+
+@dataclass
+class StoredManifest:
+    """One manifest in storage: where it sits, what it says, and whether to trust it."""
+
+    key: str
+    server: str
+    database: str
+    backup_id: str
+    trust: Trust
+    manifest: Manifest | None = None
+    problem: str | None = None
+    signed_by: str | None = None
+
+    def usable(self, allow_unsigned: bool = False) -> bool:
+        """Whether restore/verify may use it: signed, or unsigned when explicitly allowed."""
+        return self.trust == "signed" or (allow_unsigned and self.trust == "unsigned")
+
+    def refusal(self) -> IntegrityError:
+        """The error restore raises for a manifest it will not use."""
+        hint = f" {ALLOW_UNSIGNED_HINT}." if self.trust == "unsigned" else ""
+        return IntegrityError(
+            f"refusing backup {self.backup_id} of {self.database!r} on {self.server!r}: "
+            f"its manifest {self.key} is {self.trust}: {self.problem}.{hint}"
+        )
+
+
+def signature_key(manifest_key: str) -> str:
+    """Key of the detached signature of a manifest."""
+    return manifest_key[: -len(MANIFEST_NAME)] + SIGNATURE_NAME
+
+
+def _location_problem(manifest: Manifest, server: str, database: str, backup_id: str) -> str | None:
+    """Why a manifest does not belong where it sits (None when it does)."""
+    kind = "globals" if database == GLOBALS_SEGMENT else "database"
+    said = (manifest.server, manifest.database, manifest.backup_id, manifest.kind)
+    where = (server, database, backup_id, kind)
+    if said != where:
+        return (
+            f"it says server {said[0]!r}, database {said[1]!r}, backup id {said[2]!r}, kind "
+            f"{said[3]}, but it sits at server {where[0]!r}, database {where[1]!r}, backup id "
+            f"{where[2]!r}, kind {where[3]} (copied or moved from elsewhere)"
+        )
+    if manifest.object_name != manifest.stored_object_name:
+        return (
+            f"it names object {manifest.object_name!r}; a {manifest.kind} backup of a "
+            f"{manifest.server_type} server is always {manifest.stored_object_name!r}"
+        )
+    return None
+
+
+def read_manifest(
+    storage: BackupStorage,
+    key: str,
+    keys: list[Ed25519PublicKey],
+    has_signature: bool | None = None,
+) -> StoredManifest:
+    """Read one manifest and decide whether to trust it; never raises for its content.
+
+    `keys` are the trusted public keys (storage.manifest_verifiers()); `has_signature`
+    says whether a listing showed the signature file (None: ask the storage).
+    Storage errors (network, permissions) are raised: they say nothing about the backup.
+    """
+    parsed = parse_manifest_key(key)
+    if parsed is None:
+        raise ValueError(f"not a manifest key: {key}")
+    server, database, backup_id = parsed
+    entry = StoredManifest(key, server, database, backup_id, "unreadable")
+    data = storage.get_bytes(key)
+    try:
+        entry.manifest = Manifest.from_bytes(data)
+    except ValueError as exc:
+        entry.problem = f"not a valid manifest ({_first_line(exc)})"
+        return entry
+    entry.problem = _location_problem(entry.manifest, server, database, backup_id)
+    if entry.problem is not None:
+        entry.trust = "invalid"
+        return entry
+    sig_key = signature_key(key)
+    if has_signature is None:
+        has_signature = storage.exists(sig_key)
+    if not has_signature:
+        entry.trust, entry.problem = "unsigned", f"there is no signature ({SIGNATURE_NAME})"
+        return entry
+    if not keys:
+        entry.trust = "unsigned"
+        entry.problem = (
+            f"storage {storage.describe()} has no manifest_verify_keys to check its signature with"
+        )
+        return entry
+    try:
+        signer = signing.check(storage.get_bytes(sig_key), data, keys)
+    except signing.BadSignature as exc:
+        entry.trust, entry.problem = "invalid", str(exc)
+        return entry
+    entry.trust, entry.signed_by = "signed", signing.key_id(signer)
+    return entry
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines[:3])[:300]
+
+
+def publish_manifest(storage: BackupStorage, manifest: Manifest) -> str:
+    """Sign and store a manifest: signature first, then the manifest (its presence is what
+    makes the backup exist). Returns the manifest key."""
+    m = manifest
+    key = backup_key(m.server, m.database, m.backup_id, MANIFEST_NAME, m.kind)
+    data = m.to_bytes()
+    storage.put_bytes(signature_key(key), signing.sign(storage.manifest_signer(), data))
+    storage.put_bytes(key, data)
+    return key
+
+
+def scan_backups(
     storage: BackupStorage, server: str, database: str | None = None, kind: str = "database"
-) -> list[Manifest]:
-    """Manifests of the complete backups of a server (or one database, or with kind
-    'globals' its users/roles series), oldest first."""
-    manifests = []
-    for key in storage.list_keys(series_prefix(server, database, kind)):
+) -> list[StoredManifest]:
+    """Every manifest of a server (or one database, or with kind 'globals' its users/roles
+    series), trusted or not, oldest first."""
+    keys = storage.manifest_verifiers()
+    listed = storage.list_keys(series_prefix(server, database, kind))
+    signatures = {k for k in listed if k.endswith("/" + SIGNATURE_NAME)}
+    entries = []
+    for key in listed:
         parsed = parse_manifest_key(key)
         if parsed is None or parsed[0] != server:
             continue
         if database is not None and parsed[1] != database:
             continue
-        try:
-            manifests.append(Manifest.from_bytes(storage.get_bytes(key)))
-        except ValueError as exc:
-            raise DbBackupError(
-                f"manifest {key} in {storage.describe()} is unreadable: {exc}"
-            ) from None
+        entries.append(read_manifest(storage, key, keys, signature_key(key) in signatures))
     # started_at (microseconds) orders two backups taken within the same second
-    return sorted(manifests, key=lambda m: (m.database, m.started_at, m.backup_id))
+    return sorted(
+        entries,
+        key=lambda e: (
+            e.database,
+            e.manifest.started_at.timestamp() if e.manifest else 0.0,
+            e.backup_id,
+        ),
+    )
+
+
+def warn_refused(entries: list[StoredManifest], allow_unsigned: bool = False) -> None:
+    """Log one warning per manifest that restore, verify and retention will not use."""
+    log = run_logger()
+    for e in entries:
+        if not e.usable(allow_unsigned):
+            log.warning("skipping %s manifest %s: %s", e.trust, e.key, e.problem)
+
+
+def list_backups(
+    storage: BackupStorage,
+    server: str,
+    database: str | None = None,
+    kind: str = "database",
+    *,
+    allow_unsigned: bool = False,
+) -> list[Manifest]:
+    """Manifests of the trusted backups of a server (or one database, or with kind
+    'globals' its users/roles series), oldest first. Others are logged and skipped."""
+    entries = scan_backups(storage, server, database, kind)
+    warn_refused(entries, allow_unsigned)
+    return [e.manifest for e in entries if e.manifest and e.usable(allow_unsigned)]
+
+
+def refused_latest(
+    storage: BackupStorage, server: str, databases: list[str] | None = None
+) -> list[StoredManifest]:
+    """Manifests that would be the latest backup of their database but are not trusted
+    (planted, tampered, unreadable, or unsigned and newer than every signed one)."""
+    entries: list[StoredManifest] = []
+    for database in dict.fromkeys(databases) if databases else [None]:
+        entries += scan_backups(storage, server, database)
+    refused: dict[str, list[StoredManifest]] = {}
+    for e in sorted(entries, key=lambda e: e.backup_id):  # ids sort by time; a trusted one
+        # clears the refusals older than it
+        if e.usable():
+            refused[e.database] = []
+        elif e.database != GLOBALS_SEGMENT:
+            refused.setdefault(e.database, []).append(e)
+    return [e for found in refused.values() for e in found]
 
 
 def find_backup(
-    storage: BackupStorage, server: str, database: str, backup_id: str = "latest"
+    storage: BackupStorage,
+    server: str,
+    database: str,
+    backup_id: str = "latest",
+    *,
+    kind: str = "database",
+    allow_unsigned: bool = False,
 ) -> Manifest:
-    """The manifest of one backup; 'latest' is the newest complete one."""
+    """The manifest of one backup; 'latest' is the newest trusted one.
+
+    A backup asked for by id that is not trusted is refused with an IntegrityError.
+    """
     if backup_id != "latest":
-        key = backup_key(server, database, backup_id, MANIFEST_NAME)
+        key = backup_key(server, database, backup_id, MANIFEST_NAME, kind)
         if not storage.exists(key):
             raise BackupNotFound(
                 f"no complete backup {backup_id} of {database!r} on {server!r} in "
                 f"{storage.describe()}: `dbbackup list {server} --database ...` shows what exists"
             )
-        return Manifest.from_bytes(storage.get_bytes(key))
-    backups = list_backups(storage, server, database)
+        entry = read_manifest(storage, key, storage.manifest_verifiers())
+        if not entry.usable(allow_unsigned) or entry.manifest is None:
+            raise entry.refusal()
+        return entry.manifest
+    backups = list_backups(storage, server, database, kind, allow_unsigned=allow_unsigned)
     if not backups:
         raise BackupNotFound(
-            f"no complete backup of {database!r} on {server!r} in {storage.describe()}"
+            f"no complete, signed backup of {database!r} on {server!r} in {storage.describe()}"
+            " (`dbbackup list` shows unsigned or invalid ones)"
         )
     return backups[-1]
+
+
+def manifest_trust(
+    storage: BackupStorage, backup_keys: list[str], verifiers: list[Ed25519PublicKey]
+) -> Trust | None:
+    """Prune's completeness hook: the trust of the manifest among one backup's stored keys
+    (None: it has no manifest). Only 'signed' counts for retention."""
+    manifest = next((k for k in backup_keys if k.endswith("/" + MANIFEST_NAME)), None)
+    if manifest is None:
+        return None
+    has_signature = signature_key(manifest) in backup_keys
+    return read_manifest(storage, manifest, verifiers, has_signature).trust

@@ -25,7 +25,7 @@ from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.backup import DumpResult, _retry_if_transient, tool_version
-from prefect_dbbackup.tasks.catalog import list_backups
+from prefect_dbbackup.tasks.catalog import find_backup, list_backups
 from prefect_dbbackup.tasks.errors import (
     BackupNotFound,
     ConfigError,
@@ -44,12 +44,10 @@ from prefect_dbbackup.tasks.globals_sql import (
 )
 from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, MANIFEST_NAME, backup_key
 from prefect_dbbackup.tasks.logs import run_logger
-from prefect_dbbackup.tasks.manifest import Manifest
+from prefect_dbbackup.tasks.manifest import OBJECT_NAMES, Manifest
 from prefect_dbbackup.tasks.restore import _decrypt_errors, check_object
 from prefect_dbbackup.tasks.stream import decrypt_stream, encrypt_stream
 from pydantic import BaseModel
-
-OBJECT_NAME = "globals.sql.zst.age"
 
 
 def globals_note(manifest: Manifest) -> str | None:
@@ -118,7 +116,7 @@ def dump_globals(
         kind="globals",
         started_at=started,
         finished_at=datetime.now(UTC),
-        object_name=OBJECT_NAME,
+        object_name=OBJECT_NAMES[("globals", engine)],
         dump_format="sql",
         stats=stats,
         recipients=encryption.fingerprints(),
@@ -128,24 +126,36 @@ def dump_globals(
 
 
 def find_globals(
-    storage: BackupStorage, server: str, backup_id: str = "latest", at_or_before: bool = False
+    storage: BackupStorage,
+    server: str,
+    backup_id: str = "latest",
+    at_or_before: bool = False,
+    *,
+    allow_unsigned: bool = False,
 ) -> Manifest:
     """A users/roles backup: by id, the newest, or (at_or_before) the newest not after backup_id.
 
     backup ids sort by time, so the globals taken with (or before) a database
-    backup are the ones that match it.
+    backup are the ones that match it. Only trusted manifests (tasks/catalog.py) count.
     """
     if backup_id != "latest" and not at_or_before:
         key = backup_key(server, GLOBALS_SEGMENT, backup_id, MANIFEST_NAME, "globals")
         if storage.exists(key):
-            return Manifest.from_bytes(storage.get_bytes(key))
+            return find_backup(
+                storage,
+                server,
+                GLOBALS_SEGMENT,
+                backup_id,
+                kind="globals",
+                allow_unsigned=allow_unsigned,
+            )
         raise BackupNotFound(
             f"no users/roles backup {backup_id} of {server!r} in {storage.describe()}: "
             f"`dbbackup list {server}` shows the _globals backups"
         )
     found = [
         m
-        for m in list_backups(storage, server, kind="globals")
+        for m in list_backups(storage, server, kind="globals", allow_unsigned=allow_unsigned)
         if backup_id == "latest" or m.backup_id <= backup_id
     ]
     if not found:
@@ -178,7 +188,11 @@ def read_globals(
     what = f"users/roles backup {manifest.backup_id} of {manifest.server}"
     identities = encryption.identities(identity_file)
     key = backup_key(
-        manifest.server, manifest.database, manifest.backup_id, manifest.object_name, "globals"
+        manifest.server,
+        manifest.database,
+        manifest.backup_id,
+        manifest.stored_object_name,
+        "globals",
     )
     plain = io.BytesIO()
     with storage.open_read(key, workdir) as f:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from urllib.parse import quote, unquote
 
 MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.json.sig"  # Ed25519 signature of the manifest, written before it
 GLOBALS_SEGMENT = "_globals"
 BACKUP_ID_FORMAT = "%Y%m%dT%H%M%SZ"
 

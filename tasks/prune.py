@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.tasks.catalog import manifest_trust
 from prefect_dbbackup.tasks.errors import ObjectLocked
 from prefect_dbbackup.tasks.layout import (
     BACKUP_ID_FORMAT,
@@ -82,10 +83,10 @@ def plan_prune(
 ) -> list[PruneItem]:
     """The policy's decision on every stored backup of a server, series by series."""
     items = []
+    verifiers = storage.manifest_verifiers()
     for database, backups in sorted(stored_backups(storage, server, databases).items()):
-        complete = {
-            bid: any(k.endswith("/" + MANIFEST_NAME) for k in keys) for bid, keys in backups.items()
-        }
+        trust = {bid: manifest_trust(storage, keys, verifiers) for bid, keys in backups.items()}
+        complete = {bid: t == "signed" for bid, t in trust.items()}
         refs = [BackupRef(bid, backup_time(bid), done) for bid, done in complete.items()]
         for d in plan(refs, policy, now):
             items.append(
@@ -99,7 +100,17 @@ def plan_prune(
                     objects=sorted(backups[d.backup_id]),
                 )
             )
+            _keep_untrusted(items[-1], trust[d.backup_id])
     return items
+
+
+def _keep_untrusted(item: PruneItem, trust: str | None) -> None:
+    """A backup whose manifest is unsigned, invalid or unreadable never counts for retention,
+    and is never deleted either: it may be a backup from before signing (docs/security.md)."""
+    if trust in (None, "signed"):
+        return
+    item.keep = True
+    item.reasons = [f"{trust} manifest: not counted, kept for review (docs/security.md)"]
 
 
 def _remove(storage: BackupStorage, item: PruneItem) -> None:

@@ -93,7 +93,10 @@ def restore_backup(
     if jobs > 1 and server.server_type != "postgres":
         raise ConfigError("--jobs applies to PostgreSQL restores only")
     started = datetime.now(UTC)
-    key = backup_key(manifest.server, manifest.database, manifest.backup_id, manifest.object_name)
+    # the object is named by the backup's location and kind, never by free text in the manifest
+    key = backup_key(
+        manifest.server, manifest.database, manifest.backup_id, manifest.stored_object_name
+    )
     with storage.open_read(key, workdir) as f:
         check_object(f, manifest, what)
 

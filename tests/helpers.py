@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from dataclasses import dataclass, replace
+from datetime import UTC
 from pathlib import Path
 
 import psycopg
@@ -116,6 +118,58 @@ class MyAdmin:
         return result
 
 
+def signing_fields(pem: str | None = None) -> dict[str, object]:
+    """Storage block fields with a manifest signing key (default: one per test session)."""
+    from prefect_dbbackup.blocks import signing
+    from pydantic import SecretStr
+
+    pem = pem or session_signing_key()
+    public = signing.load_signing_key(pem, "test key").public_key()
+    return {
+        "manifest_signing_key": SecretStr(pem),
+        "manifest_verify_keys": [signing.public_key_text(public)],
+    }
+
+
+@functools.cache
+def session_signing_key() -> str:
+    """One manifest signing key (PEM) for tests that build storage blocks by hand."""
+    from prefect_dbbackup.blocks import signing
+
+    return signing.generate_signing_key()
+
+
+def plant_manifest(storage, server: str, database: str, backup_id: str):  # noqa: ANN001, ANN201
+    """Store a minimal signed manifest, as a writer would (prune reads manifests, not data)."""
+    from datetime import datetime
+
+    from prefect_dbbackup.tasks.catalog import publish_manifest
+    from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT
+    from prefect_dbbackup.tasks.manifest import OBJECT_NAMES, Manifest, StreamStats
+
+    kind = "globals" if database == GLOBALS_SEGMENT else "database"
+    when = datetime.strptime(backup_id.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    manifest = Manifest(
+        tool_version="test",
+        server=server,
+        server_type="postgres",
+        server_version="15",
+        client="pg_dump",
+        client_version="15",
+        database=database,
+        backup_id=backup_id,
+        kind=kind,
+        started_at=when,
+        finished_at=when,
+        object_name=OBJECT_NAMES[(kind, "postgres")],
+        dump_format="pg_custom" if kind == "database" else "sql",
+        stats=StreamStats(raw_bytes=1, compressed_bytes=1, stored_bytes=1, sha256="0" * 64),
+        recipients=[],
+    )
+    publish_manifest(storage, manifest)
+    return manifest
+
+
 @dataclass
 class BlockEnv:
     """Uniquely named blocks saved in the test Prefect API, and a CLI runner using them."""
@@ -129,6 +183,21 @@ class BlockEnv:
     recipient: str
     bucket: str | None = None
     s3_prefix: str = ""
+    signing_key: str = ""  # PEM of the storage blocks' manifest signing key
+
+    def signing_fields(self) -> dict[str, object]:
+        """The storage block fields that make its backups signed (and checked)."""
+        return signing_fields(self.signing_key)
+
+    def resign(self, manifest_path: Path) -> None:
+        """Sign an edited manifest file of local storage again, as a writer would."""
+        from prefect_dbbackup.blocks import signing
+        from prefect_dbbackup.tasks.layout import SIGNATURE_NAME
+
+        key = signing.load_signing_key(self.signing_key, "test key")
+        manifest_path.with_name(SIGNATURE_NAME).write_bytes(
+            signing.sign(key, manifest_path.read_bytes())
+        )
 
     @classmethod
     def create(cls, tmp_path: Path, identity_file: Path, recipient: str) -> BlockEnv:
@@ -137,6 +206,7 @@ class BlockEnv:
             LocalBackupStorage,
             MySQLServer,
             PostgresServer,
+            signing,
         )
 
         tag = uuid.uuid4().hex[:8]
@@ -148,10 +218,11 @@ class BlockEnv:
             storage_path=tmp_path / "backups",
             identity_file=identity_file,
             recipient=recipient,
+            signing_key=signing.generate_signing_key(),
         )
         PostgresServer(host=PG["host"], port=PG["port"], user=PG["user"]).save(env.pg)
         MySQLServer(host=MY["host"], port=MY["port"], user=MY["user"]).save(env.my)
-        LocalBackupStorage(path=str(env.storage_path)).save(env.storage)
+        LocalBackupStorage(path=str(env.storage_path), **env.signing_fields()).save(env.storage)
         AgeEncryption(recipients=[recipient], identity_file=str(identity_file)).save(env.encryption)
         return env
 
@@ -178,7 +249,7 @@ class BlockEnv:
             endpoint_url=server.endpoint,
             path_style=True,
             credentials=credentials,
-            **fields,
+            **{**self.signing_fields(), **fields},
         ).save(f"s3-{tag}")
         return replace(self, storage=f"s3-{tag}", bucket=bucket, s3_prefix=f"backups-{tag}/")
 

@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 from prefect_dbbackup.blocks import PostgresServer
 from prefect_dbbackup.blocks.registry import load_storage
-from prefect_dbbackup.tasks.layout import MANIFEST_NAME, backup_key, new_backup_id
+from prefect_dbbackup.tasks.layout import backup_key, new_backup_id
 from prefect_dbbackup.tasks.prune import backup_time
 from prefect_dbbackup.tasks.retention import BackupRef, RetentionPolicy, plan
+
+from tests.helpers import plant_manifest
 
 
 def _server_with(policy: dict) -> str:
@@ -24,7 +26,7 @@ def _plant(storage, server: str, database: str, when: datetime, complete: bool =
     backup_id = new_backup_id(when)
     storage.put_bytes(backup_key(server, database, backup_id, "dump.pgc.zst.age"), b"x")
     if complete:
-        storage.put_bytes(backup_key(server, database, backup_id, MANIFEST_NAME), b"{}")
+        plant_manifest(storage, server, database, backup_id)
     return backup_id
 
 

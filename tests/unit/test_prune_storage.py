@@ -9,9 +9,11 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prefect_dbbackup.blocks.storage import LocalBackupStorage
-from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, MANIFEST_NAME, backup_key, new_backup_id
+from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, backup_key, new_backup_id
 from prefect_dbbackup.tasks.prune import backup_time, prune
 from prefect_dbbackup.tasks.retention import RetentionPolicy
+
+from tests.helpers import plant_manifest, signing_fields
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 SERIES = [("srv", "shop"), ("srv", "other"), ("srv", GLOBALS_SEGMENT), ("srv2", "shop")]
@@ -45,14 +47,14 @@ def _store(storage: LocalBackupStorage, planted: list) -> None:
         backup_id = new_backup_id(NOW - timedelta(hours=hours))
         storage.put_bytes(_key(server, database, backup_id, "dump.age"), b"x")
         if complete:
-            storage.put_bytes(_key(server, database, backup_id, MANIFEST_NAME), b"{}")
+            plant_manifest(storage, server, database, backup_id)
 
 
 @settings(max_examples=40, deadline=None)
 @given(backups, policies, st.sampled_from(["shop", GLOBALS_SEGMENT, None]))
 def test_prune_touches_only_its_series_keeps_newest_and_is_idempotent(planted, policy, database):
     with tempfile.TemporaryDirectory() as root:
-        storage = LocalBackupStorage(path=root)
+        storage = LocalBackupStorage(path=root, **signing_fields())
         _store(storage, planted)
         before = set(storage.list_keys())
         in_scope = f"srv/{database}/" if database else "srv/"
@@ -74,7 +76,7 @@ def test_prune_touches_only_its_series_keeps_newest_and_is_idempotent(planted, p
 
 
 def test_dry_run_deletes_nothing(tmp_path: Path):
-    storage = LocalBackupStorage(path=str(tmp_path))
+    storage = LocalBackupStorage(path=str(tmp_path), **signing_fields())
     _store(storage, [(("srv", "shop"), h * 24, True) for h in range(10)])
     before = storage.list_keys()
     items = prune(storage, "srv", RetentionPolicy(keep_last=2), dry_run=True, now=NOW)
