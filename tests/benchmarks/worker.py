@@ -20,6 +20,20 @@ from tests.helpers import MY, PG
 SERVER_NAME = "bench"
 
 
+def _signing() -> dict:
+    """A fixed manifest signing key: benchmark processes must agree on it (never a real key)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tests.helpers import signing_fields
+
+    key = Ed25519PrivateKey.from_private_bytes(bytes(32))
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return signing_fields(pem)
+
+
 def _rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -43,7 +57,7 @@ def backup(args: argparse.Namespace) -> dict[str, Any]:
     from prefect_dbbackup.tasks.workdir import private_workdir
 
     server = _server(args.engine)
-    storage = LocalBackupStorage(path=args.storage)
+    storage = LocalBackupStorage(path=args.storage, **_signing())
     encryption = AgeEncryption(recipients=[args.recipient])
     tuning = {k: v for k, v in (("level", args.level), ("threads", args.threads)) if v is not None}
     rss_before = _rss_mb()
@@ -70,7 +84,7 @@ def restore(args: argparse.Namespace) -> dict[str, Any]:
     from prefect_dbbackup.tasks.workdir import private_workdir
 
     server = _server(args.engine)
-    storage = LocalBackupStorage(path=args.storage)
+    storage = LocalBackupStorage(path=args.storage, **_signing())
     encryption = AgeEncryption(identity_file=args.identity)
     manifest = find_backup(storage, SERVER_NAME, args.database)
     rss_before = _rss_mb()
@@ -89,7 +103,7 @@ def blocks(args: argparse.Namespace) -> dict[str, Any]:
     from prefect_dbbackup.blocks import AgeEncryption, LocalBackupStorage
 
     _server("pg").save(f"{SERVER_NAME}-pg", overwrite=True)
-    LocalBackupStorage(path=args.storage).save(f"{SERVER_NAME}-store", overwrite=True)
+    LocalBackupStorage(path=args.storage, **_signing()).save(f"{SERVER_NAME}-store", overwrite=True)
     AgeEncryption(recipients=[args.recipient]).save(f"{SERVER_NAME}-keys", overwrite=True)
     return {"seconds": 0.0}
 

@@ -477,6 +477,7 @@ def test_tampered_object_with_matching_manifest_fails_and_drops_partial_target(
     manifest = json.loads(manifest_path.read_text())
     manifest["stats"]["sha256"] = hashlib.sha256(data).hexdigest()
     manifest_path.write_text(json.dumps(manifest))
+    env.resign(manifest_path)  # a consistent forgery by the key holder: age still catches it
 
     target = db + "_restored"
     cleanup.append(target)

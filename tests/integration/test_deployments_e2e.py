@@ -32,6 +32,8 @@ import pytest
 from prefect_dbbackup.flows.cli import app
 from typer.testing import CliRunner
 
+from tests.helpers import session_signing_key, signing_fields
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = "local-pg"  # the server the shipped deployments/prefect.yaml deploys
 PREFIX = f"dbb_e2e_{uuid.uuid4().hex[:6]}_"  # server blocks here see only this module's databases
@@ -180,11 +182,13 @@ def real(tmp_path_factory: pytest.TempPathFactory, identity_file: Path, recipien
 
         _wait_for("prefect server to answer", healthy, 60)
         storage_path = tmp / "backups"
+        (tmp / "signing.key").write_text(session_signing_key())
         config = tmp / "dbbackup.yaml"
         config.write_text(
             f"servers:\n  {SERVER}: {{type: postgres, user: postgres, include: ['{PREFIX}*']}}\n"
             f"  served-pg: {{type: postgres, user: postgres, include: ['{PREFIX}*']}}\n"
-            f"storage:\n  default: {{type: local, path: {storage_path}}}\n"
+            f"storage:\n  default: {{type: local, path: {storage_path}, "
+            f"manifest_signing_key_file: {tmp / 'signing.key'}}}\n"
             f"encryption:\n  default: {{identity_file: {identity_file}}}\n"
             "limits:\n  dumps_per_host: 1\n"
         )
@@ -447,7 +451,7 @@ def test_the_fleet_runs_each_server_deployment_and_names_the_ones_that_failed(
     assert runs[SERVER].flow_run.startswith(f"backup-{SERVER}-")
     assert runs["no-such-server"].state == "NotStarted"
     assert "1 of 2 server backups did not complete: no-such-server" in str(failed.value)
-    storage = LocalBackupStorage(path=str(real.storage_path))
+    storage = LocalBackupStorage(path=str(real.storage_path), **signing_fields())
     assert len(list_backups(storage, SERVER, backup.database)) == 2  # the fixture's and this one
     with real.api():  # what the fleet runs by default: every backup-server deployment, paged
         assert asyncio.run(backup_deployment_servers(page=1)) == ["local-my", "local-pg"]
@@ -506,7 +510,7 @@ def test_serve_runs_the_schedules_of_the_config_without_a_work_pool(
         assert run.state.is_completed(), f"{run.state.name}: {run.state.message}"
         assert run.work_pool_name is None
         assert (run.empirical_policy.retries, run.empirical_policy.retry_delay) == (1, 5)
-        storage = LocalBackupStorage(path=str(real.storage_path))
+        storage = LocalBackupStorage(path=str(real.storage_path), **signing_fields())
         [manifest] = list_backups(storage, "served-pg", backup.database)
         assert manifest.stats.raw_bytes > 0
     finally:

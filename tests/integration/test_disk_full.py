@@ -37,7 +37,7 @@ def test_full_storage_fails_clearly_without_retry_and_leaves_no_backup(
     db = pg_db()
     _big_table(pg_admin, db)
     storage = f"tiny-{uuid.uuid4().hex[:8]}"
-    LocalBackupStorage(path=str(tiny_disk / "backups")).save(storage)
+    LocalBackupStorage(path=str(tiny_disk / "backups"), **env.signing_fields()).save(storage)
     result = env.cli("backup", env.pg, "-d", db, "--json", "--storage", storage)
     assert result.exit_code in (1, 2)  # 1 when the small users backup still fitted
     [outcome] = [d for d in json.loads(result.stdout)["databases"] if d["database"] == db]

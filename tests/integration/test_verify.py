@@ -174,6 +174,7 @@ def test_wrong_row_counts_fail_verify_with_event_and_no_scratch_left(env, pg_db,
     doctored = json.loads(path.read_text())
     doctored["row_counts"]["public.t"] = 11
     path.write_text(json.dumps(doctored))
+    env.resign(path)
 
     result = env.cli(
         "verify", env.pg, "-d", good, "-d", bad, "--storage", env.storage,
@@ -253,6 +254,7 @@ def test_a_manifest_from_before_verify_is_checked_by_restoring(env, pg_db, pg_ad
     old = json.loads(path.read_text())
     del old["tables"], old["row_counts"]
     path.write_text(json.dumps(old))
+    env.resign(path)
     report = verify_backups(
         server=env.pg, storage=env.storage, encryption=env.encryption, databases=[db]
     )
