@@ -166,3 +166,34 @@ def test_prune_never_counts_an_untrusted_backup_and_never_deletes_it(storage):
     ]
     assert items["20261121T000000Z-ffff"].keep and not items["20261121T000000Z-ffff"].complete
     assert storage.exists(backup_key("srv", "shop", NEW, MANIFEST_NAME))
+
+
+def test_signing_keygen_and_apply_make_a_storage_that_signs_and_trusts(tmp_path: Path):
+    from prefect_dbbackup.flows.cli import app
+    from prefect_dbbackup.flows.config import load_config
+    from typer.testing import CliRunner
+
+    key_file = tmp_path / "keys" / "signing.key"
+    made = CliRunner().invoke(app, ["signing-keygen", "-o", str(key_file)])
+    assert made.exit_code == 0, made.output
+    public = made.stdout.strip()
+    assert public.startswith("dbbackup-ed25519:") and key_file.stat().st_mode & 0o777 == 0o600
+    again = CliRunner().invoke(app, ["signing-keygen", "-o", str(key_file)])
+    assert again.exit_code == 3 and "refusing to overwrite" in again.output
+    assert [p.name for p in key_file.parent.iterdir()] == ["signing.key"]  # no temp file left
+
+    config = tmp_path / "dbbackup.yaml"
+    config.write_text(
+        "storage:\n  default: {type: local, path: ./b, manifest_signing_key_file: keys/signing.key}\n"
+        f"  reader: {{type: local, path: ./b, manifest_verify_keys: ['{public}']}}\n"
+    )
+    blocks = dict(load_config(config))
+    assert blocks["default"].manifest_verify_keys == [public]  # derived, like recipients
+    assert blocks["default"].manifest_signing_key_file == str(key_file)
+    plant_manifest(blocks["default"], "srv", "shop", OLD)
+    [entry] = scan_backups(blocks["reader"], "srv", "shop")  # a reader without the secret key
+    assert entry.trust == "signed"
+
+    config.write_text("storage:\n  default: {type: local, path: ./b, manifest_verify_keys: [x]}\n")
+    with pytest.raises(ConfigError, match="storage.default: not a manifest verify key"):
+        load_config(config)
