@@ -65,9 +65,10 @@ def signature_key(manifest_key: str) -> str:
     return manifest_key[: -len(MANIFEST_NAME)] + SIGNATURE_NAME
 
 
-def _location_problem(manifest: Manifest, server: str, database: str, backup_id: str) -> str | None:
+def _location_problem(
+    manifest: Manifest, server: str, database: str, backup_id: str, kind: str
+) -> str | None:
     """Why a manifest does not belong where it sits (None when it does)."""
-    kind = "globals" if database == GLOBALS_SEGMENT else "database"
     said = (manifest.server, manifest.database, manifest.backup_id, manifest.kind)
     where = (server, database, backup_id, kind)
     if said != where:
@@ -107,7 +108,9 @@ def read_manifest(
     except ValueError as exc:
         entry.problem = f"not a valid manifest ({_first_line(exc)})"
         return entry
-    entry.problem = _location_problem(entry.manifest, server, database, backup_id)
+    # the raw segment tells the globals series from a database named '_globals' (%5Fglobals)
+    kind = "globals" if key.split("/")[1] == GLOBALS_SEGMENT else "database"
+    entry.problem = _location_problem(entry.manifest, server, database, backup_id, kind)
     if entry.problem is not None:
         entry.trust = "invalid"
         return entry

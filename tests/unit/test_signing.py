@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 from prefect_dbbackup.blocks import signing
 from prefect_dbbackup.blocks.storage import LocalBackupStorage
-from prefect_dbbackup.tasks.catalog import find_backup, manifest_trust, scan_backups
+from prefect_dbbackup.tasks.catalog import (
+    find_backup,
+    manifest_trust,
+    publish_manifest,
+    scan_backups,
+)
 from prefect_dbbackup.tasks.errors import BackupNotFound, ConfigError, IntegrityError
 from prefect_dbbackup.tasks.layout import MANIFEST_NAME, SIGNATURE_NAME, backup_key
 from prefect_dbbackup.tasks.manifest import Manifest
@@ -197,3 +202,14 @@ def test_signing_keygen_and_apply_make_a_storage_that_signs_and_trusts(tmp_path:
     config.write_text("storage:\n  default: {type: local, path: ./b, manifest_verify_keys: [x]}\n")
     with pytest.raises(ConfigError, match="storage.default: not a manifest verify key"):
         load_config(config)
+
+
+def test_a_database_named_like_the_globals_series_is_trusted_in_its_own_folder(storage):
+    plant_manifest(storage, "srv", "_globals", OLD)  # the users/roles series
+    manifest = Manifest.from_bytes(
+        storage.get_bytes(backup_key("srv", "_globals", OLD, MANIFEST_NAME, "globals"))
+    )
+    manifest.kind, manifest.object_name, manifest.backup_id = "database", "dump.pgc.zst.age", NEW
+    publish_manifest(storage, manifest)  # a user database literally named '_globals'
+    trust = {(e.backup_id, e.trust) for e in scan_backups(storage, "srv")}
+    assert trust == {(OLD, "signed"), (NEW, "signed")}
