@@ -13,6 +13,7 @@ from prefect_dbbackup.blocks import signing
 from prefect_dbbackup.blocks.storage import LocalBackupStorage
 from prefect_dbbackup.tasks.catalog import (
     find_backup,
+    list_backups,
     manifest_trust,
     publish_manifest,
     scan_backups,
@@ -118,6 +119,9 @@ def test_only_signed_manifests_in_place_are_trusted(storage: LocalBackupStorage)
     assert trust["20261129T000000Z-eeee"][0] == "unreadable"
 
     assert find_backup(storage, "srv", "shop").backup_id == OLD  # never a planted one
+    # one unreadable (or untrusted) manifest does not break the listing of the whole server
+    listed = {(m.database, m.backup_id) for m in list_backups(storage, "srv")}
+    assert listed == {("shop", OLD), ("other", OLD)}
     for backup_id in (planted.backup_id, NEW, "20261125T000000Z-dddd"):
         with pytest.raises(IntegrityError, match="refusing backup") as refused:
             find_backup(storage, "srv", "shop", backup_id)
