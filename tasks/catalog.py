@@ -246,8 +246,8 @@ def find_backup(
     backups = list_backups(storage, server, database, kind, allow_unsigned=allow_unsigned)
     if not backups:
         raise BackupNotFound(
-            f"no complete, signed backup of {database!r} on {server!r} in {storage.describe()}"
-            " (`dbbackup list` shows unsigned or invalid ones)"
+            f"no complete backup of {database!r} on {server!r} with a valid signature in "
+            f"{storage.describe()} (`dbbackup list` shows unsigned or invalid ones)"
         )
     return backups[-1]
 

@@ -119,7 +119,7 @@ def test_allow_unsigned_restores_a_backup_from_before_signing(env, pg_db, pg_adm
     sig.unlink()
     refused = env.cli("restore", env.pg, db, "--into", target, "--backup-id", backup_id)
     assert refused.exit_code == 2 and "--allow-unsigned" in refused.stderr, refused.output
-    assert "no complete, signed backup" in env.cli("restore", env.pg, db, "--into", target).stderr
+    assert "with a valid signature" in env.cli("restore", env.pg, db, "--into", target).stderr
     result = env.cli("restore", env.pg, db, "--into", target, "--allow-unsigned")
     assert result.exit_code == 0, result.output
     assert pg_admin.table_fingerprints(target) == pg_admin.table_fingerprints(db)
