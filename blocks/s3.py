@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -194,7 +194,8 @@ class S3BackupStorage(BackupStorage):
             max_concurrency=self.max_concurrency,
         )
         try:
-            self._abort_uploads(full, before=None)  # leftovers of an earlier attempt
+            # leftovers of an earlier attempt at exactly this key
+            self._abort_uploads(full, before=None, names={full.rsplit("/", 1)[-1]})
             # s3transfer aborts the multipart upload itself when a part fails
             self.client.upload_file(
                 str(source), self.bucket, full, ExtraArgs=self._put_args(), Config=config
@@ -286,14 +287,17 @@ class S3BackupStorage(BackupStorage):
                 f"s3://{self.bucket}/{full} is under object lock until {until:%Y-%m-%d %H:%M} UTC"
             ) from None
 
-    def collect_garbage(self, prefix: str, before: datetime) -> list[str]:
-        """Abort incomplete multipart uploads under prefix started before `before`."""
+    def collect_garbage(self, prefix: str, before: datetime, names: Collection[str]) -> list[str]:
+        """Abort incomplete multipart uploads of objects named in `names` under prefix
+        started before `before`."""
         try:
-            return self._abort_uploads(self._full(prefix), before=before)
+            return self._abort_uploads(self._full(prefix), before=before, names=names)
         except Exception as exc:
             raise self._error(exc, "clean up incomplete uploads under", prefix) from None
 
-    def _abort_uploads(self, full_prefix: str, before: datetime | None) -> list[str]:
+    def _abort_uploads(
+        self, full_prefix: str, before: datetime | None, names: Collection[str] | None = None
+    ) -> list[str]:
         aborted = []
         pages = self.client.get_paginator("list_multipart_uploads").paginate(
             Bucket=self.bucket, Prefix=full_prefix
@@ -301,6 +305,8 @@ class S3BackupStorage(BackupStorage):
         for page in pages:
             for upload in page.get("Uploads", []):
                 if before is not None and upload["Initiated"] >= before:
+                    continue
+                if names is not None and upload["Key"].rsplit("/", 1)[-1] not in names:
                     continue
                 self.client.abort_multipart_upload(
                     Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -16,6 +17,9 @@ from typing import BinaryIO
 from prefect.blocks.core import Block
 from prefect_dbbackup.tasks.errors import ConfigError, DiskFull, StorageError
 from pydantic import Field
+
+TEMP_NAME = re.compile(r"\.tmp-(?:(?P<name>.+)\.)?[a-z0-9_]{8}")
+"""Our temp files: `.tmp-NAME.XXXXXXXX` (older versions wrote `.tmp-XXXXXXXX`)."""
 
 
 class BackupStorage(Block, ABC):
@@ -59,8 +63,11 @@ class BackupStorage(Block, ABC):
         """Fail fast (before any dump) when the storage cannot be reached or written."""
 
     @abstractmethod
-    def collect_garbage(self, prefix: str, before: datetime) -> list[str]:
-        """Remove half-written uploads under prefix started before `before`; return their keys."""
+    def collect_garbage(self, prefix: str, before: datetime, names: Collection[str]) -> list[str]:
+        """Remove half-written uploads under prefix started before `before`; return their keys.
+
+        Only uploads of objects named in `names` (the names dbbackup writes) are touched.
+        """
 
 
 class LocalBackupStorage(BackupStorage):
@@ -88,7 +95,7 @@ class LocalBackupStorage(BackupStorage):
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name}.", dir=target.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
                     write(f)
@@ -161,10 +168,14 @@ class LocalBackupStorage(BackupStorage):
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise ConfigError(f"backup storage {self.root} is not writable by this worker")
 
-    def collect_garbage(self, prefix: str, before: datetime) -> list[str]:
+    def collect_garbage(self, prefix: str, before: datetime, names: Collection[str]) -> list[str]:
+        """Remove temp files of interrupted writes (`.tmp-NAME.XXXXXXXX`, NAME in names)."""
         start = self.root / prefix.rstrip("/") if prefix else self.root
         removed = []
         for tmp in start.rglob(".tmp-*") if start.is_dir() else []:
+            match = TEMP_NAME.fullmatch(tmp.name)
+            if match is None or match["name"] not in (None, *names) or not tmp.is_file():
+                continue
             with contextlib.suppress(FileNotFoundError):
                 if datetime.fromtimestamp(tmp.stat().st_mtime, UTC) < before:
                     tmp.unlink()

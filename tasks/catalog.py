@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.errors import BackupNotFound, DbBackupError
 from prefect_dbbackup.tasks.layout import (
@@ -10,7 +12,9 @@ from prefect_dbbackup.tasks.layout import (
     parse_manifest_key,
     series_prefix,
 )
+from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import Manifest
+from prefect_dbbackup.tasks.retention import DEFAULT_FUTURE_TOLERANCE_HOURS
 
 
 def list_backups(
@@ -47,9 +51,25 @@ def find_backup(
                 f"{storage.describe()}: `dbbackup list {server} --database ...` shows what exists"
             )
         return Manifest.from_bytes(storage.get_bytes(key))
-    backups = list_backups(storage, server, database)
+    backups = not_future_dated(list_backups(storage, server, database))
     if not backups:
         raise BackupNotFound(
             f"no complete backup of {database!r} on {server!r} in {storage.describe()}"
         )
     return backups[-1]
+
+
+def not_future_dated(manifests: list[Manifest], now: datetime | None = None) -> list[Manifest]:
+    """The manifests not dated in the future beyond the default tolerance: 'latest' never
+    picks a backup from a worker with a fast clock or a planted one; each skip is logged."""
+    horizon = (now or datetime.now(UTC)) + timedelta(hours=DEFAULT_FUTURE_TOLERANCE_HOURS)
+    for m in manifests:
+        if m.started_at > horizon:
+            run_logger().warning(
+                "ignoring backup %s of %r as latest: it is dated %s, in the future (a worker "
+                "with a fast clock, or planted); name it with --backup-id to restore it anyway",
+                m.backup_id,
+                m.database,
+                f"{m.started_at:%Y-%m-%d %H:%M}Z",
+            )
+    return [m for m in manifests if m.started_at <= horizon]

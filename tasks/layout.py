@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from urllib.parse import quote, unquote
 
 MANIFEST_NAME = "manifest.json"
+VERIFIED_NAME = "verified.json"  # written by verify next to the manifest it checked
 GLOBALS_SEGMENT = "_globals"
 BACKUP_ID_FORMAT = "%Y%m%dT%H%M%SZ"
 
