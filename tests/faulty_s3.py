@@ -25,6 +25,7 @@ class FaultyS3:
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.flips = 0
         self.flipped: list[str] = []  # paths of the requests that were damaged
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -45,6 +46,7 @@ class FaultyS3:
 
     def _damage(self, method: str, path: str, body: bytes) -> bytes:
         """The body to forward: one byte flipped (in the middle) while flips remain."""
+        self.requests.append((method, path))
         if method != "PUT" or not body or not urlsplit(path).path.endswith(".age"):
             return body
         with self._lock:
