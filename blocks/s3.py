@@ -281,7 +281,8 @@ class S3BackupStorage(BackupStorage):
         raise StorageError(
             f"s3://{self.bucket}/{self._full(key)} is not what was sent ({problem}): the "
             "object was damaged on its way and has been deleted; no manifest was written. "
-            "The upload is retried; if this repeats, check proxies between worker and store"
+            "A retry can succeed; if this repeats, check what sits between worker and store "
+            "(proxies, NICs) or set confirm_upload: read-back if the store's ETag is not an MD5"
         )
 
     def _etag_is_md5(self, etag: str) -> bool:

@@ -119,3 +119,66 @@ def any_store(request):
         return LocalBackupStorage(path=str(tmp_path / "store"))
 
     return make
+
+
+class _Via:
+    """The S3 server as the backup worker sees it: through the proxy."""
+
+    def __init__(self, server, endpoint: str) -> None:
+        self.server, self.endpoint = server, endpoint
+
+    def make_bucket(self, name: str, **kwargs) -> str:
+        return self.server.make_bucket(name, **kwargs)
+
+
+@pytest.fixture
+def quick_upload_retries(monkeypatch):
+    """The real upload task and its 3 retries, without the 2/10/30 s waits."""
+    from prefect_dbbackup.flows import backup as backup_flow
+    from prefect_dbbackup.tasks.backup import upload_task
+
+    quick = upload_task.with_options(retry_delay_seconds=[0, 0, 0])
+    monkeypatch.setattr(backup_flow, "upload_task", quick)
+
+
+def test_backup_through_a_damaging_proxy_never_publishes_a_damaged_backup(
+    env, s3_server, proxy, pg_db, pg_admin, cleanup_pg, quick_upload_retries
+):
+    import json
+
+    from prefect_dbbackup.blocks import PostgresServer
+
+    s3 = env.use_s3(_Via(s3_server, proxy.endpoint), checksum="none")
+    server = f"pg-transit-{uuid.uuid4().hex[:6]}"
+    PostgresServer(host="127.0.0.1", user="postgres", backup_users=False).save(server)
+    db = pg_db()
+    pg_admin.execute(
+        db, "CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 5000) g"
+    )
+
+    # a transient fault: the first upload is damaged, caught, and the retry stores it
+    proxy.flips = 1
+    first = s3.cli("backup", server, "-d", db)
+    assert first.exit_code == 0, first.output
+    assert len(proxy.flipped) == 1
+    [good] = json.loads(s3.cli("list", server, "-d", db, "--json").stdout)
+
+    # a persistent fault: every attempt is damaged; the run fails and names the object
+    pg_admin.execute(db, "INSERT INTO t VALUES (0, 'only in the failed run')")
+    proxy.flips = 100
+    second = s3.cli("backup", server, "-d", db)
+    assert second.exit_code == 2, second.output
+    assert "is not what was sent" in second.output and f"/{db}/" in second.output
+    assert len(proxy.flipped) == 1 + 4  # the upload task ran 4 times (3 retries)
+    assert json.loads(s3.cli("list", server, "-d", db, "--json").stdout) == [good]
+    prefix = f"{s3.s3_prefix}{server}/{db}/"
+    stored = s3_server.client().list_objects_v2(Bucket=s3.bucket, Prefix=prefix)
+    assert [o["Key"].split("/")[3] for o in stored["Contents"]] == [good["backup_id"]] * 2
+
+    # what exists still restores, with the data of the good run
+    proxy.flips = 0
+    target = db + "_r"
+    cleanup_pg.append(target)
+    restored = s3.cli("restore", server, db, "--into", target)
+    assert restored.exit_code == 0, restored.output
+    assert pg_admin.query(target, "SELECT count(*) FROM t") == [(5000,)]
