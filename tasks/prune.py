@@ -167,7 +167,7 @@ def _report(item: PruneItem, now: datetime, log: Logger) -> None:
             len(item.foreign),
             item.backup_id,
             item.database,
-            ", ".join(item.foreign[:5]) + (" ..." if len(item.foreign) > 5 else ""),
+            ", ".join(map(repr, item.foreign[:5])) + (" ..." if len(item.foreign) > 5 else ""),
         )
 
 
