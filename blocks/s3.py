@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -14,7 +16,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from prefect_aws import AwsCredentials
-from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.blocks.storage import CHUNK, BackupStorage, spool_mismatch
 from prefect_dbbackup.tasks.errors import (
     AuthError,
     ConfigError,
@@ -37,12 +39,42 @@ AUTH_CODES = {
     "SignatureDoesNotMatch",
 }
 MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+MD5_ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
+
+
+def _md5() -> Any:
+    return hashlib.md5(usedforsecurity=False)
 
 
 def part_size(size: int) -> int:
     """Smallest part size (whole MiB, at least 8 MiB) that fits `size` bytes in 10,000 parts."""
     needed = -(-size // MAX_PARTS)
     return max(MIN_PART_SIZE, -(-needed // MiB) * MiB)
+
+
+def file_digests(path: Path, chunk: int) -> tuple[int, str, str]:
+    """(size, sha256, S3 ETag) of a file as put_file uploads it, in one read: the MD5 of
+    a file below the multipart threshold, else the MD5 of the MD5s of its `chunk`-byte
+    parts and "-N" for N parts."""
+    sha, parts, size = hashlib.sha256(), [], 0
+    with open(path, "rb") as f:
+        while True:
+            part, taken = _md5(), 0
+            while taken < chunk and (block := f.read(min(CHUNK, chunk - taken))):
+                sha.update(block)
+                part.update(block)
+                taken += len(block)
+            if taken or not parts:  # an empty file is one empty PUT
+                parts.append(part.digest())
+                size += taken
+            if taken < chunk:  # end of file
+                break
+    if size < MIN_PART_SIZE:  # one PUT: parts holds that one part
+        return size, sha.hexdigest(), parts[0].hex()
+    etag = _md5()
+    for digest in parts:
+        etag.update(digest)
+    return size, sha.hexdigest(), f"{etag.hexdigest()}-{len(parts)}"
 
 
 class S3BackupStorage(BackupStorage):
@@ -85,6 +117,12 @@ class S3BackupStorage(BackupStorage):
     checksum: Literal["SHA256", "CRC32", "none"] = Field(
         default="SHA256",
         description="Checksum sent with each upload; 'none' for stores that reject them.",
+    )
+    confirm_upload: Literal["etag", "read-back"] = Field(
+        default="etag",
+        description="How each stored object is confirmed before its manifest is written: "
+        "'etag' compares the store's ETag with the MD5 computed here (read-back is used "
+        "anyway with aws:kms or a non-MD5 ETag); 'read-back' downloads and hashes it.",
     )
     max_attempts: int = Field(default=5, ge=1, description="boto3 attempts per request.")
     max_concurrency: int = Field(default=8, ge=1, description="Parts uploaded in parallel.")
@@ -186,29 +224,81 @@ class S3BackupStorage(BackupStorage):
         except Exception as exc:
             raise self._error(exc, "access", "") from None
 
-    def put_file(self, key: str, source: Path) -> None:
+    def put_file(self, key: str, source: Path, sha256: str | None = None) -> None:
+        """Upload (multipart above 8 MiB), then confirm the stored object (see confirm_upload)."""
         full = self._full(key)
+        chunk = part_size(source.stat().st_size)
         config = TransferConfig(
             multipart_threshold=MIN_PART_SIZE,
-            multipart_chunksize=part_size(source.stat().st_size),
+            multipart_chunksize=chunk,
             max_concurrency=self.max_concurrency,
         )
+        size, digest, etag = file_digests(source, chunk)
+        if sha256 is not None and digest != sha256:
+            raise spool_mismatch(source, sha256, digest)
         try:
-            self._abort_uploads(full, before=None)  # leftovers of an earlier attempt
+            # leftovers of an earlier attempt at exactly this key
+            self._abort_uploads(full, before=None, names={full.rsplit("/", 1)[-1]})
             # s3transfer aborts the multipart upload itself when a part fails
             self.client.upload_file(
                 str(source), self.bucket, full, ExtraArgs=self._put_args(), Config=config
             )
+            head = self.client.head_object(Bucket=self.bucket, Key=full)
         except Exception as exc:
             raise self._error(exc, "upload", key) from None
+        self._confirm(key, size, digest, etag, head["ContentLength"], head.get("ETag"))
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        """put_object, confirmed by the ETag it returns (or a read-back, see confirm_upload)."""
         try:
-            self.client.put_object(
+            reply = self.client.put_object(
                 Bucket=self.bucket, Key=self._full(key), Body=data, **self._put_args()
             )
         except Exception as exc:
             raise self._error(exc, "write", key) from None
+        sha, md5 = hashlib.sha256(data).hexdigest(), _md5()
+        md5.update(data)
+        self._confirm(key, len(data), sha, md5.hexdigest(), len(data), reply.get("ETag"))
+
+    def _confirm(
+        self, key: str, size: int, sha256: str, etag: str, stored_size: int, stored_etag: Any
+    ) -> None:
+        """Compare the stored object with what was sent: size plus the ETag (an MD5 computed
+        here) when it can be trusted to be one, else a read-back sha256. On a mismatch the
+        object is deleted and a retryable StorageError raised."""
+        stored = str(stored_etag or "").strip('"')
+        if stored_size != size:
+            problem = f"{stored_size} bytes stored, {size} sent"
+        elif self.confirm_upload == "etag" and self._etag_is_md5(stored):
+            problem = None if stored == etag else f"ETag {stored}, expected {etag}"
+        else:
+            got = self._stored_sha256(key)
+            problem = None if got == sha256 else f"sha256 {got[:16]}..., sent {sha256[:16]}..."
+        if problem is None:
+            return
+        with contextlib.suppress(DbBackupError):
+            self.delete(key)
+        raise StorageError(
+            f"s3://{self.bucket}/{self._full(key)} is not what was sent ({problem}): the "
+            "object was damaged on its way and has been deleted; no manifest was written. "
+            "A retry can succeed; if this repeats, check what sits between worker and store "
+            "(proxies, NICs) or set confirm_upload: read-back if the store's ETag is not an MD5"
+        )
+
+    def _etag_is_md5(self, etag: str) -> bool:
+        """ETags are MD5s for plain and SSE-S3 (AES256) objects, not with SSE-KMS."""
+        return self.server_side_encryption != "aws:kms" and MD5_ETAG.fullmatch(etag) is not None
+
+    def _stored_sha256(self, key: str) -> str:
+        """Read the stored object back and hash it."""
+        digest = hashlib.sha256()
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
+            for block in body.iter_chunks(CHUNK):
+                digest.update(block)
+        except Exception as exc:
+            raise self._error(exc, "read back", key) from None
+        return digest.hexdigest()
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -286,14 +376,17 @@ class S3BackupStorage(BackupStorage):
                 f"s3://{self.bucket}/{full} is under object lock until {until:%Y-%m-%d %H:%M} UTC"
             ) from None
 
-    def collect_garbage(self, prefix: str, before: datetime) -> list[str]:
-        """Abort incomplete multipart uploads under prefix started before `before`."""
+    def collect_garbage(self, prefix: str, before: datetime, names: Collection[str]) -> list[str]:
+        """Abort incomplete multipart uploads of objects named in `names` under prefix
+        started before `before`."""
         try:
-            return self._abort_uploads(self._full(prefix), before=before)
+            return self._abort_uploads(self._full(prefix), before=before, names=names)
         except Exception as exc:
             raise self._error(exc, "clean up incomplete uploads under", prefix) from None
 
-    def _abort_uploads(self, full_prefix: str, before: datetime | None) -> list[str]:
+    def _abort_uploads(
+        self, full_prefix: str, before: datetime | None, names: Collection[str] | None = None
+    ) -> list[str]:
         aborted = []
         pages = self.client.get_paginator("list_multipart_uploads").paginate(
             Bucket=self.bucket, Prefix=full_prefix
@@ -301,6 +394,8 @@ class S3BackupStorage(BackupStorage):
         for page in pages:
             for upload in page.get("Uploads", []):
                 if before is not None and upload["Initiated"] >= before:
+                    continue
+                if names is not None and upload["Key"].rsplit("/", 1)[-1] not in names:
                     continue
                 self.client.abort_multipart_upload(
                     Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
-import shutil
+import re
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -16,8 +17,23 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from prefect.blocks.core import Block
 from prefect_dbbackup.blocks import signing
-from prefect_dbbackup.tasks.errors import ConfigError, DiskFull, StorageError
+from prefect_dbbackup.tasks.errors import ConfigError, DiskFull, IntegrityError, StorageError
 from pydantic import Field, SecretStr
+
+CHUNK = 1 << 20
+
+
+def spool_mismatch(source: Path, expected: str, actual: str) -> IntegrityError:
+    """The error for a file whose sha256 is no longer the one taken while writing it."""
+    return IntegrityError(
+        f"{source} no longer has the sha256 taken while it was written ({actual[:16]}... "
+        f"instead of {expected[:16]}...): the work dir's disk damaged it. Nothing was stored; "
+        "run the backup again"
+    )
+
+
+TEMP_NAME = re.compile(r"\.tmp-(?:(?P<name>.+)\.)?[a-z0-9_]{8}")
+"""Our temp files: `.tmp-NAME.XXXXXXXX` (older versions wrote `.tmp-XXXXXXXX`)."""
 
 
 class BackupStorage(Block, ABC):
@@ -81,12 +97,19 @@ class BackupStorage(Block, ABC):
         return [self.manifest_signer().public_key()]
 
     @abstractmethod
-    def put_file(self, key: str, source: Path) -> None:
-        """Store a local file under key atomically (all or nothing)."""
+    def put_file(self, key: str, source: Path, sha256: str | None = None) -> None:
+        """Store a local file under key atomically (all or nothing).
+
+        Returns only once the stored object is confirmed to be the file (size and a
+        checksum; how is up to the store). On a mismatch the object is deleted and a
+        retryable StorageError names the key. `sha256`: the file's expected digest; a
+        file that no longer has it (a spool damaged since it was written) is refused
+        with IntegrityError before anything is stored.
+        """
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None:
-        """Store a small object (a manifest) atomically."""
+        """Store a small object (a manifest) atomically, confirmed like put_file."""
 
     @abstractmethod
     def get_bytes(self, key: str) -> bytes:
@@ -118,8 +141,11 @@ class BackupStorage(Block, ABC):
         """Fail fast (before any dump) when the storage cannot be reached or written."""
 
     @abstractmethod
-    def collect_garbage(self, prefix: str, before: datetime) -> list[str]:
-        """Remove half-written uploads under prefix started before `before`; return their keys."""
+    def collect_garbage(self, prefix: str, before: datetime, names: Collection[str]) -> list[str]:
+        """Remove half-written uploads under prefix started before `before`; return their keys.
+
+        Only uploads of objects named in `names` (the names dbbackup writes) are touched.
+        """
 
 
 class LocalBackupStorage(BackupStorage):
@@ -147,7 +173,7 @@ class LocalBackupStorage(BackupStorage):
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name}.", dir=target.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
                     write(f)
@@ -171,10 +197,23 @@ class LocalBackupStorage(BackupStorage):
                 ) from None
             raise StorageError(f"cannot write {target}: {exc.strerror}") from None
 
-    def put_file(self, key: str, source: Path) -> None:
+    def put_file(self, key: str, source: Path, sha256: str | None = None) -> None:
+        """Copy through a temp file (fsync, rename). The copied bytes are hashed on the way
+        and their count is checked on the written file before the rename: no network is
+        in between, so a read-back (served from the page cache) would prove no more."""
+
         def copy(f: BinaryIO) -> None:
+            digest = hashlib.sha256()
             with open(source, "rb") as src:
-                shutil.copyfileobj(src, f, 1 << 20)
+                while block := src.read(CHUNK):
+                    digest.update(block)
+                    f.write(block)
+                size = src.tell()
+            if sha256 is not None and digest.hexdigest() != sha256:
+                raise spool_mismatch(source, sha256, digest.hexdigest())
+            f.flush()
+            if os.fstat(f.fileno()).st_size != size:
+                raise StorageError(f"{self._path(key)} is short after writing: try again")
 
         self._write_atomic(key, copy)
 
@@ -220,10 +259,14 @@ class LocalBackupStorage(BackupStorage):
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise ConfigError(f"backup storage {self.root} is not writable by this worker")
 
-    def collect_garbage(self, prefix: str, before: datetime) -> list[str]:
+    def collect_garbage(self, prefix: str, before: datetime, names: Collection[str]) -> list[str]:
+        """Remove temp files of interrupted writes (`.tmp-NAME.XXXXXXXX`, NAME in names)."""
         start = self.root / prefix.rstrip("/") if prefix else self.root
         removed = []
         for tmp in start.rglob(".tmp-*") if start.is_dir() else []:
+            match = TEMP_NAME.fullmatch(tmp.name)
+            if match is None or match["name"] not in (None, *names) or not tmp.is_file():
+                continue
             with contextlib.suppress(FileNotFoundError):
                 if datetime.fromtimestamp(tmp.stat().st_mtime, UTC) < before:
                     tmp.unlink()

@@ -12,6 +12,7 @@ from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.flows.prune import report_prune
 from prefect_dbbackup.flows.report import BackupFailed, BackupReport, DatabaseOutcome
 from prefect_dbbackup.flows.retries import transient_retries_only
 from prefect_dbbackup.tasks.backup import DumpResult, dump_task, upload_task
@@ -142,11 +143,17 @@ def backup_server(
     policy = retention or srv.retention
     if policy is not None and not policy.is_empty:
         pruned = prune_task.submit(
-            sto, server, policy, databases=[o.database for o in report.outcomes]
+            sto,
+            server,
+            policy,
+            databases=[o.database for o in report.outcomes],
+            written=[backup_id],  # never delete what this run just stored
         )
-        _, error = _outcome(pruned)
+        items, error = _outcome(pruned)
         if error is not None:  # the backups are safe: say so, and how to prune by hand
             log.error(
                 "all backups stored, but pruning failed: %s; run `dbbackup prune %s`", error, server
             )
+        else:
+            report_prune(server, items)
     return report

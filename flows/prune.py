@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 from prefect_dbbackup.blocks.registry import load_server, load_storage
-from prefect_dbbackup.flows.report import artifact_key
+from prefect_dbbackup.flows.report import artifact_key, md
+from prefect_dbbackup.tasks.events import database_resource, server_related
 from prefect_dbbackup.tasks.prune import PruneItem, prune_task
 from prefect_dbbackup.tasks.retention import RetentionPolicy
 
@@ -17,11 +19,18 @@ def policy_for(server: str, retention: RetentionPolicy | None) -> RetentionPolic
     return load_server(server).retention or RetentionPolicy()
 
 
+def _notes(item: PruneItem) -> str:
+    notes = ["FUTURE-DATED: check the worker clock"] if item.future_dated else []
+    if item.foreign:
+        notes.append(f"left {len(item.foreign)} object(s) dbbackup did not write")
+    return "; ".join(notes)
+
+
 def publish_prune(server: str, items: list[PruneItem], dry_run: bool) -> None:
     """A markdown artifact listing every backup with keep/remove and the reasons."""
     rows = [
-        f"| {i.database} | {i.backup_id} | {'keep' if i.keep else 'remove'} | "
-        f"{', '.join(i.reasons)} | {i.outcome} |"
+        f"| {md(i.database)} | {md(i.backup_id)} | {'keep' if i.keep else 'remove'} | "
+        f"{md(', '.join(i.reasons))} | {md(i.outcome)} | {md(_notes(i))} |"
         for i in items
     ]
     title = "Retention (dry run)" if dry_run else "Retention"
@@ -29,15 +38,33 @@ def publish_prune(server: str, items: list[PruneItem], dry_run: bool) -> None:
         key=artifact_key("prune", server),
         markdown="\n".join(
             [
-                f"## {title} of {server}",
+                f"## {title} of {md(server)}",
                 "",
-                "| database | backup | decision | reasons | outcome |",
-                "|---|---|---|---|---|",
+                "| database | backup | decision | reasons | outcome | notes |",
+                "|---|---|---|---|---|---|",
                 *rows,
             ]
         ),
         description=f"retention of {server}",
     )
+
+
+def emit_future_dated(server: str, items: list[PruneItem]) -> None:
+    """One `dbbackup.backup.future-dated` event per future-dated backup, for automations."""
+    for item in items:
+        if item.future_dated:
+            emit_event(
+                event="dbbackup.backup.future-dated",
+                resource=database_resource(server, item.database),
+                related=server_related(server),
+                payload={"backup_id": item.backup_id, "backup_time": item.time.isoformat()},
+            )
+
+
+def report_prune(server: str, items: list[PruneItem], dry_run: bool = False) -> None:
+    """The artifact and the events of one prune (its own flow, or the end of a backup run)."""
+    publish_prune(server, items, dry_run)
+    emit_future_dated(server, items)
 
 
 @flow(name="prune-backups", flow_run_name="prune-{server}", validate_parameters=True)
@@ -52,7 +79,9 @@ def prune_backups(
 
     `retention` overrides the policy on the server block; with neither, nothing is
     removed. `database` limits pruning to one series. dry_run removes nothing and
-    reports what would go. Object-locked backups are kept and reported, not failed.
+    reports what would go. Object-locked backups are kept and reported, not failed;
+    so are future-dated backups (also a `dbbackup.backup.future-dated` event each)
+    and objects in backup directories that dbbackup did not write.
     """
     policy = policy_for(server, retention)
     items = prune_task(
@@ -62,5 +91,5 @@ def prune_backups(
         databases=[database] if database else None,
         dry_run=dry_run,
     )
-    publish_prune(server, items, dry_run)
+    report_prune(server, items, dry_run)
     return items

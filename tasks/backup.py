@@ -134,11 +134,15 @@ def dump_database(
 
 
 def store_backup(storage: BackupStorage, dump: DumpResult) -> str:
-    """Upload the spooled object, then the signed manifest (last), then drop the spool."""
+    """Upload the spooled object, then the signed manifest (last), then drop the spool.
+
+    put_file returns only once the store holds exactly the spool (size and checksum,
+    whatever the S3 `checksum` setting), so a manifest never vouches for a damaged object.
+    """
     log = run_logger()
     m = dump.manifest
     key = backup_key(m.server, m.database, m.backup_id, m.stored_object_name, m.kind)
-    storage.put_file(key, Path(dump.spool))
+    storage.put_file(key, Path(dump.spool), m.stats.sha256)
     publish_manifest(storage, m)
     Path(dump.spool).unlink(missing_ok=True)
     log.info("stored backup %s of %r as %s in %s", m.backup_id, m.database, key, storage.describe())

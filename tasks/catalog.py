@@ -10,6 +10,7 @@ used by restore or verify, never counts for retention, and is reported (log, `li
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -26,6 +27,7 @@ from prefect_dbbackup.tasks.layout import (
 )
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import Manifest
+from prefect_dbbackup.tasks.retention import DEFAULT_FUTURE_TOLERANCE_HOURS
 
 Trust = Literal["signed", "unsigned", "invalid", "unreadable"]
 ALLOW_UNSIGNED_HINT = (
@@ -243,7 +245,9 @@ def find_backup(
         if not entry.usable(allow_unsigned) or entry.manifest is None:
             raise entry.refusal()
         return entry.manifest
-    backups = list_backups(storage, server, database, kind, allow_unsigned=allow_unsigned)
+    backups = not_future_dated(
+        list_backups(storage, server, database, kind, allow_unsigned=allow_unsigned)
+    )
     if not backups:
         raise BackupNotFound(
             f"no complete backup of {database!r} on {server!r} with a valid signature in "
@@ -262,3 +266,19 @@ def manifest_trust(
         return None
     has_signature = signature_key(manifest) in backup_keys
     return read_manifest(storage, manifest, verifiers, has_signature).trust
+
+
+def not_future_dated(manifests: list[Manifest], now: datetime | None = None) -> list[Manifest]:
+    """The manifests not dated in the future beyond the default tolerance: 'latest' never
+    picks a backup from a worker with a fast clock or a planted one; each skip is logged."""
+    horizon = (now or datetime.now(UTC)) + timedelta(hours=DEFAULT_FUTURE_TOLERANCE_HOURS)
+    for m in manifests:
+        if m.started_at > horizon:
+            run_logger().warning(
+                "ignoring backup %s of %r as latest: it is dated %s, in the future (a worker "
+                "with a fast clock, or planted); name it with --backup-id to restore it anyway",
+                m.backup_id,
+                m.database,
+                f"{m.started_at:%Y-%m-%d %H:%M}Z",
+            )
+    return [m for m in manifests if m.started_at <= horizon]

@@ -25,7 +25,7 @@ from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.backup import DumpResult, _retry_if_transient, tool_version
-from prefect_dbbackup.tasks.catalog import find_backup, list_backups
+from prefect_dbbackup.tasks.catalog import find_backup, list_backups, not_future_dated
 from prefect_dbbackup.tasks.errors import (
     BackupNotFound,
     ConfigError,
@@ -153,11 +153,10 @@ def find_globals(
             f"no users/roles backup {backup_id} of {server!r} in {storage.describe()}: "
             f"`dbbackup list {server}` shows the _globals backups"
         )
-    found = [
-        m
-        for m in list_backups(storage, server, kind="globals", allow_unsigned=allow_unsigned)
-        if backup_id == "latest" or m.backup_id <= backup_id
-    ]
+    listed = list_backups(storage, server, kind="globals", allow_unsigned=allow_unsigned)
+    if backup_id == "latest":
+        listed = not_future_dated(listed)
+    found = [m for m in listed if backup_id == "latest" or m.backup_id <= backup_id]
     if not found:
         which = "" if backup_id == "latest" else f" at or before {backup_id}"
         raise BackupNotFound(f"no users/roles backup{which} of {server!r} in {storage.describe()}")

@@ -14,6 +14,7 @@ from urllib.parse import quote, unquote
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.json.sig"  # Ed25519 signature of the manifest, written before it
+VERIFIED_NAME = "verified.json"  # written by verify next to the manifest it checked
 GLOBALS_SEGMENT = "_globals"
 BACKUP_ID_FORMAT = "%Y%m%dT%H%M%SZ"
 

@@ -1,8 +1,13 @@
-"""Pruning: apply a retention policy to the backups in storage, one series at a time."""
+"""Pruning: apply a retention policy to the backups in storage, one series at a time.
+
+Only objects whose names dbbackup writes are ever deleted (OWN_NAMES); anything else in
+a backup directory is reported and left alone.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
 from prefect import task
@@ -14,12 +19,19 @@ from prefect_dbbackup.tasks.layout import (
     BACKUP_ID_FORMAT,
     GLOBALS_SEGMENT,
     MANIFEST_NAME,
+    SIGNATURE_NAME,
+    VERIFIED_NAME,
     decode_name,
     series_prefix,
 )
-from prefect_dbbackup.tasks.logs import run_logger
+from prefect_dbbackup.tasks.logs import Logger, run_logger
+from prefect_dbbackup.tasks.manifest import OBJECT_NAMES
 from prefect_dbbackup.tasks.retention import BackupRef, RetentionPolicy, plan
 from pydantic import BaseModel
+
+OWN_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME, VERIFIED_NAME, *OBJECT_NAMES.values()})
+"""The object names dbbackup writes in a backup directory: the only ones prune deletes."""
+FOREIGN = "not written by dbbackup"
 
 
 class PruneItem(BaseModel):
@@ -31,8 +43,11 @@ class PruneItem(BaseModel):
     complete: bool
     keep: bool
     reasons: list[str]
+    future_dated: bool = False
+    verified: bool = False
     outcome: str = "kept"
     objects: list[str] = []
+    foreign: list[str] = []
 
 
 def backup_time(backup_id: str) -> datetime:
@@ -74,33 +89,70 @@ def stored_backups(
     return found
 
 
+def _is_own(key: str) -> bool:
+    return key.rsplit("/", 1)[-1] in OWN_NAMES
+
+
 def plan_prune(
     storage: BackupStorage,
     server: str,
     policy: RetentionPolicy,
     now: datetime,
     databases: list[str] | None = None,
+    written: Collection[str] = (),
 ) -> list[PruneItem]:
-    """The policy's decision on every stored backup of a server, series by series."""
+    """The policy's decision on every stored backup of a server, series by series.
+
+    A directory holding only objects dbbackup does not write is no backup: it is
+    listed as kept, with those objects under `foreign`.
+    """
     items = []
     verifiers = storage.manifest_verifiers()
     for database, backups in sorted(stored_backups(storage, server, databases).items()):
-        trust = {bid: manifest_trust(storage, keys, verifiers) for bid, keys in backups.items()}
-        complete = {bid: t == "signed" for bid, t in trust.items()}
-        refs = [BackupRef(bid, backup_time(bid), done) for bid, done in complete.items()]
-        for d in plan(refs, policy, now):
+        own = {bid: [k for k in keys if _is_own(k)] for bid, keys in backups.items()}
+        foreign = {bid: [k for k in keys if not _is_own(k)] for bid, keys in backups.items()}
+        names = {bid: {k.rsplit("/", 1)[-1] for k in keys} for bid, keys in own.items() if keys}
+        trust = {bid: manifest_trust(storage, own[bid], verifiers) for bid in names}
+        # only a manifest with a valid signature makes a backup complete for retention
+        refs = [
+            BackupRef(
+                bid,
+                backup_time(bid),
+                trust[bid] == "signed",
+                trust[bid] == "signed" and VERIFIED_NAME in n,
+            )
+            for bid, n in names.items()
+        ]
+        for d in plan(refs, policy, now, written):
             items.append(
                 PruneItem(
                     database=database,
                     backup_id=d.backup_id,
                     time=d.time,
-                    complete=complete[d.backup_id],
+                    complete=trust[d.backup_id] == "signed",
                     keep=d.keep,
                     reasons=d.reasons,
-                    objects=sorted(backups[d.backup_id]),
+                    future_dated=d.future_dated,
+                    verified=VERIFIED_NAME in names[d.backup_id],
+                    objects=sorted(own[d.backup_id]),
+                    foreign=sorted(foreign[d.backup_id]),
                 )
             )
             _keep_untrusted(items[-1], trust[d.backup_id])
+        items.extend(
+            PruneItem(
+                database=database,
+                backup_id=bid,
+                time=backup_time(bid),
+                complete=False,
+                keep=True,
+                reasons=[FOREIGN],
+                outcome="left alone",
+                foreign=sorted(keys),
+            )
+            for bid, keys in sorted(foreign.items(), reverse=True)
+            if bid not in names
+        )
     return items
 
 
@@ -111,6 +163,29 @@ def _keep_untrusted(item: PruneItem, trust: str | None) -> None:
         return
     item.keep = True
     item.reasons = [f"{trust} manifest: not counted, kept for review (docs/security.md)"]
+
+
+def _report(item: PruneItem, now: datetime, log: Logger) -> None:
+    """Warn about a future-dated backup and about objects prune leaves because they are not ours."""
+    if item.future_dated:
+        ahead = (item.time - now).total_seconds() / 3600
+        log.warning(
+            "backup %s of %r is dated %s, %.1f h ahead of this worker's clock: kept, and never "
+            "counted by retention or taken as latest. Check the clock of the worker that wrote "
+            "it; if nobody did, it was planted: remove it by hand",
+            item.backup_id,
+            item.database,
+            f"{item.time:%Y-%m-%d %H:%M}Z",
+            ahead,
+        )
+    if item.foreign:
+        log.warning(
+            "left %d object(s) in backup directory %s of %r that dbbackup did not write: %s",
+            len(item.foreign),
+            item.backup_id,
+            item.database,
+            ", ".join(map(repr, item.foreign[:5])) + (" ..." if len(item.foreign) > 5 else ""),
+        )
 
 
 def _remove(storage: BackupStorage, item: PruneItem) -> None:
@@ -128,16 +203,20 @@ def prune(
     databases: list[str] | None = None,
     dry_run: bool = False,
     now: datetime | None = None,
+    written: Collection[str] = (),
 ) -> list[PruneItem]:
     """Apply a policy to a server's backups (or only some series); dry_run deletes nothing.
 
+    `written`: backup ids the calling run stored, kept whatever the policy says.
     Object-locked backups are skipped with a note; incomplete uploads older than the
-    policy's grace period are cleaned up as garbage.
+    policy's grace period are cleaned up as garbage. Future-dated backups and objects
+    dbbackup did not write are kept and reported (log, and the items' fields).
     """
     log = run_logger()
     now = now or datetime.now(UTC)
-    items = plan_prune(storage, server, policy, now, databases)
+    items = plan_prune(storage, server, policy, now, databases, written)
     for item in items:
+        _report(item, now, log)
         if item.keep:
             continue
         if dry_run:
@@ -152,7 +231,7 @@ def prune(
     if not dry_run and not policy.is_empty:
         before = now - timedelta(hours=policy.garbage_grace_hours)
         for prefix in _prefixes(server, databases):
-            for key in storage.collect_garbage(prefix, before):
+            for key in storage.collect_garbage(prefix, before, OWN_NAMES):
                 log.info("removed an incomplete upload left by an earlier run: %s", key)
     removed = [i for i in items if i.outcome in ("removed", "would remove")]
     locked = [i for i in items if i.outcome.startswith("locked")]

@@ -6,15 +6,20 @@ backup of each of its N most recent periods that have a backup. Periods are wall
 calendar periods in the policy's time zone. Buckets are independent and the result is
 their union; the newest complete backup is always kept. An empty policy removes
 nothing. Incomplete backups are removed only once older than the grace period.
+
+Three guarantees come before the rules: what the current run wrote is kept; the newest
+backup that passed verify is kept; and a backup dated in the future (beyond the policy's
+tolerance: a worker with a fast clock, or a planted manifest) is kept, flagged and never
+counted, so it can take no slot (not even "newest") from a real backup.
 Pure logic: no I/O.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator
@@ -24,15 +29,21 @@ LAST = "last"
 NO_POLICY = "no policy"
 NOT_KEPT = "not kept by policy"
 IN_GRACE = "incomplete, in grace period"
+WRITTEN = "written by this run"
+VERIFIED = "newest verified"
+FUTURE = "future-dated"
+DEFAULT_FUTURE_TOLERANCE_HOURS = 1.0
 
 
 @dataclass(frozen=True)
 class BackupRef:
-    """One backup of a series: id, start time (aware) and whether its manifest exists."""
+    """One backup of a series: id, start time (aware), whether its manifest exists and
+    whether it passed verify."""
 
     backup_id: str
     time: datetime
     complete: bool = True
+    verified: bool = False
 
     def __post_init__(self) -> None:
         _require_aware(self.time, f"time of backup {self.backup_id!r}")
@@ -46,6 +57,7 @@ class Decision:
     time: datetime
     keep: bool
     reasons: list[str]
+    future_dated: bool = False
 
 
 def _hour(local: datetime) -> str:
@@ -92,6 +104,12 @@ class RetentionPolicy(BaseModel):
     keep_yearly: NonNegativeInt | None = None
     timezone: str = "UTC"
     garbage_grace_hours: float = Field(default=24, ge=0)
+    future_tolerance_hours: float = Field(
+        default=DEFAULT_FUTURE_TOLERANCE_HOURS,
+        ge=0,
+        description="A backup dated more than this ahead of the clock is future-dated: kept, "
+        "reported, and never counted by any rule.",
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -119,14 +137,33 @@ class RetentionPolicy(BaseModel):
         return not any(self.count(rule) for rule in ("last", *(name for name, _ in BUCKETS)))
 
 
-def plan(backups: Iterable[BackupRef], policy: RetentionPolicy, now: datetime) -> list[Decision]:
-    """One decision per backup of one series, newest first."""
+def plan(
+    backups: Iterable[BackupRef],
+    policy: RetentionPolicy,
+    now: datetime,
+    written: Collection[str] = (),
+) -> list[Decision]:
+    """One decision per backup of one series, newest first.
+
+    `written`: ids the current run stored; they are kept whatever the rules say.
+    """
     _require_aware(now, "now")
     ordered = _newest_first(backups)
+    horizon = now + timedelta(hours=policy.future_tolerance_hours)
+    future = {b.backup_id for b in ordered if b.time > horizon}
     if policy.is_empty:
-        return [Decision(b.backup_id, b.time, True, [NO_POLICY]) for b in ordered]
-    kept = _keep_reasons([b for b in ordered if b.complete], policy)
-    return [_decide(b, kept.get(b.backup_id, []), policy, now) for b in ordered]
+        kept = {b.backup_id: [NO_POLICY] for b in ordered}
+    else:
+        kept = _keep_reasons(
+            [b for b in ordered if b.complete and b.backup_id not in future], policy
+        )
+    for backup_id in future:
+        kept.setdefault(backup_id, []).append(FUTURE)
+    for backup_id in set(written) & {b.backup_id for b in ordered}:
+        kept.setdefault(backup_id, []).append(WRITTEN)
+    return [
+        _decide(b, kept.get(b.backup_id, []), policy, now, b.backup_id in future) for b in ordered
+    ]
 
 
 def _require_aware(moment: datetime, what: str) -> None:
@@ -153,6 +190,8 @@ def _keep_reasons(complete: Sequence[BackupRef], policy: RetentionPolicy) -> dic
     for name, period in BUCKETS:
         for backup_id, label in _bucket(complete, policy, name, period).items():
             reasons[backup_id].append(f"{name} {label}")
+    for backup in [b for b in complete if b.verified][:1]:
+        reasons[backup.backup_id].append(VERIFIED)
     return reasons
 
 
@@ -177,12 +216,16 @@ def _bucket(
 
 
 def _decide(
-    backup: BackupRef, reasons: list[str], policy: RetentionPolicy, now: datetime
+    backup: BackupRef, reasons: list[str], policy: RetentionPolicy, now: datetime, future: bool
 ) -> Decision:
-    """Complete backups are kept when a rule keeps them; incomplete ones while in grace."""
-    if backup.complete:
-        return Decision(backup.backup_id, backup.time, bool(reasons), reasons or [NOT_KEPT])
+    """Complete backups are kept when a rule keeps them; incomplete ones while in grace.
+
+    A backup some guarantee keeps (written by this run, future-dated) is kept either way.
+    """
+    if backup.complete or reasons:
+        keep = bool(reasons)
+        return Decision(backup.backup_id, backup.time, keep, reasons or [NOT_KEPT], future)
     grace = policy.garbage_grace_hours
     young = (now - backup.time).total_seconds() <= grace * 3600
     reason = IN_GRACE if young else f"incomplete, older than {grace:g}h"
-    return Decision(backup.backup_id, backup.time, young, [reason])
+    return Decision(backup.backup_id, backup.time, young, [reason], future)

@@ -1,5 +1,8 @@
 """Verifying a backup: restore it into a scratch database, compare with its manifest, drop it.
 
+A backup that passed is marked with `verified.json` next to its manifest (retention
+always keeps the newest backup of a series that has one).
+
 Scratch databases are named `dbbackup_verify_<UTC yyyymmddHHMMSS>_<8 hex>_<database>`
 (at most 63 characters). Discovery never sees them; the timestamp lets a later
 run tell a scratch database abandoned by a killed run from one a live run uses.
@@ -7,6 +10,7 @@ run tell a scratch database abandoned by a killed run from one a live run uses.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -17,8 +21,9 @@ from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.server import SCRATCH_PREFIX, DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
-from prefect_dbbackup.tasks.catalog import find_backup, list_backups
+from prefect_dbbackup.tasks.catalog import find_backup, list_backups, not_future_dated
 from prefect_dbbackup.tasks.errors import BackupNotFound, IntegrityError
+from prefect_dbbackup.tasks.layout import VERIFIED_NAME, backup_key
 from prefect_dbbackup.tasks.logs import Logger, run_logger
 from prefect_dbbackup.tasks.manifest import Manifest
 from prefect_dbbackup.tasks.restore import restore_backup
@@ -100,7 +105,8 @@ def latest_backups(
     if databases:
         return [find_backup(storage, server, db) for db in dict.fromkeys(databases)]
     latest: dict[str, Manifest] = {}
-    for manifest in list_backups(storage, server):  # oldest first: the last one wins
+    # oldest first: the last one wins
+    for manifest in not_future_dated(list_backups(storage, server)):
         if manifest.kind == "database":
             latest[manifest.database] = manifest
     if not latest:
@@ -193,7 +199,7 @@ def verify_backup(
         rows,
         checked,
     )
-    return VerifyResult(
+    result = VerifyResult(
         database=manifest.database,
         backup_id=manifest.backup_id,
         scratch_database=scratch,
@@ -203,6 +209,26 @@ def verify_backup(
         row_counts=restored,
         seconds=(datetime.now(UTC) - started).total_seconds(),
     )
+    record_verified(storage, manifest, result)
+    return result
+
+
+def record_verified(storage: BackupStorage, manifest: Manifest, result: VerifyResult) -> str:
+    """Store `verified.json` next to the manifest: retention always keeps the newest
+    backup of a series that has one. Returns its key."""
+    key = backup_key(
+        manifest.server, manifest.database, manifest.backup_id, VERIFIED_NAME, manifest.kind
+    )
+    record = {
+        "backup_id": manifest.backup_id,
+        "sha256": manifest.stats.sha256,
+        "verified_at": datetime.now(UTC).isoformat(),
+        "checked": result.checked,
+        "tables": result.tables,
+        "rows": result.rows,
+    }
+    storage.put_bytes(key, json.dumps(record, indent=2).encode())
+    return key
 
 
 # never retried: a verification that failed says something about the backup

@@ -9,7 +9,13 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prefect_dbbackup.blocks.storage import LocalBackupStorage
-from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, backup_key, new_backup_id
+from prefect_dbbackup.tasks.layout import (
+    GLOBALS_SEGMENT,
+    MANIFEST_NAME,
+    VERIFIED_NAME,
+    backup_key,
+    new_backup_id,
+)
 from prefect_dbbackup.tasks.prune import backup_time, prune
 from prefect_dbbackup.tasks.retention import RetentionPolicy
 
@@ -45,7 +51,7 @@ def _key(server: str, database: str, backup_id: str, name: str) -> str:
 def _store(storage: LocalBackupStorage, planted: list) -> None:
     for (server, database), hours, complete in planted:
         backup_id = new_backup_id(NOW - timedelta(hours=hours))
-        storage.put_bytes(_key(server, database, backup_id, "dump.age"), b"x")
+        storage.put_bytes(_key(server, database, backup_id, "dump.pgc.zst.age"), b"x")
         if complete:
             plant_manifest(storage, server, database, backup_id)
 
@@ -86,3 +92,59 @@ def test_dry_run_deletes_nothing(tmp_path: Path):
 
 def test_backup_time_is_the_id_timestamp():
     assert backup_time("20261127T031500Z-3f9a") == datetime(2026, 11, 27, 3, 15, tzinfo=UTC)
+
+
+def test_only_names_dbbackup_writes_are_deleted_the_rest_is_reported(tmp_path: Path, caplog):
+    storage = LocalBackupStorage(path=str(tmp_path), **signing_fields())
+    _store(storage, [(("srv", "shop"), h * 24, True) for h in range(3)])
+    mine = "srv/shop/20200101T000000Z-manual/my-own-copy.sql"
+    beside = f"srv/shop/{new_backup_id(NOW - timedelta(days=9))}/"
+    storage.put_bytes(mine, b"precious")
+    for name in ("dump.pgc.zst.age", VERIFIED_NAME, "notes.txt"):  # incomplete: garbage
+        storage.put_bytes(beside + name, b"x")
+    (tmp_path / "srv/shop/.tmp-notes.txt.abcd1234").write_bytes(b"not ours either")
+
+    items = {i.backup_id: i for i in prune(storage, "srv", RetentionPolicy(keep_last=1), now=NOW)}
+
+    manual = items["20200101T000000Z-manual"]
+    assert manual.keep and manual.outcome == "left alone" and manual.objects == []
+    assert manual.reasons == ["not written by dbbackup"] and manual.foreign == [mine]
+    old = items[beside.split("/")[2]]
+    assert old.outcome == "removed" and old.foreign == [beside + "notes.txt"]
+    assert len(old.objects) == 2
+    left = storage.list_keys("srv/")
+    assert mine in left and beside + "notes.txt" in left
+    assert not any(k.startswith(beside) and not k.endswith("notes.txt") for k in left)
+    assert (tmp_path / "srv/shop/.tmp-notes.txt.abcd1234").exists()
+    assert "my-own-copy.sql" in caplog.text and "did not write" in caplog.text
+
+
+def test_garbage_collection_removes_only_our_temp_names(tmp_path: Path):
+    storage = LocalBackupStorage(path=str(tmp_path), **signing_fields())
+    folder = tmp_path / "srv/shop/20261101T000000Z-0a0a"
+    folder.mkdir(parents=True)
+    ours = [".tmp-manifest.json.k2j_9xqa", ".tmp-dump.pgc.zst.age.0123abcd", ".tmp-ab12cd34"]
+    theirs = [".tmp-my-copy.sql.0123abcd", ".tmp-", ".tmp-x", "dump.sql"]
+    for name in ours + theirs:
+        (folder / name).write_bytes(b"x")
+    removed = storage.collect_garbage(
+        "srv/", NOW + timedelta(days=3650), {MANIFEST_NAME, "dump.pgc.zst.age"}
+    )
+    assert sorted(removed) == sorted(f"srv/shop/20261101T000000Z-0a0a/{n}" for n in ours)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(theirs)
+
+
+def test_what_the_run_wrote_survives_a_future_dated_backup(tmp_path: Path):
+    storage = LocalBackupStorage(path=str(tmp_path), **signing_fields())
+    bomb = new_backup_id(NOW + timedelta(days=365))
+    storage.put_bytes(backup_key("srv", "shop", bomb, "dump.pgc.zst.age"), b"x")
+    plant_manifest(storage, "srv", "shop", bomb)
+    ids = []
+    for day in range(4):  # four runs, one a day, each pruning with keep_last=2
+        now = NOW + timedelta(days=day)
+        ids.append(new_backup_id(now))
+        storage.put_bytes(backup_key("srv", "shop", ids[-1], "dump.pgc.zst.age"), b"x")
+        plant_manifest(storage, "srv", "shop", ids[-1])
+        items = prune(storage, "srv", RetentionPolicy(keep_last=2), now=now, written=[ids[-1]])
+        assert {i.backup_id for i in items if i.future_dated} == {bomb}
+    assert {k.split("/")[2] for k in storage.list_keys("srv/")} == {bomb, ids[-1], ids[-2]}

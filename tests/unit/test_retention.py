@@ -548,3 +548,99 @@ def test_property_matches_the_definition(backups, policy):
     decisions = plan(backups, policy, NOW)
     complete = {b.backup_id for b in backups if b.complete}
     assert kept(decisions) & complete == reference_kept(backups, policy)
+
+
+# --- guarantees: what the run wrote, future-dated backups, the newest verified ------------
+
+
+def test_what_this_run_wrote_is_kept_even_when_no_rule_keeps_it():
+    backups = refs(old=utc(2027, 1, 1), real=utc(2028, 12, 31), mine=utc(2028, 6, 1))
+    decisions = reasons(plan(backups, RetentionPolicy(keep_last=1), NOW, written={"mine"}))
+    assert decisions == {
+        "real": ["newest", "last"],
+        "mine": ["written by this run"],
+        "old": ["not kept by policy"],
+    }
+    # an id the series does not have changes nothing
+    assert kept(plan(backups, RetentionPolicy(keep_last=1), NOW, written={"zzz"})) == {"real"}
+
+
+def test_incomplete_backup_written_by_this_run_is_kept_whatever_its_age():
+    backups = [BackupRef("half", NOW - timedelta(days=9), complete=False)]
+    decision = plan(backups, RetentionPolicy(keep_last=1), NOW, written=["half"])[0]
+    assert decision.keep and decision.reasons == ["written by this run"]
+
+
+def test_future_dated_backups_take_no_slot_and_are_kept_and_flagged():
+    backups = refs(
+        bomb=NOW + timedelta(days=365),
+        bomb2=NOW + timedelta(days=30),
+        b2=NOW - timedelta(days=1),
+        b1=NOW - timedelta(days=2),
+        b0=NOW - timedelta(days=3),
+    )
+    decisions = {d.backup_id: d for d in plan(backups, RetentionPolicy(keep_last=2), NOW)}
+    assert decisions["b2"].reasons == ["newest", "last"]
+    assert decisions["b1"].reasons == ["last"]
+    assert not decisions["b0"].keep
+    for bomb in ("bomb", "bomb2"):
+        assert decisions[bomb].keep and decisions[bomb].future_dated
+        assert decisions[bomb].reasons == ["future-dated"]
+    assert not any(decisions[b].future_dated for b in ("b0", "b1", "b2"))
+
+
+def test_future_tolerance_is_configurable_and_defaults_to_one_hour():
+    backups = refs(soon=NOW + timedelta(minutes=50), real=NOW - timedelta(days=1))
+    decisions = {d.backup_id: d for d in plan(backups, RetentionPolicy(keep_last=1), NOW)}
+    assert decisions["soon"].reasons == ["newest", "last"]  # within the 1 h tolerance
+    strict = RetentionPolicy(keep_last=1, future_tolerance_hours=0.5)
+    decisions = {d.backup_id: d for d in plan(backups, strict, NOW)}
+    assert decisions["soon"].future_dated and decisions["real"].reasons == ["newest", "last"]
+    with pytest.raises(ValidationError):
+        RetentionPolicy(future_tolerance_hours=-1)
+
+
+def test_empty_policy_still_flags_future_dated_backups():
+    decision = plan(refs(bomb=NOW + timedelta(days=2)), RetentionPolicy(), NOW)[0]
+    assert decision.keep and decision.reasons == ["no policy", "future-dated"]
+
+
+def test_newest_verified_backup_is_kept():
+    backups = [
+        BackupRef("v_old", utc(2028, 1, 1), verified=True),
+        BackupRef("v", utc(2028, 6, 1), verified=True),
+        BackupRef("broken", utc(2028, 12, 1)),
+        BackupRef("new", utc(2028, 12, 30)),
+        BackupRef("v_future", NOW + timedelta(days=30), verified=True),
+    ]
+    decisions = reasons(plan(backups, RetentionPolicy(keep_last=1), NOW))
+    assert decisions == {
+        "v_future": ["future-dated"],
+        "new": ["newest", "last"],
+        "broken": ["not kept by policy"],
+        "v": ["newest verified"],
+        "v_old": ["not kept by policy"],
+    }
+
+
+@PROPERTY
+@given(
+    series(),
+    policies,
+    st.lists(st.integers(61, 3 * 365 * 24 * 60), max_size=5),  # minutes ahead of NOW
+    st.data(),
+)
+def test_property_future_dated_backups_change_no_decision_on_real_ones(
+    backups, policy, ahead, data
+):
+    bombs = [
+        BackupRef(f"f{i}", NOW + timedelta(minutes=m), data.draw(st.booleans()))
+        for i, m in enumerate(ahead)
+    ]
+    written = data.draw(st.sets(st.sampled_from([b.backup_id for b in backups] or ["none"])))
+    with_bombs = plan(backups + bombs, policy, NOW, written=written)
+    assert [d for d in with_bombs if d.backup_id.startswith("b")] == plan(
+        backups, policy, NOW, written=written
+    )
+    assert all(d.keep and d.future_dated for d in with_bombs if d.backup_id.startswith("f"))
+    assert all(d.keep for d in with_bombs if d.backup_id in written)

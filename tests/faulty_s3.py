@@ -1,0 +1,97 @@
+"""A fault-injecting S3 reverse proxy for tests: flips one byte in uploaded object data.
+
+It listens on 127.0.0.1 in front of a real S3 server (the SeaweedFS fixture) and passes
+every request through unchanged (the Host header too, so SigV4 signatures stay valid),
+except that while `flips` is above zero, each PUT of dump data (a multipart part or a
+whole object, key ending in `.age`) gets one byte of its body inverted, and `flips`
+goes down by one. Bodies are read whole: fine for test objects of a few MiB.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "expect", "proxy-connection"}
+
+
+class FaultyS3:
+    """`with FaultyS3(upstream) as proxy:` use proxy.endpoint; set proxy.flips = N."""
+
+    def __init__(self, upstream: str) -> None:
+        parts = urlsplit(upstream)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.flips = 0
+        self.flipped: list[str] = []  # paths of the requests that were damaged
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FaultyS3:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def _damage(self, method: str, path: str, body: bytes) -> bytes:
+        """The body to forward: one byte flipped (in the middle) while flips remain."""
+        self.requests.append((method, path))
+        if method != "PUT" or not body or not urlsplit(path).path.endswith(".age"):
+            return body
+        with self._lock:
+            if self.flips <= 0:
+                return body
+            self.flips -= 1
+            self.flipped.append(path)
+        middle = len(body) // 2
+        return body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:  # quiet
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = proxy._damage(self.command, self.path, self.rfile.read(length))
+                upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+                try:
+                    upstream.putrequest(
+                        self.command, self.path, skip_host=True, skip_accept_encoding=True
+                    )
+                    for name, value in self.headers.items():
+                        if name.lower() not in HOP_BY_HOP:
+                            upstream.putheader(name, value)
+                    upstream.endheaders(body if length else None)
+                    reply = upstream.getresponse()
+                    data = reply.read()
+                finally:
+                    upstream.close()
+                self.send_response(reply.status, reply.reason)
+                for name, value in reply.getheaders():
+                    if name.lower() not in HOP_BY_HOP | {"content-length"}:
+                        self.send_header(name, value)
+                length = reply.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        return Handler
