@@ -55,14 +55,17 @@ def test_a_year_fast_clock_and_planted_future_backups_push_out_nothing(
         result = env.cli("backup", server, "-d", db)
         assert result.exit_code == 0, result.output
         normal.append(max(_ids(storage, server, db) - {fast, planted}))
-    assert f"backup {planted} of {db!r} is dated" in caplog.text  # the runs' logs say so
+    assert f"backup {fast} of {db!r} is dated" in caplog.text  # the runs' logs say so
     assert "ahead of this worker's clock" in caplog.text
     assert _ids(storage, server, db) == {fast, planted, normal[-1], normal[-2]}
 
     decisions = json.loads(env.cli("prune", server, "--dry-run", "--json").stdout)
-    flagged = {d["backup_id"]: d for d in decisions if d["future_dated"]}
-    assert set(flagged) == {fast, planted}
-    assert all(d["keep"] and "future-dated" in d["reasons"] for d in flagged.values())
+    shown = {d["backup_id"]: d for d in decisions}
+    assert shown[fast]["future_dated"] and shown[fast]["keep"]
+    assert "future-dated" in shown[fast]["reasons"]
+    # the planted copy's signed manifest names the id it was copied from: refused, kept
+    assert shown[planted]["keep"] and not shown[planted]["complete"]
+    assert shown[planted]["reasons"][0].startswith("invalid manifest")
     newest = next(d for d in decisions if d["backup_id"] == normal[-1])
     assert newest["reasons"][:2] == ["newest", "last"]
     events = wait_for_events(server, 2, prefix="dbbackup.backup.future-dated")

@@ -14,6 +14,8 @@ from prefect_dbbackup.flows.verify import VerifyFailed, verify_backups
 from prefect_dbbackup.tasks.layout import VERIFIED_NAME, new_backup_id
 from prefect_dbbackup.tasks.prune import OWN_NAMES
 
+from tests.helpers import plant_manifest
+
 
 def _server(policy: dict) -> str:
     name = f"pg-keep-{uuid.uuid4().hex[:6]}"
@@ -78,11 +80,11 @@ def test_prune_leaves_files_it_did_not_write_and_reports_them(any_env):
     mine = f"{server}/shop/20200101T000000Z-manual/my-own-copy.sql"
     storage.put_bytes(mine, b"the operator's own copy")
     old = new_backup_id(now - timedelta(days=40))
-    for name in ("dump.pgc.zst.age", "manifest.json", "README.txt"):
-        storage.put_bytes(f"{server}/shop/{old}/{name}", b"{}")
     newest = new_backup_id(now - timedelta(days=1))
-    for name in ("dump.pgc.zst.age", "manifest.json"):
-        storage.put_bytes(f"{server}/shop/{newest}/{name}", b"{}")
+    for backup_id in (old, newest):
+        storage.put_bytes(f"{server}/shop/{backup_id}/dump.pgc.zst.age", b"x")
+        plant_manifest(storage, server, "shop", backup_id)
+    storage.put_bytes(f"{server}/shop/{old}/README.txt", b"{}")
 
     result = env.cli("prune", server, "--json")
     assert result.exit_code == 0, result.output
@@ -96,6 +98,7 @@ def test_prune_leaves_files_it_did_not_write_and_reports_them(any_env):
             mine,
             f"{server}/shop/{newest}/dump.pgc.zst.age",
             f"{server}/shop/{newest}/manifest.json",
+            f"{server}/shop/{newest}/manifest.json.sig",
             f"{server}/shop/{old}/README.txt",
         ]
     )

@@ -173,7 +173,8 @@ def test_backup_through_a_damaging_proxy_never_publishes_a_damaged_backup(
     assert json.loads(s3.cli("list", server, "-d", db, "--json").stdout) == [good]
     prefix = f"{s3.s3_prefix}{server}/{db}/"
     stored = s3_server.client().list_objects_v2(Bucket=s3.bucket, Prefix=prefix)
-    assert [o["Key"].split("/")[3] for o in stored["Contents"]] == [good["backup_id"]] * 2
+    # object, signature, manifest: all of the good run, nothing of the failed one
+    assert [o["Key"].split("/")[3] for o in stored["Contents"]] == [good["backup_id"]] * 3
 
     # what exists still restores, with the data of the good run
     proxy.flips = 0
