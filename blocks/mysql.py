@@ -123,7 +123,7 @@ class MySQLServer(DatabaseServer):
             ),
             {"db": database},
         )
-        return [(name, self.quote(conn, name)) for (name,) in rows]
+        return [(name, self.quote(name)) for (name,) in rows]
 
     def _version_query(self) -> str:
         return "SELECT VERSION()"
@@ -141,20 +141,23 @@ class MySQLServer(DatabaseServer):
             raise DatabaseNotFound(f"no database {database!r} on {self.describe()}")
         return {"character_set": row[0], "collation": row[1]}
 
+    def quote(self, name: str) -> str:
+        return backtick(name)
+
     def create_database(self, database: str, options: dict[str, str]) -> None:
         with self.connect() as conn:
-            sql = f"CREATE DATABASE {self.quote(conn, database)}"
+            sql = f"CREATE DATABASE {self.quote(database)}"
             for key, clause in (("character_set", "CHARACTER SET"), ("collation", "COLLATE")):
                 value = options.get(key)
                 if value:
                     if not re.fullmatch(r"[A-Za-z0-9_]+", value):
                         raise ConfigError(f"unexpected {key} {value!r} in manifest")
                     sql += f" {clause} {value}"
-            conn.execute(sa.text(sql))
+            self.run_sql(conn, sql)
 
     def drop_database(self, database: str) -> None:
         with self.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {self.quote(conn, database)}"))
+            self.run_sql(conn, f"DROP DATABASE IF EXISTS {self.quote(database)}")
 
     def _login_query(self) -> str:
         return "SELECT CURRENT_USER()"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ from prefect_dbbackup.tasks.errors import (
     ToolFailed,
 )
 from prefect_dbbackup.tasks.process import ToolProcess
+from psycopg import sql as pgsql
 from pydantic import Field
 
 AUTH_MARKERS = (
@@ -36,6 +36,8 @@ AUTH_MARKERS = (
     "pg_hba.conf",
 )
 
+
+NAME_BYTES = 63  # PostgreSQL's identifier limit (NAMEDATALEN - 1)
 
 CREATE_OPTIONS = (
     "encoding",
@@ -222,15 +224,28 @@ class PostgresServer(DatabaseServer):
             options["icu_locale" if provider == "icu" else "builtin_locale"] = locale
         return options
 
+    def quote(self, name: str) -> str:
+        """psycopg's identifier quoting; a name PostgreSQL would truncate is refused.
+
+        PostgreSQL cuts identifiers to 63 bytes with only a notice: `DROP DATABASE`
+        of a longer name would drop the database its first 63 bytes name.
+        """
+        if "\0" in name or len(name.encode()) > NAME_BYTES:
+            raise ConfigError(
+                f"database name {name!r} is not valid on PostgreSQL: at most {NAME_BYTES} bytes "
+                "(UTF-8), no NUL character"
+            )
+        return pgsql.Identifier(name).as_string()
+
     def create_database(self, database: str, options: dict[str, str]) -> None:
         with self.connect() as conn:
-            sql = f"CREATE DATABASE {self.quote(conn, database)} TEMPLATE template0"
+            sql = f"CREATE DATABASE {self.quote(database)} TEMPLATE template0"
             for key, value in options.items():
                 # options come from our own manifest; still validate before inlining
                 if key not in CREATE_OPTIONS or not re.fullmatch(r"[A-Za-z0-9_.@-]+", value):
                     raise ConfigError(f"unexpected database option {key}={value!r} in manifest")
                 sql += f" {key.upper()} " + (value if key == "locale_provider" else f"'{value}'")
-            conn.execute(sa.text(sql))
+            self.run_sql(conn, sql)
 
     @staticmethod
     def _disconnect(conn: sa.Connection, database: str) -> None:
@@ -246,15 +261,15 @@ class PostgresServer(DatabaseServer):
     def drop_database(self, database: str) -> None:
         with self.connect() as conn:
             self._disconnect(conn, database)
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {self.quote(conn, database)}"))
+            self.run_sql(conn, f"DROP DATABASE IF EXISTS {self.quote(database)}")
 
     def swap_database(self, replacement: str, target: str) -> None:
         retired = f"{replacement}_old"
+        q = self.quote
         with self.connect() as conn:
-            q = functools.partial(self.quote, conn)
             self._disconnect(conn, target)
-            conn.execute(sa.text(f"ALTER DATABASE {q(target)} RENAME TO {q(retired)}"))
-            conn.execute(sa.text(f"ALTER DATABASE {q(replacement)} RENAME TO {q(target)}"))
+            self.run_sql(conn, f"ALTER DATABASE {q(target)} RENAME TO {q(retired)}")
+            self.run_sql(conn, f"ALTER DATABASE {q(replacement)} RENAME TO {q(target)}")
         self.drop_database(retired)
 
     def _client_major(self, path: str) -> int:
