@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from psycopg import sql as pgsql
 from prefect_dbbackup.blocks import MySQLServer, PostgresServer
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.tasks.errors import ConfigError
+from psycopg import sql as pgsql
 
 from tests.helpers import MY, PG, MyAdmin, PgAdmin
 
@@ -155,3 +155,60 @@ def test_postgres_refuses_a_name_it_would_truncate(pg_admin: PgAdmin) -> None:
         assert pg_admin.exists(short)
     finally:
         pg_admin.drop(short)
+
+
+def _cli_round_trip(env, server: str, engine: Engine, names: dict[str, str]) -> None:
+    """Back up, list, restore --replace, restore into new names and verify hostile names;
+    every decoy keeps its own contents. names: source database -> its --into name."""
+    admin, decoys = engine.admin, [d for s in names for d in (s + "%", s.replace(":name", ""))]
+    fingerprints = {db: admin.table_fingerprints(db) for db in [*names, *decoys]}
+    base = ["--storage", env.storage, "--encryption", env.encryption]
+
+    result = env.cli("backup", server, *base, *(f"--database={db}" for db in names), "--json")
+    assert result.exit_code == 0, result.output
+    listed = json.loads(env.cli("list", server, "--json").stdout)
+    assert {b["database"] for b in listed if b["kind"] == "database"} == set(names)
+
+    for source, into in names.items():
+        engine.add_table(source, "added_later", "x")  # --replace must bring back the backup
+        result = env.cli("restore", *base, "--replace", "--", server, source)
+        assert result.exit_code == 0, result.output
+        result = env.cli("restore", *base, f"--into={into}", "--", server, source)
+        assert result.exit_code == 0, result.output
+        assert admin.table_fingerprints(source) == fingerprints[source]
+        assert admin.table_fingerprints(into) == fingerprints[source]
+
+    result = env.cli("verify", server, *base, "--json")
+    assert result.exit_code == 0, result.output
+    assert {d["database"] for d in json.loads(result.stdout)["databases"]} >= set(names)
+    for decoy in decoys:
+        assert admin.table_fingerprints(decoy) == fingerprints[decoy], decoy
+
+
+def _hostile_databases(engine: Engine, make, tag: str, unicode: str) -> dict[str, str]:
+    """Source databases with data (and their decoys, `%` doubled and `:name` left out)."""
+    sources = {
+        f"ft_{tag}_%": f"ft_{tag}_%%new",
+        f"{tag} x:name %s %(x)s ?": f"{tag} q'\"`\\ \nx{unicode}",
+        f"-{tag}-lead %%": f"-{tag}-into",
+    }
+    for source in sources:
+        for db in (source, source + "%", source.replace(":name", "")):
+            if not engine.admin.exists(db):
+                make(db)
+                engine.add_table(db, "t", f"rows of {db}")
+    return sources
+
+
+def test_postgres_hostile_names_round_trip_through_the_cli(env, pg_db, cleanup_pg) -> None:
+    engine = Engine("postgres", PostgresServer(**PG), PgAdmin())
+    names = _hostile_databases(engine, pg_db, uuid.uuid4().hex[:6], "é😀")
+    cleanup_pg.extend(names.values())
+    _cli_round_trip(env, env.pg, engine, names)
+
+
+def test_mysql_hostile_names_round_trip_through_the_cli(env, my_db, cleanup_my) -> None:
+    engine = Engine("mysql", MySQLServer(**MY), MyAdmin())
+    names = _hostile_databases(engine, my_db, uuid.uuid4().hex[:6], "é€")
+    cleanup_my.extend(names.values())
+    _cli_round_trip(env, env.my, engine, names)
