@@ -23,6 +23,7 @@ from prefect_dbbackup.tasks.errors import (
     ConnectionFailed,
     DatabaseNotFound,
     DbBackupError,
+    PermissionDenied,
     ToolFailed,
 )
 from prefect_dbbackup.tasks.process import ToolProcess
@@ -138,6 +139,11 @@ class PostgresServer(DatabaseServer):
             return AuthError(f"PostgreSQL at {where} rejected the login: {text}")
         if state == "3D000" or ("database" in low and "does not exist" in low):
             return DatabaseNotFound(f"PostgreSQL at {where}: {text}")
+        if state == "42501":  # insufficient_privilege: the login itself was accepted
+            return PermissionDenied(
+                f"PostgreSQL at {where}: the role {self.user!r} lacks a privilege: {text}. "
+                f"Grant it to {self.user!r} (the error names it), then run again"
+            )
         if state and not state.startswith("08"):
             # the server answered: a permission problem, an object in use, ...
             return DbBackupError(f"PostgreSQL at {where}: {text}")
