@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +32,9 @@ from prefect_dbbackup.tasks.process import ToolProcess
 from psycopg import sql as pgsql
 from pydantic import Field
 
+log = logging.getLogger("dbbackup")
+
+DUMP_APPLICATION = "dbbackup-dump-"  # application_name prefix of pg_dump's sessions
 AUTH_MARKERS = (
     "password authentication failed",
     "authentication failed",
@@ -363,11 +368,40 @@ class PostgresServer(DatabaseServer):
     def dump_command(
         self, database: str, workdir: Path, snapshot: str | None = None
     ) -> Iterator[ToolCommand]:
+        """pg_dump under a unique application_name: if the dump fails (killed at dump_timeout,
+        say), its server session is terminated too, or it would wait on a lock for hours."""
         argv = [self.dump_client(), *self.dump_options, "--no-password"]
         if snapshot:
             argv.append(f"--snapshot={snapshot}")
+        app = f"{DUMP_APPLICATION}{secrets.token_hex(6)}"
         with self._credentials(workdir) as env:
-            yield ToolCommand(argv + ["--dbname", self.conninfo(database)], env, self.secrets())
+            argv += ["--dbname", self.conninfo(database)]
+            try:
+                yield ToolCommand(argv, {**env, "PGAPPNAME": app}, self.secrets())
+            except BaseException:
+                self._terminate_sessions(app)
+                raise
+
+    def _terminate_sessions(self, application_name: str) -> None:
+        """End the server sessions a killed client left (a backend waiting on a lock does
+        not notice that its client is gone); a failure here only logs."""
+        try:
+            with self.connect() as conn:
+                ended = conn.execute(
+                    sa.text(
+                        "SELECT count(*) FILTER (WHERE ended) FROM ("
+                        "SELECT pg_terminate_backend(pid) AS ended FROM pg_stat_activity "
+                        "WHERE application_name = :app AND pid <> pg_backend_pid()) s"
+                    ),
+                    {"app": application_name},
+                ).scalar_one()
+        except DbBackupError as exc:
+            log.warning("could not end the server session of %s: %s", application_name, exc)
+            return
+        if ended:
+            log.warning(
+                "terminated %d server session(s) of the failed dump %s", ended, application_name
+            )
 
     @contextlib.contextmanager
     def restore_command(
