@@ -18,6 +18,7 @@ from prefect_dbbackup.tasks.errors import (
     ConnectionFailed,
     DatabaseNotFound,
     DbBackupError,
+    PermissionDenied,
 )
 from prefect_dbbackup.tasks.globals_sql import MySQLAccount, backtick, mysql_script, mysql_text
 from pydantic import Field
@@ -39,6 +40,10 @@ DUMP_OPTIONS: list[str] = [
 SYSTEM_ACCOUNTS = ("mariadb.sys", "mysql.sys", "mysql.session", "mysql.infoschema", "PUBLIC")
 ACCOUNT_GONE = (1133, 1141, 1396)  # no such user / grant: dropped while we listed
 MISSING_OBJECT = (1146, 1054, 1305)  # no such table / column / routine
+LOGIN_REJECTED = (1045, 1698, 1251)  # bad password, unix_socket mismatch, auth plugin
+# the login was accepted, a privilege is missing: on a database, a table or column,
+# a server-wide one (RELOAD, PROCESS, ...), a routine
+PRIVILEGE_MISSING = (1044, 1142, 1143, 1227, 1370)
 
 
 def version_tuple(text: str, client: bool = False) -> tuple[int, int]:
@@ -103,8 +108,13 @@ class MySQLServer(DatabaseServer):
         text = self._error_text(exc)
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
         where = self.describe()
-        if code in (1045, 1044, 1698, 1251):
+        if code in LOGIN_REJECTED:
             return AuthError(f"MySQL at {where} rejected the login: {text}")
+        if code in PRIVILEGE_MISSING:
+            return PermissionDenied(
+                f"MySQL at {where}: the login {self.user!r} lacks a privilege: {text}. "
+                f"Grant it to {self.user!r} (the error names it), then run again"
+            )
         if code == 1049:
             return DatabaseNotFound(f"MySQL at {where}: {text}")
         if code in (2002, 2003, 2005, 2006, 2013):
@@ -123,7 +133,7 @@ class MySQLServer(DatabaseServer):
             ),
             {"db": database},
         )
-        return [(name, self.quote(conn, name)) for (name,) in rows]
+        return [(name, self.quote(name)) for (name,) in rows]
 
     def _version_query(self) -> str:
         return "SELECT VERSION()"
@@ -141,20 +151,23 @@ class MySQLServer(DatabaseServer):
             raise DatabaseNotFound(f"no database {database!r} on {self.describe()}")
         return {"character_set": row[0], "collation": row[1]}
 
+    def quote(self, name: str) -> str:
+        return backtick(name)
+
     def create_database(self, database: str, options: dict[str, str]) -> None:
         with self.connect() as conn:
-            sql = f"CREATE DATABASE {self.quote(conn, database)}"
+            sql = f"CREATE DATABASE {self.quote(database)}"
             for key, clause in (("character_set", "CHARACTER SET"), ("collation", "COLLATE")):
                 value = options.get(key)
                 if value:
                     if not re.fullmatch(r"[A-Za-z0-9_]+", value):
                         raise ConfigError(f"unexpected {key} {value!r} in manifest")
                     sql += f" {clause} {value}"
-            conn.execute(sa.text(sql))
+            self.run_sql(conn, sql)
 
     def drop_database(self, database: str) -> None:
         with self.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {self.quote(conn, database)}"))
+            self.run_sql(conn, f"DROP DATABASE IF EXISTS {self.quote(database)}")
 
     def _login_query(self) -> str:
         return "SELECT CURRENT_USER()"
@@ -175,12 +188,14 @@ class MySQLServer(DatabaseServer):
                         account = self._account(cursor, user, host, is_role)
                         accounts += [account] if account else []
             except pymysql.MySQLError as exc:
-                if exc.args and exc.args[0] in (1142, 1227):  # privilege missing
-                    raise DbBackupError(
-                        f"{self._classify(exc)}: the login may not read the accounts; grant it "
-                        "SELECT on mysql.* or set backup_users: false on the block"
+                error = self._classify(exc)
+                if isinstance(error, PermissionDenied):
+                    raise PermissionDenied(
+                        f"MySQL at {self.describe()}: the login {self.user!r} may not read the "
+                        f"accounts ({self._error_text(exc)}); grant it SELECT on mysql.* or set "
+                        "backup_users: false on the block"
                     ) from None
-                raise self._classify(exc) from None
+                raise error from None
         client = f"PyMySQL {pymysql.__version__}"
         return GlobalsDump(mysql_script(accounts), "pymysql", client, ["SHOW CREATE USER"])
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import functools
+import logging
 import re
+import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,11 +25,16 @@ from prefect_dbbackup.tasks.errors import (
     ConnectionFailed,
     DatabaseNotFound,
     DbBackupError,
+    PermissionDenied,
     ToolFailed,
 )
 from prefect_dbbackup.tasks.process import ToolProcess
+from psycopg import sql as pgsql
 from pydantic import Field
 
+log = logging.getLogger("dbbackup")
+
+DUMP_APPLICATION = "dbbackup-dump-"  # application_name prefix of pg_dump's sessions
 AUTH_MARKERS = (
     "password authentication failed",
     "authentication failed",
@@ -36,6 +42,8 @@ AUTH_MARKERS = (
     "pg_hba.conf",
 )
 
+
+NAME_BYTES = 63  # PostgreSQL's identifier limit (NAMEDATALEN - 1)
 
 CREATE_OPTIONS = (
     "encoding",
@@ -136,6 +144,11 @@ class PostgresServer(DatabaseServer):
             return AuthError(f"PostgreSQL at {where} rejected the login: {text}")
         if state == "3D000" or ("database" in low and "does not exist" in low):
             return DatabaseNotFound(f"PostgreSQL at {where}: {text}")
+        if state == "42501":  # insufficient_privilege: the login itself was accepted
+            return PermissionDenied(
+                f"PostgreSQL at {where}: the role {self.user!r} lacks a privilege: {text}. "
+                f"Grant it to {self.user!r} (the error names it), then run again"
+            )
         if state and not state.startswith("08"):
             # the server answered: a permission problem, an object in use, ...
             return DbBackupError(f"PostgreSQL at {where}: {text}")
@@ -222,15 +235,28 @@ class PostgresServer(DatabaseServer):
             options["icu_locale" if provider == "icu" else "builtin_locale"] = locale
         return options
 
+    def quote(self, name: str) -> str:
+        """psycopg's identifier quoting; a name PostgreSQL would truncate is refused.
+
+        PostgreSQL cuts identifiers to 63 bytes with only a notice: `DROP DATABASE`
+        of a longer name would drop the database its first 63 bytes name.
+        """
+        if "\0" in name or len(name.encode()) > NAME_BYTES:
+            raise ConfigError(
+                f"database name {name!r} is not valid on PostgreSQL: at most {NAME_BYTES} bytes "
+                "(UTF-8), no NUL character"
+            )
+        return pgsql.Identifier(name).as_string()
+
     def create_database(self, database: str, options: dict[str, str]) -> None:
         with self.connect() as conn:
-            sql = f"CREATE DATABASE {self.quote(conn, database)} TEMPLATE template0"
+            sql = f"CREATE DATABASE {self.quote(database)} TEMPLATE template0"
             for key, value in options.items():
                 # options come from our own manifest; still validate before inlining
                 if key not in CREATE_OPTIONS or not re.fullmatch(r"[A-Za-z0-9_.@-]+", value):
                     raise ConfigError(f"unexpected database option {key}={value!r} in manifest")
                 sql += f" {key.upper()} " + (value if key == "locale_provider" else f"'{value}'")
-            conn.execute(sa.text(sql))
+            self.run_sql(conn, sql)
 
     @staticmethod
     def _disconnect(conn: sa.Connection, database: str) -> None:
@@ -246,15 +272,15 @@ class PostgresServer(DatabaseServer):
     def drop_database(self, database: str) -> None:
         with self.connect() as conn:
             self._disconnect(conn, database)
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {self.quote(conn, database)}"))
+            self.run_sql(conn, f"DROP DATABASE IF EXISTS {self.quote(database)}")
 
     def swap_database(self, replacement: str, target: str) -> None:
         retired = f"{replacement}_old"
+        q = self.quote
         with self.connect() as conn:
-            q = functools.partial(self.quote, conn)
             self._disconnect(conn, target)
-            conn.execute(sa.text(f"ALTER DATABASE {q(target)} RENAME TO {q(retired)}"))
-            conn.execute(sa.text(f"ALTER DATABASE {q(replacement)} RENAME TO {q(target)}"))
+            self.run_sql(conn, f"ALTER DATABASE {q(target)} RENAME TO {q(retired)}")
+            self.run_sql(conn, f"ALTER DATABASE {q(replacement)} RENAME TO {q(target)}")
         self.drop_database(retired)
 
     def _client_major(self, path: str) -> int:
@@ -342,11 +368,40 @@ class PostgresServer(DatabaseServer):
     def dump_command(
         self, database: str, workdir: Path, snapshot: str | None = None
     ) -> Iterator[ToolCommand]:
+        """pg_dump under a unique application_name: if the dump fails (killed at dump_timeout,
+        say), its server session is terminated too, or it would wait on a lock for hours."""
         argv = [self.dump_client(), *self.dump_options, "--no-password"]
         if snapshot:
             argv.append(f"--snapshot={snapshot}")
+        app = f"{DUMP_APPLICATION}{secrets.token_hex(6)}"
         with self._credentials(workdir) as env:
-            yield ToolCommand(argv + ["--dbname", self.conninfo(database)], env, self.secrets())
+            argv += ["--dbname", self.conninfo(database)]
+            try:
+                yield ToolCommand(argv, {**env, "PGAPPNAME": app}, self.secrets())
+            except BaseException:
+                self._terminate_sessions(app)
+                raise
+
+    def _terminate_sessions(self, application_name: str) -> None:
+        """End the server sessions a killed client left (a backend waiting on a lock does
+        not notice that its client is gone); a failure here only logs."""
+        try:
+            with self.connect() as conn:
+                ended = conn.execute(
+                    sa.text(
+                        "SELECT count(*) FILTER (WHERE ended) FROM ("
+                        "SELECT pg_terminate_backend(pid) AS ended FROM pg_stat_activity "
+                        "WHERE application_name = :app AND pid <> pg_backend_pid()) s"
+                    ),
+                    {"app": application_name},
+                ).scalar_one()
+        except DbBackupError as exc:
+            log.warning("could not end the server session of %s: %s", application_name, exc)
+            return
+        if ended:
+            log.warning(
+                "terminated %d server session(s) of the failed dump %s", ended, application_name
+            )
 
     @contextlib.contextmanager
     def restore_command(

@@ -21,8 +21,10 @@ from prefect_dbbackup.tasks.errors import (
     AuthError,
     ConfigError,
     DbBackupError,
+    DiskFull,
     ObjectLocked,
     StorageError,
+    is_disk_full,
 )
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -44,6 +46,9 @@ MD5_ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
 
 def _md5() -> Any:
     return hashlib.md5(usedforsecurity=False)
+
+# failures of a local file (the spool, the work dir), not of S3
+LOCAL_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 def part_size(size: int) -> int:
@@ -205,10 +210,12 @@ class S3BackupStorage(BackupStorage):
                     "create it or fix the storage block"
                 )
             return StorageError(f"cannot {action} {where}: {code} {cause}")
-        return StorageError(
-            f"cannot {action} {where}: {exc}. Is the S3 endpoint reachable? The upload is "
-            "retried; a failed backup can simply be run again"
-        )
+        if cause is None and (isinstance(exc, LOCAL_ERRORS) or is_disk_full(exc)):
+            return StorageError(f"cannot {action} {where}: {exc}")  # local: no S3 advice
+        advice = "Is the S3 endpoint reachable?"
+        if action in ("upload", "write"):
+            advice += " The upload is retried; a failed backup can simply be run again"
+        return StorageError(f"cannot {action} {where}: {exc}. {advice}")
 
     def check(self) -> None:
         """The bucket exists and the credentials are accepted (one HEAD request)."""
@@ -313,6 +320,12 @@ class S3BackupStorage(BackupStorage):
             try:
                 self.client.download_fileobj(self.bucket, self._full(key), f)
             except Exception as exc:
+                if is_disk_full(exc):
+                    raise DiskFull(
+                        f"the work dir {workdir} is full while downloading "
+                        f"s3://{self.bucket}/{self._full(key)}: set DBBACKUP_WORK_DIR to a disk "
+                        "with room for the stored backup"
+                    ) from None
                 raise self._error(exc, "download", key) from None
             f.seek(0)
             yield f  # type: ignore[misc]

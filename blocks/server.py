@@ -264,9 +264,19 @@ class DatabaseServer(Block, ABC):
         text = str(exc).strip().splitlines()
         return redact(text[0] if text else type(exc).__name__, [self.secret()])
 
-    def quote(self, conn: sa.Connection, name: str) -> str:
-        """Quote an identifier for this engine."""
-        return conn.dialect.identifier_preparer.quote_identifier(name)
+    @abstractmethod
+    def quote(self, name: str) -> str:
+        """An identifier quoted for this engine, exactly: a `%` or `:` in it stays as it is.
+
+        SQLAlchemy's identifier preparer doubles `%` for pyformat drivers; combined
+        with SQL run without parameters, `ft_%` became `ft_%%`. Quote here and run
+        the text with run_sql only.
+        """
+
+    @staticmethod
+    def run_sql(conn: sa.Connection, sql: str) -> sa.CursorResult:
+        """Run SQL text exactly as written: no bind parameters (`:name`), no paramstyle (`%`)."""
+        return conn.execution_options(no_parameters=True).exec_driver_sql(sql)
 
     def list_databases(self) -> list[str]:
         """User databases matching include and not exclude; system databases never."""
@@ -286,10 +296,10 @@ class DatabaseServer(Block, ABC):
         with self.connect() as conn:
             return [n for n in self._all_database_names(conn) if n.startswith(prefix)]
 
-    @staticmethod
-    def _count_rows(conn: sa.Connection, refs: list[tuple[str, str]]) -> dict[str, int]:
+    @classmethod
+    def _count_rows(cls, conn: sa.Connection, refs: list[tuple[str, str]]) -> dict[str, int]:
         return {
-            name: conn.execute(sa.text(f"SELECT count(*) FROM {ref}")).scalar_one()
+            name: cls.run_sql(conn, f"SELECT count(*) FROM {ref}").scalar_one()
             for name, ref in refs
         }
 

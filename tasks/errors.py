@@ -25,6 +25,16 @@ class AuthError(DbBackupError):
     exit_code = 4
 
 
+class PermissionDenied(DbBackupError):
+    """The login was accepted but lacks a privilege for the operation: grant it, then rerun.
+
+    Exit 3 like configuration: retrying cannot help, and the credentials are fine
+    (AuthError, exit 4, is for rejected logins only).
+    """
+
+    exit_code = 3
+
+
 class ConnectionFailed(DbBackupError):
     """A server or storage could not be reached; retrying later may help."""
 

@@ -28,6 +28,8 @@ CONNECTION_LOST = (
     "server has gone away",
     "connection refused",
     "connection timed out",
+    # PostgreSQL: pg_terminate_backend, or a server shutting down
+    "terminating connection due to administrator command",
 )
 
 

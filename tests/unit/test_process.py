@@ -79,3 +79,14 @@ def test_a_dropped_connection_is_retryable_a_dump_error_is_not():
     with pytest.raises(ToolFailed) as err, ToolProcess(["sh", "-c", broken]):
         pass
     assert not err.value.retryable
+
+
+def test_a_session_terminated_by_an_administrator_is_retryable():
+    """pg_terminate_backend (or a server shutdown) mid-dump: one retry can succeed."""
+    text = (
+        "pg_dump: error: query failed: FATAL:  terminating connection due to administrator command"
+    )
+    with pytest.raises(ToolFailed) as err, ToolProcess(["sh", "-c", f"echo '{text}' >&2; exit 1"]):
+        pass
+    assert err.value.retryable
+    assert "administrator command" in str(err.value)
