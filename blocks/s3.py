@@ -47,6 +47,7 @@ MD5_ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
 def _md5() -> Any:
     return hashlib.md5(usedforsecurity=False)
 
+
 # failures of a local file (the spool, the work dir), not of S3
 LOCAL_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
