@@ -47,12 +47,18 @@ class _DbBackupGroup(TyperGroup):
             if isinstance(exc, RuntimeError) and "reach API" not in str(exc):
                 raise
             from prefect.settings import PREFECT_API_URL
+            from prefect_dbbackup.flows import local_server
 
-            url = PREFECT_API_URL.value() or "the temporary local API"
+            url = PREFECT_API_URL.value()
+            state = local_server.read_state()
+            if url and state is not None and url == state.api_url:
+                advice = "the local Prefect server stopped: `dbbackup server start` starts it"
+            elif url:
+                advice = "start that server, or point PREFECT_API_URL at a running one"
+            else:
+                url, advice = "Prefect's temporary API", "unset DBBACKUP_PREFECT_SERVER"
             typer.echo(
-                f"dbbackup: error: cannot reach the Prefect API at {url}: {exc}. Start it "
-                "(prefect server start) or unset PREFECT_API_URL to use a temporary one.",
-                err=True,
+                f"dbbackup: error: cannot reach the Prefect API at {url}: {exc}; {advice}", err=True
             )
             raise typer.Exit(ConfigError.exit_code) from None
 
