@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,12 +48,18 @@ class _DbBackupGroup(TyperGroup):
             if isinstance(exc, RuntimeError) and "reach API" not in str(exc):
                 raise
             from prefect.settings import PREFECT_API_URL
+            from prefect_dbbackup.flows import local_server
 
-            url = PREFECT_API_URL.value() or "the temporary local API"
+            url = PREFECT_API_URL.value()
+            state = local_server.read_state()
+            if url and state is not None and url == state.api_url:
+                advice = "the local Prefect server stopped: `dbbackup server start` starts it"
+            elif url:
+                advice = "start that server, or point PREFECT_API_URL at a running one"
+            else:
+                url, advice = "Prefect's temporary API", "unset DBBACKUP_PREFECT_SERVER"
             typer.echo(
-                f"dbbackup: error: cannot reach the Prefect API at {url}: {exc}. Start it "
-                "(prefect server start) or unset PREFECT_API_URL to use a temporary one.",
-                err=True,
+                f"dbbackup: error: cannot reach the Prefect API at {url}: {exc}; {advice}", err=True
             )
             raise typer.Exit(ConfigError.exit_code) from None
 
@@ -606,7 +613,93 @@ def fleet(
     raise typer.Exit(code)
 
 
+server_app = typer.Typer(cls=_DbBackupGroup, help="The local Prefect server dbbackup uses.")
+app.add_typer(server_app, name="server")
+
+
+def _print_server(state: Any) -> None:
+    typer.echo(f"url      {state.ui_url}  (API {state.api_url})")
+    typer.echo(f"pid      {state.pid}")
+    typer.echo(f"prefect  {state.prefect_version}")
+    typer.echo(f"uptime   {int(time.time() - state.started_at)} s")
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start the local Prefect server (if it is not running) and show where it is."""
+    from prefect_dbbackup.flows import local_server
+
+    try:
+        state, _ = local_server.ensure_running()
+    except DbBackupError as exc:
+        _fail(exc)
+    _print_server(state)
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the local Prefect server."""
+    from prefect_dbbackup.flows import local_server
+
+    state = local_server.stop()
+    typer.echo("stopped" if state else "not running")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Show the local Prefect server (URL, PID, version, uptime); exit 1 when it is down."""
+    from prefect_dbbackup.flows import local_server
+
+    state = local_server.status()
+    if state is None:
+        typer.echo(f"not running (state in {local_server.state_dir()})")
+        raise typer.Exit(1)
+    _print_server(state)
+
+
+# commands that never talk to the Prefect API: they must not start a server
+_NO_API_COMMANDS = {"keygen", "server"}
+
+
+def _needs_api(argv: list[str]) -> bool:
+    words = [a for a in argv if not a.startswith("-")]
+    if not words or "--help" in argv or "-h" in argv:
+        return False
+    return words[0] not in _NO_API_COMMANDS
+
+
+def _use_local_server(argv: list[str]) -> None:
+    """Point this process (and its children) at the local Prefect server when no API is
+    configured; start the server on first use."""
+    from prefect_dbbackup.flows import local_server
+
+    if os.environ.get(local_server.OPT_OUT_VARIABLE) == "ephemeral" or not _needs_api(argv):
+        return
+    if os.environ.get("PREFECT_API_URL") or local_server.configured_api_url():
+        return
+    try:
+        state, started = local_server.ensure_running()
+    except DbBackupError as exc:
+        _fail(exc)
+    if started:
+        typer.echo(
+            f"dbbackup: started a local Prefect server, UI at {state.ui_url} "
+            "(`dbbackup server stop` stops it)",
+            err=True,
+        )
+    os.environ["PREFECT_API_URL"] = state.api_url
+
+
 def main() -> None:
     """Console script entry point."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        _use_local_server(sys.argv[1:])
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    if os.environ.get("PREFECT_API_URL"):
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+            sys.exit(app())
     sys.exit(app())
