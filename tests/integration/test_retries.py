@@ -10,6 +10,15 @@ from prefect_dbbackup.blocks import PostgresServer
 from prefect_dbbackup.flows import backup as backup_flow
 from prefect_dbbackup.tasks.backup import dump_task
 
+from tests.helpers import flow_runs_of, task_runs_of
+
+
+def _dump_attempts(server: str, db: str) -> int:
+    """How often the dump task run of the one backup run of `server` ran (Prefect's count)."""
+    [run] = flow_runs_of("backup-server", server=server)
+    [dump] = [t for t in task_runs_of(run.id) if t.name == f"dump-{db}"]
+    return dump.run_count
+
 
 @pytest.fixture
 def quick_retries(monkeypatch):
@@ -52,6 +61,7 @@ def test_a_dump_that_lost_its_connection_is_retried(
     result = env.cli("backup", server, "-d", db)
     assert result.exit_code == 0, result.output
     assert len(calls.read_text().split()) == 2
+    assert _dump_attempts(server, db) == 2  # one task run, retried by Prefect
     target = db + "_r"
     cleanup_pg.append(target)
     assert env.cli("restore", env.pg, db, "--from-server", server, "--into", target).exit_code == 0
@@ -69,6 +79,7 @@ def test_a_refused_login_is_not_retried(env, pg_db, tmp_path, quick_retries):
     assert result.exit_code == 2
     assert "password authentication failed" in result.output
     assert len(calls.read_text().split()) == 1
+    assert _dump_attempts(server, db) == 1
 
 
 def test_a_missing_restore_client_is_found_before_anything_is_created(
