@@ -91,3 +91,30 @@ def test_full_work_dir_fails_clearly_and_removes_the_spool(
     assert _attempts({"server": server, "storage": env.storage}) == {f"dump-{db}": 1}
     assert list(tiny_disk.iterdir()) == []
     assert not env.storage_path.exists() or not list(env.storage_path.rglob("manifest.json"))
+
+
+@pytest.mark.parametrize("where", ["local --jobs 2", "s3"])
+def test_full_work_dir_during_restore_keeps_the_existing_target(
+    env, where, pg_db, pg_admin, tiny_disk, monkeypatch, request
+):
+    """A real ENOSPC while the restore spools into its work dir (the decrypted archive for
+    --jobs, the downloaded object for S3): the database it was to replace is untouched."""
+    if where == "s3":
+        env = env.use_s3(request.getfixturevalue("s3_server"))
+    db = pg_db()
+    _big_table(pg_admin, db)
+    assert env.cli("backup", env.pg, "-d", db).exit_code == 0
+    target = pg_db()
+    pg_admin.execute(target, "CREATE TABLE keep AS SELECT g FROM generate_series(1, 300) g")
+    before = pg_admin.table_fingerprints(target)
+    databases = "SELECT datname FROM pg_database"
+    all_before = set(pg_admin.query("postgres", databases))
+    monkeypatch.setenv("DBBACKUP_WORK_DIR", str(tiny_disk))
+    extra = ["--jobs", "2"] if where.startswith("local") else []
+    result = env.cli("restore", env.pg, db, "--into", target, "--replace", *extra)
+    assert result.exit_code == 2, result.output
+    assert "No space left" in result.stderr or "no space left" in result.stderr
+    assert pg_admin.table_fingerprints(target) == before
+    staging = {d for (d,) in set(pg_admin.query("postgres", databases)) - all_before}
+    assert not {d for d in staging if d.startswith("dbbackup_staging_")}
+    assert list(tiny_disk.iterdir()) == []
