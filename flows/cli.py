@@ -10,7 +10,6 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -105,22 +104,12 @@ def keygen(
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
     """Create an age identity (private key) file and print its recipient (public key)."""
-    import pyrage
+    from prefect_dbbackup.blocks.encryption import write_identity_file
 
-    output = output.expanduser()
-    if output.exists() and not force:
-        _fail(ConfigError(f"{output} exists; refusing to overwrite a key (use --force)"))
-    identity = pyrage.x25519.Identity.generate()
-    recipient = str(identity.to_public())
-    output.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = output.with_name(output.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(
-            f"# created: {datetime.now(UTC).isoformat(timespec='seconds')}\n"
-            f"# public key: {recipient}\n{identity}\n"
-        )
-    os.replace(tmp, output)
+    try:
+        recipient = write_identity_file(output, force=force)
+    except DbBackupError as exc:
+        _fail(exc)
     typer.echo(f"wrote {output}; keep it secret, keep a copy offline.", err=True)
     typer.echo(recipient)
 

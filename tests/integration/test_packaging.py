@@ -16,8 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_wheel_installs_only_the_namespace_and_ships_automations(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q"]
-        + ["-w", str(wheels), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q"] + ["-w", str(wheels), str(ROOT)],
         check=True,
         capture_output=True,
     )
