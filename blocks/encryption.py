@@ -15,9 +15,21 @@ from prefect_dbbackup.tasks.errors import ConfigError
 from prefect_dbbackup.tasks.manifest import recipient_fingerprint
 from pydantic import Field, SecretStr
 
+AGE_HEADERS = (b"age-encryption.org/", b"-----BEGIN AGE ENCRYPTED FILE-----")
+
+
+def _encrypted_identity(source: str) -> ConfigError:
+    return ConfigError(
+        f"{source} is passphrase-protected (an age-encrypted file, not a plain identity): "
+        "decrypt it first with `age -d key.age > key.txt` (keep key.txt 0600, or decrypt it "
+        "to a tmpfs) and use key.txt"
+    )
+
 
 def parse_identities(text: str, source: str) -> list[pyrage.x25519.Identity]:
     """Parse age identities (AGE-SECRET-KEY-1...) from an identity file's text."""
+    if text.lstrip().encode().startswith(AGE_HEADERS):
+        raise _encrypted_identity(source)
     identities = []
     for line in text.splitlines():
         line = line.strip()
@@ -30,6 +42,25 @@ def parse_identities(text: str, source: str) -> list[pyrage.x25519.Identity]:
     if not identities:
         raise ConfigError(f"{source} holds no age identity (AGE-SECRET-KEY-1...)")
     return identities
+
+
+def read_identity_file(path: str | Path) -> list[pyrage.x25519.Identity]:
+    """Read identities from a file written by `dbbackup keygen` or `age-keygen`."""
+    path = Path(path).expanduser()
+    source = f"identity file {path}"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read age identity file {path}: {exc.strerror}") from None
+    if data.lstrip().startswith(AGE_HEADERS):
+        raise _encrypted_identity(source)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{source} is not a text file of age identities (AGE-SECRET-KEY-1...)"
+        ) from None
+    return parse_identities(text, source)
 
 
 def _check_private_dir(directory: Path) -> None:
@@ -115,16 +146,6 @@ def write_identity_file(path: str | Path, *, force: bool = False) -> str:
         force=force,
     )
     return recipient
-
-
-def read_identity_file(path: str | Path) -> list[pyrage.x25519.Identity]:
-    """Read identities from a file written by `dbbackup keygen` or `age-keygen`."""
-    path = Path(path).expanduser()
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read age identity file {path}: {exc.strerror}") from None
-    return parse_identities(text, f"identity file {path}")
 
 
 class AgeEncryption(Block):
