@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import httpx
 import typer
+from prefect_dbbackup.flows.text import printable
 from prefect_dbbackup.tasks.errors import ConfigError, DbBackupError
 from typer._click import Context
 from typer._click.exceptions import UsageError  # typer vendors its own click
@@ -94,7 +95,8 @@ def _show_outcomes(
         )
     else:
         for o in report.outcomes:
-            typer.echo(f"{o.status:6} {o.database}  {o.backup_id or ''}  {detail(o)}".rstrip())
+            line = f"{o.status:6} {printable(o.database)}  {o.backup_id or ''}  {detail(o)}"
+            typer.echo(line.rstrip())
     raise typer.Exit(code)
 
 
@@ -160,7 +162,7 @@ def backup(
     def detail(o: Any) -> str:
         ok = o.status == "ok"
         size = f"{o.raw_bytes / 1e6:.1f} MB -> {o.stored_bytes / 1e6:.1f} MB" if ok else ""
-        return f"{size}  {o.error or o.note or ''}"
+        return f"{size}  {printable(o.error or o.note or '')}"
 
     _show_outcomes(server, report, code, as_json, detail)
 
@@ -202,7 +204,7 @@ def list_cmd(
     if not backups:
         typer.echo(f"no complete backups of {server}", err=True)
     for m in backups:
-        name = m.database if m.kind == "database" else f"{m.database} (users/roles)"
+        name = printable(m.database) if m.kind == "database" else f"{m.database} (users/roles)"
         typer.echo(
             f"{name:30} {m.backup_id}  {m.finished_at:%Y-%m-%d %H:%M:%S}Z  "
             f"{m.stats.raw_bytes / 1e6:10.1f} MB raw {m.stats.stored_bytes / 1e6:10.1f} MB stored"
@@ -293,8 +295,8 @@ def restore(
         if accounts:
             _echo_users(accounts)
         typer.echo(
-            f"restored {result.database} backup {result.backup_id} into {result.target_database} "
-            f"in {result.seconds:.1f} s"
+            f"restored {printable(result.database)} backup {result.backup_id} into "
+            f"{printable(result.target_database)} in {result.seconds:.1f} s"
         )
 
 
@@ -305,9 +307,9 @@ def _echo_users(result: UsersResult) -> None:
         f"{result.applied} statements applied, {len(result.skipped)} skipped"
     )
     for line in result.skipped:
-        typer.echo(f"  skipped {line}")
+        typer.echo(f"  skipped {printable(line)}")
     if result.note:
-        typer.echo(f"  note: {result.note}")
+        typer.echo(f"  note: {printable(result.note)}")
 
 
 @app.command("restore-users")
@@ -390,7 +392,7 @@ def prune(
         decision = "keep  " if i.keep else "remove"
         outcome = "" if i.outcome in ("kept", "removed", "would remove") else f"  [{i.outcome}]"
         typer.echo(
-            f"{decision} {i.database:24} {i.backup_id}  {i.time:%Y-%m-%d %H:%M}Z  "
+            f"{decision} {printable(i.database):24} {i.backup_id}  {i.time:%Y-%m-%d %H:%M}Z  "
             f"{', '.join(i.reasons)}{outcome}"
         )
 
@@ -427,7 +429,8 @@ def verify(
         _fail(exc)
 
     def detail(o: Any) -> str:
-        return f"{o.tables} tables  {o.rows} rows  ({o.checked})" if o.status == "ok" else o.error
+        ok = f"{o.tables} tables  {o.rows} rows  ({o.checked})"
+        return ok if o.status == "ok" else printable(o.error or "")
 
     _show_outcomes(server, report, code, as_json, detail)
 
@@ -513,7 +516,9 @@ def fleet(
     except DbBackupError as exc:
         _fail(exc)
     for r in runs:
-        typer.echo(f"{r.state:10} {r.server}  {r.flow_run or ''}  {r.message or ''}".rstrip())
+        message = printable(r.message or "")
+        line = f"{r.state:10} {printable(r.server)}  {r.flow_run or ''}  {message}"
+        typer.echo(line.rstrip())
     raise typer.Exit(code)
 
 
