@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import yaml
@@ -237,6 +240,52 @@ def _unchanged(block: Block, document: BlockDocument) -> bool:
     return _comparable(stored) == _comparable(block)
 
 
+def _block_classes(kinds: set[type[Block]]) -> set[type[Block]]:
+    """kinds and the block classes nested in their fields (S3 credentials)."""
+    found = set(kinds)
+    for kind in kinds:
+        for field in kind.model_fields.values():
+            for t in (field.annotation, *get_args(field.annotation)):
+                if isinstance(t, type) and issubclass(t, Block):
+                    found.add(t)
+    return found
+
+
+@contextlib.contextmanager
+def _schemas_cached(kinds: set[type[Block]]) -> Iterator[None]:
+    """Cache each block class's JSON schema while many blocks are serialised.
+
+    Prefect regenerates the schema for every field of every block it serialises
+    (Block._field_has_secrets): ~1 s per block on a busy machine. The schema of a
+    class never changes, so apply caches it for the duration and restores the method.
+    """
+    saved = []
+    for kind in _block_classes(kinds):
+        saved.append((kind, kind.__dict__.get("model_json_schema")))
+        kind.model_json_schema = staticmethod(functools.cache(kind.model_json_schema))
+    try:
+        yield
+    finally:
+        for kind, original in saved:
+            if original is None:
+                del kind.model_json_schema
+            else:
+                kind.model_json_schema = original
+
+
+def _request(
+    name: str, block: Block, document: BlockDocument | None
+) -> tuple[Any, BlockDocumentCreate | BlockDocumentUpdate]:
+    """(id to update or None, request) that saves block under name; ConfigError if invalid."""
+    try:
+        new = block._to_block_document(name=name, include_secrets=True)
+        if document is None:
+            return None, BlockDocumentCreate(**new.model_dump(include=CREATED))
+        return document.id, BlockDocumentUpdate(**new.model_dump(include=UPDATED))
+    except ValueError as exc:
+        raise ConfigError(f"cannot save block {name!r}: {exc}") from None
+
+
 def apply_config(path: Path) -> list[tuple[str, str, str]]:
     """Create or update the blocks of a config file.
 
@@ -258,16 +307,9 @@ def apply_config(path: Path) -> list[tuple[str, str, str]]:
     for kind in {type(b) for _, b, _ in writes}:
         kind.register_type_and_schema()  # once per type, not once per block
     requests: list[tuple[Any, BlockDocumentCreate | BlockDocumentUpdate]] = []
-    for name, block, document in writes:
-        try:
-            new = block._to_block_document(name=name, include_secrets=True)
-            if document is None:
-                request = BlockDocumentCreate(**new.model_dump(include=CREATED))
-            else:
-                request = BlockDocumentUpdate(**new.model_dump(include=UPDATED))
-        except ValueError as exc:
-            raise ConfigError(f"cannot save block {name!r}: {exc}") from None
-        requests.append((document.id if document else None, request))
+    with _schemas_cached({type(b) for _, b, _ in writes}):
+        for name, block, document in writes:
+            requests.append(_request(name, block, document))
     with get_client(sync_client=True) as client:
         for document_id, request in requests:
             if document_id is None:

@@ -81,3 +81,25 @@ def test_second_apply_writes_nothing_and_a_changed_field_is_written(
     assert f"updated   s3-backup-storage/s3-{tag}" in fourth.stdout
     rotated = S3BackupStorage.load(f"s3-{tag}").credentials.aws_secret_access_key
     assert rotated.get_secret_value() == "rotated"
+
+
+def test_a_block_name_prefect_rejects_is_found_before_anything_is_written(
+    prefect_api, tmp_path, recipient
+):
+    from prefect_dbbackup.blocks import PostgresServer
+
+    tag = uuid.uuid4().hex[:8]
+    config = tmp_path / "dbbackup.yaml"
+    config.write_text(
+        f"servers:\n  ok-{tag}: {{type: postgres}}\n  Bad_Name/{tag}: {{type: postgres}}\n"
+    )
+    result = CliRunner().invoke(app, ["apply", str(config)])
+    assert result.exit_code == 3, result.output
+    assert f"cannot save block 'Bad_Name/{tag}'" in result.stderr
+    assert f"ok-{tag}" not in _stamps(tag)
+    try:
+        PostgresServer.load(f"ok-{tag}")
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a block was saved before the bad name was found")
