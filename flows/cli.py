@@ -1,7 +1,8 @@
 """The `dbbackup` command line: each command runs the matching Prefect flow.
 
-Exit codes: 0 success, 1 some databases failed, 2 all failed (or the restore
-failed), 3 configuration or usage error, 4 authentication/credentials error.
+Exit codes: 0 success, 1 some databases failed, 2 every requested database
+failed (the users/roles row does not count; see flows/report.failure_exit_code) or
+the restore failed, 3 configuration or usage error, 4 authentication/credentials error.
 """
 
 from __future__ import annotations
