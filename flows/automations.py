@@ -14,11 +14,11 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-import yaml
 from prefect.automations import Automation
 from prefect.client.orchestration import get_client
 from prefect.events.schemas.automations import AutomationCore
 from prefect.exceptions import ObjectNotFound
+from prefect_dbbackup.flows.config import parse_yaml
 from prefect_dbbackup.tasks.errors import ConfigError
 from pydantic import ValidationError
 
@@ -61,10 +61,7 @@ def load_automations(directory: Path, servers: list[str], notify: str) -> list[A
     result = []
     for path in files:
         text = path.read_text()
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raw = parse_yaml(text, str(path))
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must be a mapping (one automation)")
         per_server = "${server}" in text

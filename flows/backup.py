@@ -56,7 +56,9 @@ def _globals_outcome(future: PrefectFuture, storage: BackupStorage) -> DatabaseO
     if error is None:
         key, error = _outcome(upload_task.submit(storage, dump))
     if error is not None:
-        return DatabaseOutcome(database=GLOBALS_SEGMENT, status="failed", error=error)
+        return DatabaseOutcome(
+            database=GLOBALS_SEGMENT, kind="globals", status="failed", error=error
+        )
     return DatabaseOutcome.stored(dump.manifest, key, globals_note(dump.manifest))
 
 

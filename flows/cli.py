@@ -1,7 +1,8 @@
 """The `dbbackup` command line: each command runs the matching Prefect flow.
 
-Exit codes: 0 success, 1 some databases failed, 2 all failed (or the restore
-failed), 3 configuration or usage error, 4 authentication/credentials error.
+Exit codes: 0 success, 1 some databases failed, 2 every requested database
+failed (the users/roles row does not count; see flows/report.failure_exit_code) or
+the restore failed, 3 configuration or usage error, 4 authentication/credentials error.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import httpx
 import typer
+from prefect_dbbackup.flows.text import printable
 from prefect_dbbackup.tasks.errors import ConfigError, DbBackupError
 from typer._click import Context
 from typer._click.exceptions import UsageError  # typer vendors its own click
@@ -111,7 +112,8 @@ def _show_outcomes(
         )
     else:
         for o in report.outcomes:
-            typer.echo(f"{o.status:6} {o.database}  {o.backup_id or ''}  {detail(o)}".rstrip())
+            line = f"{o.status:6} {printable(o.database)}  {o.backup_id or ''}  {detail(o)}"
+            typer.echo(line.rstrip())
     raise typer.Exit(code)
 
 
@@ -121,22 +123,12 @@ def keygen(
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
     """Create an age identity (private key) file and print its recipient (public key)."""
-    import pyrage
+    from prefect_dbbackup.blocks.encryption import write_identity_file
 
-    output = output.expanduser()
-    if output.exists() and not force:
-        _fail(ConfigError(f"{output} exists; refusing to overwrite a key (use --force)"))
-    identity = pyrage.x25519.Identity.generate()
-    recipient = str(identity.to_public())
-    output.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = output.with_name(output.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(
-            f"# created: {datetime.now(UTC).isoformat(timespec='seconds')}\n"
-            f"# public key: {recipient}\n{identity}\n"
-        )
-    os.replace(tmp, output)
+    try:
+        recipient = write_identity_file(output, force=force)
+    except DbBackupError as exc:
+        _fail(exc)
     typer.echo(f"wrote {output}; keep it secret, keep a copy offline.", err=True)
     typer.echo(recipient)
 
@@ -150,11 +142,12 @@ def signing_keygen(
 ) -> None:
     """Create an Ed25519 manifest signing key file and print its public (verify) key."""
     from prefect_dbbackup.blocks import signing
+    from prefect_dbbackup.blocks.encryption import write_secret_file
 
     pem = signing.generate_signing_key()
     public = signing.public_key_text(signing.load_signing_key(pem, "new key").public_key())
     try:
-        _write_private_file(output.expanduser(), pem, force)
+        write_secret_file(output, pem, force=force)
     except DbBackupError as exc:
         _fail(exc)
     typer.echo(
@@ -163,32 +156,6 @@ def signing_keygen(
         err=True,
     )
     typer.echo(public)
-
-
-def _write_private_file(output: Path, text: str, force: bool) -> None:
-    """Write a 0600 file through a fresh random temp name (O_EXCL, no symlinks followed);
-    an existing file is replaced only with force, and never through a race."""
-    import tempfile
-
-    output.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)  # 0600, O_EXCL
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if force:
-            os.replace(tmp, output)
-        else:
-            try:
-                os.link(tmp, output)  # fails if anything (even a dangling link) is there
-            except FileExistsError:
-                raise ConfigError(
-                    f"{output} exists; refusing to overwrite a key (use --force)"
-                ) from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 @app.command()
@@ -237,7 +204,7 @@ def backup(
     def detail(o: Any) -> str:
         ok = o.status == "ok"
         size = f"{o.raw_bytes / 1e6:.1f} MB -> {o.stored_bytes / 1e6:.1f} MB" if ok else ""
-        return f"{size}  {o.error or o.note or ''}"
+        return f"{size}  {printable(o.error or o.note or '')}"
 
     _show_outcomes(server, report, code, as_json, detail)
 
@@ -263,12 +230,14 @@ def list_cmd(
     if not entries:
         typer.echo(f"no complete backups of {server}", err=True)
     for e in entries:
-        trust = e.trust if e.trust == "signed" else f"{e.trust.upper()}: {e.problem}"
+        trust = (
+            e.trust if e.trust == "signed" else f"{e.trust.upper()}: {printable(e.problem or '')}"
+        )
         m = e.manifest
         if m is None or e.trust == "invalid":  # what it says is not to be believed
-            typer.echo(f"{e.database:30} {e.backup_id}  {trust}")
+            typer.echo(f"{printable(e.database):30} {e.backup_id}  {trust}")
             continue
-        name = m.database if m.kind == "database" else f"{m.database} (users/roles)"
+        name = printable(m.database) + ("" if m.kind == "database" else " (users/roles)")
         typer.echo(
             f"{name:30} {m.backup_id}  {m.finished_at:%Y-%m-%d %H:%M:%S}Z  "
             f"{m.stats.raw_bytes / 1e6:10.1f} MB raw {m.stats.stored_bytes / 1e6:10.1f} MB stored"
@@ -387,8 +356,8 @@ def restore(
         if accounts:
             _echo_users(accounts)
         typer.echo(
-            f"restored {result.database} backup {result.backup_id} into {result.target_database} "
-            f"in {result.seconds:.1f} s"
+            f"restored {printable(result.database)} backup {result.backup_id} into "
+            f"{printable(result.target_database)} in {result.seconds:.1f} s"
         )
 
 
@@ -399,9 +368,9 @@ def _echo_users(result: UsersResult) -> None:
         f"{result.applied} statements applied, {len(result.skipped)} skipped"
     )
     for line in result.skipped:
-        typer.echo(f"  skipped {line}")
+        typer.echo(f"  skipped {printable(line)}")
     if result.note:
-        typer.echo(f"  note: {result.note}")
+        typer.echo(f"  note: {printable(result.note)}")
 
 
 @app.command("restore-users")
@@ -486,7 +455,7 @@ def prune(
         decision = "keep  " if i.keep else "remove"
         outcome = "" if i.outcome in ("kept", "removed", "would remove") else f"  [{i.outcome}]"
         typer.echo(
-            f"{decision} {i.database:24} {i.backup_id}  {i.time:%Y-%m-%d %H:%M}Z  "
+            f"{decision} {printable(i.database):24} {i.backup_id}  {i.time:%Y-%m-%d %H:%M}Z  "
             f"{', '.join(i.reasons)}{outcome}"
         )
 
@@ -523,7 +492,8 @@ def verify(
         _fail(exc)
 
     def detail(o: Any) -> str:
-        return f"{o.tables} tables  {o.rows} rows  ({o.checked})" if o.status == "ok" else o.error
+        ok = f"{o.tables} tables  {o.rows} rows  ({o.checked})"
+        return ok if o.status == "ok" else printable(o.error or "")
 
     _show_outcomes(server, report, code, as_json, detail)
 
@@ -609,7 +579,9 @@ def fleet(
     except DbBackupError as exc:
         _fail(exc)
     for r in runs:
-        typer.echo(f"{r.state:10} {r.server}  {r.flow_run or ''}  {r.message or ''}".rstrip())
+        message = printable(r.message or "")
+        line = f"{r.state:10} {printable(r.server)}  {r.flow_run or ''}  {message}"
+        typer.echo(line.rstrip())
     raise typer.Exit(code)
 
 
@@ -658,7 +630,7 @@ def server_status() -> None:
 
 
 # commands that never talk to the Prefect API: they must not start a server
-_NO_API_COMMANDS = {"keygen", "server"}
+_NO_API_COMMANDS = {"keygen", "signing-keygen", "server"}
 
 
 def _needs_api(argv: list[str]) -> bool:

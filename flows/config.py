@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+import httpx
 import yaml
 from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import BlockDocumentCreate, BlockDocumentUpdate
+from prefect.client.schemas.objects import BlockDocument
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.mysql import MySQLServer
 from prefect_dbbackup.blocks.postgres import PostgresServer
@@ -22,8 +29,84 @@ from pydantic import SecretStr, ValidationError
 SERVER_KINDS: dict[str, type[Block]] = {"postgres": PostgresServer, "mysql": MySQLServer}
 STORAGE_KINDS: dict[str, type[Block]] = {"local": LocalBackupStorage, "s3": S3BackupStorage}
 PATH_FIELDS = {"path", "identity_file", "sslrootcert", "bin_dir", "manifest_signing_key_file"}
+CREATED = {"name", "block_schema_id", "block_type_id", "data", "is_anonymous"}
+UPDATED = {"block_schema_id", "data"}
 OPERATIONS_SECTIONS = ("schedules", "limits")  # read by flows/operations.py, not blocks
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+# nodes that YAML aliases may add beyond the file's own: enough for `<<: *defaults` on
+# thousands of servers, far below a "billion laughs" alias bomb (10^9 nodes from 500 bytes)
+ALIAS_NODES_BASE = 100_000
+ALIAS_NODES_PER_NODE = 10
+
+
+def _expanded_size(root: yaml.Node, source: str) -> tuple[int, int]:
+    """(nodes in the file, nodes after every alias is expanded); refuses recursive aliases."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError(f"{source}: a YAML alias refers to itself (recursive structure)")
+        active.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            total = 1
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    expanded = size(root)
+    return len(sizes), expanded
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses documents whose aliases expand beyond a budget."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            own, expanded = _expanded_size(node, self.name)
+            budget = ALIAS_NODES_BASE + ALIAS_NODES_PER_NODE * own
+            if expanded - own > budget:
+                raise ConfigError(
+                    f"{self.name}: YAML aliases (*name) expand {own} nodes into {expanded}, more "
+                    f"than the {budget} allowed: an alias bomb, or write the repeated "
+                    "settings out"
+                )
+        return node
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text safely (plain types only, alias expansion bounded); ConfigError if bad."""
+    loader = _BoundedLoader(text)
+    loader.name = source
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: Path) -> Any:
+    """Read and parse a YAML file with parse_yaml; an unreadable file is a ConfigError."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text file") from None
+    return parse_yaml(text, str(path))
 
 
 def expand_env(value: Any, where: str) -> Any:
@@ -81,12 +164,7 @@ def _typed(entries: dict, kinds: dict[str, type[Block]], section: str, base: Pat
 
 def load_config(path: Path) -> list[tuple[str, Block]]:
     """Parse and validate a config file into (block name, block) pairs; nothing is saved."""
-    try:
-        config = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    config = read_yaml(path)
     if not isinstance(config, dict):
         raise ConfigError(f"{path} must be a mapping with servers, storage and encryption")
     unknown = set(config) - {"servers", "storage", "encryption", *OPERATIONS_SECTIONS}
@@ -125,14 +203,33 @@ def _check_signing(storage: BackupStorage, where: str) -> None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _check_server_names(blocks: list[tuple[str, Block]]) -> None:
+def _existing(kinds: set[type[Block]]) -> dict[type[Block], dict[str, BlockDocument]]:
+    """Every named block document of these types, by type and name: one API read per type."""
+    found: dict[type[Block], dict[str, BlockDocument]] = {}
+    with get_client(sync_client=True) as client:
+        for kind in kinds:
+            try:
+                docs = client.read_block_documents_by_type(
+                    kind.get_block_type_slug(), include_secrets=True
+                )
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 404:
+                    raise
+                docs = []  # the block type was never registered
+            found[kind] = {d.name: d for d in docs if d.name and not d.is_anonymous}
+    return found
+
+
+def _check_server_names(
+    blocks: list[tuple[str, Block]], existing: dict[type[Block], dict[str, BlockDocument]]
+) -> None:
     """Refuse a server name already used by a block of the other engine (before saving any)."""
     for name, block in blocks:
         kind = type(block)
         if kind not in SERVER_TYPES:
             continue
         for other in SERVER_TYPES:
-            if other is not kind and _exists(other, name):
+            if other is not kind and name in existing[other]:
                 raise ConfigError(
                     f"servers.{name}: a {other.get_block_type_slug()} block is already named "
                     f"{name!r}; delete it first (prefect block delete) or pick another name"
@@ -152,35 +249,89 @@ def _comparable(block: Block) -> dict[str, Any]:
     return {f: plain(getattr(block, f)) for f in type(block).model_fields}
 
 
+def _unchanged(block: Block, document: BlockDocument) -> bool:
+    """Whether a stored block document holds exactly the fields of block (secrets included)."""
+    try:
+        stored = type(block)._from_block_document(document)
+    except (ValueError, TypeError):  # saved by an older schema that no longer validates
+        return False
+    return _comparable(stored) == _comparable(block)
+
+
+def _block_classes(kinds: set[type[Block]]) -> set[type[Block]]:
+    """kinds and the block classes nested in their fields (S3 credentials)."""
+    found = set(kinds)
+    for kind in kinds:
+        for field in kind.model_fields.values():
+            for t in (field.annotation, *get_args(field.annotation)):
+                if isinstance(t, type) and issubclass(t, Block):
+                    found.add(t)
+    return found
+
+
+@contextlib.contextmanager
+def _schemas_cached(kinds: set[type[Block]]) -> Iterator[None]:
+    """Cache each block class's JSON schema while many blocks are serialised.
+
+    Prefect regenerates the schema for every field of every block it serialises
+    (Block._field_has_secrets): ~1 s per block on a busy machine. The schema of a
+    class never changes, so apply caches it for the duration and restores the method.
+    """
+    saved = []
+    for kind in _block_classes(kinds):
+        saved.append((kind, kind.__dict__.get("model_json_schema")))
+        kind.model_json_schema = staticmethod(functools.cache(kind.model_json_schema))
+    try:
+        yield
+    finally:
+        for kind, original in saved:
+            if original is None:
+                del kind.model_json_schema
+            else:
+                kind.model_json_schema = original
+
+
+def _request(
+    name: str, block: Block, document: BlockDocument | None
+) -> tuple[Any, BlockDocumentCreate | BlockDocumentUpdate]:
+    """(id to update or None, request) that saves block under name; ConfigError if invalid."""
+    try:
+        new = block._to_block_document(name=name, include_secrets=True)
+        if document is None:
+            return None, BlockDocumentCreate(**new.model_dump(include=CREATED))
+        return document.id, BlockDocumentUpdate(**new.model_dump(include=UPDATED))
+    except ValueError as exc:
+        raise ConfigError(f"cannot save block {name!r}: {exc}") from None
+
+
 def apply_config(path: Path) -> list[tuple[str, str, str]]:
     """Create or update the blocks of a config file.
 
+    Reads the existing blocks once (one API call per block type) and writes only the
+    blocks that are new or changed; names are validated before anything is written.
     Returns (block type slug, name, created|updated|unchanged) for each block.
     """
     blocks = load_config(path)
-    _check_server_names(blocks)
-    changes = []
+    existing = _existing({type(b) for _, b in blocks} | set(SERVER_TYPES))
+    _check_server_names(blocks, existing)
+    plan = []
     for name, block in blocks:
-        kind = type(block)
-        try:
-            existing = kind.load(name)
-        except ValueError:
-            existing = None
-        if existing is not None and _comparable(existing) == _comparable(block):
-            status = "unchanged"
+        document = existing[type(block)].get(name)
+        if document is not None and _unchanged(block, document):
+            plan.append((name, block, document, "unchanged"))
         else:
-            try:
-                block.save(name, overwrite=True)
-            except ValueError as exc:
-                raise ConfigError(f"cannot save block {name!r}: {exc}") from None
-            status = "created" if existing is None else "updated"
-        changes.append((kind.get_block_type_slug(), name, status))
-    return changes
-
-
-def _exists(kind: type[Block], name: str) -> bool:
-    try:
-        kind.load(name)
-    except ValueError:
-        return False
-    return True
+            plan.append((name, block, document, "created" if document is None else "updated"))
+    writes = [(n, b, d) for n, b, d, status in plan if status != "unchanged"]
+    for kind in {type(b) for _, b, _ in writes}:
+        kind.register_type_and_schema()  # once per type, not once per block
+    requests: list[tuple[Any, BlockDocumentCreate | BlockDocumentUpdate]] = []
+    with _schemas_cached({type(b) for _, b, _ in writes}):
+        for name, block, document in writes:
+            requests.append(_request(name, block, document))
+    with get_client(sync_client=True) as client:
+        for document_id, request in requests:
+            if document_id is None:
+                client.create_block_document(request)
+            else:
+                client.update_block_document(document_id, request)
+    return [(type(b).get_block_type_slug(), n, status) for n, b, _, status in plan]

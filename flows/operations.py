@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule
-from prefect_dbbackup.flows.config import expand_env
+from prefect_dbbackup.flows.config import expand_env, read_yaml
 from prefect_dbbackup.tasks.errors import ConfigError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -108,12 +107,7 @@ def _section(model: type[BaseModel], raw: Any, where: str) -> Any:
 
 def read_operations(path: Path) -> Operations:
     """Read the servers, schedules and limits of a config file (no block is loaded or saved)."""
-    try:
-        config = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    config = read_yaml(path)
     if not isinstance(config, dict) or not isinstance(config.get("servers"), dict):
         raise ConfigError(f"{path} must be a mapping with a 'servers' section")
     servers = {

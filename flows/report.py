@@ -41,6 +41,7 @@ class DatabaseOutcome(BaseModel):
 
     database: str
     status: str
+    kind: str = "database"  # "globals": the users/roles row, not a database
     backup_id: str | None = None
     key: str | None = None
     raw_bytes: int = 0
@@ -55,6 +56,7 @@ class DatabaseOutcome(BaseModel):
         return cls(
             database=manifest.database,
             status="ok",
+            kind=manifest.kind,
             backup_id=manifest.backup_id,
             key=key,
             raw_bytes=manifest.stats.raw_bytes,
@@ -167,13 +169,25 @@ class BackupReport(BaseModel):
             )
 
 
+def failure_exit_code(outcomes: list[BaseModel]) -> int:
+    """Exit code of a run with failures: 2 when every requested database failed, else 1.
+
+    The users/roles row (`_globals`) is not a database here: a run whose only
+    database failed exits 2 even though `_globals` succeeded, and a run where only
+    `_globals` failed exits 1.
+    """
+    databases = [o for o in outcomes if getattr(o, "kind", "database") != "globals"]
+    return 2 if all(o.status != "ok" for o in databases) else 1
+
+
 class BackupFailed(DbBackupError):
-    """Some (exit 1) or all (exit 2) databases of a backup run failed."""
+    """Some (exit 1) or all (exit 2) requested databases of a run failed (see
+    failure_exit_code)."""
 
     def __init__(self, report: BackupReport) -> None:
         self.report = report
         failed = report.failed
-        self.exit_code = 2 if len(failed) == len(report.outcomes) else 1
+        self.exit_code = failure_exit_code(report.outcomes)
         details = "; ".join(f"{o.database!r}: {first_line(o.error)}" for o in failed)
         total = len(report.outcomes)
         super().__init__(f"{len(failed)} of {total} databases of {report.server} failed: {details}")

@@ -8,21 +8,26 @@ safe key segment and back.
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote
+
+from prefect_dbbackup.tasks.errors import ConfigError
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.json.sig"  # Ed25519 signature of the manifest, written before it
 VERIFIED_NAME = "verified.json"  # written by verify next to the manifest it checked
 GLOBALS_SEGMENT = "_globals"
 BACKUP_ID_FORMAT = "%Y%m%dT%H%M%SZ"
+BACKUP_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4}")  # what new_backup_id makes
+SAFE_OBJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # no '/', no '..'
 
 
 def encode_name(name: str) -> str:
     """Encode a server or database name as one safe, reversible key segment."""
     if not name:
-        raise ValueError("an empty name cannot be stored")
+        raise ConfigError("an empty server or database name cannot be stored")
     encoded = quote(name, safe="")
     if encoded[0] in "-.":
         encoded = f"%{ord(encoded[0]):02X}{encoded[1:]}"
@@ -43,6 +48,27 @@ def new_backup_id(now: datetime | None = None) -> str:
     return f"{now.strftime(BACKUP_ID_FORMAT)}-{secrets.token_hex(2)}"
 
 
+def check_backup_id(backup_id: str) -> str:
+    """backup_id itself if it has the form new_backup_id makes; a ConfigError otherwise.
+
+    Ids reach storage keys from the command line, flow parameters and manifests:
+    this keeps '..', '/', empty or absolute segments out of every key.
+    """
+    if not isinstance(backup_id, str) or not BACKUP_ID.fullmatch(backup_id):
+        raise ConfigError(
+            f"{backup_id!r} is not a backup id: one looks like 20261127T031500Z-3f9a "
+            "(UTC time and 4 hex digits); `dbbackup list SERVER` shows them"
+        )
+    return backup_id
+
+
+def check_object_name(name: str) -> str:
+    """name itself if it is one safe key segment (no '/', '..', empty or hidden name)."""
+    if not isinstance(name, str) or not SAFE_OBJECT_NAME.fullmatch(name):
+        raise ConfigError(f"unsafe object name {name!r} in a manifest: refusing to use it")
+    return name
+
+
 def series_prefix(server: str, database: str | None = None, kind: str = "database") -> str:
     """Key prefix of a server, of one database series on it, or of its globals series."""
     if kind == "globals":
@@ -55,7 +81,12 @@ def series_prefix(server: str, database: str | None = None, kind: str = "databas
 def backup_key(
     server: str, database: str, backup_id: str, name: str, kind: str = "database"
 ) -> str:
-    """Key of one object of one backup (kind 'globals': the users/roles series)."""
+    """Key of one object of one backup (kind 'globals': the users/roles series).
+
+    The backup id and object name are checked (ConfigError), wherever they came from.
+    """
+    check_backup_id(backup_id)
+    check_object_name(name)
     return f"{series_prefix(server, database, kind)}{backup_id}/{name}"
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prefect_dbbackup.tasks.errors import ConfigError
 from prefect_dbbackup.tasks.layout import (
     GLOBALS_SEGMENT,
     backup_key,
@@ -51,7 +52,9 @@ def test_distinct_names_never_share_a_segment():
 
 
 def test_user_database_named_globals_cannot_collide_with_the_globals_series():
-    assert backup_key("srv", "_globals", "id", "x").split("/")[1] != GLOBALS_SEGMENT
+    assert (
+        backup_key("srv", "_globals", "20261127T031500Z-3f9a", "x").split("/")[1] != GLOBALS_SEGMENT
+    )
 
 
 def test_manifest_key_parses_back_to_server_database_and_id():
@@ -73,5 +76,20 @@ def test_backup_ids_sort_by_time_and_encode_it():
 
 
 def test_empty_name_is_refused():
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         encode_name("")
+
+
+@pytest.mark.parametrize(
+    "backup_id",
+    ["..", "../20261127T031500Z-3f9a", "/etc", "", "20261127T031500Z-3f9a/..", "a//b", "latest"],
+)
+def test_unsafe_backup_ids_never_reach_a_key(backup_id):
+    with pytest.raises(ConfigError, match="is not a backup id"):
+        backup_key("srv", "db", backup_id, "manifest.json")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "../x", "a/b", "/x", ".hidden", "a..b"])
+def test_unsafe_object_names_never_reach_a_key(name):
+    with pytest.raises(ConfigError, match="unsafe object name"):
+        backup_key("srv", "db", "20261127T031500Z-3f9a", name)

@@ -1,0 +1,105 @@
+"""`dbbackup apply` writes only what changed: a second apply of the same file writes nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+from prefect_dbbackup.flows.cli import app
+from typer.testing import CliRunner
+
+SLUGS = ("postgres-server", "mysql-server", "s3-backup-storage", "age-encryption")
+
+
+def _config(tag: str, recipient: str, port: int) -> str:
+    return f"""
+servers:
+  pg-{tag}: {{type: postgres, host: 127.0.0.1, port: {port}, password: "${{DBB_APPLY_PW}}",
+             exclude: &skip ["tmp_*", "scratch_*"]}}
+  my-{tag}: {{type: mysql, host: 127.0.0.1, exclude: *skip}}
+storage:
+  s3-{tag}:
+    type: s3
+    bucket: backups-test
+    endpoint_url: http://127.0.0.1:1
+    credentials: {{aws_access_key_id: AKIA-{tag}, aws_secret_access_key: "${{DBB_APPLY_PW}}"}}
+encryption:
+  en-{tag}: {{recipients: ["{recipient}"]}}
+"""
+
+
+def _stamps(tag: str) -> dict[str, object]:
+    """updated timestamp of every block document of this test, by name."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return {
+            d.name: d.updated
+            for slug in SLUGS
+            for d in client.read_block_documents_by_type(slug, include_secrets=False)
+            if d.name and tag in d.name
+        }
+
+
+def test_second_apply_writes_nothing_and_a_changed_field_is_written(
+    prefect_api, tmp_path, recipient, monkeypatch
+):
+    tag = uuid.uuid4().hex[:8]
+    monkeypatch.setenv("DBB_APPLY_PW", "secret-" + tag)
+    config = tmp_path / "dbbackup.yaml"
+    config.write_text(_config(tag, recipient, 5432))
+    run = CliRunner().invoke
+    first = run(app, ["apply", str(config)])
+    assert first.exit_code == 0, first.output
+    assert first.stdout.count("created") == 4
+    before = _stamps(tag)
+    assert set(before) == {f"pg-{tag}", f"my-{tag}", f"s3-{tag}", f"en-{tag}"}
+
+    second = run(app, ["apply", str(config)])
+    assert second.exit_code == 0, second.output
+    assert second.stdout.count("unchanged") == 4, second.stdout
+    assert _stamps(tag) == before  # nothing was written
+
+    config.write_text(_config(tag, recipient, 6543))
+    third = run(app, ["apply", str(config)])
+    assert third.exit_code == 0, third.output
+    assert f"updated   postgres-server/pg-{tag}" in third.stdout
+    assert third.stdout.count("unchanged") == 3
+    after = _stamps(tag)
+    assert after[f"pg-{tag}"] > before[f"pg-{tag}"]
+    assert {k: v for k, v in after.items() if k != f"pg-{tag}"} == {
+        k: v for k, v in before.items() if k != f"pg-{tag}"
+    }
+    from prefect_dbbackup.blocks import PostgresServer, S3BackupStorage
+
+    assert PostgresServer.load(f"pg-{tag}").port == 6543
+    s3 = S3BackupStorage.load(f"s3-{tag}")
+    assert s3.credentials.aws_secret_access_key.get_secret_value() == "secret-" + tag
+
+    monkeypatch.setenv("DBB_APPLY_PW", "rotated")  # a secret change is a change too
+    fourth = run(app, ["apply", str(config)])
+    assert f"updated   postgres-server/pg-{tag}" in fourth.stdout
+    assert f"updated   s3-backup-storage/s3-{tag}" in fourth.stdout
+    rotated = S3BackupStorage.load(f"s3-{tag}").credentials.aws_secret_access_key
+    assert rotated.get_secret_value() == "rotated"
+
+
+def test_a_block_name_prefect_rejects_is_found_before_anything_is_written(
+    prefect_api, tmp_path, recipient
+):
+    from prefect_dbbackup.blocks import PostgresServer
+
+    tag = uuid.uuid4().hex[:8]
+    config = tmp_path / "dbbackup.yaml"
+    config.write_text(
+        f"servers:\n  ok-{tag}: {{type: postgres}}\n  Bad_Name/{tag}: {{type: postgres}}\n"
+    )
+    result = CliRunner().invoke(app, ["apply", str(config)])
+    assert result.exit_code == 3, result.output
+    assert f"cannot save block 'Bad_Name/{tag}'" in result.stderr
+    assert f"ok-{tag}" not in _stamps(tag)
+    try:
+        PostgresServer.load(f"ok-{tag}")
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a block was saved before the bad name was found")
