@@ -7,7 +7,6 @@ the restore failed, 3 configuration or usage error, 4 authentication/credentials
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
