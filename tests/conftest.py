@@ -97,7 +97,9 @@ def prefect_api() -> Iterator[None]:
     """One temporary Prefect API for the whole session (starting one costs ~10 s)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    # a loaded machine may need longer: DBBACKUP_TEST_API_STARTUP_SECONDS overrides the 120 s
+    startup = int(os.environ.get("DBBACKUP_TEST_API_STARTUP_SECONDS", "120"))
+    with prefect_test_harness(server_startup_timeout=startup):
         yield
         # pytest has closed its capture streams by now: keep the shutdown message quiet
         logging.getLogger("prefect").setLevel(logging.WARNING)

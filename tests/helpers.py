@@ -286,3 +286,38 @@ def stored_objects(
     """Stored backup objects under a local storage root (the _globals series left out)."""
     found = sorted(storage_path.rglob(f"*{suffix}"))
     return [p for p in found if with_globals or "_globals" not in p.parts]
+
+
+# --- what Prefect recorded (found by run id or parameters, never by a date-built name) ---
+def flow_runs_of(flow_name: str, **parameters: object) -> list:
+    """Flow runs of the flow `flow_name` whose parameters include `parameters`, oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+            sort=FlowRunSort.START_TIME_ASC,
+        )
+    return [r for r in runs if all(r.parameters.get(k) == v for k, v in parameters.items())]
+
+
+def task_runs_of(flow_run_id: object) -> list:
+    """Every task run of one flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
+
+
+def peak_overlap(runs: list) -> int:
+    """The most runs (anything with start_time/end_time) that were running at one instant."""
+    # an end sorts before a start at the same instant: touching intervals do not overlap
+    steps = sorted([(r.start_time, 1) for r in runs] + [(r.end_time, -1) for r in runs])
+    running = peak = 0
+    for _, step in steps:
+        running += step
+        peak = max(peak, running)
+    return peak

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.benchmarks import data
-from tests.benchmarks.harness import Group, Variant, run_once
+from tests.benchmarks.harness import Group, Variant, VariantFailed, run_once
 from tests.helpers import MY, PG
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,6 +66,18 @@ def _remove(path: Path):  # noqa: ANN202
             path.unlink(missing_ok=True)
 
     return remove
+
+
+def _same_content(content, source: str, target: str):  # noqa: ANN001, ANN202
+    """A check: the restored target has the source's row counts and checksums."""
+
+    def check() -> None:
+        expected, got = content(source), content(target)
+        if got != expected or not expected:
+            raise VariantFailed(f"{target} does not match {source}: {got} != {expected}")
+        data.log(f"checked {target}: {sum(n for n, _ in got.values())} rows match {source}")
+
+    return check
 
 
 def _shell(command: str) -> list[str]:
@@ -133,6 +145,7 @@ def pg_restore(ctx: Context) -> Group:
         run_once(Variant("archive", ["pg_dump", "-Fc", "-Z0", *PG_ARGS, "-f", str(archive), db]))
 
     drop = lambda: data.pg.drop(target)  # noqa: E731
+    same = _same_content(data.pg_content, db, target)
     conn = " ".join(shlex.quote(a) for a in PG_ARGS)
     bare = (
         f"createdb {conn} {target} && pg_restore --exit-on-error --no-owner {conn} "
@@ -143,8 +156,8 @@ def pg_restore(ctx: Context) -> Group:
     return Group(
         "3a. PostgreSQL restore",
         [
-            Variant("pg restore: dbbackup", subject, "pg_restore", ctx.env(), drop),
-            Variant("pg_restore", _shell(bare), after=drop),
+            Variant("pg restore: dbbackup", subject, "pg_restore", ctx.env(), drop, same),
+            Variant("pg_restore", _shell(bare), after=drop, check=same),
         ],
         setup=setup,
         warmup=False,
@@ -163,6 +176,7 @@ def my_restore(ctx: Context) -> Group:
         run_once(Variant("dump", _shell(f"mariadb-dump --single-transaction {conn} {db} > {dump}")))
 
     drop = lambda: data.my.drop(target)  # noqa: E731
+    same = _same_content(data.my_content, db, target)
     bare = (
         f"mariadb {conn} -e 'CREATE DATABASE {target}' && "
         f"mariadb {conn} --binary-mode {target} < {shlex.quote(str(dump))}"
@@ -172,8 +186,8 @@ def my_restore(ctx: Context) -> Group:
     return Group(
         "3b. MariaDB restore",
         [
-            Variant("my restore: dbbackup", subject, "mariadb < file", ctx.env(), drop),
-            Variant("mariadb < file", _shell(bare), after=drop),
+            Variant("my restore: dbbackup", subject, "mariadb < file", ctx.env(), drop, same),
+            Variant("mariadb < file", _shell(bare), after=drop, check=same),
         ],
         setup=setup,
         warmup=False,

@@ -45,6 +45,43 @@ def log(message: str) -> None:
     print(f"[data] {message}", flush=True)
 
 
+def pg_content(database: str) -> dict[str, tuple[int, int]]:
+    """(row count, order-independent checksum of the rows) per table, streamed by the server
+    (the string_agg fingerprint of tests.helpers would not fit a large table in memory)."""
+    tables = pg.query(
+        database,
+        "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables "
+        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+    )
+    return {
+        t: tuple(
+            pg.query(
+                database,
+                f"SELECT count(*), coalesce(sum(hashtextextended(r::text, 0)::numeric), 0) "
+                f"FROM {t} r",
+            )[0]
+        )
+        for (t,) in tables
+    }
+
+
+def my_content(database: str) -> dict[str, tuple[int, int]]:
+    """(row count, CHECKSUM TABLE) per base table."""
+    tables = my.query(
+        None,
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s "
+        "AND TABLE_TYPE = 'BASE TABLE' ORDER BY 1",
+        (database,),
+    )
+    content = {}
+    for (table,) in tables:
+        ref = f"{my.q(database)}.{my.q(table)}"
+        [(count,)] = my.query(None, f"SELECT count(*) FROM {ref}")
+        [(_, checksum)] = my.query(None, f"CHECKSUM TABLE {ref} EXTENDED")
+        content[table] = (count, checksum)
+    return content
+
+
 def size_name(nbytes: int) -> str:
     return f"{nbytes // MB}mb"
 

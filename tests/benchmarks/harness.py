@@ -31,6 +31,7 @@ class Variant:
     baseline: str | None = None
     env: dict[str, str] | None = None
     after: Hook | None = None  # untimed cleanup after each run (drop a target, delete files)
+    check: Hook | None = None  # untimed, after the first run: raises if its result is wrong
 
 
 @dataclass
@@ -97,6 +98,8 @@ def run_group(group: Group, repeat: int, log: Callable[[str], None]) -> dict[str
         for variant in group.variants:
             try:
                 sample = run_once(variant)
+                if number == 0 and variant.check:  # a fast wrong result must not look good
+                    variant.check()
             finally:
                 if variant.after:
                     variant.after()

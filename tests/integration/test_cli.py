@@ -59,13 +59,17 @@ def test_apply_refuses_a_server_name_taken_by_the_other_engine(prefect_api, tmp_
     assert "already named" in result.stderr
 
 
-def test_backup_all_discovered_databases_and_list_them(env, pg_db, pg_admin):
+def test_backup_all_discovered_databases_and_list_them(env, pg_db, pg_admin, cleanup_pg):
     from prefect_dbbackup.blocks import PostgresServer
 
     tag = uuid.uuid4().hex[:6]
     dbs = [pg_db(f"dbb_{tag}_a"), pg_db(f"dbb_{tag}_b"), pg_db(f"dbb_{tag}_skip")]
-    for db in dbs:
-        pg_admin.execute(db, f"CREATE TABLE t AS SELECT '{db}'::text AS name")
+    for n, db in enumerate(dbs):
+        pg_admin.execute(
+            db,
+            f"CREATE TABLE t AS SELECT '{db}'::text AS name, g, md5((g * {n + 1})::text) AS v "
+            "FROM generate_series(1, 3000) g",
+        )
     server = f"pg-only-{tag}"
     PostgresServer(
         host="127.0.0.1", user="postgres", include=[f"dbb_{tag}_*"], exclude=["*_skip"]
@@ -92,6 +96,15 @@ def test_backup_all_discovered_databases_and_list_them(env, pg_db, pg_admin):
     }
     only_a = json.loads(env.cli("list", server, "--database", dbs[0], "--json").stdout)
     assert [b["database"] for b in only_a] == [dbs[0]]
+
+    # the two dumps that ran at once each restore to their own database's contents
+    for db in dbs[:2]:
+        target = f"{db}_back"
+        cleanup_pg.append(target)
+        result = env.cli("restore", server, db, "--into", target)
+        assert result.exit_code == 0, result.output
+        assert pg_admin.table_fingerprints(target) == pg_admin.table_fingerprints(db)
+    assert pg_admin.table_fingerprints(dbs[0]) != pg_admin.table_fingerprints(dbs[1])
 
 
 def test_backup_without_manifest_does_not_exist(env, pg_db, pg_admin):

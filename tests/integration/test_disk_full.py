@@ -7,7 +7,11 @@ import subprocess
 import uuid
 
 import pytest
-from prefect_dbbackup.blocks import LocalBackupStorage
+from prefect_dbbackup.blocks import LocalBackupStorage, PostgresServer
+from prefect_dbbackup.flows import backup as backup_flow
+from prefect_dbbackup.tasks.backup import dump_task, upload_task
+
+from tests.helpers import flow_runs_of, task_runs_of
 
 
 @pytest.fixture
@@ -22,6 +26,20 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
+@pytest.fixture
+def quick_retries(monkeypatch):
+    """The real dump and upload tasks with their retry policies, without the waits: a
+    regression that retries a full disk shows as a second attempt, not as a slow test."""
+    monkeypatch.setattr(backup_flow, "dump_task", dump_task.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(backup_flow, "upload_task", upload_task.with_options(retry_delay_seconds=0))
+
+
+def _attempts(run_parameters: dict) -> dict[str, int]:
+    """How often each task run of the one backup run with these parameters ran."""
+    [run] = flow_runs_of("backup-server", **run_parameters)
+    return {t.name: t.run_count for t in task_runs_of(run.id)}
+
+
 def _big_table(pg_admin, db):
     # random text does not compress: about 2 MB stored
     pg_admin.execute(
@@ -32,30 +50,71 @@ def _big_table(pg_admin, db):
 
 
 def test_full_storage_fails_clearly_without_retry_and_leaves_no_backup(
-    env, pg_db, pg_admin, tiny_disk
+    env, pg_db, pg_admin, tiny_disk, quick_retries
 ):
     db = pg_db()
     _big_table(pg_admin, db)
     storage = f"tiny-{uuid.uuid4().hex[:8]}"
     LocalBackupStorage(path=str(tiny_disk / "backups"), **env.signing_fields()).save(storage)
     result = env.cli("backup", env.pg, "-d", db, "--json", "--storage", storage)
-    assert result.exit_code in (1, 2)  # 1 when the small users backup still fitted
-    [outcome] = [d for d in json.loads(result.stdout)["databases"] if d["database"] == db]
+    # the users backup is uploaded after the databases' uploads, into the space the failed
+    # upload gave back: it is stored, so one of two rows failed (exit 1, not 2)
+    assert result.exit_code == 1, result.output
+    rows = {d["database"]: d for d in json.loads(result.stdout)["databases"]}
+    assert rows["_globals"]["status"] == "ok"
+    outcome = rows[db]
+    assert outcome["status"] == "failed"
     assert "is full" in outcome["error"] and "free space" in outcome["error"]
-    assert "Retry" not in result.output  # a full disk is not retried
+    # a full disk is not retried: the upload task ran once (its policy allows 3 retries)
+    attempts = _attempts({"server": env.pg, "storage": storage})
+    assert attempts[f"upload-{db}"] == 1 and attempts[f"dump-{db}"] == 1, attempts
     leftovers = [p for p in (tiny_disk / "backups").rglob("*") if p.is_file()]
     assert [p for p in leftovers if "_globals" not in p.parts] == []
 
 
 def test_full_work_dir_fails_clearly_and_removes_the_spool(
-    env, pg_db, pg_admin, tiny_disk, monkeypatch
+    env, pg_db, pg_admin, tiny_disk, monkeypatch, quick_retries
 ):
     db = pg_db()
     _big_table(pg_admin, db)
+    # no users backup: it would spool into the same tiny disk at the same time, and whether
+    # it fits would depend on which of the two writes first
+    server = f"pg-nousers-{uuid.uuid4().hex[:8]}"
+    PostgresServer(host="127.0.0.1", user="postgres", backup_users=False).save(server)
     monkeypatch.setenv("DBBACKUP_WORK_DIR", str(tiny_disk))
-    result = env.cli("backup", env.pg, "-d", db, "--json")
-    assert result.exit_code in (1, 2)  # 1 when the small users backup still fitted
-    [outcome] = [d for d in json.loads(result.stdout)["databases"] if d["database"] == db]
+    result = env.cli("backup", server, "-d", db, "--json")
+    assert result.exit_code == 2, result.output  # every database (the only one) failed
+    [outcome] = json.loads(result.stdout)["databases"]
+    assert outcome["database"] == db and outcome["status"] == "failed"
     assert "work dir" in outcome["error"] and "DBBACKUP_WORK_DIR" in outcome["error"]
+    # not retried (the dump task's policy allows one retry), and nothing was uploaded
+    assert _attempts({"server": server, "storage": env.storage}) == {f"dump-{db}": 1}
     assert list(tiny_disk.iterdir()) == []
-    assert not list((env.storage_path / env.pg / db).rglob("manifest.json"))
+    assert not env.storage_path.exists() or not list(env.storage_path.rglob("manifest.json"))
+
+
+@pytest.mark.parametrize("where", ["local --jobs 2", "s3"])
+def test_full_work_dir_during_restore_keeps_the_existing_target(
+    env, where, pg_db, pg_admin, tiny_disk, monkeypatch, request
+):
+    """A real ENOSPC while the restore spools into its work dir (the decrypted archive for
+    --jobs, the downloaded object for S3): the database it was to replace is untouched."""
+    if where == "s3":
+        env = env.use_s3(request.getfixturevalue("s3_server"))
+    db = pg_db()
+    _big_table(pg_admin, db)
+    assert env.cli("backup", env.pg, "-d", db).exit_code == 0
+    target = pg_db()
+    pg_admin.execute(target, "CREATE TABLE keep AS SELECT g FROM generate_series(1, 300) g")
+    before = pg_admin.table_fingerprints(target)
+    databases = "SELECT datname FROM pg_database"
+    all_before = set(pg_admin.query("postgres", databases))
+    monkeypatch.setenv("DBBACKUP_WORK_DIR", str(tiny_disk))
+    extra = ["--jobs", "2"] if where.startswith("local") else []
+    result = env.cli("restore", env.pg, db, "--into", target, "--replace", *extra)
+    assert result.exit_code == 2, result.output
+    assert "No space left" in result.stderr or "no space left" in result.stderr
+    assert pg_admin.table_fingerprints(target) == before
+    staging = {d for (d,) in set(pg_admin.query("postgres", databases)) - all_before}
+    assert not {d for d in staging if d.startswith("dbbackup_staging_")}
+    assert list(tiny_disk.iterdir()) == []

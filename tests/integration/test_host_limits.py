@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -68,21 +68,25 @@ def _poll(what: str, check, timeout: float = 60):
     return value
 
 
-def _acquisitions(since: datetime) -> list[datetime]:
-    """When slots of LIMIT were acquired (events), oldest first."""
+def _slot_events(since: datetime) -> list[str]:
+    """The acquired/released events of LIMIT since `since`, in the order they happened."""
     with get_client(sync_client=True) as client:
         page = client.read_events(
             EventFilter(
-                occurred=EventOccurredFilter(since=since, until=datetime.now(UTC)),
-                event=EventNameFilter(name=["prefect.concurrency-limit.acquired"]),
+                occurred=EventOccurredFilter(
+                    since=since, until=datetime.now(UTC) + timedelta(hours=1)
+                ),
+                event=EventNameFilter(prefix=["prefect.concurrency-limit."]),
             ),
             limit=50,
         )
-    return sorted(e.occurred for e in page.events if e.resource.name == LIMIT)
+    mine = sorted((e.occurred, e.event) for e in page.events if e.resource.name == LIMIT)
+    phases = [name.rsplit(".", 1)[1] for _, name in mine]
+    return [p for p in phases if p in ("acquired", "released")]
 
 
 def test_a_dump_waits_for_a_free_slot_of_its_host(env, pg_db, pg_admin, localhost_limit):
-    since = datetime.now(UTC)
+    since = datetime.now(UTC)  # events are stamped by this process: the same clock
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(LIMIT, 1)
     server = f"lh-{uuid.uuid4().hex[:8]}"
@@ -108,16 +112,21 @@ def test_a_dump_waits_for_a_free_slot_of_its_host(env, pg_db, pg_admin, localhos
             )
         return bool(runs) and runs[0].state is not None and runs[0].state.is_running()
 
+    def pg_dump_sessions() -> int:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'pg_dump'"
+        return pg_admin.query("postgres", query, (db,))[0][0]
+
     with concurrency(LIMIT, occupy=1):  # another dump of that host holds the only slot
         backup = threading.Thread(target=run)
         backup.start()
         _poll("the dump task to start", dump_running)
-        assert not dumps_of(db)
-        released = datetime.now(UTC)
+        time.sleep(3)  # generous: a dump that did not wait would have connected by now
+        assert backup.is_alive() and dump_running()
+        assert pg_dump_sessions() == 0 and not dumps_of(db)
     backup.join(timeout=120)
+    assert not backup.is_alive()
     assert outcome and outcome[0].outcomes[0].status == "ok"
     assert len(dumps_of(db)) == 1
-    held, dumped = _poll(
-        "both acquisitions", lambda: (a := _acquisitions(since)) and len(a) == 2 and a
-    )
-    assert held < released <= dumped  # the dump got its slot only once this test let go of it
+    # the slot went from this test to the dump, never to both at once
+    events = _poll("both holders' events", lambda: (e := _slot_events(since)) and len(e) >= 3 and e)
+    assert events[:3] == ["acquired", "released", "acquired"], events

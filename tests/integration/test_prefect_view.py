@@ -3,39 +3,49 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from datetime import UTC, datetime
+import threading
+import time
+from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter
 from prefect_dbbackup.blocks import PostgresServer
 from prefect_dbbackup.flows.backup import backup_server
 from prefect_dbbackup.flows.report import BackupFailed
 
+from tests.helpers import peak_overlap
 
-async def _run_view(run_name: str):
+
+async def _run_view(run_id: UUID):
+    """The flow run (found by its id, not by its date-dependent name), task runs, artifacts."""
     async with get_client() as client:
-        [run] = await client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name]))
-        )
+        run = await client.read_flow_run(run_id)
         task_runs = await client.read_task_runs(
             flow_run_filter=FlowRunFilter(id={"any_": [run.id]})
         )
-        artifacts = await client.read_artifacts()
-        mine = [a for a in artifacts if a.flow_run_id == run.id]
-        return run, task_runs, mine
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id={"any_": [run.id]})
+        )
+        return run, task_runs, artifacts
 
 
 def test_a_backup_run_is_readable_in_prefect(env, pg_db, pg_admin):
     ok_db = pg_db()
     pg_admin.execute(ok_db, "CREATE TABLE t AS SELECT 1 AS x")
-    report = backup_server(
-        server=env.pg, storage=env.storage, encryption=env.encryption, databases=[ok_db]
+    state = backup_server(
+        server=env.pg,
+        storage=env.storage,
+        encryption=env.encryption,
+        databases=[ok_db],
+        return_state=True,
     )
-    run_name = f"backup-{env.pg}-{datetime.now(UTC):%Y-%m-%d}"
-    run, task_runs, artifacts = asyncio.run(_run_view(run_name))
+    report = state.result()
+    run, task_runs, artifacts = asyncio.run(_run_view(state.state_details.flow_run_id))
     assert run.state.is_completed()
+    assert run.name.startswith(f"backup-{env.pg}-")  # says what ran (its time part may change)
     assert run.parameters == {
         "server": env.pg,
         "storage": env.storage,
@@ -114,22 +124,63 @@ def test_block_types_register_from_the_module(prefect_api):
     } <= asyncio.run(slugs())
 
 
+def _waiting_pg_dumps(pg_admin, dbs: list[str]) -> list[str]:
+    """The databases a pg_dump session is connected to right now."""
+    rows = pg_admin.query(
+        "postgres",
+        "SELECT datname FROM pg_stat_activity WHERE application_name = 'pg_dump' "
+        "AND datname = ANY(%s)",
+        (dbs,),
+    )
+    return sorted(r[0] for r in rows)
+
+
 def test_concurrency_bounds_the_dumps_running_at_once(env, pg_db, pg_admin):
-    """With concurrency=2, no more than two dump task runs ever overlap."""
+    """With concurrency=2, two dumps run at once (not one after another) and never three.
+
+    Every table is locked, so each started pg_dump waits: the test sees exactly which
+    dumps run while the others must wait for a slot, then lets them all finish.
+    """
     dbs = [pg_db() for _ in range(4)]
     for db in dbs:
         pg_admin.execute(
-            db, "CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 50000) g"
+            db, "CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 500) g"
         )
-    backup_server(
-        server=env.pg, storage=env.storage, encryption=env.encryption, databases=dbs, concurrency=2
-    )
-    _, task_runs, _ = asyncio.run(_run_view(f"backup-{env.pg}-{datetime.now(UTC):%Y-%m-%d}"))
+    states: list = []
+
+    def run() -> None:
+        states.append(
+            backup_server(
+                server=env.pg,
+                storage=env.storage,
+                encryption=env.encryption,
+                databases=dbs,
+                concurrency=2,
+                return_state=True,
+            )
+        )
+
+    backup = threading.Thread(target=run)
+    with contextlib.ExitStack() as locks:
+        for db in dbs:
+            conn = locks.enter_context(pg_admin.connect(db))
+            locks.enter_context(conn.transaction())
+            conn.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        backup.start()
+        deadline = time.monotonic() + 90
+        while len(_waiting_pg_dumps(pg_admin, dbs)) < 2:
+            assert time.monotonic() < deadline, "two dumps never ran at once"
+            time.sleep(0.2)
+        first_two = _waiting_pg_dumps(pg_admin, dbs)
+        time.sleep(3)  # the other two must keep waiting for a free slot
+        assert _waiting_pg_dumps(pg_admin, dbs) == first_two
+        assert len(set(first_two)) == 2
+    backup.join(timeout=120)
+    assert not backup.is_alive()
+    [state] = states
+    assert state.is_completed(), state
+    assert [o.status for o in state.result().outcomes] == ["ok"] * 5  # + _globals
+    _, task_runs, _ = asyncio.run(_run_view(state.state_details.flow_run_id))
     dumps = [t for t in task_runs if t.name.startswith("dump-")]
     assert sorted(t.name for t in dumps) == sorted(f"dump-{db}" for db in dbs)
-    events = sorted([(t.start_time, 1) for t in dumps] + [(t.end_time, -1) for t in dumps])
-    running, peak = 0, 0
-    for _, step in events:
-        running += step
-        peak = max(peak, running)
-    assert 1 <= peak <= 2
+    assert peak_overlap(dumps) == 2

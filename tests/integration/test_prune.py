@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from prefect_dbbackup.blocks import PostgresServer
 from prefect_dbbackup.blocks.registry import load_storage
@@ -58,7 +59,11 @@ def test_dry_run_shows_every_decision_then_prune_removes_exactly_those(any_env):
     assert {b for b, d in shown.items() if d["keep"]} == expected | {fresh_garbage}
     assert shown[daily[0]]["reasons"][0] == "newest"
     weekly_only = expected - set(daily[:7])
-    assert all(shown[b]["reasons"][0].startswith("weekly 2026-W") for b in weekly_only)
+    # the ISO week each planted backup falls in, in the policy's zone (never today's year)
+    zone = ZoneInfo(policy["timezone"])
+    for b in weekly_only:
+        year, week, _ = backup_time(b).astimezone(zone).isocalendar()
+        assert shown[b]["reasons"][0] == f"weekly {year}-W{week:02d}", shown[b]
     assert shown[old_garbage]["reasons"] == ["incomplete, older than 24h"]
     assert {d["outcome"] for b, d in shown.items() if not d["keep"]} == {"would remove"}
 

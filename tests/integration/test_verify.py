@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -131,36 +131,40 @@ def test_mariadb_backup_verifies_table_list_and_reports_rows(env, my_db, my_admi
     assert _scratch_left(my_admin, db) == []
 
 
-def test_rows_written_during_the_dump_still_verify(env, pg_db, pg_admin):
-    """Counts and dump share one snapshot: a busy table cannot make them disagree."""
+def test_rows_written_during_the_dump_still_verify(env, pg_db, pg_admin, monkeypatch):
+    """Counts and dump share one snapshot: rows committed after it was taken are in neither.
+
+    The rows are committed at a fixed point (the snapshot exported and the counting
+    started, pg_dump not yet begun), not by a thread racing the dump.
+    """
     db = pg_db()
     pg_admin.execute(
         db,
         "CREATE TABLE busy (id bigserial PRIMARY KEY, pad text); "
-        "INSERT INTO busy (pad) SELECT repeat('x', 200) FROM generate_series(1, 200000)",
+        "INSERT INTO busy (pad) SELECT repeat('x', 200) FROM generate_series(1, 20000)",
     )
-    stop = threading.Event()
-    written = []
+    original = PostgresServer.dump_command
+    written: list[int] = []
 
-    def writer() -> None:
-        with pg_admin.connect(db) as conn:
-            while not stop.is_set():
-                conn.execute("INSERT INTO busy (pad) SELECT 'y' FROM generate_series(1, 50)")
-                written.append(50)
+    @contextlib.contextmanager
+    def dump_command_after_a_write(self, database, workdir, snapshot=None):  # noqa: ANN001, ANN202
+        assert snapshot, "the dump must run in the exported snapshot"
+        pg_admin.execute(database, "INSERT INTO busy (pad) SELECT 'y' FROM generate_series(1, 500)")
+        written.append(500)
+        with original(self, database, workdir, snapshot) as cmd:
+            yield cmd
 
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        backup_server(server=env.pg, storage=env.storage, encryption=env.encryption, databases=[db])
-    finally:
-        stop.set()
-        thread.join()
+    monkeypatch.setattr(PostgresServer, "dump_command", dump_command_after_a_write)
+    backup_server(server=env.pg, storage=env.storage, encryption=env.encryption, databases=[db])
+    assert written == [500]
+    assert pg_admin.query(db, "SELECT count(*) FROM busy") == [(20500,)]
     counted = Manifest.from_bytes(_manifest_path(env, env.pg, db).read_bytes()).row_counts
-    assert 200000 < counted["public.busy"] < 200000 + sum(written)  # mid-stream, not at an edge
+    assert counted["public.busy"] == 20000
     report = verify_backups(
         server=env.pg, storage=env.storage, encryption=env.encryption, databases=[db]
     )
-    assert report.outcomes[0].status == "ok" and report.outcomes[0].rows == counted["public.busy"]
+    # verify restored the dump and found the same 20000 rows the counts promise
+    assert report.outcomes[0].status == "ok" and report.outcomes[0].rows == 20000
 
 
 def test_wrong_row_counts_fail_verify_with_event_and_no_scratch_left(env, pg_db, pg_admin):
