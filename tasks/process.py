@@ -81,10 +81,10 @@ def interrupt(reason: str) -> None:
 def stop_on_signals() -> Iterator[None]:
     """While inside: the first SIGINT/SIGTERM kills every client and marks the run stopped.
 
-    SIGINT then returns to the run, which winds down and ends Cancelled; SIGTERM is
-    passed on to the handler that was there before (Prefect's, which knows whether a
-    worker asked for the cancellation). A second signal is noted and otherwise ignored,
-    so cleanup is never cut short. Outside the main thread, signals cannot be caught:
+    The run then winds down (no new step starts, nothing is retried) and ends
+    Cancelled, whether the signal came from a terminal, systemd or a Prefect worker
+    cancelling the run from the UI. A second signal is noted and otherwise ignored, so
+    cleanup is never cut short. Outside the main thread, signals cannot be caught:
     nothing changes.
     """
     global _stop_reason, _scopes
@@ -103,9 +103,6 @@ def stop_on_signals() -> Iterator[None]:
             return
         os.write(2, f"dbbackup: {name}: stopping, killing the dump/restore clients\n".encode())
         interrupt(f"interrupted by {name}")
-        chained = previous[signum]
-        if signum == signal.SIGTERM and callable(chained):
-            chained(signum, frame)
 
     for sig in previous:
         signal.signal(sig, on_signal)
