@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
+from prefect.states import Cancelled, State
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
 from prefect_dbbackup.blocks.server import DatabaseServer
@@ -18,6 +19,7 @@ from prefect_dbbackup.flows.retries import transient_retries_only
 from prefect_dbbackup.tasks.backup import DumpResult, dump_task, upload_task
 from prefect_dbbackup.tasks.globals import globals_note, globals_task
 from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, new_backup_id
+from prefect_dbbackup.tasks.process import interrupted, stop_on_signals
 from prefect_dbbackup.tasks.prune import prune_task
 from prefect_dbbackup.tasks.retention import RetentionPolicy
 from prefect_dbbackup.tasks.workdir import private_workdir
@@ -62,6 +64,17 @@ def _globals_outcome(future: PrefectFuture, storage: BackupStorage) -> DatabaseO
     return DatabaseOutcome.stored(dump.manifest, key, globals_note(dump.manifest))
 
 
+def _cancelled(report: BackupReport) -> State:
+    """The run's end after a stop signal: Cancelled, naming what was not stored."""
+    lost = [o.database for o in report.failed]
+    stored = [o.database for o in report.outcomes if o.status == "ok"]
+    message = f"{interrupted()}: not stored: {', '.join(map(repr, lost)) or 'nothing'}"
+    if stored:
+        message += f" (stored before the stop: {', '.join(map(repr, stored))})"
+    get_run_logger().warning(message)
+    return Cancelled(message=message)
+
+
 @flow(name="backup-server", flow_run_name=_run_name, validate_parameters=True)
 @transient_retries_only
 def backup_server(
@@ -73,7 +86,7 @@ def backup_server(
     zstd_level: int | None = None,
     zstd_threads: int = 2,
     retention: RetentionPolicy | None = None,
-) -> BackupReport:
+) -> BackupReport | State:
     """Back up every selected database of a server; one failing does not stop the others.
 
     Parameters name blocks (no secrets): `server` a postgres-server or
@@ -99,13 +112,21 @@ def backup_server(
     backup_id = new_backup_id()
     started = datetime.now(UTC)
     outcomes: dict[str, DatabaseOutcome] = {}
-    with private_workdir() as workdir:
+    with stop_on_signals(), private_workdir() as workdir:
         pending = list(names)
         dumping: dict[PrefectFuture, str] = {}
         uploading: dict[PrefectFuture, str] = {}
         dumps: dict[str, DumpResult] = {}
         users_run = _submit_globals(srv, server, enc, workdir, backup_id, zstd_level, zstd_threads)
         while pending or dumping:
+            if interrupted():  # a stop signal: start nothing new
+                for db in pending:
+                    outcomes[db] = DatabaseOutcome(
+                        database=db, status="failed", error="not started"
+                    )
+                pending.clear()
+                if not dumping:
+                    break
             while pending and len(dumping) < max(1, concurrency):
                 db = pending.pop(0)
                 future = dump_task.submit(
@@ -135,6 +156,8 @@ def backup_server(
         outcomes=[outcomes[n] for n in names] + users_row,
     )
     report.started_at, report.finished_at = started, datetime.now(UTC)
+    if interrupted():
+        return _cancelled(report)
     report.publish()
     report.publish_summary()
     report.emit_events()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import httpx
 import typer
 from prefect_dbbackup.flows.text import printable
-from prefect_dbbackup.tasks.errors import ConfigError, DbBackupError
+from prefect_dbbackup.tasks.errors import ConfigError, DbBackupError, Interrupted
 from typer._click import Context
 from typer._click.exceptions import UsageError  # typer vendors its own click
 from typer.core import TyperGroup
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 class _DbBackupGroup(TyperGroup):
     """Usage errors exit 3 (not click's 2, which means 'all failed' here); an unreachable
-    Prefect API is a configuration error with a message instead of a traceback."""
+    Prefect API is a configuration error with a message instead of a traceback; a run
+    stopped by Ctrl-C/SIGTERM (Cancelled) exits 130 with one line."""
 
     def make_context(self, *args, **kwargs) -> Context:  # noqa: ANN002, ANN003
         try:
@@ -44,8 +45,11 @@ class _DbBackupGroup(TyperGroup):
         except UsageError as exc:
             exc.exit_code = ConfigError.exit_code
             raise
-        except (httpx.HTTPError, RuntimeError) as exc:
-            if isinstance(exc, RuntimeError) and "reach API" not in str(exc):
+        except Exception as exc:
+            if type(exc).__name__ == "CancelledRun":  # prefect.exceptions: not imported for --help
+                typer.echo(f"dbbackup: {exc}", err=True)
+                raise typer.Exit(Interrupted.exit_code) from None
+            if not isinstance(exc, httpx.HTTPError) and "reach API" not in str(exc):
                 raise
             from prefect.settings import PREFECT_API_URL
             from prefect_dbbackup.flows import local_server

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Cancelled, State
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
 from prefect_dbbackup.tasks.catalog import find_backup
+from prefect_dbbackup.tasks.errors import DbBackupError
+from prefect_dbbackup.tasks.process import interrupted, stop_on_signals
 from prefect_dbbackup.tasks.restore import RestoreResult, restore_task
 from prefect_dbbackup.tasks.workdir import private_workdir
 
@@ -27,7 +30,7 @@ def restore_database(
     jobs: int = 1,
     source_server: str | None = None,
     allow_unsigned: bool = False,
-) -> RestoreResult:
+) -> RestoreResult | State:
     """Restore a backup of `database` (default: the latest) into `target_database`.
 
     The stored object is checked against its manifest (size, sha256) and the
@@ -52,18 +55,28 @@ def restore_database(
         target,
         srv.describe(),
     )
-    with private_workdir() as workdir:
-        result = restore_task(
-            srv,
-            sto,
-            enc,
-            manifest,
-            target,
-            workdir,
-            replace=replace,
-            identity_file=identity_file,
-            jobs=jobs,
-        )
+    with stop_on_signals(), private_workdir() as workdir:
+        try:
+            result = restore_task(
+                srv,
+                sto,
+                enc,
+                manifest,
+                target,
+                workdir,
+                replace=replace,
+                identity_file=identity_file,
+                jobs=jobs,
+            )
+        except DbBackupError:
+            if not interrupted():
+                raise
+            message = (
+                f"{interrupted()}: nothing was restored into {target!r} (a partly restored "
+                "database was dropped; an existing one is unchanged)"
+            )
+            log.warning(message)
+            return Cancelled(message=message)
     create_markdown_artifact(
         key="restore",
         markdown=(

@@ -19,7 +19,7 @@ from prefect_dbbackup.tasks.layout import backup_key, encode_name
 from prefect_dbbackup.tasks.limits import host_slot
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import OBJECT_NAMES, Manifest
-from prefect_dbbackup.tasks.process import ToolProcess
+from prefect_dbbackup.tasks.process import ToolProcess, check_not_interrupted, interrupted
 from prefect_dbbackup.tasks.stream import encrypt_stream
 from pydantic import BaseModel
 
@@ -141,6 +141,7 @@ def store_backup(storage: BackupStorage, dump: DumpResult) -> str:
     """
     log = run_logger()
     m = dump.manifest
+    check_not_interrupted(f"the upload of {m.database!r}")
     key = backup_key(m.server, m.database, m.backup_id, m.stored_object_name, m.kind)
     storage.put_file(key, Path(dump.spool), m.stats.sha256)
     publish_manifest(storage, m)
@@ -150,7 +151,10 @@ def store_backup(storage: BackupStorage, dump: DumpResult) -> str:
 
 
 def _retry_if_transient(task, task_run, state) -> bool:  # noqa: ANN001
-    """Retry only errors a retry can fix (network, storage), never auth or a missing db."""
+    """Retry only errors a retry can fix (network, storage), never auth or a missing db,
+    and nothing once the run was told to stop."""
+    if interrupted():
+        return False
     try:
         state.result()
     except DbBackupError as exc:

@@ -63,6 +63,12 @@ class IntegrityError(DbBackupError):
     """A stored backup is corrupted or truncated: it does not match its manifest."""
 
 
+class Interrupted(DbBackupError):
+    """The run was stopped (Ctrl-C, SIGTERM): its client processes were killed. Never retried."""
+
+    exit_code = 130
+
+
 class ToolFailed(DbBackupError):
     """pg_dump, mariadb-dump, pg_restore or mariadb exited non-zero, was killed or timed out."""
 

@@ -3,20 +3,29 @@
 The child gets its own process group so a timeout or an error kills it and
 anything it spawned. stderr goes to a file (no pipe deadlock) and its tail,
 with secrets redacted, becomes the error message.
+
+Stopping: every live child is registered. `stop_on_signals()` makes the first
+SIGINT or SIGTERM kill all of them at once (their own sessions never see the
+terminal's Ctrl-C) and mark the process as interrupted, so no new client starts
+and the steps fail with `Interrupted` instead of being retried. Each child also
+gets PR_SET_PDEATHSIG: if this process is killed outright (SIGKILL), the kernel
+kills the client too, instead of leaving it waiting on a lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
-from types import TracebackType
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType, TracebackType
 
-from prefect_dbbackup.tasks.errors import ToolFailed, redact
+from prefect_dbbackup.tasks.errors import Interrupted, ToolFailed, redact
 
 STDERR_TAIL = 4000
 # client errors that mean the network or server went away: a later attempt may succeed
@@ -31,6 +40,82 @@ CONNECTION_LOST = (
     # PostgreSQL: pg_terminate_backend, or a server shutting down
     "terminating connection due to administrator command",
 )
+
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_prctl = _libc.prctl
+_live: set[ToolProcess] = set()
+_live_lock = threading.Lock()
+_stop_reason: str | None = None
+_scopes = 0  # nesting depth of stop_on_signals() in the main thread
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel kills it when the parent dies (even by SIGKILL)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def interrupted() -> str | None:
+    """Why this process was told to stop (e.g. 'interrupted by SIGINT'), or None."""
+    return _stop_reason
+
+
+def check_not_interrupted(what: str) -> None:
+    """Raise Interrupted before a step starts once the run was told to stop."""
+    if _stop_reason is not None:
+        raise Interrupted(f"{_stop_reason}: {what} was not started")
+
+
+def interrupt(reason: str) -> None:
+    """Stop the run: no new client starts, and every live client's process group is killed."""
+    global _stop_reason
+    _stop_reason = _stop_reason or reason
+    with _live_lock:
+        live = list(_live)
+    for proc in live:
+        proc.kill()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While inside: the first SIGINT/SIGTERM kills every client and marks the run stopped.
+
+    The run then winds down (no new step starts, nothing is retried) and ends
+    Cancelled, whether the signal came from a terminal, systemd or a Prefect worker
+    cancelling the run from the UI. A second signal is noted and otherwise ignored, so
+    cleanup is never cut short. Outside the main thread, signals cannot be caught:
+    nothing changes.
+    """
+    global _stop_reason, _scopes
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if _scopes == 0:
+        _stop_reason = None  # a new run in a long-lived process starts unstopped
+    _scopes += 1
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if _stop_reason is not None:
+            os.write(2, f"dbbackup: {name} again: still stopping, please wait\n".encode())
+            return
+        os.write(2, f"dbbackup: {name}: stopping, killing the dump/restore clients\n".encode())
+        interrupt(f"interrupted by {name}")
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+    try:
+        yield
+    finally:
+        _scopes -= 1
+        for sig, handler in previous.items():
+            signal.signal(sig, _restorable(handler))
+
+
+def _restorable(handler: Callable | int | None) -> Callable | int:
+    return signal.SIG_DFL if handler is None else handler
 
 
 class ToolProcess:
@@ -57,6 +142,7 @@ class ToolProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> subprocess.Popen[bytes]:
+        check_not_interrupted(self.name)
         self._stderr = tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(
@@ -66,10 +152,15 @@ class ToolProcess:
                 stderr=self._stderr,
                 env=self._env,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,  # only an async-signal-safe prctl in the child
             )
         except OSError as exc:
             self._stderr.close()
             raise ToolFailed(f"could not start {self.name}: {exc}") from exc
+        with _live_lock:
+            _live.add(self)
+        if _stop_reason is not None:  # a stop that came while this one was starting
+            self.kill()
         self._timer = None
         if self._timeout:
             self._timer = threading.Timer(self._timeout, self._on_timeout)
@@ -94,6 +185,8 @@ class ToolProcess:
         tb: TracebackType | None,
     ) -> None:
         assert self.proc is not None
+        with _live_lock:
+            _live.discard(self)
         tool_died = exc is not None and self._exited_with_error(exc)
         if exc is not None and not tool_died:
             self.kill()
@@ -107,6 +200,8 @@ class ToolProcess:
         stderr = self._read_stderr()
         if exc is not None and not tool_died:
             return
+        if _stop_reason is not None and returncode != 0:
+            raise Interrupted(f"{_stop_reason}: {self.name} was killed") from exc
         if self.timed_out:
             raise ToolFailed(
                 f"{self.name} exceeded its time limit of {self._timeout:.0f}s and was killed"
