@@ -26,7 +26,7 @@ from prefect_dbbackup.tasks.workdir import private_workdir
 
 
 def _run_name() -> str:
-    return f"backup-{flow_run.parameters['server']}-{datetime.now(UTC):%Y-%m-%d}"
+    return f"backup-{flow_run.parameters['server']}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
 
 
 def _outcome(future: PrefectFuture) -> tuple[object, str | None]:

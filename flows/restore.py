@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
+from prefect_dbbackup.flows.report import artifact_key
 from prefect_dbbackup.tasks.catalog import find_backup
 from prefect_dbbackup.tasks.errors import DbBackupError
 from prefect_dbbackup.tasks.process import interrupted, stop_on_signals
@@ -13,9 +17,16 @@ from prefect_dbbackup.tasks.restore import RestoreResult, restore_task
 from prefect_dbbackup.tasks.workdir import private_workdir
 
 
+def _run_name() -> str:
+    p = flow_run.parameters
+    target = p.get("target_database") or p["database"]
+    when = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    return f"restore-{p['server']}-{p['database']}-to-{target}-{when}"
+
+
 @flow(
     name="restore-database",
-    flow_run_name="restore-{server}-{database}",
+    flow_run_name=_run_name,
     validate_parameters=True,
 )
 def restore_database(
@@ -78,7 +89,7 @@ def restore_database(
             log.warning(message)
             return Cancelled(message=message)
     create_markdown_artifact(
-        key="restore",
+        key=artifact_key("restore", f"{server}-{target}"),
         markdown=(
             f"Restored backup `{result.backup_id}` of `{database}` from `{sto.describe()}` "
             f"into `{target}` on `{srv.describe()}` in {result.seconds:.1f} s"

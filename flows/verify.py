@@ -84,7 +84,7 @@ class VerifyFailed(BackupFailed):
 
 
 def _run_name() -> str:
-    return f"verify-{flow_run.parameters['server']}-{datetime.now(UTC):%Y-%m-%d}"
+    return f"verify-{flow_run.parameters['server']}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
 
 
 @flow(name="verify-backups", flow_run_name=_run_name, validate_parameters=True)

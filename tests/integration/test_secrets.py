@@ -273,7 +273,8 @@ def test_password_never_leaves_the_block(env, login, popen_spy, caplog):
     names = sorted(r.name for r in runs)
     assert len(runs) == 4, names
     assert sum(n.startswith(f"backup-{login.block}-") for n in names) == 2, names
-    assert sum(n == f"restore-{login.block}-{db}" for n in names) == 2, names
+    assert sum(n.startswith(f"restore-{login.block}-{db}-to-{db}_") for n in names) == 2, names
+    assert len(set(names)) == 4, names  # every run has its own name
     for run in runs:
         assert run.parameters["server"] == login.block
         assert not login.leaks(json.dumps(run.parameters, default=str)), run.parameters
