@@ -32,6 +32,11 @@ def locked(pg_db, pg_admin):
 
 def _start_backup(env, server: str, db: str, workdir: Path) -> subprocess.Popen[str]:
     """`dbbackup backup` as a user runs it: its own process, the test's Prefect API."""
+    argv = ["backup", server, "-d", db, "--storage", env.storage, "--encryption", env.encryption]
+    return _start(argv, workdir)
+
+
+def _start(argv: list[str], workdir: Path) -> subprocess.Popen[str]:
     from prefect.settings import PREFECT_API_URL
 
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -40,7 +45,6 @@ def _start_backup(env, server: str, db: str, workdir: Path) -> subprocess.Popen[
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DBBACKUP_WORK_DIR=str(workdir),
     )
-    argv = ["backup", server, "-d", db, "--storage", env.storage, "--encryption", env.encryption]
     return subprocess.Popen(
         [sys.executable, "-c", "from prefect_dbbackup.flows.cli import main; main()", *argv],
         env=child_env,
@@ -72,6 +76,11 @@ def _wait_for(condition, seconds: float, what: str) -> None:  # noqa: ANN001
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _staging(pg_admin, prefix: str) -> set[str]:  # noqa: ANN001
+    rows = pg_admin.query("postgres", "SELECT datname FROM pg_database")
+    return {name for (name,) in rows if name.startswith(prefix)}
 
 
 def _server(locked_db: str) -> str:
@@ -124,3 +133,51 @@ def test_sigkill_of_dbbackup_takes_its_dump_client_with_it(env, locked, tmp_path
             cli.kill()
         for pid in _pg_dumps_of(db):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_ctrl_c_during_a_replacing_restore_keeps_the_existing_target(
+    env, pg_db, pg_admin, tmp_path
+):
+    """pg_restore stalls building an index (only inside the staging database); Ctrl-C."""
+    from prefect_dbbackup.blocks.server import STAGING_PREFIX
+
+    db = pg_db()
+    pg_admin.execute(
+        db,
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);"
+        "CREATE FUNCTION stall(x int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN "
+        f"IF current_database() LIKE '{STAGING_PREFIX}%' THEN PERFORM pg_sleep(600); END IF; "
+        "RETURN x; END $$; CREATE TABLE one (id int); INSERT INTO one VALUES (1);"
+        "CREATE INDEX one_stall ON one (stall(id));",
+    )
+    assert env.cli("backup", env.pg, "-d", db).exit_code == 0
+    target = pg_db()
+    pg_admin.execute(target, "CREATE TABLE keep AS SELECT g FROM generate_series(1, 300) g")
+    before = pg_admin.table_fingerprints(target)
+    staging_before = _staging(pg_admin, STAGING_PREFIX)
+
+    def stalled() -> list[tuple]:
+        return pg_admin.query(
+            "postgres",
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_restore' "
+            "AND datname LIKE %s AND query LIKE 'CREATE INDEX%%'",
+            (STAGING_PREFIX + "%",),
+        )
+
+    argv = ["restore", env.pg, db, "--into", target, "--replace"]
+    cli = _start([*argv, "--storage", env.storage, "--encryption", env.encryption], tmp_path)
+    try:
+        _wait_for(stalled, 180, "pg_restore to build the stalling index")
+        cli.send_signal(signal.SIGINT)
+        _, stderr = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 130, stderr
+    last = [line for line in stderr.splitlines() if line.startswith("dbbackup: ")][-1]
+    assert last.startswith("dbbackup: interrupted by SIGINT: nothing was restored into")
+    assert pg_admin.table_fingerprints(target) == before
+    assert not stalled()
+    assert _staging(pg_admin, STAGING_PREFIX) <= staging_before, "a staging database was left"
+    [run] = flow_runs_of("restore-database", server=env.pg, target_database=target)
+    assert run.state.is_cancelled(), f"{run.state.name}: {run.state.message}"
