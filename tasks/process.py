@@ -185,8 +185,6 @@ class ToolProcess:
         tb: TracebackType | None,
     ) -> None:
         assert self.proc is not None
-        with _live_lock:
-            _live.discard(self)
         tool_died = exc is not None and self._exited_with_error(exc)
         if exc is not None and not tool_died:
             self.kill()
@@ -194,7 +192,9 @@ class ToolProcess:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
-        returncode = self.proc.wait()
+        returncode = self.proc.wait()  # still registered: a stop signal kills it here too
+        with _live_lock:
+            _live.discard(self)
         if self._timer is not None:
             self._timer.cancel()
         stderr = self._read_stderr()

@@ -156,13 +156,17 @@ def test_ctrl_c_during_a_replacing_restore_keeps_the_existing_target(
     before = pg_admin.table_fingerprints(target)
     staging_before = _staging(pg_admin, STAGING_PREFIX)
 
+    [(started,)] = pg_admin.query("postgres", "SELECT clock_timestamp()")
+
     def stalled() -> list[tuple]:
-        return pg_admin.query(
+        """This restore's pg_restore session, stuck in the index (not another test's)."""
+        rows = pg_admin.query(
             "postgres",
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_restore' "
-            "AND datname LIKE %s AND query LIKE 'CREATE INDEX%%'",
-            (STAGING_PREFIX + "%",),
+            "SELECT pid, datname FROM pg_stat_activity WHERE application_name = 'pg_restore' "
+            "AND datname LIKE %s AND query LIKE 'CREATE INDEX%%' AND backend_start > %s",
+            (STAGING_PREFIX + "%", started),
         )
+        return [pid for pid, name in rows if name not in staging_before]
 
     argv = ["restore", env.pg, db, "--into", target, "--replace"]
     cli = _start([*argv, "--storage", env.storage, "--encryption", env.encryption], tmp_path)
