@@ -8,6 +8,7 @@ the restore failed, 3 configuration or usage error, 4 authentication/credentials
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -665,16 +666,56 @@ def _use_local_server(argv: list[str]) -> None:
     os.environ["PREFECT_API_URL"] = state.api_url
 
 
+class _ExpectedErrorsOnce(logging.Filter):
+    """Console only: an expected error (the DbBackupError family) is said once, by
+    dbbackup's own last line, without a traceback; the Prefect UI keeps the full record.
+    The note that events are still being sent at exit is left out too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], DbBackupError):
+            return False
+        # the events of the run are being sent before exit (_run_app drains them): not news
+        return not str(record.msg).startswith("Still processing items")
+
+
+def _quiet_expected_tracebacks() -> None:
+    """Add the filter to the console handlers Prefect has set up (not to its API handler)."""
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler":
+            handler.addFilter(_ExpectedErrorsOnce())
+
+
 def main() -> None:
-    """Console script entry point."""
+    """Console script entry point. `--debug` (anywhere) keeps Prefect's tracebacks of
+    expected errors on the console."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    debug = "--debug" in sys.argv[1:]
+    sys.argv = [a for a in sys.argv if a != "--debug"]
     try:
         _use_local_server(sys.argv[1:])
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    if os.environ.get("PREFECT_API_URL"):
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+    if not debug and _needs_api(sys.argv[1:]):
+        import prefect.main  # noqa: F401 (sets up logging, the console handler included)
 
-        with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
-            sys.exit(app())
-    sys.exit(app())
+        _quiet_expected_tracebacks()
+    if not os.environ.get("PREFECT_API_URL"):
+        sys.exit(_run_app())
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+        sys.exit(_run_app())
+
+
+def _run_app() -> int:
+    """Run the command (typer exits with its code), then send the events it emitted
+    before the process ends."""
+    try:
+        app()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    finally:
+        events = sys.modules.get("prefect.events.worker")
+        if events is not None:
+            events.EventsWorker.drain_all(timeout=10)
+    return 0

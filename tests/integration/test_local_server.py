@@ -87,6 +87,21 @@ def test_first_use_starts_one_server_that_later_commands_reuse(home: Path) -> No
     assert NO_STORAGE in again.stderr and STARTED not in again.stderr
     assert _state(home)["pid"] == pid
 
+    # an expected error is said once, in one line, without a traceback (--debug shows it)
+    failed = _dbbackup(env, "backup", "no-such-server")
+    assert failed.returncode == 3
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("dbbackup: ")]
+    assert errors == [
+        "dbbackup: error: no database server block named 'no-such-server' (types "
+        "postgres-server or mysql-server): create it with `dbbackup apply CONFIG` or in the "
+        "Prefect UI"
+    ]
+    assert "Traceback" not in failed.stderr
+    assert "Still processing items" not in failed.stderr
+    assert "Finished in state Failed" in failed.stderr  # Prefect's own lines stay
+    debug = _dbbackup(env, "backup", "no-such-server", "--debug")
+    assert debug.returncode == 3 and "Traceback" in debug.stderr
+
     status = _dbbackup(env, "server", "status")
     assert status.returncode == 0
     assert f"pid      {pid}" in status.stdout
