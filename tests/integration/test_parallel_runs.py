@@ -33,9 +33,7 @@ def test_two_backups_of_one_server_at_once_each_restore_to_the_source(
         )
 
     runs = [threading.Thread(target=run) for _ in range(2)]
-    waiting = (
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'pg_dump'"
-    )
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name LIKE 'dbbackup-dump-%%'"
     with pg_admin.connect(dbs[0]) as locker, locker.transaction():
         # both runs' dumps of the first database wait here: the runs are certainly in flight
         # at the same time, not one after the other

@@ -128,7 +128,7 @@ def _waiting_pg_dumps(pg_admin, dbs: list[str]) -> list[str]:
     """The databases a pg_dump session is connected to right now."""
     rows = pg_admin.query(
         "postgres",
-        "SELECT datname FROM pg_stat_activity WHERE application_name = 'pg_dump' "
+        "SELECT datname FROM pg_stat_activity WHERE application_name LIKE 'dbbackup-dump-%%' "
         "AND datname = ANY(%s)",
         (dbs,),
     )

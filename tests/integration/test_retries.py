@@ -131,9 +131,7 @@ def test_a_dump_whose_session_the_server_terminates_is_retried_and_restores(
     )  # fmt: skip
     server = f"pg-dropped-{uuid.uuid4().hex[:8]}"
     PostgresServer(host="127.0.0.1", user="postgres", backup_users=False).save(server)
-    sessions = (
-        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'pg_dump'"
-    )
+    sessions = "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name LIKE 'dbbackup-dump-%%'"
     results: list = []
     with pg_admin.connect(db) as locker, locker.transaction():
         # the first pg_dump waits on this lock: it is certainly mid-dump when terminated
