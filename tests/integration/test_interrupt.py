@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from prefect_dbbackup.blocks import PostgresServer
 from prefect_dbbackup.blocks.registry import load_storage
+from prefect_dbbackup.tasks.workdir import private_workdir
 
 from tests.helpers import PG, flow_runs_of
 
@@ -85,7 +86,10 @@ def _staging(pg_admin, prefix: str) -> set[str]:  # noqa: ANN001
 
 def _server(locked_db: str) -> str:
     server = f"pg-stop-{uuid.uuid4().hex[:6]}"
-    PostgresServer(**PG, count_rows=False, backup_users=False, dump_timeout=600).save(server)
+    # a password (trust auth ignores it) so that the run writes a credentials file
+    PostgresServer(
+        **PG, password="unused-with-trust", count_rows=False, backup_users=False, dump_timeout=600
+    ).save(server)
     return server
 
 
@@ -118,7 +122,7 @@ def test_a_stop_signal_kills_the_dump_and_stores_nothing(env, locked, tmp_path, 
     assert run.state.is_cancelled(), f"{run.state.name}: {run.state.message}"
 
 
-def test_sigkill_of_dbbackup_takes_its_dump_client_with_it(env, locked, tmp_path):
+def test_sigkill_of_dbbackup_takes_its_dump_client_with_it(env, locked, tmp_path, monkeypatch):
     db = locked
     server = _server(db)
     cli = _start_backup(env, server, db, tmp_path / "work")
@@ -128,6 +132,12 @@ def test_sigkill_of_dbbackup_takes_its_dump_client_with_it(env, locked, tmp_path
         cli.kill()
         cli.wait(timeout=30)
         _wait_for(lambda: not Path(f"/proc/{dump_pid}").exists(), 30, "the orphan pg_dump to die")
+        # the killed run's work dir (its pgpass file with it) is removed by the next run
+        [left] = (tmp_path / "work").iterdir()
+        assert any(p.name.startswith("pgpass") for p in left.iterdir()), list(left.iterdir())
+        monkeypatch.setenv("DBBACKUP_WORK_DIR", str(tmp_path / "work"))
+        with private_workdir() as fresh:
+            assert [p.name for p in (tmp_path / "work").iterdir()] == [fresh.name]
     finally:
         if cli.poll() is None:
             cli.kill()
