@@ -317,7 +317,8 @@ class S3BackupStorage(BackupStorage):
     @contextlib.contextmanager
     def open_read(self, key: str, workdir: Path) -> Iterator[BinaryIO]:
         """Download to a private temp file in workdir (ciphertext only), then read it."""
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix="download-") as f:
+        # unbuffered: nothing is left to flush at close, so a full disk fails once, here
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix="download-", buffering=0) as f:
             try:
                 self.client.download_fileobj(self.bucket, self._full(key), f)
             except Exception as exc:
