@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -134,3 +135,15 @@ def any_env(request: pytest.FixtureRequest, env):
     if request.param == "s3":
         return env.use_s3(request.getfixturevalue("s3_server"))
     return env
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs: real ENOSPC from the kernel."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)], check=True
+    )
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 
 import pytest
@@ -12,18 +11,6 @@ from prefect_dbbackup.flows import backup as backup_flow
 from prefect_dbbackup.tasks.backup import dump_task, upload_task
 
 from tests.helpers import flow_runs_of, task_runs_of
-
-
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 256 KiB tmpfs: real ENOSPC from the kernel."""
-    mountpoint = tmp_path / "tiny"
-    mountpoint.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)], check=True
-    )
-    yield mountpoint
-    subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 @pytest.fixture

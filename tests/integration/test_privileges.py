@@ -7,7 +7,6 @@ the message names the login and the privilege the server asked for.
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -95,18 +94,6 @@ def test_postgres_restore_without_createdb_exits_3(
     assert "permission denied to create database" in result.stderr
     assert "rejected the login" not in result.stderr
     assert not pg_admin.exists(target)
-
-
-@pytest.fixture
-def tiny_disk(tmp_path) -> Iterator:
-    """A 256 KiB tmpfs: real ENOSPC from the kernel."""
-    mountpoint = tmp_path / "tiny"
-    mountpoint.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)], check=True
-    )
-    yield mountpoint
-    subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 def test_s3_download_into_a_full_work_dir_is_a_disk_error_without_s3_advice(
