@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+
+import httpx
 from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.mysql import MySQLServer
 from prefect_dbbackup.blocks.postgres import PostgresServer
@@ -24,13 +28,28 @@ def _load_one_of(name: str, types: tuple[type[Block], ...], what: str) -> Block:
             continue
     slugs = " or ".join(t.get_block_type_slug() for t in types)
     if not found:
+        close = difflib.get_close_matches(name, _names_of(types), n=3)
+        hint = f"did you mean {' or '.join(map(repr, close))}? Otherwise c" if close else "C"
         raise ConfigError(
-            f"no {what} block named {name!r} (types {slugs}): create it with "
+            f"no {what} block named {name!r} (types {slugs}). {hint}reate it with "
             "`dbbackup apply CONFIG` or in the Prefect UI"
         )
     if len(found) > 1:
         raise ConfigError(f"{name!r} names several {what} blocks ({slugs}): rename one")
     return found[0]
+
+
+def _names_of(types: tuple[type[Block], ...]) -> list[str]:
+    """The names of the existing blocks of these types (for a 'did you mean')."""
+    names: list[str] = []
+    with get_client(sync_client=True) as client:
+        for block_type in types:
+            try:
+                docs = client.read_block_documents_by_type(block_type.get_block_type_slug())
+            except httpx.HTTPStatusError:
+                continue  # the type was never registered: no names
+            names += [d.name for d in docs if d.name and not d.is_anonymous]
+    return names
 
 
 def load_server(name: str) -> DatabaseServer:

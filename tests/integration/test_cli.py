@@ -129,3 +129,12 @@ def test_discovery_that_finds_nothing_fails_instead_of_looking_healthy(env):
     assert result.exit_code == 3
     assert "matches include=['no_such_prefix_*']" in result.stderr
     assert not env.storage_path.exists() or not list(env.storage_path.rglob("*"))
+
+
+def test_a_block_name_typo_suggests_the_closest_names(env):
+    result = env.cli("backup", env.pg[:-1])
+    assert result.exit_code == 3, result.output
+    assert f"no database server block named {env.pg[:-1]!r}" in result.stderr
+    assert "did you mean" in result.stderr and repr(env.pg) in result.stderr
+    far = env.cli("backup", "zzzzzzzzzzzzzzzzzzzz")
+    assert far.exit_code == 3 and "did you mean" not in far.stderr

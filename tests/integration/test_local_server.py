@@ -93,7 +93,7 @@ def test_first_use_starts_one_server_that_later_commands_reuse(home: Path) -> No
     errors = [line for line in failed.stderr.splitlines() if line.startswith("dbbackup: ")]
     assert errors == [
         "dbbackup: error: no database server block named 'no-such-server' (types "
-        "postgres-server or mysql-server): create it with `dbbackup apply CONFIG` or in the "
+        "postgres-server or mysql-server). Create it with `dbbackup apply CONFIG` or in the "
         "Prefect UI"
     ]
     assert "Traceback" not in failed.stderr
