@@ -1,32 +1,49 @@
-"""Load blocks by name, with errors that say what to do."""
+"""Load blocks by name, with errors that say what to do.
+
+A block class is imported only when a block of its type is loaded: `dbbackup list` on a
+local storage never imports boto3/prefect-aws, and nothing here imports SQLAlchemy unless
+a database server block is loaded.
+"""
 
 from __future__ import annotations
 
 import difflib
+from importlib import import_module
+from typing import TYPE_CHECKING
 
 import httpx
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
-from prefect_dbbackup.blocks.encryption import AgeEncryption
-from prefect_dbbackup.blocks.mysql import MySQLServer
-from prefect_dbbackup.blocks.postgres import PostgresServer
-from prefect_dbbackup.blocks.s3 import S3BackupStorage
-from prefect_dbbackup.blocks.server import DatabaseServer
-from prefect_dbbackup.blocks.storage import BackupStorage, LocalBackupStorage
+from prefect.exceptions import ObjectNotFound
 from prefect_dbbackup.tasks.errors import ConfigError
 
-SERVER_TYPES: tuple[type[DatabaseServer], ...] = (PostgresServer, MySQLServer)
-STORAGE_TYPES: tuple[type[BackupStorage], ...] = (LocalBackupStorage, S3BackupStorage)
+if TYPE_CHECKING:
+    from prefect_dbbackup.blocks.encryption import AgeEncryption
+    from prefect_dbbackup.blocks.server import DatabaseServer
+    from prefect_dbbackup.blocks.storage import BackupStorage
+
+# block type slug -> "module:class", imported on first use
+SERVER_TYPES = {
+    "postgres-server": "prefect_dbbackup.blocks.postgres:PostgresServer",
+    "mysql-server": "prefect_dbbackup.blocks.mysql:MySQLServer",
+}
+STORAGE_TYPES = {
+    "local-backup-storage": "prefect_dbbackup.blocks.storage:LocalBackupStorage",
+    "s3-backup-storage": "prefect_dbbackup.blocks.s3:S3BackupStorage",
+}
+ENCRYPTION_TYPES = {"age-encryption": "prefect_dbbackup.blocks.encryption:AgeEncryption"}
 
 
-def _load_one_of(name: str, types: tuple[type[Block], ...], what: str) -> Block:
-    found = []
-    for block_type in types:
-        try:
-            found.append(block_type.load(name))
-        except ValueError:
-            continue
-    slugs = " or ".join(t.get_block_type_slug() for t in types)
+def block_class(path: str) -> type[Block]:
+    """The block class at "module:class" (importing its module)."""
+    module, _, name = path.partition(":")
+    return getattr(import_module(module), name)
+
+
+def _load_one_of(name: str, types: dict[str, str], what: str) -> Block:
+    with get_client(sync_client=True) as client:
+        found = [slug for slug in types if _exists(client, name, slug)]
+    slugs = " or ".join(types)
     if not found:
         close = difflib.get_close_matches(name, _names_of(types), n=3)
         hint = f"did you mean {' or '.join(map(repr, close))}? Otherwise c" if close else "C"
@@ -36,16 +53,25 @@ def _load_one_of(name: str, types: tuple[type[Block], ...], what: str) -> Block:
         )
     if len(found) > 1:
         raise ConfigError(f"{name!r} names several {what} blocks ({slugs}): rename one")
-    return found[0]
+    return block_class(types[found[0]]).load(name)
 
 
-def _names_of(types: tuple[type[Block], ...]) -> list[str]:
+def _exists(client: object, name: str, slug: str) -> bool:
+    """True when a block of this type has this name (secrets are not fetched)."""
+    try:
+        client.read_block_document_by_name(name, slug, include_secrets=False)  # type: ignore[attr-defined]
+    except ObjectNotFound:
+        return False
+    return True
+
+
+def _names_of(slugs: dict[str, str]) -> list[str]:
     """The names of the existing blocks of these types (for a 'did you mean')."""
     names: list[str] = []
     with get_client(sync_client=True) as client:
-        for block_type in types:
+        for slug in slugs:
             try:
-                docs = client.read_block_documents_by_type(block_type.get_block_type_slug())
+                docs = client.read_block_documents_by_type(slug, include_secrets=False)
             except httpx.HTTPStatusError:
                 continue  # the type was never registered: no names
             names += [d.name for d in docs if d.name and not d.is_anonymous]
@@ -64,4 +90,4 @@ def load_storage(name: str) -> BackupStorage:
 
 def load_encryption(name: str) -> AgeEncryption:
     """The age-encryption block with this name."""
-    return _load_one_of(name, (AgeEncryption,), "age-encryption")  # type: ignore[return-value]
+    return _load_one_of(name, ENCRYPTION_TYPES, "age-encryption")  # type: ignore[return-value]

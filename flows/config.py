@@ -17,17 +17,18 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import BlockDocumentCreate, BlockDocumentUpdate
 from prefect.client.schemas.objects import BlockDocument
 from prefect_dbbackup.blocks.encryption import AgeEncryption
-from prefect_dbbackup.blocks.mysql import MySQLServer
-from prefect_dbbackup.blocks.postgres import PostgresServer
-from prefect_dbbackup.blocks.registry import SERVER_TYPES
-from prefect_dbbackup.blocks.s3 import S3BackupStorage
+from prefect_dbbackup.blocks.registry import SERVER_TYPES, STORAGE_TYPES, block_class
 from prefect_dbbackup.blocks.signing import public_key_text
-from prefect_dbbackup.blocks.storage import BackupStorage, LocalBackupStorage
+from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.errors import ConfigError
 from pydantic import SecretStr, ValidationError
 
-SERVER_KINDS: dict[str, type[Block]] = {"postgres": PostgresServer, "mysql": MySQLServer}
-STORAGE_KINDS: dict[str, type[Block]] = {"local": LocalBackupStorage, "s3": S3BackupStorage}
+# config `type:` -> block class path; only the kinds a config uses are imported
+SERVER_KINDS = {"postgres": SERVER_TYPES["postgres-server"], "mysql": SERVER_TYPES["mysql-server"]}
+STORAGE_KINDS = {
+    "local": STORAGE_TYPES["local-backup-storage"],
+    "s3": STORAGE_TYPES["s3-backup-storage"],
+}
 PATH_FIELDS = {"path", "identity_file", "sslrootcert", "bin_dir", "manifest_signing_key_file"}
 CREATED = {"name", "block_schema_id", "block_type_id", "data", "is_anonymous"}
 UPDATED = {"block_schema_id", "data"}
@@ -151,14 +152,15 @@ def _entries(config: dict[str, Any], section: str) -> dict[str, dict[str, Any]]:
     return entries
 
 
-def _typed(entries: dict, kinds: dict[str, type[Block]], section: str, base: Path) -> list:
+def _typed(entries: dict, kinds: dict[str, str], section: str, base: Path) -> list:
     blocks = []
     for name, raw in entries.items():
         fields = expand_env(dict(raw), f"{section}.{name}")
         kind_name = fields.pop("type", None)
         if kind_name not in kinds:
             raise ConfigError(f"{section}.{name}: type must be one of {', '.join(kinds)}")
-        blocks.append((str(name), _build(kinds[kind_name], fields, f"{section}.{name}", base)))
+        kind = block_class(kinds[kind_name])
+        blocks.append((str(name), _build(kind, fields, f"{section}.{name}", base)))
     return blocks
 
 
@@ -203,35 +205,34 @@ def _check_signing(storage: BackupStorage, where: str) -> None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _existing(kinds: set[type[Block]]) -> dict[type[Block], dict[str, BlockDocument]]:
-    """Every named block document of these types, by type and name: one API read per type."""
-    found: dict[type[Block], dict[str, BlockDocument]] = {}
+def _existing(slugs: set[str]) -> dict[str, dict[str, BlockDocument]]:
+    """Every named block document of these types, by type slug and name: one API read per
+    type."""
+    found: dict[str, dict[str, BlockDocument]] = {}
     with get_client(sync_client=True) as client:
-        for kind in kinds:
+        for slug in slugs:
             try:
-                docs = client.read_block_documents_by_type(
-                    kind.get_block_type_slug(), include_secrets=True
-                )
+                docs = client.read_block_documents_by_type(slug, include_secrets=True)
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code != 404:
                     raise
                 docs = []  # the block type was never registered
-            found[kind] = {d.name: d for d in docs if d.name and not d.is_anonymous}
+            found[slug] = {d.name: d for d in docs if d.name and not d.is_anonymous}
     return found
 
 
 def _check_server_names(
-    blocks: list[tuple[str, Block]], existing: dict[type[Block], dict[str, BlockDocument]]
+    blocks: list[tuple[str, Block]], existing: dict[str, dict[str, BlockDocument]]
 ) -> None:
     """Refuse a server name already used by a block of the other engine (before saving any)."""
     for name, block in blocks:
-        kind = type(block)
-        if kind not in SERVER_TYPES:
+        slug = block.get_block_type_slug()
+        if slug not in SERVER_TYPES:
             continue
         for other in SERVER_TYPES:
-            if other is not kind and name in existing[other]:
+            if other != slug and name in existing[other]:
                 raise ConfigError(
-                    f"servers.{name}: a {other.get_block_type_slug()} block is already named "
+                    f"servers.{name}: a {other} block is already named "
                     f"{name!r}; delete it first (prefect block delete) or pick another name"
                 )
 
@@ -312,11 +313,11 @@ def apply_config(path: Path) -> list[tuple[str, str, str]]:
     Returns (block type slug, name, created|updated|unchanged) for each block.
     """
     blocks = load_config(path)
-    existing = _existing({type(b) for _, b in blocks} | set(SERVER_TYPES))
+    existing = _existing({b.get_block_type_slug() for _, b in blocks} | set(SERVER_TYPES))
     _check_server_names(blocks, existing)
     plan = []
     for name, block in blocks:
-        document = existing[type(block)].get(name)
+        document = existing[block.get_block_type_slug()].get(name)
         if document is not None and _unchanged(block, document):
             plan.append((name, block, document, "unchanged"))
         else:
