@@ -13,6 +13,7 @@ from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.prune import report_prune
 from prefect_dbbackup.flows.report import BackupFailed, BackupReport, DatabaseOutcome
 from prefect_dbbackup.flows.retries import transient_retries_only
@@ -76,6 +77,7 @@ def _cancelled(report: BackupReport) -> State:
 
 
 @flow(name="backup-server", flow_run_name=_run_name, validate_parameters=True)
+@recorded_run
 @transient_retries_only
 def backup_server(
     server: str,

@@ -707,10 +707,28 @@ def main() -> None:
         sys.exit(_run_app())
 
 
+def _end_runs_of_killed_processes() -> None:
+    """Runs left Running by a killed dbbackup process end Crashed before this command
+    (a restarted `serve` would otherwise skip schedules: their concurrency slot is taken)."""
+    from prefect_dbbackup.flows.crashed_runs import mark_dead_runs_crashed
+
+    try:
+        names = mark_dead_runs_crashed()
+    except httpx.HTTPError:
+        return  # the command itself reports an unreachable API
+    for name in names:
+        typer.echo(
+            f"dbbackup: run {printable(name)} was left running by a killed process: marked Crashed",
+            err=True,
+        )
+
+
 def _run_app() -> int:
     """Run the command (typer exits with its code), then send the events it emitted
     before the process ends."""
     try:
+        if _needs_api(sys.argv[1:]):
+            _end_runs_of_killed_processes()
         app()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1

@@ -6,6 +6,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect_dbbackup.blocks.registry import load_server, load_storage
+from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.report import artifact_key, md
 from prefect_dbbackup.tasks.events import database_resource, server_related
 from prefect_dbbackup.tasks.prune import PruneItem, prune_task
@@ -68,6 +69,7 @@ def report_prune(server: str, items: list[PruneItem], dry_run: bool = False) -> 
 
 
 @flow(name="prune-backups", flow_run_name="prune-{server}", validate_parameters=True)
+@recorded_run
 def prune_backups(
     server: str,
     storage: str = "default",

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
+from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.report import artifact_key
 from prefect_dbbackup.tasks.catalog import find_backup
 from prefect_dbbackup.tasks.errors import DbBackupError
@@ -29,6 +30,7 @@ def _run_name() -> str:
     flow_run_name=_run_name,
     validate_parameters=True,
 )
+@recorded_run
 def restore_database(
     server: str,
     database: str,

@@ -5,12 +5,14 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
+from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.tasks.catalog import find_backup
 from prefect_dbbackup.tasks.globals import UsersResult, find_globals, restore_users_task
 from prefect_dbbackup.tasks.workdir import private_workdir
 
 
 @flow(name="restore-users", flow_run_name="restore-users-{server}", validate_parameters=True)
+@recorded_run
 def restore_users(
     server: str,
     storage: str = "default",

@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
+from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.report import BackupFailed, artifact_key, first_line
 from prefect_dbbackup.tasks.catalog import refused_latest
 from prefect_dbbackup.tasks.errors import DbBackupError
@@ -88,6 +89,7 @@ def _run_name() -> str:
 
 
 @flow(name="verify-backups", flow_run_name=_run_name, validate_parameters=True)
+@recorded_run
 def verify_backups(
     server: str,
     storage: str = "default",

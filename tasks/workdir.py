@@ -18,7 +18,7 @@ from pathlib import Path
 OWNER_FILE = ".owner"
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
     """The start time of a live process (field 22 of /proc/PID/stat), or None if it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -34,7 +34,7 @@ def _owner_alive(directory: Path) -> bool:
         pid = int(pid_text)
     except (OSError, ValueError):
         return True  # not one of ours (or still being created): leave it
-    return _process_start(pid) == started
+    return process_start(pid) == started
 
 
 def remove_stale_workdirs(parent: Path, prefix: str = "dbbackup-") -> list[Path]:
@@ -58,7 +58,7 @@ def private_workdir(prefix: str = "dbbackup-") -> Iterator[Path]:
         Path(parent).mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     try:
-        (path / OWNER_FILE).write_text(f"{os.getpid()} {_process_start(os.getpid())}\n")
+        (path / OWNER_FILE).write_text(f"{os.getpid()} {process_start(os.getpid())}\n")
         remove_stale_workdirs(path.parent, prefix)
         yield path
     finally:

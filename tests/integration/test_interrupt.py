@@ -31,13 +31,15 @@ def locked(pg_db, pg_admin):
     holder.close()
 
 
-def _start_backup(env, server: str, db: str, workdir: Path) -> subprocess.Popen[str]:
+def _start_backup(
+    env, server: str, db: str, workdir: Path, home: Path | None = None
+) -> subprocess.Popen[str]:
     """`dbbackup backup` as a user runs it: its own process, the test's Prefect API."""
     argv = ["backup", server, "-d", db, "--storage", env.storage, "--encryption", env.encryption]
-    return _start(argv, workdir)
+    return _start(argv, workdir, home)
 
 
-def _start(argv: list[str], workdir: Path) -> subprocess.Popen[str]:
+def _child_env(workdir: Path, home: Path | None = None) -> dict[str, str]:
     from prefect.settings import PREFECT_API_URL
 
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -46,6 +48,13 @@ def _start(argv: list[str], workdir: Path) -> subprocess.Popen[str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DBBACKUP_WORK_DIR=str(workdir),
     )
+    if home is not None:
+        child_env["PREFECT_HOME"] = str(home)
+    return child_env
+
+
+def _start(argv: list[str], workdir: Path, home: Path | None = None) -> subprocess.Popen[str]:
+    child_env = _child_env(workdir, home)
     return subprocess.Popen(
         [sys.executable, "-c", "from prefect_dbbackup.flows.cli import main; main()", *argv],
         env=child_env,
@@ -125,7 +134,8 @@ def test_a_stop_signal_kills_the_dump_and_stores_nothing(env, locked, tmp_path, 
 def test_sigkill_of_dbbackup_takes_its_dump_client_with_it(env, locked, tmp_path, monkeypatch):
     db = locked
     server = _server(db)
-    cli = _start_backup(env, server, db, tmp_path / "work")
+    home = tmp_path / "prefect-home"
+    cli = _start_backup(env, server, db, tmp_path / "work", home)
     try:
         _wait_for(lambda: _pg_dumps_of(db), 180, "pg_dump to start")
         [dump_pid] = _pg_dumps_of(db)
@@ -143,6 +153,60 @@ def test_sigkill_of_dbbackup_takes_its_dump_client_with_it(env, locked, tmp_path
             cli.kill()
         for pid in _pg_dumps_of(db):
             os.kill(pid, signal.SIGKILL)
+    # the API still shows the killed run Running, until the next command looks
+    [run] = flow_runs_of("backup-server", server=server)
+    assert run.state.is_running(), run.state
+    argv = ["list", server, "--storage", env.storage]
+    listed = subprocess.run(
+        [sys.executable, "-c", "from prefect_dbbackup.flows.cli import main; main()", *argv],
+        env=_child_env(tmp_path / "work", home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert f"run {run.name} was left running by a killed process: marked Crashed" in listed.stderr
+    [run] = flow_runs_of("backup-server", server=server)
+    assert run.state.is_crashed(), f"{run.state.name}: {run.state.message}"
+    assert f"(pid {cli.pid}) was killed" in run.state.message
+    assert list((home / "dbbackup-runs").iterdir()) == []
+
+
+def test_a_run_record_of_a_live_process_or_another_host_is_left_alone(tmp_path, monkeypatch):
+    """Only a record of this host and API whose process is gone counts as a dead run."""
+    import json
+    import socket
+    import uuid as uuidlib
+
+    from prefect.settings import PREFECT_API_URL
+    from prefect_dbbackup.flows import crashed_runs
+    from prefect_dbbackup.tasks.workdir import process_start
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    directory = crashed_runs.records_dir()
+    directory.mkdir()
+    me = {"pid": os.getpid(), "started": process_start(os.getpid())}
+    here = {"host": socket.gethostname(), "api_url": PREFECT_API_URL.value()}
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    records = {
+        "alive": {**me, **here},
+        "other-host": {"pid": gone.pid, "started": "1", **here, "host": "elsewhere"},
+        "other-api": {"pid": gone.pid, "started": "1", **here, "api_url": "http://x/api"},
+        "dead": {"pid": gone.pid, "started": "1", **here},
+    }
+    ids = {}
+    for name, record in records.items():
+        ids[name] = uuidlib.uuid4()
+        (directory / f"{ids[name]}.json").write_text(
+            json.dumps({**record, "flow_run_id": str(ids[name])})
+        )
+    (directory / "garbage.json").write_text("[1, 2")
+    assert [run_id for _, run_id, _ in crashed_runs._dead_records()] == [ids["dead"]]
+    # a dead record of a run the API does not know is removed without error
+    assert crashed_runs.mark_dead_runs_crashed() == []
+    assert not (directory / f"{ids['dead']}.json").exists()
+    assert len(list(directory.glob("*.json"))) == 4
 
 
 def test_ctrl_c_during_a_replacing_restore_keeps_the_existing_target(
