@@ -538,3 +538,55 @@ def test_serve_runs_the_schedules_of_the_config_without_a_work_pool(
         assert pg_admin.table_fingerprints(target)["public.items"][0] == 500
     finally:
         _stop(serving)
+
+
+def _pg_dump_pids(database: str) -> list[int]:
+    """PIDs of the pg_dump processes dumping this database."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if argv[0].endswith(b"pg_dump") and any(database.encode() in a for a in argv):
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_cancelling_a_run_in_the_ui_kills_its_dump_and_stores_nothing(
+    real: Real, database: str
+) -> None:
+    """What the UI's Cancel button does (state Cancelling), while the dump waits on a lock
+    that is never released: the worker stops the run, its pg_dump dies, nothing is stored."""
+    import psycopg
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelling
+
+    from tests.helpers import PG
+
+    holder = psycopg.connect(**PG, dbname=database)
+    try:
+        holder.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")  # open transaction
+        with real.api():
+            run = run_deployment(
+                f"backup-server/{SERVER}",
+                parameters={"databases": [database]},
+                timeout=0,
+                as_subflow=False,
+            )
+        [dump] = _wait_for("pg_dump to start (see worker.log)", lambda: _pg_dump_pids(database))
+        with real.api(), get_client(sync_client=True) as client:
+            client.set_flow_run_state(run.id, Cancelling(), force=True)
+
+            def final():
+                current = client.read_flow_run(run.id)
+                return current if current.state and current.state.is_final() else None
+
+            ended = _wait_for("the cancelled run to end (see worker.log)", final)
+        assert ended.state.is_cancelled(), f"{ended.state.name}: {ended.state.message}"
+        assert not Path(f"/proc/{dump}").exists() and not _pg_dump_pids(database)
+        assert not (real.storage_path / SERVER / database).exists()
+        assert not any((real.tmp / "work").glob("dbbackup-*")), "a work dir was left"
+    finally:
+        holder.close()
+        for pid in _pg_dump_pids(database):
+            os.kill(pid, signal.SIGKILL)
