@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from prefect_dbbackup.blocks.postgres import conninfo_value
 from psycopg import sql
 
 from tests.helpers import PG
@@ -174,7 +175,7 @@ def schema_dump(db: str) -> str:
             "-U",
             PG["user"],
             "-d",
-            f"dbname={conninfo_name(db)}",
+            f"dbname={conninfo_value(db)}",
         ],
         capture_output=True,
         text=True,
@@ -182,11 +183,6 @@ def schema_dump(db: str) -> str:
     ).stdout
     restrict = ("\\restrict", "\\unrestrict")
     return "\n".join(line for line in out.splitlines() if not line.startswith(restrict))
-
-
-def conninfo_name(db: str) -> str:
-    """db as a libpq conninfo value."""
-    return "'" + db.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @pytest.fixture
