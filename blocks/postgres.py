@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import sqlalchemy as sa
+from prefect_dbbackup.blocks.postgres_properties import property_statements, read_properties
 from prefect_dbbackup.blocks.server import (
     DatabaseServer,
     DumpSnapshot,
@@ -28,6 +29,7 @@ from prefect_dbbackup.tasks.errors import (
     PermissionDenied,
     ToolFailed,
 )
+from prefect_dbbackup.tasks.manifest import DatabaseProperties
 from prefect_dbbackup.tasks.process import ToolProcess
 from psycopg import sql as pgsql
 from pydantic import Field
@@ -41,7 +43,10 @@ AUTH_MARKERS = (
     "no password supplied",
     "pg_hba.conf",
 )
-
+# SQLSTATE classes of a statement the server refused, not of a failing server or
+# connection: data exception (a bad value), access rule violation (missing role,
+# privilege), object state (a setting that cannot be set per database), unsupported
+REFUSED_STATEMENT = frozenset({"22", "42", "55", "0A"})
 
 NAME_BYTES = 63  # PostgreSQL's identifier limit (NAMEDATALEN - 1)
 
@@ -208,6 +213,21 @@ class PostgresServer(DatabaseServer):
                 "count_rows: false on the server block to dump without exact row counts"
             ) from None
 
+    def table_row_counts(self, database: str) -> dict[str, int]:
+        """Exact row counts under this session's own limits: a restored database's
+        defaults (ALTER DATABASE ... SET statement_timeout, lock_timeout, search_path)
+        must not stop or redirect verify's count."""
+        with self.connect(database) as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT set_config('statement_timeout', :ms, false), "
+                    "set_config('lock_timeout', '0', false), "
+                    "set_config('search_path', 'pg_catalog', false)"
+                ),
+                {"ms": str(int(self.dump_timeout) * 1000)},
+            )
+            return self._count_rows(conn, self._table_refs(conn, database))
+
     def _version_query(self) -> str:
         return "SHOW server_version"
 
@@ -234,6 +254,40 @@ class PostgresServer(DatabaseServer):
             options["locale_provider"] = provider
             options["icu_locale" if provider == "icu" else "builtin_locale"] = locale
         return options
+
+    def database_properties(self, database: str) -> DatabaseProperties | None:
+        """Comment, connection limit, settings and privileges of the database (see
+        postgres_properties): what pg_dump writes only with --create."""
+        with self.connect() as conn:
+            properties = read_properties(conn, database)
+        if properties is None:
+            raise DatabaseNotFound(f"no database {database!r} on {self.describe()}")
+        return properties
+
+    def apply_database_properties(self, database: str, properties: DatabaseProperties) -> list[str]:
+        """Replay the recorded properties onto database (under its new name). A statement
+        the server refuses (a role that does not exist here, a setting this version does
+        not know, a privilege the login lacks) is skipped and returned with the reason;
+        losing the connection is an error."""
+        skipped: list[str] = []
+        with self.connect() as conn:
+            roles = {name for (name,) in conn.execute(sa.text("SELECT rolname FROM pg_roles"))}
+            dbapi = conn.connection.dbapi_connection
+
+            def literal(value: str) -> str:
+                return pgsql.Literal(value).as_string(dbapi)
+
+            for what, statement in property_statements(
+                database, properties, roles, literal, skipped
+            ):
+                try:
+                    self.run_sql(conn, statement)
+                except sa.exc.DBAPIError as exc:
+                    state = getattr(exc.orig, "sqlstate", None) or ""
+                    if state[:2] not in REFUSED_STATEMENT:
+                        raise self._classify(exc.orig or exc) from None
+                    skipped.append(f"{what}: {self._error_text(exc.orig or exc)}")
+        return skipped
 
     def quote(self, name: str) -> str:
         """psycopg's identifier quoting; a name PostgreSQL would truncate is refused.

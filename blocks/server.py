@@ -18,6 +18,7 @@ from typing import ClassVar
 import sqlalchemy as sa
 from prefect.blocks.core import Block
 from prefect_dbbackup.tasks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
+from prefect_dbbackup.tasks.manifest import DatabaseProperties
 from prefect_dbbackup.tasks.retention import RetentionPolicy
 from pydantic import Field, PrivateAttr, SecretStr
 
@@ -188,6 +189,14 @@ class DatabaseServer(Block, ABC):
     def swap_database(self, replacement: str, target: str) -> None:
         """Put replacement in target's place and drop the old target (engines that rename)."""
         raise NotImplementedError
+
+    def database_properties(self, database: str) -> DatabaseProperties | None:
+        """Properties of the database itself that its dump does not carry (None: none)."""
+        return None
+
+    def apply_database_properties(self, database: str, properties: DatabaseProperties) -> list[str]:
+        """Give a restored database the recorded properties; returns what was skipped, and why."""
+        return []
 
     def restore_rewrite(self, source: str, target: str) -> tuple[bytes, bytes] | None:
         """A (old, new) byte replacement that retargets a dump of source to target, if needed."""

@@ -61,6 +61,7 @@ def dump_database(
     recipients = encryption.recipient_keys()
     started = datetime.now(UTC)
     options = server.database_options(database)
+    properties = server.database_properties(database)
     server_version = server.server_version()
     spool = workdir / f"{encode_name(database)}.{backup_id}.age"
 
@@ -110,6 +111,7 @@ def dump_database(
             create_options=options,
             tables=snapshot.tables,
             row_counts=snapshot.row_counts,
+            database_properties=properties,
         )
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):

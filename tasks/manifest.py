@@ -40,6 +40,37 @@ class StreamStats(BaseModel):
     sha256: str
 
 
+class DatabaseGrant(BaseModel):
+    """One privilege on the database itself; grantee None is PUBLIC."""
+
+    grantee: str | None
+    privilege: Literal["CONNECT", "TEMPORARY", "CREATE"]
+    grantable: bool = False
+
+
+class DatabaseSetting(BaseModel):
+    """A per-database default (ALTER DATABASE ... SET), or with role one for that role only
+    (ALTER ROLE ... IN DATABASE ... SET); value is the text the server stored."""
+
+    role: str | None = None
+    name: str = Field(min_length=1, max_length=256)
+    value: str
+
+
+class DatabaseProperties(BaseModel):
+    """Properties of the database itself, which the dump of its contents does not carry.
+
+    acl None: the database had the default privileges. owner is informational: a
+    restore leaves the database owned by the restoring login (as --no-owner does).
+    """
+
+    owner: str | None = None
+    comment: str | None = None
+    connection_limit: int = -1
+    settings: list[DatabaseSetting] = Field(default_factory=list)
+    acl: list[DatabaseGrant] | None = None
+
+
 class Manifest(BaseModel):
     """Everything needed to find, check and restore one backup."""
 
@@ -70,6 +101,9 @@ class Manifest(BaseModel):
     )
     row_counts: dict[str, int] | None = Field(
         default=None, description="PostgreSQL: exact rows per table in the dump's own snapshot"
+    )
+    database_properties: DatabaseProperties | None = Field(
+        default=None, description="comment, settings, privileges of the database (PostgreSQL)"
     )
 
     @model_validator(mode="after")

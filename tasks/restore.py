@@ -43,6 +43,7 @@ class RestoreResult(BaseModel):
     replaced: bool
     stored_bytes: int
     seconds: float
+    skipped: list[str] = []  # database properties the target did not take, and why
 
 
 def check_object(f: BinaryIO, manifest: Manifest, what: str) -> None:
@@ -93,6 +94,7 @@ def restore_backup(
     if jobs > 1 and server.server_type != "postgres":
         raise ConfigError("--jobs applies to PostgreSQL restores only")
     started = datetime.now(UTC)
+    skipped: list[str] = []
     # the object is named by the backup's location and kind, never by free text in the manifest
     key = backup_key(
         manifest.server, manifest.database, manifest.backup_id, manifest.stored_object_name
@@ -110,6 +112,7 @@ def restore_backup(
                     else:
                         with contextlib.ExitStack() as stack:
                             decrypt_stream(f, lambda: loader.open_stream(stack), identities)
+                skipped[:] = loader.apply_properties()
             except BaseException:
                 loader.drop_if_created()
                 raise
@@ -126,6 +129,7 @@ def restore_backup(
         replaced=exists,
         stored_bytes=manifest.stats.stored_bytes,
         seconds=(datetime.now(UTC) - started).total_seconds(),
+        skipped=skipped,
     )
 
 
@@ -193,6 +197,17 @@ class _TargetLoader:
             self._create()
             with self._process(cmd, stdin=False):
                 pass
+
+    def apply_properties(self) -> list[str]:
+        """Give the loaded target the database's own properties (comment, settings,
+        privileges) recorded in the manifest; log and return what it did not take."""
+        recorded = self.manifest.database_properties
+        if recorded is None:  # a manifest from before they were recorded, or none to record
+            return []
+        skipped = self.server.apply_database_properties(self.target, recorded)
+        for reason in skipped:
+            self.log.warning("restore into %r: skipped %s", self.target, reason)
+        return skipped
 
     def drop_if_created(self) -> None:
         """Drop a target this restore created (it is incomplete)."""
