@@ -363,6 +363,8 @@ def restore(
             f"restored {printable(result.database)} backup {result.backup_id} into "
             f"{printable(result.target_database)} in {result.seconds:.1f} s"
         )
+        for line in result.skipped:  # database properties the target did not take
+            typer.echo(f"  skipped {printable(line)}")
 
 
 def _echo_users(result: UsersResult) -> None:

@@ -15,6 +15,10 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
 
+# Prefect configures logging (dictConfig, replacing the root handlers) on first import of
+# prefect.main: do it before any test, so that caplog's handler is never swept away later
+import prefect.main  # noqa: E402, F401
+
 from tests.helpers import MyAdmin, PgAdmin  # noqa: E402
 from tests.s3server import SeaweedFS  # noqa: E402
 

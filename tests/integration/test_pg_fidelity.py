@@ -265,6 +265,9 @@ def test_unusual_features_and_database_properties_round_trip(
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert [w for w in warned if repr(roles["ghost"]) in w and "GRANT CONNECT" in w], warned
     assert [w for w in warned if repr(roles["ghost"]) in w and "setting work_mem" in w], warned
+    # ... and the command's own output names them
+    skipped = [line for line in result.output.splitlines() if line.startswith("  skipped ")]
+    assert len(skipped) == 2 and all(repr(roles["ghost"]) in line for line in skipped), skipped
 
     assert schema_dump(target) == source["schema"]
     assert pg_admin.table_fingerprints(target) == source["tables"]
