@@ -5,9 +5,10 @@ API keeps it Running, its deployment's concurrency slot stays taken, and a resta
 `serve` skips its schedules. Each dbbackup flow run therefore records itself in
 `PREFECT_HOME/dbbackup-runs/<flow run id>.json` (pid and the process's start time,
 host, API) while it runs. Every later `dbbackup` command that uses the API (`serve`
-included, at its start) looks at these records: a run whose process is gone and
-that the API still shows unfinished is set Crashed, with its unfinished task runs.
-Runs of other hosts or another API are never touched.
+included, at its start) and every later dbbackup flow run (under a worker) looks at
+these records: a run whose process is gone and that the API still shows unfinished is
+set Crashed, with its unfinished task runs. Runs of other hosts or another API are
+never touched.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Crashed
 from prefect_dbbackup.flows.local_server import prefect_home
+from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.workdir import process_start
 
 P = ParamSpec("P")
@@ -66,6 +68,7 @@ def recorded_run(fn: Callable[P, R]) -> Callable[P, R]:
         context = FlowRunContext.get()
         if context is None or context.flow_run is None:
             return fn(*args, **kwargs)
+        _end_dead_runs()
         try:
             path = _record(context.flow_run.id)
         except OSError:  # a full or read-only PREFECT_HOME must not stop a backup
@@ -78,6 +81,16 @@ def recorded_run(fn: Callable[P, R]) -> Callable[P, R]:
     # Prefect validates parameters against the wrapper: give it fn's resolved signature
     wrapper.__signature__ = inspect.signature(fn, eval_str=True)  # type: ignore[attr-defined]
     return wrapper
+
+
+def _end_dead_runs() -> None:
+    """A run that starts (under a worker: after a hard kill of the previous one) first ends
+    the runs of dead processes; a failure here never stops the run."""
+    try:
+        for name in mark_dead_runs_crashed():
+            run_logger().warning("run %s was left running by a killed process: Crashed", name)
+    except Exception as exc:  # noqa: BLE001 (housekeeping: the run itself goes on)
+        run_logger().warning("could not check for runs of killed processes: %s", exc)
 
 
 def _dead_records() -> list[tuple[Path, UUID, int]]:
