@@ -96,6 +96,8 @@ class PostgresServer(DatabaseServer):
     system_databases: ClassVar[frozenset[str]] = frozenset({"template0", "template1", "postgres"})
     dump_options: ClassVar[list[str]] = ["--format=custom", "--compress=0"]
     supports_rename: ClassVar[bool] = True
+    users_before_database: ClassVar[bool] = True
+    parallel_restore: ClassVar[bool] = True
 
     port: int = Field(default=5432)
     user: str = Field(default="postgres", description="Login used for dumps and restores.")

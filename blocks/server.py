@@ -87,6 +87,11 @@ class DatabaseServer(Block, ABC):
     system_databases: ClassVar[frozenset[str]]
     dump_options: ClassVar[list[str]]
     supports_rename: ClassVar[bool] = False
+    # restore --with-users: roles first (PostgreSQL: the database's grants and owners name
+    # them), or after the database (MySQL: table grants need the tables)
+    users_before_database: ClassVar[bool] = False
+    # restore --jobs N: the client restores an archive file in parallel
+    parallel_restore: ClassVar[bool] = False
 
     host: str = Field(default="127.0.0.1", description="Host name, IP, or unix socket directory.")
     user: str = Field(description="Login used for dumps and restores.")

@@ -46,6 +46,8 @@ class _DbBackupGroup(TyperGroup):
         except UsageError as exc:
             exc.exit_code = ConfigError.exit_code
             raise
+        except DbBackupError as exc:  # expected: one line, its exit code, no traceback
+            _fail(exc)
         except Exception as exc:
             if type(exc).__name__ == "CancelledRun":  # prefect.exceptions: not imported for --help
                 typer.echo(f"dbbackup: {exc}", err=True)
@@ -91,10 +93,9 @@ AllowUnsignedOpt = Annotated[
 ]
 
 
-def _fail(exc: BaseException) -> NoReturn:
-    code = exc.exit_code if isinstance(exc, DbBackupError) else 2
+def _fail(exc: DbBackupError) -> NoReturn:
     typer.echo(f"dbbackup: error: {exc}", err=True)
-    raise typer.Exit(code)
+    raise typer.Exit(exc.exit_code)
 
 
 def _emit(data: object) -> None:
@@ -129,10 +130,7 @@ def keygen(
     """Create an age identity (private key) file and print its recipient (public key)."""
     from prefect_dbbackup.blocks.encryption import write_identity_file
 
-    try:
-        recipient = write_identity_file(output, force=force)
-    except DbBackupError as exc:
-        _fail(exc)
+    recipient = write_identity_file(output, force=force)
     typer.echo(f"wrote {output}; keep it secret, keep a copy offline.", err=True)
     typer.echo(recipient)
 
@@ -150,10 +148,7 @@ def signing_keygen(
 
     pem = signing.generate_signing_key()
     public = signing.public_key_text(signing.load_signing_key(pem, "new key").public_key())
-    try:
-        write_secret_file(output, pem, force=force)
-    except DbBackupError as exc:
-        _fail(exc)
+    write_secret_file(output, pem, force=force)
     typer.echo(
         f"wrote {output}; set it as manifest_signing_key_file of the storage on backup workers, "
         "and the public key below in manifest_verify_keys of every storage block that reads.",
@@ -167,10 +162,7 @@ def apply(config: Annotated[Path, typer.Argument(help="dbbackup.yaml")]) -> None
     """Create or update the Prefect blocks described by a config file."""
     from prefect_dbbackup.flows.config import apply_config
 
-    try:
-        changes = apply_config(config)
-    except DbBackupError as exc:
-        _fail(exc)
+    changes = apply_config(config)
     for slug, name, status in changes:
         typer.echo(f"{status:9} {slug}/{name}")
 
@@ -202,8 +194,6 @@ def backup(
     except BackupFailed as exc:
         report, code = exc.report, exc.exit_code
         typer.echo(f"dbbackup: {exc}", err=True)
-    except DbBackupError as exc:
-        _fail(exc)
 
     def detail(o: Any) -> str:
         ok = o.status == "ok"
@@ -224,10 +214,7 @@ def list_cmd(
     from prefect_dbbackup.blocks.registry import load_storage
     from prefect_dbbackup.tasks.catalog import scan_backups
 
-    try:
-        entries = scan_backups(load_storage(storage), server, database)
-    except DbBackupError as exc:
-        _fail(exc)
+    entries = scan_backups(load_storage(storage), server, database)
     if as_json:
         _emit([_listed(e) for e in entries])
         return
@@ -318,47 +305,28 @@ def restore(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a backup of DATABASE (the latest signed one unless --backup-id) into SERVER."""
-    from prefect_dbbackup.blocks.registry import load_server
     from prefect_dbbackup.flows.restore import restore_database
-    from prefect_dbbackup.flows.users import restore_users
 
-    def users() -> UsersResult:
-        return restore_users(
-            server=server,
-            storage=storage,
-            encryption=encryption,
-            backup_id=backup_id,
-            identity_file=str(identity_file.expanduser()) if identity_file else None,
-            source_server=from_server,
-            for_database=database,
-            allow_unsigned=allow_unsigned,
-        )
-
-    try:
-        users_first = with_users and load_server(server).server_type == "postgres"
-        accounts = users() if users_first else None
-        result = restore_database(
-            server=server,
-            database=database,
-            storage=storage,
-            encryption=encryption,
-            backup_id=backup_id,
-            target_database=into,
-            replace=replace,
-            identity_file=str(identity_file.expanduser()) if identity_file else None,
-            jobs=jobs,
-            source_server=from_server,
-            allow_unsigned=allow_unsigned,
-        )
-        if with_users and not users_first:
-            accounts = users()
-    except DbBackupError as exc:
-        _fail(exc)
+    result = restore_database(
+        server=server,
+        database=database,
+        storage=storage,
+        encryption=encryption,
+        backup_id=backup_id,
+        target_database=into,
+        replace=replace,
+        identity_file=str(identity_file.expanduser()) if identity_file else None,
+        jobs=jobs,
+        source_server=from_server,
+        allow_unsigned=allow_unsigned,
+        with_users=with_users,
+    )
     if as_json:
-        _emit({**result.model_dump(), **({"users": accounts.model_dump()} if accounts else {})})
+        users = {"users": result.users.model_dump()} if result.users else {}
+        _emit({**result.model_dump(exclude={"users"}), **users})
     else:
-        if accounts:
-            _echo_users(accounts)
+        if result.users:
+            _echo_users(result.users)
         typer.echo(
             f"restored {printable(result.database)} backup {result.backup_id} into "
             f"{printable(result.target_database)} in {result.seconds:.1f} s"
@@ -410,20 +378,17 @@ def restore_users_cmd(
     updated, grants added; the login the restore runs as is left alone)."""
     from prefect_dbbackup.flows.users import restore_users
 
-    try:
-        result = restore_users(
-            server=server,
-            storage=storage,
-            encryption=encryption,
-            backup_id=backup_id,
-            users=user or None,
-            dry_run=dry_run,
-            identity_file=str(identity_file.expanduser()) if identity_file else None,
-            source_server=from_server,
-            allow_unsigned=allow_unsigned,
-        )
-    except DbBackupError as exc:
-        _fail(exc)
+    result = restore_users(
+        server=server,
+        storage=storage,
+        encryption=encryption,
+        backup_id=backup_id,
+        users=user or None,
+        dry_run=dry_run,
+        identity_file=str(identity_file.expanduser()) if identity_file else None,
+        source_server=from_server,
+        allow_unsigned=allow_unsigned,
+    )
     if as_json:
         _emit(result.model_dump())
         return
@@ -448,10 +413,7 @@ def prune(
     """Apply SERVER's retention policy to its backups (see docs/retention.md)."""
     from prefect_dbbackup.flows.prune import prune_backups
 
-    try:
-        items = prune_backups(server=server, storage=storage, database=database, dry_run=dry_run)
-    except DbBackupError as exc:
-        _fail(exc)
+    items = prune_backups(server=server, storage=storage, database=database, dry_run=dry_run)
     if as_json:
         _emit([i.model_dump(exclude={"objects"}) for i in items])
         return
@@ -494,8 +456,6 @@ def verify(
     except VerifyFailed as exc:
         report, code = exc.report, exc.exit_code
         typer.echo(f"dbbackup: {exc}", err=True)
-    except DbBackupError as exc:
-        _fail(exc)
 
     def detail(o: Any) -> str:
         ok = f"{o.tables} tables  {o.rows} rows  ({o.checked})"
@@ -516,10 +476,7 @@ def serve(config: ConfigOpt = Path("dbbackup.yaml")) -> None:
     """Run the scheduled backup, verify and prune deployments of CONFIG in this process."""
     from prefect_dbbackup.flows.operations import serve as serve_config
 
-    try:
-        serve_config(config)
-    except DbBackupError as exc:
-        _fail(exc)
+    serve_config(config)
 
 
 @limits_app.command("apply")
@@ -528,12 +485,9 @@ def limits_apply(config: ConfigOpt = Path("dbbackup.yaml")) -> None:
     from prefect_dbbackup.flows.operations import host_limits, read_operations
     from prefect_dbbackup.tasks.limits import apply_host_limits
 
-    try:
-        limits = host_limits(read_operations(config))
-    except DbBackupError as exc:
-        _fail(exc)
+    limits = host_limits(read_operations(config))
     if not limits:
-        _fail(ConfigError(f"{config}: no `limits` section (dumps_per_host or hosts) to apply"))
+        raise ConfigError(f"{config}: no `limits` section (dumps_per_host or hosts) to apply")
     for name, limit, status in apply_host_limits(limits):
         typer.echo(f"{status:9} {name} = {limit}")
 
@@ -556,11 +510,8 @@ def automations_apply(
     )
     from prefect_dbbackup.flows.operations import read_operations
 
-    try:
-        servers = list(read_operations(config).servers)
-        automations = load_automations(directory or AUTOMATIONS_DIR, servers, notify)
-    except DbBackupError as exc:
-        _fail(exc)
+    servers = list(read_operations(config).servers)
+    automations = load_automations(directory or AUTOMATIONS_DIR, servers, notify)
     for name, status in apply_automations(automations):
         typer.echo(f"{status:9} {name}")
 
@@ -582,8 +533,6 @@ def fleet(
         code = 0
     except FleetFailed as exc:
         runs, code = exc.runs, 1
-    except DbBackupError as exc:
-        _fail(exc)
     for r in runs:
         message = printable(r.message or "")
         line = f"{r.state:10} {printable(r.server)}  {r.flow_run or ''}  {message}"
@@ -607,10 +556,7 @@ def server_start() -> None:
     """Start the local Prefect server (if it is not running) and show where it is."""
     from prefect_dbbackup.flows import local_server
 
-    try:
-        state, _ = local_server.ensure_running()
-    except DbBackupError as exc:
-        _fail(exc)
+    state, _ = local_server.ensure_running()
     _print_server(state)
 
 
@@ -655,10 +601,7 @@ def _use_local_server(argv: list[str]) -> None:
         return
     if os.environ.get("PREFECT_API_URL") or local_server.configured_api_url():
         return
-    try:
-        state, started = local_server.ensure_running()
-    except DbBackupError as exc:
-        _fail(exc)
+    state, started = local_server.ensure_running()
     if started:
         typer.echo(
             f"dbbackup: started a local Prefect server, UI at {state.ui_url} "
@@ -695,7 +638,8 @@ def main() -> None:
     sys.argv = [a for a in sys.argv if a != "--debug"]
     try:
         _use_local_server(sys.argv[1:])
-    except typer.Exit as exc:
+    except DbBackupError as exc:
+        typer.echo(f"dbbackup: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     if not debug and _needs_api(sys.argv[1:]):
         import prefect.main  # noqa: F401 (sets up logging, the console handler included)

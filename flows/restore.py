@@ -11,11 +11,19 @@ from prefect.states import Cancelled, State
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
 from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.report import artifact_key
+from prefect_dbbackup.flows.users import restore_users
 from prefect_dbbackup.tasks.catalog import find_backup
 from prefect_dbbackup.tasks.errors import DbBackupError
+from prefect_dbbackup.tasks.globals import UsersResult
 from prefect_dbbackup.tasks.process import interrupted, stop_on_signals
 from prefect_dbbackup.tasks.restore import RestoreResult, restore_task
 from prefect_dbbackup.tasks.workdir import private_workdir
+
+
+class RestoreReport(RestoreResult):
+    """A restore and, with with_users, the users/roles restored with it."""
+
+    users: UsersResult | None = None
 
 
 def _run_name() -> str:
@@ -43,7 +51,8 @@ def restore_database(
     jobs: int = 1,
     source_server: str | None = None,
     allow_unsigned: bool = False,
-) -> RestoreResult | State:
+    with_users: bool = False,
+) -> RestoreReport | State:
     """Restore a backup of `database` (default: the latest) into `target_database`.
 
     The stored object is checked against its manifest (size, sha256) and the
@@ -53,6 +62,8 @@ def restore_database(
     source_server picks the backups of another server (e.g. one that is gone)
     to restore into `server`. Only backups whose manifest is signed by a key the storage
     trusts are restored; allow_unsigned also accepts unsigned ones (from before signing).
+    with_users also restores the users/roles backed up with it, before the database or
+    after it as the engine needs (the restore_users flow, as a subflow).
     """
     log = get_run_logger()
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
@@ -68,6 +79,22 @@ def restore_database(
         target,
         srv.describe(),
     )
+
+    def users() -> UsersResult | None:
+        if not with_users:
+            return None
+        return restore_users(
+            server=server,
+            storage=storage,
+            encryption=encryption,
+            backup_id=manifest.backup_id,
+            identity_file=identity_file,
+            source_server=source_server,
+            for_database=database,
+            allow_unsigned=allow_unsigned,
+        )
+
+    accounts = users() if srv.users_before_database else None
     with stop_on_signals(), private_workdir() as workdir:
         try:
             result = restore_task(
@@ -90,12 +117,16 @@ def restore_database(
             )
             log.warning(message)
             return Cancelled(message=message)
+    if not srv.users_before_database:
+        accounts = users()
+    report = RestoreReport(**result.model_dump(), users=accounts)
     create_markdown_artifact(
         key=artifact_key("restore", f"{server}-{target}"),
         markdown=(
             f"Restored backup `{result.backup_id}` of `{database}` from `{sto.describe()}` "
             f"into `{target}` on `{srv.describe()}` in {result.seconds:.1f} s"
             + (" (replaced the existing database)." if result.replaced else ".")
+            + "".join(f"\n\n- skipped {reason}" for reason in result.skipped)
         ),
     )
-    return result
+    return report

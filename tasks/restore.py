@@ -91,8 +91,8 @@ def restore_backup(
             f"database {target!r} already exists on {server.describe()}: restore with "
             "--into NEW_NAME, or pass --replace to drop and replace it"
         )
-    if jobs > 1 and server.server_type != "postgres":
-        raise ConfigError("--jobs applies to PostgreSQL restores only")
+    if jobs > 1 and not server.parallel_restore:
+        raise ConfigError(f"--jobs: {server.server_type} restores run one client, not in parallel")
     started = datetime.now(UTC)
     skipped: list[str] = []
     # the object is named by the backup's location and kind, never by free text in the manifest
