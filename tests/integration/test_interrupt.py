@@ -112,6 +112,8 @@ def test_a_stop_signal_kills_the_dump_and_stores_nothing(env, locked, tmp_path, 
         _wait_for(lambda: _pg_dumps_of(db), 180, "pg_dump to start")
         [dump_pid] = _pg_dumps_of(db)
         cli.send_signal(signum)
+        time.sleep(0.2)
+        cli.send_signal(signum)  # impatient: a second one during the cleanup changes nothing
         # the dump waits on a lock that is never released: only the stop ends it
         _, stderr = cli.communicate(timeout=120)
     finally:
