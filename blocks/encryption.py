@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import stat
@@ -11,8 +12,7 @@ from pathlib import Path
 
 import pyrage
 from prefect.blocks.core import Block
-from prefect_dbbackup.tasks.errors import ConfigError
-from prefect_dbbackup.tasks.manifest import recipient_fingerprint
+from prefect_dbbackup.blocks.errors import ConfigError
 from pydantic import Field, SecretStr
 
 AGE_HEADERS = (b"age-encryption.org/", b"-----BEGIN AGE ENCRYPTED FILE-----")
@@ -198,3 +198,8 @@ class AgeEncryption(Block):
             "no age identity to decrypt with: pass --identity-file, or set identity or "
             "identity_file on the age-encryption block"
         )
+
+
+def recipient_fingerprint(recipient: str) -> str:
+    """Short, stable fingerprint of a public age recipient."""
+    return "sha256:" + hashlib.sha256(recipient.encode()).hexdigest()[:16]

@@ -11,8 +11,7 @@ from typing import ClassVar
 
 import pymysql
 import sqlalchemy as sa
-from prefect_dbbackup.blocks.server import DatabaseServer, GlobalsDump, ToolCommand, private_file
-from prefect_dbbackup.tasks.errors import (
+from prefect_dbbackup.blocks.errors import (
     AuthError,
     ConfigError,
     ConnectionFailed,
@@ -20,7 +19,8 @@ from prefect_dbbackup.tasks.errors import (
     DbBackupError,
     PermissionDenied,
 )
-from prefect_dbbackup.tasks.globals_sql import MySQLAccount, backtick, mysql_script, mysql_text
+from prefect_dbbackup.blocks.globals_sql import MySQLAccount, backtick, mysql_script, mysql_text
+from prefect_dbbackup.blocks.server import DatabaseServer, GlobalsDump, ToolCommand, private_file
 from pydantic import Field
 
 log = logging.getLogger("dbbackup")

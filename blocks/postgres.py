@@ -12,15 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import sqlalchemy as sa
-from prefect_dbbackup.blocks.postgres_properties import property_statements, read_properties
-from prefect_dbbackup.blocks.server import (
-    DatabaseServer,
-    DumpSnapshot,
-    GlobalsDump,
-    ToolCommand,
-    private_file,
-)
-from prefect_dbbackup.tasks.errors import (
+from prefect_dbbackup.blocks.errors import (
     AuthError,
     ConfigError,
     ConnectionFailed,
@@ -29,8 +21,16 @@ from prefect_dbbackup.tasks.errors import (
     PermissionDenied,
     ToolFailed,
 )
-from prefect_dbbackup.tasks.manifest import DatabaseProperties
-from prefect_dbbackup.tasks.process import ToolProcess
+from prefect_dbbackup.blocks.postgres_properties import property_statements, read_properties
+from prefect_dbbackup.blocks.process import ToolProcess
+from prefect_dbbackup.blocks.properties import DatabaseProperties
+from prefect_dbbackup.blocks.server import (
+    DatabaseServer,
+    DumpSnapshot,
+    GlobalsDump,
+    ToolCommand,
+    private_file,
+)
 from psycopg import sql as pgsql
 from pydantic import Field
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import sqlalchemy as sa
-from prefect_dbbackup.tasks.manifest import DatabaseGrant, DatabaseProperties, DatabaseSetting
+from prefect_dbbackup.blocks.properties import DatabaseGrant, DatabaseProperties, DatabaseSetting
 from psycopg import sql as pgsql
 
 DATABASE_ROW = """

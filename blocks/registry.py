@@ -15,7 +15,7 @@ import httpx
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
-from prefect_dbbackup.tasks.errors import ConfigError
+from prefect_dbbackup.blocks.errors import ConfigError
 
 if TYPE_CHECKING:
     from prefect_dbbackup.blocks.encryption import AgeEncryption

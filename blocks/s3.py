@@ -16,8 +16,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from prefect_aws import AwsCredentials
-from prefect_dbbackup.blocks.storage import CHUNK, BackupStorage, spool_mismatch
-from prefect_dbbackup.tasks.errors import (
+from prefect_dbbackup.blocks.errors import (
     AuthError,
     ConfigError,
     DbBackupError,
@@ -26,6 +25,7 @@ from prefect_dbbackup.tasks.errors import (
     StorageError,
     is_disk_full,
 )
+from prefect_dbbackup.blocks.storage import CHUNK, BackupStorage, spool_mismatch
 from pydantic import Field, PrivateAttr, model_validator
 
 MiB = 1 << 20

@@ -17,9 +17,9 @@ from typing import ClassVar
 
 import sqlalchemy as sa
 from prefect.blocks.core import Block
-from prefect_dbbackup.tasks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
-from prefect_dbbackup.tasks.manifest import DatabaseProperties
-from prefect_dbbackup.tasks.retention import RetentionPolicy
+from prefect_dbbackup.blocks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
+from prefect_dbbackup.blocks.properties import DatabaseProperties
+from prefect_dbbackup.blocks.retention import RetentionPolicy
 from pydantic import Field, PrivateAttr, SecretStr
 
 STAGING_PREFIX = "dbbackup_staging_"

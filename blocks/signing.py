@@ -20,7 +20,7 @@ import json
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from prefect_dbbackup.tasks.errors import ConfigError
+from prefect_dbbackup.blocks.errors import ConfigError
 
 PUBLIC_PREFIX = "dbbackup-ed25519:"
 ALGORITHM = "ed25519"

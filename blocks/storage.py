@@ -17,7 +17,7 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from prefect.blocks.core import Block
 from prefect_dbbackup.blocks import signing
-from prefect_dbbackup.tasks.errors import ConfigError, DiskFull, IntegrityError, StorageError
+from prefect_dbbackup.blocks.errors import ConfigError, DiskFull, IntegrityError, StorageError
 from pydantic import Field, SecretStr
 
 CHUNK = 1 << 20

@@ -18,8 +18,8 @@ from prefect.automations import Automation
 from prefect.client.orchestration import get_client
 from prefect.events.schemas.automations import AutomationCore
 from prefect.exceptions import ObjectNotFound
+from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.flows.config import parse_yaml
-from prefect_dbbackup.tasks.errors import ConfigError
 from pydantic import ValidationError
 
 AUTOMATIONS_DIR = Path(str(files("prefect_dbbackup.deployments").joinpath("automations")))

@@ -10,7 +10,9 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.process import interrupted, stop_on_signals
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
+from prefect_dbbackup.blocks.retention import RetentionPolicy
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.flows.crashed_runs import recorded_run
@@ -20,9 +22,7 @@ from prefect_dbbackup.flows.retries import transient_retries_only
 from prefect_dbbackup.tasks.backup import DumpResult, dump_task, upload_task
 from prefect_dbbackup.tasks.globals import globals_note, globals_task
 from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, new_backup_id
-from prefect_dbbackup.tasks.process import interrupted, stop_on_signals
 from prefect_dbbackup.tasks.prune import prune_task
-from prefect_dbbackup.tasks.retention import RetentionPolicy
 from prefect_dbbackup.tasks.workdir import private_workdir
 
 

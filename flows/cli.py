@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import httpx
 import typer
+from prefect_dbbackup.blocks.errors import ConfigError, DbBackupError, Interrupted
 from prefect_dbbackup.flows.text import printable
-from prefect_dbbackup.tasks.errors import ConfigError, DbBackupError, Interrupted
 from typer._click import Context
 from typer._click.exceptions import UsageError  # typer vendors its own click
 from typer.core import TyperGroup

@@ -17,10 +17,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import BlockDocumentCreate, BlockDocumentUpdate
 from prefect.client.schemas.objects import BlockDocument
 from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.blocks.registry import SERVER_TYPES, STORAGE_TYPES, block_class
 from prefect_dbbackup.blocks.signing import public_key_text
 from prefect_dbbackup.blocks.storage import BackupStorage
-from prefect_dbbackup.tasks.errors import ConfigError
 from pydantic import SecretStr, ValidationError
 
 # config `type:` -> block class path; only the kinds a config uses are imported

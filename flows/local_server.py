@@ -32,7 +32,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import httpx
-from prefect_dbbackup.tasks.errors import ConfigError
+from prefect_dbbackup.blocks.errors import ConfigError
 
 OPT_OUT_VARIABLE = "DBBACKUP_PREFECT_SERVER"
 START_TIMEOUT_SECONDS = 120.0

@@ -14,8 +14,8 @@ from typing import Any
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule
+from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.flows.config import expand_env, read_yaml
-from prefect_dbbackup.tasks.errors import ConfigError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 JOBS = ("backup", "verify", "prune")

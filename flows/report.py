@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect_dbbackup.tasks.errors import DbBackupError
+from prefect_dbbackup.blocks.errors import DbBackupError
 from prefect_dbbackup.tasks.events import emit_backup_event
 from prefect_dbbackup.tasks.manifest import Manifest
 from pydantic import BaseModel

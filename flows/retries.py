@@ -18,7 +18,7 @@ from typing import ParamSpec, TypeVar
 
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
-from prefect_dbbackup.tasks.errors import DbBackupError
+from prefect_dbbackup.blocks.errors import DbBackupError
 from prefect_dbbackup.tasks.logs import run_logger
 
 P = ParamSpec("P")

@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
+from prefect_dbbackup.blocks.errors import DbBackupError
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
 from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.report import BackupFailed, artifact_key, first_line
 from prefect_dbbackup.tasks.catalog import refused_latest
-from prefect_dbbackup.tasks.errors import DbBackupError
 from prefect_dbbackup.tasks.events import emit_verify_event
 from prefect_dbbackup.tasks.verify import drop_stale_scratch, latest_backups, verify_task
 from prefect_dbbackup.tasks.workdir import private_workdir

@@ -11,15 +11,15 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.errors import DbBackupError, DiskFull, is_disk_full
+from prefect_dbbackup.blocks.process import ToolProcess, check_not_interrupted, interrupted
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.catalog import publish_manifest
-from prefect_dbbackup.tasks.errors import DbBackupError, DiskFull, is_disk_full
 from prefect_dbbackup.tasks.layout import backup_key, encode_name
 from prefect_dbbackup.tasks.limits import host_slot
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import OBJECT_NAMES, Manifest
-from prefect_dbbackup.tasks.process import ToolProcess, check_not_interrupted, interrupted
 from prefect_dbbackup.tasks.stream import encrypt_stream
 from pydantic import BaseModel
 

@@ -15,8 +15,9 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prefect_dbbackup.blocks import signing
+from prefect_dbbackup.blocks.errors import BackupNotFound, IntegrityError
+from prefect_dbbackup.blocks.retention import DEFAULT_FUTURE_TOLERANCE_HOURS
 from prefect_dbbackup.blocks.storage import BackupStorage
-from prefect_dbbackup.tasks.errors import BackupNotFound, IntegrityError
 from prefect_dbbackup.tasks.layout import (
     GLOBALS_SEGMENT,
     MANIFEST_NAME,
@@ -27,7 +28,6 @@ from prefect_dbbackup.tasks.layout import (
 )
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import Manifest
-from prefect_dbbackup.tasks.retention import DEFAULT_FUTURE_TOLERANCE_HOURS
 
 Trust = Literal["signed", "unsigned", "invalid", "unreadable"]
 ALLOW_UNSIGNED_HINT = (

@@ -22,11 +22,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.encryption import AgeEncryption
-from prefect_dbbackup.blocks.server import DatabaseServer
-from prefect_dbbackup.blocks.storage import BackupStorage
-from prefect_dbbackup.tasks.backup import DumpResult, _retry_if_transient, tool_version
-from prefect_dbbackup.tasks.catalog import find_backup, list_backups, not_future_dated
-from prefect_dbbackup.tasks.errors import (
+from prefect_dbbackup.blocks.errors import (
     BackupNotFound,
     ConfigError,
     DbBackupError,
@@ -34,7 +30,7 @@ from prefect_dbbackup.tasks.errors import (
     is_disk_full,
     redact,
 )
-from prefect_dbbackup.tasks.globals_sql import (
+from prefect_dbbackup.blocks.globals_sql import (
     mask,
     matches,
     parse_script,
@@ -42,6 +38,10 @@ from prefect_dbbackup.tasks.globals_sql import (
     secrets_of,
     select_statements,
 )
+from prefect_dbbackup.blocks.server import DatabaseServer
+from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.tasks.backup import DumpResult, _retry_if_transient, tool_version
+from prefect_dbbackup.tasks.catalog import find_backup, list_backups, not_future_dated
 from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, MANIFEST_NAME, backup_key
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import OBJECT_NAMES, Manifest

@@ -13,7 +13,7 @@ import secrets
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote
 
-from prefect_dbbackup.tasks.errors import ConfigError
+from prefect_dbbackup.blocks.errors import ConfigError
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.json.sig"  # Ed25519 signature of the manifest, written before it

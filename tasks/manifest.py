@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from datetime import datetime
 from typing import Literal
 
+from prefect_dbbackup.blocks.properties import DatabaseProperties
 from pydantic import BaseModel, Field, model_validator
 
 FORMAT_VERSION = 1
@@ -38,37 +38,6 @@ class StreamStats(BaseModel):
     compressed_bytes: int
     stored_bytes: int
     sha256: str
-
-
-class DatabaseGrant(BaseModel):
-    """One privilege on the database itself; grantee None is PUBLIC."""
-
-    grantee: str | None
-    privilege: Literal["CONNECT", "TEMPORARY", "CREATE"]
-    grantable: bool = False
-
-
-class DatabaseSetting(BaseModel):
-    """A per-database default (ALTER DATABASE ... SET), or with role one for that role only
-    (ALTER ROLE ... IN DATABASE ... SET); value is the text the server stored."""
-
-    role: str | None = None
-    name: str = Field(min_length=1, max_length=256)
-    value: str
-
-
-class DatabaseProperties(BaseModel):
-    """Properties of the database itself, which the dump of its contents does not carry.
-
-    acl None: the database had the default privileges. owner is informational: a
-    restore leaves the database owned by the restoring login (as --no-owner does).
-    """
-
-    owner: str | None = None
-    comment: str | None = None
-    connection_limit: int = -1
-    settings: list[DatabaseSetting] = Field(default_factory=list)
-    acl: list[DatabaseGrant] | None = None
 
 
 class Manifest(BaseModel):
@@ -137,8 +106,3 @@ class Manifest(BaseModel):
     def from_bytes(cls, data: bytes) -> Manifest:
         """Parse a stored manifest."""
         return cls.model_validate_json(data)
-
-
-def recipient_fingerprint(recipient: str) -> str:
-    """Short, stable fingerprint of a public age recipient."""
-    return "sha256:" + hashlib.sha256(recipient.encode()).hexdigest()[:16]

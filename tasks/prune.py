@@ -12,9 +12,10 @@ from datetime import UTC, datetime, timedelta
 
 from prefect import task
 from prefect.cache_policies import NONE
+from prefect_dbbackup.blocks.errors import ObjectLocked
+from prefect_dbbackup.blocks.retention import BackupRef, RetentionPolicy, plan
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.catalog import manifest_trust
-from prefect_dbbackup.tasks.errors import ObjectLocked
 from prefect_dbbackup.tasks.layout import (
     BACKUP_ID_FORMAT,
     GLOBALS_SEGMENT,
@@ -26,7 +27,6 @@ from prefect_dbbackup.tasks.layout import (
 )
 from prefect_dbbackup.tasks.logs import Logger, run_logger
 from prefect_dbbackup.tasks.manifest import OBJECT_NAMES
-from prefect_dbbackup.tasks.retention import BackupRef, RetentionPolicy, plan
 from pydantic import BaseModel
 
 OWN_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME, VERIFIED_NAME, *OBJECT_NAMES.values()})

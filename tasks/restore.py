@@ -13,10 +13,8 @@ from typing import BinaryIO
 import pyrage
 from prefect import task
 from prefect.cache_policies import NONE
-from prefect_dbbackup.blocks.encryption import AgeEncryption
-from prefect_dbbackup.blocks.server import STAGING_PREFIX, DatabaseServer, ToolCommand
-from prefect_dbbackup.blocks.storage import BackupStorage
-from prefect_dbbackup.tasks.errors import (
+from prefect_dbbackup.blocks.encryption import AgeEncryption, recipient_fingerprint
+from prefect_dbbackup.blocks.errors import (
     AuthError,
     ConfigError,
     DbBackupError,
@@ -25,10 +23,12 @@ from prefect_dbbackup.tasks.errors import (
     TargetExists,
     is_disk_full,
 )
+from prefect_dbbackup.blocks.process import ToolProcess
+from prefect_dbbackup.blocks.server import STAGING_PREFIX, DatabaseServer, ToolCommand
+from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.layout import backup_key
 from prefect_dbbackup.tasks.logs import Logger, run_logger
-from prefect_dbbackup.tasks.manifest import Manifest, recipient_fingerprint
-from prefect_dbbackup.tasks.process import ToolProcess
+from prefect_dbbackup.tasks.manifest import Manifest
 from prefect_dbbackup.tasks.stream import ReplacingWriter, decrypt_stream, file_sha256
 from pydantic import BaseModel
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.errors import BackupNotFound, IntegrityError
 from prefect_dbbackup.blocks.server import SCRATCH_PREFIX, DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.catalog import find_backup, list_backups, not_future_dated
-from prefect_dbbackup.tasks.errors import BackupNotFound, IntegrityError
 from prefect_dbbackup.tasks.layout import VERIFIED_NAME, backup_key
 from prefect_dbbackup.tasks.logs import Logger, run_logger
 from prefect_dbbackup.tasks.manifest import Manifest

@@ -100,7 +100,7 @@ def test_passphrase_protected_identity_says_how_to_decrypt_it(
 
 def test_armored_passphrase_identity_is_recognised_inline():
     from prefect_dbbackup.blocks.encryption import parse_identities
-    from prefect_dbbackup.tasks.errors import ConfigError
+    from prefect_dbbackup.blocks.errors import ConfigError
 
     armored = "-----BEGIN AGE ENCRYPTED FILE-----\nYWdlLWVuY3J5cHRpb24ub3JnL3YxCi0+\n"
     with pytest.raises(ConfigError, match="passphrase-protected"):

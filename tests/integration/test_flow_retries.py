@@ -10,8 +10,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.flows import Flow
 from prefect_dbbackup.blocks import PostgresServer
+from prefect_dbbackup.blocks.errors import ConnectionFailed, DatabaseNotFound
 from prefect_dbbackup.flows.backup import backup_server
-from prefect_dbbackup.tasks.errors import ConnectionFailed, DatabaseNotFound
 
 
 async def _run_counts(name: str) -> list[tuple[str, int]]:

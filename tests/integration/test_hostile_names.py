@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prefect_dbbackup.blocks import MySQLServer, PostgresServer
+from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.blocks.server import DatabaseServer
-from prefect_dbbackup.tasks.errors import ConfigError
 from psycopg import sql as pgsql
 
 from tests.helpers import MY, PG, MyAdmin, PgAdmin

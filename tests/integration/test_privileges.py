@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from prefect_dbbackup.blocks import MySQLServer, PostgresServer
-from prefect_dbbackup.tasks.errors import PermissionDenied
+from prefect_dbbackup.blocks.errors import PermissionDenied
 
 from tests.helpers import MY, PG
 

@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 
 from prefect_dbbackup.blocks import PostgresServer
 from prefect_dbbackup.blocks.registry import load_storage
+from prefect_dbbackup.blocks.retention import BackupRef, RetentionPolicy, plan
 from prefect_dbbackup.tasks.layout import backup_key, new_backup_id
 from prefect_dbbackup.tasks.prune import backup_time
-from prefect_dbbackup.tasks.retention import BackupRef, RetentionPolicy, plan
 
 from tests.helpers import plant_manifest
 

@@ -75,7 +75,7 @@ def test_jobs_is_refused_for_mysql(env, my_db, my_admin):
     assert env.cli("backup", env.my, "-d", db).exit_code == 0
     result = env.cli("restore", env.my, db, "--into", db + "_j", "--jobs", "2")
     assert result.exit_code == 3
-    assert "PostgreSQL restores only" in result.stderr
+    assert "--jobs: mysql restores run one client, not in parallel" in result.stderr
     assert not my_admin.exists(db + "_j")
 
 

@@ -13,8 +13,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from prefect_dbbackup.blocks.errors import IntegrityError, StorageError
 from prefect_dbbackup.blocks.s3 import MiB, S3BackupStorage
-from prefect_dbbackup.tasks.errors import IntegrityError, StorageError
 
 from tests.faulty_s3 import FaultyS3
 from tests.s3server import ACCESS_KEY, SECRET_KEY

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyrage
 import pytest
 from prefect_dbbackup.blocks import PostgresServer
+from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.flows.config import load_config
-from prefect_dbbackup.tasks.errors import ConfigError
 
 
 def _write(tmp_path, text: str):

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from prefect_dbbackup.tasks.errors import ConfigError
+from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.tasks.layout import (
     GLOBALS_SEGMENT,
     backup_key,

@@ -38,3 +38,34 @@ def test_the_scan_sees_an_old_import(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("import os\nfrom tasks.errors import X\nimport flows.cli\n")
     assert _imported_modules(sample) == ["os", "tasks.errors", "flows.cli"]
+
+
+# flows -> tasks -> blocks: a layer imports only the layers below it
+LAYERS = ("blocks", "tasks", "flows")
+
+
+def _upward_imports(path: Path, layer: str) -> list[str]:
+    above = {f"prefect_dbbackup.{name}" for name in LAYERS[LAYERS.index(layer) + 1 :]}
+    return [m for m in _imported_modules(path) if ".".join(m.split(".")[:2]) in above]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for layer in LAYERS for p in sorted((ROOT / layer).rglob("*.py"))],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_imports_point_down_only(path: Path) -> None:
+    layer = path.relative_to(ROOT).parts[0]
+    upward = _upward_imports(path, layer)
+    assert not upward, f"{path.relative_to(ROOT)} ({layer}) imports the layer above: {upward}"
+
+
+def test_the_layer_scan_sees_an_upward_import(tmp_path: Path) -> None:
+    """The check above can fail: a block importing a task is found, even inside a function."""
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from prefect_dbbackup.blocks.errors import X\n"
+        "def f():\n    from prefect_dbbackup.tasks.manifest import Manifest\n"
+    )
+    assert _upward_imports(sample, "blocks") == ["prefect_dbbackup.tasks.manifest"]
+    assert _upward_imports(sample, "tasks") == []

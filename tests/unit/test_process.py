@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from prefect_dbbackup.tasks.errors import ToolFailed
-from prefect_dbbackup.tasks.process import ToolProcess
+from prefect_dbbackup.blocks.errors import ToolFailed
+from prefect_dbbackup.blocks.process import ToolProcess
 
 
 def test_non_zero_exit_raises_with_redacted_stderr():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prefect_dbbackup.blocks.retention import RetentionPolicy
 from prefect_dbbackup.blocks.storage import LocalBackupStorage
 from prefect_dbbackup.tasks.layout import (
     GLOBALS_SEGMENT,
@@ -17,7 +18,6 @@ from prefect_dbbackup.tasks.layout import (
     new_backup_id,
 )
 from prefect_dbbackup.tasks.prune import backup_time, prune
-from prefect_dbbackup.tasks.retention import RetentionPolicy
 
 from tests.helpers import plant_manifest, signing_fields
 

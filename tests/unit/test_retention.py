@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prefect_dbbackup.tasks.retention import BUCKETS, BackupRef, Decision, RetentionPolicy, plan
+from prefect_dbbackup.blocks.retention import BUCKETS, BackupRef, Decision, RetentionPolicy, plan
 from pydantic import ValidationError
 
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.flows.operations import (
     FLOWS,
     ONE_AT_A_TIME,
@@ -13,7 +14,6 @@ from prefect_dbbackup.flows.operations import (
     host_limits,
     read_operations,
 )
-from prefect_dbbackup.tasks.errors import ConfigError
 from prefect_dbbackup.tasks.limits import host_limit_name
 
 ROOT = Path(__file__).resolve().parents[2]

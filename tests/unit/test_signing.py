@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from prefect_dbbackup.blocks import signing
+from prefect_dbbackup.blocks.errors import BackupNotFound, ConfigError, IntegrityError
+from prefect_dbbackup.blocks.retention import RetentionPolicy
 from prefect_dbbackup.blocks.storage import LocalBackupStorage
 from prefect_dbbackup.tasks.catalog import (
     find_backup,
@@ -18,11 +20,9 @@ from prefect_dbbackup.tasks.catalog import (
     publish_manifest,
     scan_backups,
 )
-from prefect_dbbackup.tasks.errors import BackupNotFound, ConfigError, IntegrityError
 from prefect_dbbackup.tasks.layout import MANIFEST_NAME, SIGNATURE_NAME, backup_key
 from prefect_dbbackup.tasks.manifest import Manifest
 from prefect_dbbackup.tasks.prune import prune
-from prefect_dbbackup.tasks.retention import RetentionPolicy
 
 from tests.helpers import plant_manifest, signing_fields
 

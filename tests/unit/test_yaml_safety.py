@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.flows.config import load_config, parse_yaml
-from prefect_dbbackup.tasks.errors import ConfigError
 
 
 def _bomb(levels: int = 9) -> str:

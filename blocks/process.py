@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType, TracebackType
 
-from prefect_dbbackup.tasks.errors import Interrupted, ToolFailed, redact
+from prefect_dbbackup.blocks.errors import Interrupted, ToolFailed, redact
 
 STDERR_TAIL = 4000
 # client errors that mean the network or server went away: a later attempt may succeed
