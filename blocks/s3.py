@@ -54,6 +54,9 @@ AUTH_CODES = {
 }
 MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 MD5_ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
+# downloads queue at most 16 chunks of 256 KiB for the disk (s3transfer's default: 100),
+# so memory stays a few MiB whatever the object's size
+DOWNLOAD_CONFIG = TransferConfig(max_io_queue=16)
 
 
 def _md5() -> Any:
@@ -369,7 +372,7 @@ class S3BackupStorage(BackupStorage):
         # unbuffered: nothing is left to flush at close, so a full disk fails once, here
         with tempfile.NamedTemporaryFile(dir=workdir, prefix="download-", buffering=0) as f:
             try:
-                self.client.download_fileobj(self.bucket, full, f)
+                self.client.download_fileobj(self.bucket, full, f, Config=DOWNLOAD_CONFIG)
             except S3_ERRORS as exc:
                 if self._missing(exc):
                     raise self._not_found(key) from None

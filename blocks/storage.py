@@ -268,20 +268,25 @@ class LocalBackupStorage(BackupStorage):
         and their count is checked on the written file before the rename: no network is
         in between, so a read-back (served from the page cache) would prove no more."""
 
+        path = self._path(key)
+        try:
+            src = open(source, "rb")  # noqa: SIM115
+        except OSError as exc:
+            raise StorageError(f"cannot read {source}: {exc.strerror}") from None
+
         def copy(f: BinaryIO) -> None:
             digest = hashlib.sha256()
-            with open(source, "rb") as src:
-                while block := src.read(CHUNK):
-                    digest.update(block)
-                    f.write(block)
-                size = src.tell()
+            while block := src.read(CHUNK):
+                digest.update(block)
+                f.write(block)
             if sha256 is not None and digest.hexdigest() != sha256:
                 raise spool_mismatch(source, sha256, digest.hexdigest())
             f.flush()
-            if os.fstat(f.fileno()).st_size != size:
-                raise StorageError(f"{self._path(key)} is short after writing: try again")
+            if os.fstat(f.fileno()).st_size != src.tell():
+                raise StorageError(f"{path} is short after writing: try again")
 
-        self._write_atomic(key, copy)
+        with src:
+            self._write_atomic(key, copy)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._write_atomic(key, lambda f: f.write(data))
@@ -374,6 +379,7 @@ class LocalBackupStorage(BackupStorage):
             # no file under key (nothing there, a directory, a file as parent): nothing to do
             if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
                 raise StorageError(f"cannot delete {path}: {exc.strerror}") from None
+            self._check_root()
             return
         # remove now-empty directories up to the root
         parent = path.parent
