@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import boto3
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -25,8 +26,19 @@ from prefect_dbbackup.blocks.errors import (
     StorageError,
     is_disk_full,
 )
-from prefect_dbbackup.blocks.storage import CHUNK, BackupStorage, spool_mismatch
+from prefect_dbbackup.blocks.storage import (
+    CHUNK,
+    MAX_KEY,
+    BackupStorage,
+    ObjectNotFound,
+    UnsafeKey,
+    check_key,
+    is_safe_key,
+    list_prefix,
+    spool_mismatch,
+)
 from pydantic import Field, PrivateAttr, model_validator
+from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError, S3UploadFailedError
 
 MiB = 1 << 20
 MIN_PART_SIZE = 8 * MiB
@@ -42,6 +54,9 @@ AUTH_CODES = {
 }
 MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 MD5_ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
+# downloads queue at most 16 chunks of 256 KiB for the disk (s3transfer's default: 100),
+# so memory stays a few MiB whatever the object's size
+DOWNLOAD_CONFIG = TransferConfig(max_io_queue=16)
 
 
 def _md5() -> Any:
@@ -50,6 +65,17 @@ def _md5() -> Any:
 
 # failures of a local file (the spool, the work dir), not of S3
 LOCAL_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# what a failed S3 call raises (botocore, boto3/s3transfer wrappers, sockets and files);
+# anything else (TypeError, AttributeError, ...) is a bug and must surface as one
+S3_ERRORS = (
+    ClientError,
+    BotoCoreError,
+    Boto3Error,
+    S3UploadFailedError,
+    S3DownloadFailedError,
+    RetriesExceededError,
+    OSError,
+)
 
 
 def part_size(size: int) -> int:
@@ -166,9 +192,26 @@ class S3BackupStorage(BackupStorage):
             )
         return self._client
 
-    def _full(self, key: str) -> str:
+    def _base(self) -> str:
+        """The bucket prefix as the start of a key: '' or 'PREFIX/'."""
         prefix = self.prefix.strip("/")
-        return f"{prefix}/{key}" if prefix else key
+        return f"{prefix}/" if prefix else ""
+
+    def _full(self, key: str) -> str:
+        """The object key of a storage key (refused with UnsafeKey unless safe)."""
+        full = self._base() + check_key(key)
+        if len(full.encode()) > MAX_KEY:
+            raise UnsafeKey(f"storage key {key!r} is too long for S3 with prefix {self.prefix!r}")
+        return full
+
+    def _missing(self, exc: BaseException) -> bool:
+        """Whether exc (or what it wraps) is S3 saying there is no such object."""
+        while exc is not None and not isinstance(exc, ClientError):
+            exc = exc.__cause__ or exc.__context__
+        return exc is not None and str(exc.response.get("Error", {}).get("Code")) in MISSING_CODES
+
+    def _not_found(self, key: str) -> ObjectNotFound:
+        return ObjectNotFound(f"no object s3://{self.bucket}/{self._full(key)}")
 
     def _put_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {}
@@ -189,7 +232,7 @@ class S3BackupStorage(BackupStorage):
 
     def _error(self, exc: BaseException, action: str, key: str) -> DbBackupError:
         """An operator-facing error for a failed S3 call (secrets are never in boto3 text)."""
-        where = f"s3://{self.bucket}/{self._full(key)}"
+        where = f"s3://{self.bucket}/{self._base()}{key}"
         cause: BaseException | None = exc
         while cause is not None and not isinstance(cause, (ClientError, BotoCoreError)):
             cause = cause.__cause__ or cause.__context__
@@ -229,19 +272,22 @@ class S3BackupStorage(BackupStorage):
             elif code == "403":
                 exc.response["Error"]["Code"] = "AccessDenied"
             raise self._error(exc, "access", "") from None
-        except Exception as exc:
+        except S3_ERRORS as exc:
             raise self._error(exc, "access", "") from None
 
     def put_file(self, key: str, source: Path, sha256: str | None = None) -> None:
         """Upload (multipart above 8 MiB), then confirm the stored object (see confirm_upload)."""
         full = self._full(key)
-        chunk = part_size(source.stat().st_size)
+        try:
+            chunk = part_size(source.stat().st_size)
+            size, digest, etag = file_digests(source, chunk)
+        except OSError as exc:
+            raise StorageError(f"cannot read {source}: {exc.strerror}") from None
         config = TransferConfig(
             multipart_threshold=MIN_PART_SIZE,
             multipart_chunksize=chunk,
             max_concurrency=self.max_concurrency,
         )
-        size, digest, etag = file_digests(source, chunk)
         if sha256 is not None and digest != sha256:
             raise spool_mismatch(source, sha256, digest)
         try:
@@ -252,7 +298,7 @@ class S3BackupStorage(BackupStorage):
                 str(source), self.bucket, full, ExtraArgs=self._put_args(), Config=config
             )
             head = self.client.head_object(Bucket=self.bucket, Key=full)
-        except Exception as exc:
+        except S3_ERRORS as exc:
             raise self._error(exc, "upload", key) from None
         self._confirm(key, size, digest, etag, head["ContentLength"], head.get("ETag"))
 
@@ -262,7 +308,7 @@ class S3BackupStorage(BackupStorage):
             reply = self.client.put_object(
                 Bucket=self.bucket, Key=self._full(key), Body=data, **self._put_args()
             )
-        except Exception as exc:
+        except S3_ERRORS as exc:
             raise self._error(exc, "write", key) from None
         sha, md5 = hashlib.sha256(data).hexdigest(), _md5()
         md5.update(data)
@@ -304,24 +350,32 @@ class S3BackupStorage(BackupStorage):
             body = self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"]
             for block in body.iter_chunks(CHUNK):
                 digest.update(block)
-        except Exception as exc:
+        except S3_ERRORS as exc:
+            if self._missing(exc):
+                raise self._not_found(key) from None
             raise self._error(exc, "read back", key) from None
         return digest.hexdigest()
 
     def get_bytes(self, key: str) -> bytes:
+        full = self._full(key)
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
-        except Exception as exc:
+            return self.client.get_object(Bucket=self.bucket, Key=full)["Body"].read()
+        except S3_ERRORS as exc:
+            if self._missing(exc):
+                raise self._not_found(key) from None
             raise self._error(exc, "read", key) from None
 
     @contextlib.contextmanager
     def open_read(self, key: str, workdir: Path) -> Iterator[BinaryIO]:
         """Download to a private temp file in workdir (ciphertext only), then read it."""
+        full = self._full(key)
         # unbuffered: nothing is left to flush at close, so a full disk fails once, here
         with tempfile.NamedTemporaryFile(dir=workdir, prefix="download-", buffering=0) as f:
             try:
-                self.client.download_fileobj(self.bucket, self._full(key), f)
-            except Exception as exc:
+                self.client.download_fileobj(self.bucket, full, f, Config=DOWNLOAD_CONFIG)
+            except S3_ERRORS as exc:
+                if self._missing(exc):
+                    raise self._not_found(key) from None
                 if is_disk_full(exc):
                     raise DiskFull(
                         f"the work dir {workdir} is full while downloading "
@@ -333,18 +387,20 @@ class S3BackupStorage(BackupStorage):
             yield f  # type: ignore[misc]
 
     def list_keys(self, prefix: str = "") -> list[str]:
-        full = self._full(prefix)
-        strip = len(self._full(""))
+        """Objects whose names start with the prefix's whole segments (see BackupStorage);
+        objects outside the key rules (written by other tools) are left out."""
+        prefix = list_prefix(prefix)
+        strip = len(self._base())
         keys: list[str] = []
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=full
+                Bucket=self.bucket, Prefix=self._base() + prefix
             )
             for page in pages:
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
-        except Exception as exc:
+        except S3_ERRORS as exc:
             raise self._error(exc, "list", prefix) from None
-        return sorted(keys)
+        return sorted(k for k in keys if is_safe_key(k))
 
     def exists(self, key: str) -> bool:
         try:
@@ -353,7 +409,7 @@ class S3BackupStorage(BackupStorage):
             if str(exc.response.get("Error", {}).get("Code")) in MISSING_CODES:
                 return False
             raise self._error(exc, "check", key) from None
-        except Exception as exc:
+        except S3_ERRORS as exc:
             raise self._error(exc, "check", key) from None
         return True
 
@@ -368,9 +424,7 @@ class S3BackupStorage(BackupStorage):
             versions = listing.get("Versions", []) + listing.get("DeleteMarkers", [])
             for version in (v for v in versions if v["Key"] == full):
                 self._delete_version(key, version["VersionId"])
-        except DbBackupError:
-            raise
-        except Exception as exc:
+        except S3_ERRORS as exc:
             raise self._error(exc, "delete", key) from None
 
     def _delete_version(self, key: str, version_id: str) -> None:
@@ -394,9 +448,10 @@ class S3BackupStorage(BackupStorage):
     def collect_garbage(self, prefix: str, before: datetime, names: Collection[str]) -> list[str]:
         """Abort incomplete multipart uploads of objects named in `names` under prefix
         started before `before`."""
+        full = self._base() + list_prefix(prefix)
         try:
-            return self._abort_uploads(self._full(prefix), before=before, names=names)
-        except Exception as exc:
+            return self._abort_uploads(full, before=before, names=names)
+        except S3_ERRORS as exc:
             raise self._error(exc, "clean up incomplete uploads under", prefix) from None
 
     def _abort_uploads(

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import re
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator
@@ -35,10 +36,62 @@ def spool_mismatch(source: Path, expected: str, actual: str) -> IntegrityError:
 TEMP_NAME = re.compile(r"\.tmp-(?:(?P<name>.+)\.)?[a-z0-9_]{8}")
 """Our temp files: `.tmp-NAME.XXXXXXXX` (older versions wrote `.tmp-XXXXXXXX`)."""
 
+KEY_SEGMENT = re.compile(r"[A-Za-z0-9_~%-][A-Za-z0-9._~%-]{0,254}")
+"""One key segment: what tasks/layout.py's encoding produces, at most 255 characters (a
+file name), never empty, '.', '..' or hidden (names starting with '.' are the storages'
+own: local temp files)."""
+MAX_KEY = 1024  # S3's limit on a whole key
+
+
+class UnsafeKey(ConfigError):
+    """A storage key outside the contract (see BackupStorage); no storage accepts it."""
+
+
+class ObjectNotFound(StorageError):
+    """No object is stored under the key: a retry will not make it appear."""
+
+    retryable = False
+
+
+def is_safe_key(key: object) -> bool:
+    """Whether key is a storage key every storage accepts (see BackupStorage)."""
+    return (
+        isinstance(key, str)
+        and 0 < len(key) <= MAX_KEY
+        and all(KEY_SEGMENT.fullmatch(segment) for segment in key.split("/"))
+    )
+
+
+def check_key(key: str) -> str:
+    """key itself if it is safe; UnsafeKey otherwise."""
+    if not is_safe_key(key):
+        raise UnsafeKey(
+            f"unsafe storage key {key!r}: keys are '/'-separated segments of letters, digits "
+            "and . _ ~ % - (no empty, '.', '..' or hidden segment, at most 255 characters "
+            f"each and {MAX_KEY} in all)"
+        )
+    return key
+
+
+def list_prefix(prefix: str) -> str:
+    """The normalized form of a list_keys prefix: '' or whole segments ending with '/'."""
+    prefix = prefix.removesuffix("/") if isinstance(prefix, str) else prefix
+    return "" if prefix == "" else check_key(prefix) + "/"
+
 
 class BackupStorage(Block, ABC):
-    """What every storage offers; keys are '/'-separated and already safe.
+    """What every storage offers (the contract tests/integration/test_storage_contract.py
+    runs against each storage).
 
+    Keys: '/'-separated segments of `A-Za-z0-9._~%-`, none empty, '.', '..' or starting
+    with '.', each at most 255 characters, at most 1024 in all. Every method refuses
+    any other key (and list_keys any other prefix) with UnsafeKey before touching the
+    store. A key and a key under it (`a` and `a/b`) must not both be written.
+    Objects: put_* replace the object under the key all at once; a put that fails or is
+    interrupted leaves the previous object (or none) visible, never a part.
+    Reads of a key with no object raise ObjectNotFound (a StorageError that is not
+    retried); a store that cannot be reached raises a retryable StorageError (AuthError/
+    ConfigError when credentials or configuration are wrong).
     Manifests are signed (docs/security.md): writers need a signing key, readers
     (restore, verify, list, prune) the public keys they trust.
     """
@@ -113,16 +166,24 @@ class BackupStorage(Block, ABC):
 
     @abstractmethod
     def get_bytes(self, key: str) -> bytes:
-        """Read a small object."""
+        """Read a small object; ObjectNotFound when there is none."""
 
     @abstractmethod
     @contextlib.contextmanager
     def open_read(self, key: str, workdir: Path) -> Iterator[BinaryIO]:
-        """A seekable binary file with the object's content."""
+        """A seekable binary file with the object's content (ObjectNotFound when there is
+        none); large objects are streamed, never held in memory whole. `workdir`: a private
+        directory a storage may download into."""
 
     @abstractmethod
     def list_keys(self, prefix: str = "") -> list[str]:
-        """Every key under prefix, sorted."""
+        """Every key under prefix, sorted.
+
+        The prefix is whole segments, with or without a trailing '/': `srv/shop` lists
+        `srv/shop/...`, never `srv/shop2/...` (and `srv/sh` lists nothing). '' lists
+        everything. Objects whose names are not safe keys (written by something else)
+        are not listed.
+        """
 
     @abstractmethod
     def exists(self, key: str) -> bool:
@@ -162,9 +223,14 @@ class LocalBackupStorage(BackupStorage):
         return Path(self.path).expanduser().resolve()
 
     def _path(self, key: str) -> Path:
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in key.split("/")):
-            raise ValueError(f"unsafe storage key: {key!r}")
-        return self.root / key
+        return self.root / check_key(key)
+
+    def _read_error(self, key: str, exc: OSError) -> StorageError:
+        """ObjectNotFound for a key with no file (the root itself is fine), else StorageError."""
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+            return StorageError(f"cannot read {self._path(key)}: {exc.strerror}")
+        self._check_root()
+        return ObjectNotFound(f"no object {key} in backup storage {self.root}")
 
     def describe(self) -> str:
         return str(self.root)
@@ -202,52 +268,84 @@ class LocalBackupStorage(BackupStorage):
         and their count is checked on the written file before the rename: no network is
         in between, so a read-back (served from the page cache) would prove no more."""
 
+        path = self._path(key)
+        try:
+            src = open(source, "rb")  # noqa: SIM115
+        except OSError as exc:
+            raise StorageError(f"cannot read {source}: {exc.strerror}") from None
+
         def copy(f: BinaryIO) -> None:
             digest = hashlib.sha256()
-            with open(source, "rb") as src:
-                while block := src.read(CHUNK):
-                    digest.update(block)
-                    f.write(block)
-                size = src.tell()
+            while block := src.read(CHUNK):
+                digest.update(block)
+                f.write(block)
             if sha256 is not None and digest.hexdigest() != sha256:
                 raise spool_mismatch(source, sha256, digest.hexdigest())
             f.flush()
-            if os.fstat(f.fileno()).st_size != size:
-                raise StorageError(f"{self._path(key)} is short after writing: try again")
+            if os.fstat(f.fileno()).st_size != src.tell():
+                raise StorageError(f"{path} is short after writing: try again")
 
-        self._write_atomic(key, copy)
+        with src:
+            self._write_atomic(key, copy)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._write_atomic(key, lambda f: f.write(data))
 
     def get_bytes(self, key: str) -> bytes:
+        path = self._path(key)
         try:
-            return self._path(key).read_bytes()
+            return path.read_bytes()
         except OSError as exc:
-            raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from None
+            raise self._read_error(key, exc) from None
 
     @contextlib.contextmanager
     def open_read(self, key: str, workdir: Path) -> Iterator[BinaryIO]:
+        path = self._path(key)
         try:
-            f = open(self._path(key), "rb")  # noqa: SIM115
+            f = open(path, "rb")  # noqa: SIM115
         except OSError as exc:
-            raise StorageError(f"cannot read {self._path(key)}: {exc.strerror}") from None
+            raise self._read_error(key, exc) from None
         with f:
             yield f
 
     def list_keys(self, prefix: str = "") -> list[str]:
-        root = self.root
-        start = root / prefix.rstrip("/") if prefix else root
-        if not start.is_dir():
-            return []
+        """Walk the directory under prefix. A root not created yet holds no keys; one that
+        cannot be read (a stale NFS mount, EIO) is a StorageError, never a shorter list."""
+        root, prefix = self.root, list_prefix(prefix)
+        self._check_root()
+
+        def failed(exc: OSError) -> None:
+            # a directory removed by a concurrent delete (or a file in the prefix's place)
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise StorageError(f"cannot list {exc.filename}: {exc.strerror}")
+
         keys = []
-        for dirpath, _dirs, files in os.walk(start):
-            rel = Path(dirpath).relative_to(root)
-            keys.extend((rel / name).as_posix() for name in files if not name.startswith(".tmp-"))
-        return sorted(k for k in keys if k.startswith(prefix))
+        for dirpath, dirs, files in os.walk(root / prefix, onerror=failed):
+            rel = Path(dirpath).relative_to(root).as_posix()
+            dirs[:] = [d for d in dirs if KEY_SEGMENT.fullmatch(d)]
+            keys.extend(f"{rel}/{name}".removeprefix("./") for name in files)
+        return sorted(k for k in keys if is_safe_key(k))
+
+    def _check_root(self) -> None:
+        """StorageError unless the root is a directory or does not exist yet."""
+        try:
+            if not stat.S_ISDIR(os.stat(self.root).st_mode):
+                raise StorageError(f"backup storage {self.root} is not a directory")
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise StorageError(
+                    f"cannot reach backup storage {self.root}: {exc.strerror}"
+                ) from None
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        path = self._path(key)
+        try:
+            return stat.S_ISREG(os.stat(path).st_mode)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise StorageError(f"cannot check {path}: {exc.strerror}") from None
+        self._check_root()
+        return False
 
     def check(self) -> None:
         try:
@@ -261,7 +359,7 @@ class LocalBackupStorage(BackupStorage):
 
     def collect_garbage(self, prefix: str, before: datetime, names: Collection[str]) -> list[str]:
         """Remove temp files of interrupted writes (`.tmp-NAME.XXXXXXXX`, NAME in names)."""
-        start = self.root / prefix.rstrip("/") if prefix else self.root
+        start = self.root / list_prefix(prefix)
         removed = []
         for tmp in start.rglob(".tmp-*") if start.is_dir() else []:
             match = TEMP_NAME.fullmatch(tmp.name)
@@ -275,8 +373,14 @@ class LocalBackupStorage(BackupStorage):
 
     def delete(self, key: str) -> None:
         path = self._path(key)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             path.unlink()
+        except OSError as exc:
+            # no file under key (nothing there, a directory, a file as parent): nothing to do
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+                raise StorageError(f"cannot delete {path}: {exc.strerror}") from None
+            self._check_root()
+            return
         # remove now-empty directories up to the root
         parent = path.parent
         while parent != self.root:

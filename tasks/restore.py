@@ -20,6 +20,7 @@ from prefect_dbbackup.blocks.errors import (
     DbBackupError,
     DiskFull,
     IntegrityError,
+    Interrupted,
     TargetExists,
     is_disk_full,
 )
@@ -113,7 +114,7 @@ def restore_backup(
                         with contextlib.ExitStack() as stack:
                             decrypt_stream(f, lambda: loader.open_stream(stack), identities)
                 skipped[:] = loader.apply_properties()
-            except BaseException:
+            except BaseException:  # Ctrl-C and cancellation too: cleaned up, re-raised as is
                 loader.drop_if_created()
                 raise
 
@@ -210,10 +211,14 @@ class _TargetLoader:
         return skipped
 
     def drop_if_created(self) -> None:
-        """Drop a target this restore created (it is incomplete)."""
+        """Drop a target this restore created (it is incomplete). Called while an error is
+        on its way: a failure to drop is logged, so that error is the one raised."""
         if self.created:
             self.log.warning("restore into %r failed: dropping the partial database", self.target)
-            self.server.drop_database(self.target)
+            try:
+                self.server.drop_database(self.target)
+            except Exception as exc:
+                self.log.error("could not drop the partial database %r: %s", self.target, exc)
 
 
 def _replace(server: DatabaseServer, target: str, load: Callable[[str], None], log: Logger) -> None:
@@ -227,25 +232,36 @@ def _replace(server: DatabaseServer, target: str, load: Callable[[str], None], l
     staging = STAGING_PREFIX + secrets.token_hex(4)
     load(staging)
     if server.supports_rename:
-        try:
+        with _explained(
+            log,
+            f"the backup restored into {staging!r} but swapping it into {target!r} failed",
+            f"Check which of {target!r}, {staging!r} and {staging + '_old'!r} exist.",
+        ):
             server.swap_database(staging, target)
-        except BaseException as exc:
-            raise DbBackupError(
-                f"the backup restored into {staging!r} but swapping it into {target!r} failed: "
-                f"{exc}. Check which of {target!r}, {staging!r} and {staging + '_old'!r} exist."
-            ) from exc
         log.info("replaced %r with the restored copy", target)
         return
     log.warning("dropping %r to replace it with the restored backup", target)
     server.drop_database(target)
-    try:
+    with _explained(
+        log,
+        f"restoring into {target!r} failed after it was dropped",
+        f"A complete restored copy is in database {staging!r}",
+    ):
         load(target)
-    except BaseException as exc:
-        raise DbBackupError(
-            f"restoring into {target!r} failed after it was dropped: {exc}. A complete "
-            f"restored copy is in database {staging!r}"
-        ) from exc
     server.drop_database(staging)
+
+
+@contextlib.contextmanager
+def _explained(log: Logger, failed: str, state: str) -> Iterator[None]:
+    """An error inside becomes a DbBackupError saying `failed: error. state`; a stop (Ctrl-C,
+    SIGTERM, Prefect cancellation) is raised unchanged, with `state` logged."""
+    try:
+        yield
+    except BaseException as exc:
+        if isinstance(exc, Exception) and not isinstance(exc, Interrupted):
+            raise DbBackupError(f"{failed}: {exc}. {state}") from exc
+        log.error("%s: the run was stopped. %s", failed, state)
+        raise
 
 
 def _restore_from_archive(

@@ -6,13 +6,14 @@ import json
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from prefect_dbbackup.blocks import PostgresServer
 from prefect_dbbackup.blocks.registry import load_storage
 from prefect_dbbackup.blocks.s3 import MAX_PARTS, MIN_PART_SIZE, part_size
 
-from tests.s3server import SECRET_KEY, SeaweedFS
+from tests.s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
 # ~40 MB of incompressible bytea: more than one 8 MiB part once stored
 BIG_TABLE = (
@@ -164,3 +165,54 @@ def test_object_lock_keeps_prune_from_deleting_and_prune_says_so(env, s3_server,
     assert len(json.loads(locked.cli("list", name, "-d", db, "--json").stdout)) == 2
     text = locked.cli("prune", name)
     assert text.exit_code == 0 and "[locked: " in text.stdout
+
+
+def _bug(*args: object, **kwargs: object) -> None:
+    raise TypeError("unexpected keyword argument 'Bukcet'")
+
+
+BUG_PATHS = {
+    "check": ("head_bucket", lambda s, tmp: s.check()),
+    "put_bytes": ("put_object", lambda s, tmp: s.put_bytes("srv/db/1/manifest.json", b"{}")),
+    "put_file": ("upload_file", lambda s, tmp: s.put_file("srv/db/1/x.age", tmp / "spool")),
+    "confirm": ("head_object", lambda s, tmp: s.put_file("srv/db/1/x.age", tmp / "spool")),
+    "get_bytes": ("get_object", lambda s, tmp: s.get_bytes("srv/db/1/stored.json")),
+    "open_read": (
+        "download_fileobj",
+        lambda s, tmp: s.open_read("srv/db/1/stored.json", tmp).__enter__(),
+    ),
+    "list_keys": ("get_paginator", lambda s, tmp: s.list_keys("srv")),
+    "exists": ("head_object", lambda s, tmp: s.exists("srv/db/1/stored.json")),
+    "delete": ("delete_object", lambda s, tmp: s.delete("srv/db/1/stored.json")),
+    "collect_garbage": (
+        "abort_multipart_upload",
+        lambda s, tmp: s.collect_garbage("srv", datetime.now(UTC) + timedelta(days=1), {"x.age"}),
+    ),
+}
+
+
+@pytest.mark.parametrize("path", BUG_PATHS)
+def test_a_bug_inside_the_s3_path_surfaces_as_itself_not_as_a_retryable_storage_error(
+    s3_server, tmp_path, monkeypatch, path
+):
+    """A programming error (here a TypeError, forced with a stand-in for one boto3 call)
+    is raised unchanged: never turned into 'is the S3 endpoint reachable?', never retried."""
+    from prefect_aws import AwsCredentials
+    from prefect_dbbackup.blocks import S3BackupStorage
+
+    storage = S3BackupStorage(
+        bucket=s3_server.make_bucket("dbb-tests"),
+        prefix=f"bug-{uuid.uuid4().hex[:8]}",
+        region="us-east-1",
+        endpoint_url=s3_server.endpoint,
+        path_style=True,
+        credentials=AwsCredentials(aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY),
+    )
+    storage.put_bytes("srv/db/1/stored.json", b"{}")  # the real store, before the bug
+    (tmp_path / "spool").write_bytes(b"spooled")
+    # an upload left over for collect_garbage to reach its abort call
+    storage.client.create_multipart_upload(Bucket=storage.bucket, Key=storage._full("srv/x.age"))
+    method, call = BUG_PATHS[path]
+    monkeypatch.setattr(storage.client, method, _bug)
+    with pytest.raises(TypeError, match="Bukcet"):
+        call(storage, tmp_path)

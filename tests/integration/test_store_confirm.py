@@ -82,7 +82,7 @@ def test_a_damaged_upload_is_deleted_and_refused_then_a_clean_one_passes(
         storage.put_file(key, source, sha)
     assert caught.value.retryable and key in str(caught.value)
     assert storage.list_keys("srv/") == []  # the damaged object is gone
-    assert s3_server.incomplete_uploads(storage.bucket, storage._full("")) == []
+    assert s3_server.incomplete_uploads(storage.bucket, storage._base()) == []
 
     proxy.requests.clear()
     storage.put_file(key, source, sha)  # the fault was transient: the retry stores it

@@ -1,0 +1,98 @@
+"""In-memory backup storage: objects in a dict of this process, for fast tests of flows.
+
+Not exported from `prefect_dbbackup.blocks`, so `prefect block register` does not offer
+it: nothing it holds survives the process (docs/architecture.md, "Storage contract").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import threading
+from collections.abc import Collection, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from prefect_dbbackup.blocks.errors import StorageError
+from prefect_dbbackup.blocks.storage import (
+    BackupStorage,
+    ObjectNotFound,
+    check_key,
+    list_prefix,
+    spool_mismatch,
+)
+from pydantic import Field
+
+_SPACES: dict[str, dict[str, bytes]] = {}
+_LOCK = threading.Lock()
+
+
+class MemoryBackupStorage(BackupStorage):
+    """Backups in process memory, shared by every instance with the same `space`."""
+
+    _block_type_name = "Memory Backup Storage"
+    _block_type_slug = "memory-backup-storage"
+    _description = "Keeps backups in the memory of one process (tests only: nothing survives)."
+
+    space: str = Field(description="Name of the in-memory area; instances with one name share it.")
+
+    def _objects(self) -> dict[str, bytes]:
+        return _SPACES.setdefault(self.space, {})
+
+    def describe(self) -> str:
+        return f"memory:{self.space}"
+
+    def check(self) -> None:
+        """Memory is always there."""
+
+    def put_file(self, key: str, source: Path, sha256: str | None = None) -> None:
+        """Read the whole file, check its digest, then store it in one step."""
+        check_key(key)
+        try:
+            data = source.read_bytes()
+        except OSError as exc:
+            raise StorageError(f"cannot read {source}: {exc.strerror}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if sha256 is not None and digest != sha256:
+            raise spool_mismatch(source, sha256, digest)
+        self.put_bytes(key, data)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        check_key(key)
+        with _LOCK:
+            self._objects()[key] = bytes(data)
+
+    def get_bytes(self, key: str) -> bytes:
+        check_key(key)
+        with _LOCK:
+            data = self._objects().get(key)
+        if data is None:
+            raise ObjectNotFound(f"no object {key} in {self.describe()}")
+        return data
+
+    @contextlib.contextmanager
+    def open_read(self, key: str, workdir: Path) -> Iterator[BinaryIO]:
+        with io.BytesIO(self.get_bytes(key)) as f:  # shares the bytes until written to
+            yield f
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        prefix = list_prefix(prefix)
+        with _LOCK:
+            return sorted(k for k in self._objects() if k.startswith(prefix))
+
+    def exists(self, key: str) -> bool:
+        check_key(key)
+        with _LOCK:
+            return key in self._objects()
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        with _LOCK:
+            self._objects().pop(key, None)
+
+    def collect_garbage(self, prefix: str, before: datetime, names: Collection[str]) -> list[str]:
+        """A put is one dict assignment: nothing is ever half written."""
+        list_prefix(prefix)
+        return []
