@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -16,7 +17,7 @@ from prefect_dbbackup.blocks.process import ToolProcess, check_not_interrupted, 
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.catalog import publish_manifest
-from prefect_dbbackup.tasks.layout import backup_key, encode_name
+from prefect_dbbackup.tasks.layout import backup_key
 from prefect_dbbackup.tasks.limits import host_slot
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import OBJECT_NAMES, Manifest
@@ -63,7 +64,9 @@ def dump_database(
     options = server.database_options(database)
     properties = server.database_properties(database)
     server_version = server.server_version()
-    spool = workdir / f"{encode_name(database)}.{backup_id}.age"
+    # a file name of its own per database (an encoded name may use all of NAME_MAX)
+    digest = hashlib.sha256(database.encode()).hexdigest()[:16]
+    spool = workdir / f"{digest}.{backup_id}.age"
 
     def progress(nbytes: int) -> None:
         log.info("dump of %r: %.0f MiB read so far", database, nbytes / 2**20)

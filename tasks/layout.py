@@ -24,8 +24,43 @@ BACKUP_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4}")  # what new_backup_id 
 SAFE_OBJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # no '/', no '..'
 
 
+SEGMENT_MAX = 255  # a key segment is a file name on local storage
+# The compact form of a name whose percent-encoding is too long (64 non-ASCII characters,
+# as MariaDB allows, percent-encode to up to 576): '%u', then each character as three
+# base64url digits (18 bits), or '~' and four digits above that. '%u' never starts a
+# percent-encoding ('u' is not a hex digit), so the two forms cannot be confused.
+COMPACT = "%u"
+DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _digits(value: int, count: int) -> str:
+    return "".join(DIGITS[(value >> (6 * i)) & 63] for i in reversed(range(count)))
+
+
+def _compact(name: str) -> str:
+    out = [COMPACT]
+    for char in name:
+        code = ord(char)
+        out.append(_digits(code, 3) if code < 1 << 18 else "~" + _digits(code, 4))
+    return "".join(out)
+
+
+def _expand(segment: str) -> str:
+    chars, i = [], len(COMPACT)
+    while i < len(segment):
+        width = 4 if segment[i] == "~" else 3
+        i += width == 4
+        digits = segment[i : i + width]
+        if len(digits) != width or any(d not in DIGITS for d in digits):
+            raise ConfigError(f"malformed compact name segment {segment!r}")
+        chars.append(chr(sum(DIGITS.index(d) << (6 * k) for k, d in enumerate(reversed(digits)))))
+        i += width
+    return "".join(chars)
+
+
 def encode_name(name: str) -> str:
-    """Encode a server or database name as one safe, reversible key segment."""
+    """Encode a server or database name as one safe, reversible key segment of at most
+    255 characters (percent-encoding, or the compact form when that is too long)."""
     if not name:
         raise ConfigError("an empty server or database name cannot be stored")
     encoded = quote(name, safe="")
@@ -34,12 +69,19 @@ def encode_name(name: str) -> str:
     if encoded.startswith("_"):
         # keep '_globals' (and any other '_' segment) reserved for our own series
         encoded = "%5F" + encoded[1:]
+    if len(encoded) > SEGMENT_MAX:
+        encoded = _compact(name)
+    if len(encoded) > SEGMENT_MAX:
+        raise ConfigError(
+            f"the name {name[:40]!r}... is too long to store ({len(name)} characters; "
+            "PostgreSQL and MariaDB names are at most 64)"
+        )
     return encoded
 
 
 def decode_name(segment: str) -> str:
     """Inverse of encode_name."""
-    return unquote(segment)
+    return _expand(segment) if segment.startswith(COMPACT) else unquote(segment)
 
 
 def new_backup_id(now: datetime | None = None) -> str:

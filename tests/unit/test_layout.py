@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import pytest
 from hypothesis import given
@@ -39,6 +40,27 @@ def test_any_name_round_trips_through_one_safe_segment(name):
     assert segment not in (".", "..")
     assert not segment.startswith(("-", ".", "_"))
     assert segment.isascii() and segment.isprintable() and " " not in segment
+
+
+@given(st.text(min_size=1, max_size=84))
+def test_any_name_of_up_to_84_characters_fits_one_key_segment(name):
+    """MariaDB names are up to 64 characters, each up to 9 when percent-encoded."""
+    segment = encode_name(name)
+    assert len(segment) <= 255
+    assert decode_name(segment) == name
+
+
+@pytest.mark.parametrize("name", ["é" * 64, "€" * 64, "😀" * 64, "x" * 63 + "é"])
+def test_long_non_ascii_names_use_the_compact_form_and_round_trip(name):
+    segment = encode_name(name)
+    assert len(segment) <= 255 and decode_name(segment) == name
+    assert segment.startswith("%u") == (len(quote(name, safe="")) > 255)
+
+
+def test_a_short_name_keeps_its_percent_encoding():
+    """Keys of existing backups do not move."""
+    assert encode_name("données é") == "donn%C3%A9es%20%C3%A9"
+    assert encode_name("%u") == "%25u"
 
 
 @pytest.mark.parametrize("name", ODD_NAMES)
