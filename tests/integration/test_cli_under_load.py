@@ -29,6 +29,7 @@ def busy_cores() -> Iterator[None]:
             loop.wait()
 
 
+@pytest.mark.timeout(1800)  # twenty commands on cores kept busy: slow by design
 def test_twenty_commands_under_full_cpu_load_all_succeed(
     tmp_path: Path, pg_db, pg_admin, cleanup_pg, identity_file: Path, busy_cores
 ) -> None:
