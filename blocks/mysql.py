@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -19,7 +19,13 @@ from prefect_dbbackup.blocks.errors import (
     DbBackupError,
     PermissionDenied,
 )
-from prefect_dbbackup.blocks.globals_sql import MySQLAccount, backtick, mysql_script, mysql_text
+from prefect_dbbackup.blocks.globals_sql import (
+    MySQLAccount,
+    backtick,
+    mysql_script,
+    mysql_text,
+    split_statements,
+)
 from prefect_dbbackup.blocks.server import DatabaseServer, GlobalsDump, ToolCommand, private_file
 from pydantic import Field
 
@@ -44,6 +50,8 @@ LOGIN_REJECTED = (1045, 1698, 1251)  # bad password, unix_socket mismatch, auth 
 # the login was accepted, a privilege is missing: on a database, a table or column,
 # a server-wide one (RELOAD, PROCESS, ...), a routine
 PRIVILEGE_MISSING = (1044, 1142, 1143, 1227, 1370)
+# granting what the login holds without GRANT OPTION, creating a user through GRANT
+GRANT_REFUSED = (1410,)
 
 
 def version_tuple(text: str, client: bool = False) -> tuple[int, int]:
@@ -175,29 +183,47 @@ class MySQLServer(DatabaseServer):
     def globals_script(self, workdir: Path) -> GlobalsDump:
         """SHOW CREATE USER (password hash and plugin) and SHOW GRANTS of every selected
         account and role, read as bytes so that binary hashes survive (as hex literals)."""
+        try:
+            accounts = self._read_accounts(self.account_selected)
+        except pymysql.MySQLError as exc:
+            error = self._classify(exc)
+            if isinstance(error, PermissionDenied):
+                raise PermissionDenied(
+                    f"MySQL at {self.describe()}: the login {self.user!r} may not read the "
+                    f"accounts ({self._error_text(exc)}); grant it SELECT on mysql.* or set "
+                    "backup_users: false on the block"
+                ) from None
+            raise error from None
+        client = f"PyMySQL {pymysql.__version__}"
+        return GlobalsDump(mysql_script(accounts), "pymysql", client, ["SHOW CREATE USER"])
+
+    def account_statements(self) -> set[str]:
+        """Every account of this server as globals_script writes it (all of them, whatever
+        the block selects): a replayed statement found here is already in force."""
+        try:
+            accounts = self._read_accounts(lambda _: True)
+        except pymysql.MySQLError as exc:
+            error = self._classify(exc)
+            if not isinstance(error, PermissionDenied):
+                raise error from None
+            log.warning("%s; every statement is replayed", error)
+            return set()
+        return set(split_statements(mysql_script(accounts), "mysql"))
+
+    def _read_accounts(self, selected: Callable[[str], bool]) -> list[MySQLAccount]:
+        """The selected accounts' SHOW output; raises pymysql's error as it is."""
         role_column = "is_role = 'Y'" if self._is_mariadb() else "FALSE"
         accounts = []
         with self.connect() as conn:
             cursor = conn.connection.cursor()  # DBAPI: the text is sent as it is
-            try:
-                cursor.execute(f"SELECT User, Host, {role_column} FROM mysql.user ORDER BY 1, 2")
-                listed = [(user, host, bool(role)) for user, host, role in cursor.fetchall()]
-                cursor.execute("SET SESSION character_set_results = binary")
-                for user, host, is_role in listed:
-                    if self.account_selected(user):
-                        account = self._account(cursor, user, host, is_role)
-                        accounts += [account] if account else []
-            except pymysql.MySQLError as exc:
-                error = self._classify(exc)
-                if isinstance(error, PermissionDenied):
-                    raise PermissionDenied(
-                        f"MySQL at {self.describe()}: the login {self.user!r} may not read the "
-                        f"accounts ({self._error_text(exc)}); grant it SELECT on mysql.* or set "
-                        "backup_users: false on the block"
-                    ) from None
-                raise error from None
-        client = f"PyMySQL {pymysql.__version__}"
-        return GlobalsDump(mysql_script(accounts), "pymysql", client, ["SHOW CREATE USER"])
+            cursor.execute(f"SELECT User, Host, {role_column} FROM mysql.user ORDER BY 1, 2")
+            listed = [(user, host, bool(role)) for user, host, role in cursor.fetchall()]
+            cursor.execute("SET SESSION character_set_results = binary")
+            for user, host, is_role in listed:
+                if selected(user):
+                    account = self._account(cursor, user, host, is_role)
+                    accounts += [account] if account else []
+        return accounts
 
     @staticmethod
     def _account(
@@ -222,6 +248,13 @@ class MySQLServer(DatabaseServer):
         code = exc.args[0] if exc.args else None
         if statement.upper().startswith("GRANT") and code in MISSING_OBJECT:
             return "the table, column or routine it grants on does not exist (yet)"
+        return None
+
+    def _denied(self, statement: str, exc: Exception) -> str | None:
+        # on an open session an access-denied error is about this statement, not the login
+        code = exc.args[0] if exc.args else None
+        if code in LOGIN_REJECTED + PRIVILEGE_MISSING + GRANT_REFUSED:
+            return f"{self.user!r} may not run it here: {self._error_text(exc)}"
         return None
 
     def _is_mariadb(self) -> bool:

@@ -46,6 +46,14 @@ class DumpSnapshot:
     snapshot_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Skip:
+    """Why a globals statement was not applied on replay; denied: the login may not run it."""
+
+    reason: str
+    denied: bool = False
+
+
 @dataclass
 class GlobalsDump:
     """A server's users/roles and grants as a SQL script, and how it was taken."""
@@ -161,6 +169,15 @@ class DatabaseServer(Block, ABC):
     def _tolerated(self, statement: str, exc: Exception) -> str | None:
         """Why a failed globals statement may be skipped on replay, or None: it is an error."""
 
+    def _denied(self, statement: str, exc: Exception) -> str | None:
+        """Why the login may not run a globals statement (a privilege it lacks), or None."""
+        return None
+
+    def account_statements(self) -> set[str]:
+        """The statements the target's current accounts would be backed up as: replaying
+        one of them changes nothing (default: none known, everything is replayed)."""
+        return set()
+
     @abstractmethod
     def database_options(self, database: str) -> dict[str, str]:
         """Creation options (encoding, collation) to recreate the database with."""
@@ -235,9 +252,9 @@ class DatabaseServer(Block, ABC):
         )
 
     @contextlib.contextmanager
-    def replay_session(self) -> Iterator[Callable[[str], str | None]]:
+    def replay_session(self) -> Iterator[Callable[[str], Skip | None]]:
         """Run globals statements one by one on one connection. Each call returns None
-        when the statement was applied, or why it was skipped (see _tolerated)."""
+        when the statement was applied, or why it was skipped (_tolerated, _denied)."""
         with self.connect() as conn:
             dbapi = conn.connection  # no bind-parameter parsing of ':' or '%' in the text
 
@@ -246,10 +263,11 @@ class DatabaseServer(Block, ABC):
                 try:
                     cursor.execute(statement)
                 except Exception as exc:
-                    reason = self._tolerated(statement, exc)
-                    if reason is None:
-                        raise self._classify(exc) from None
-                    return reason
+                    if (reason := self._tolerated(statement, exc)) is not None:
+                        return Skip(reason)
+                    if (reason := self._denied(statement, exc)) is not None:
+                        return Skip(reason, denied=True)
+                    raise self._classify(exc) from None
                 finally:
                     cursor.close()
                 return None
