@@ -27,6 +27,7 @@ from prefect_dbbackup.blocks.globals_sql import (
     split_statements,
 )
 from prefect_dbbackup.blocks.server import DatabaseServer, GlobalsDump, ToolCommand, private_file
+from prefect_dbbackup.tasks.dump_rows import DumpRowCounter
 from pydantic import Field
 
 log = logging.getLogger("dbbackup")
@@ -46,6 +47,7 @@ DUMP_OPTIONS: list[str] = [
 SYSTEM_ACCOUNTS = ("mariadb.sys", "mysql.sys", "mysql.session", "mysql.infoschema", "PUBLIC")
 ACCOUNT_GONE = (1133, 1141, 1396)  # no such user / grant: dropped while we listed
 MISSING_OBJECT = (1146, 1054, 1305)  # no such table / column / routine
+HISTORY_SINCE = (10, 11)  # mariadb-dump --dump-history, system_versioning_insert_history
 LOGIN_REJECTED = (1045, 1698, 1251)  # bad password, unix_socket mismatch, auth plugin
 # the login was accepted, a privilege is missing: on a database, a table or column,
 # a server-wide one (RELOAD, PROCESS, ...), a routine
@@ -133,15 +135,18 @@ class MySQLServer(DatabaseServer):
         return sorted(r[0] for r in conn.execute(sa.text("SHOW DATABASES")))
 
     def _table_refs(self, conn: sa.Connection, database: str) -> list[tuple[str, str]]:
-        # system-versioned tables are dumped with their current rows; sequences are not tables
+        # system-versioned tables count with their history (--dump-history dumps it);
+        # sequences are not tables
         rows = conn.execute(
             sa.text(
-                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = :db "
-                "AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED') ORDER BY TABLE_NAME"
+                "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = :db AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED') "
+                "ORDER BY TABLE_NAME"
             ),
             {"db": database},
         )
-        return [(name, self.quote(name)) for (name,) in rows]
+        history = {"SYSTEM VERSIONED": " FOR SYSTEM_TIME ALL"}
+        return [(name, self.quote(name) + history.get(kind, "")) for name, kind in rows]
 
     def _version_query(self) -> str:
         return "SELECT VERSION()"
@@ -260,6 +265,52 @@ class MySQLServer(DatabaseServer):
     def _is_mariadb(self) -> bool:
         return "mariadb" in self.server_version().lower()
 
+    def _inserts_history(self) -> bool:
+        """Whether this server takes row_start/row_end on insert (MariaDB 10.11+:
+        system_versioning_insert_history), so history can be dumped and restored."""
+        return self._is_mariadb() and version_tuple(self.server_version()) >= HISTORY_SINCE
+
+    row_counts_note: ClassVar[str] = (
+        "exact, counted in the dump stream; system-versioned tables with their history"
+    )
+
+    def dump_row_counter(self, tables: list[str]) -> DumpRowCounter:
+        """Rows counted in the dump's own INSERT statements (its snapshot, whatever runs)."""
+        return DumpRowCounter(tables)
+
+    def dump_options_for(self, database: str) -> list[str]:
+        """DUMP_OPTIONS, and --dump-history when the history can be dumped (_history_plan)."""
+        history, _ = self._history_plan(database)
+        return [*DUMP_OPTIONS, *(["--dump-history"] if history else [])]
+
+    def _history_plan(self, database: str) -> tuple[bool, str | None]:
+        """(whether to dump with --dump-history, why history is lost if it is).
+
+        It needs MariaDB and mariadb-dump 10.11+: a history dump of an older server could not
+        be restored into the server it came from. mariadb-dump refuses the whole dump when a
+        table keeps transaction-precise history (row start/end as BIGINT transaction ids).
+        """
+        if not self._is_mariadb():
+            return False, None  # MySQL has no system versioning
+        with self.connect() as conn:
+            versioned = conn.execute(
+                sa.text(
+                    "SELECT t.TABLE_NAME, c.DATA_TYPE FROM information_schema.TABLES t "
+                    "LEFT JOIN information_schema.COLUMNS c ON c.TABLE_SCHEMA = t.TABLE_SCHEMA "
+                    "AND c.TABLE_NAME = t.TABLE_NAME AND c.GENERATION_EXPRESSION = 'ROW START' "
+                    "WHERE t.TABLE_SCHEMA = :db AND t.TABLE_TYPE = 'SYSTEM VERSIONED'"
+                ),
+                {"db": database},
+            ).all()
+        client = version_tuple(self.client_version(self.dump_client()), client=True)
+        trx_precise = sorted(name for name, kind in versioned if kind == "bigint")
+        if not self._inserts_history() or client < HISTORY_SINCE:
+            lost = "that needs MariaDB and mariadb-dump 10.11 or newer"
+            return False, lost if versioned else None
+        if trx_precise:
+            return False, f"{', '.join(trx_precise)} keep transaction-precise history"
+        return True, None
+
     def dump_client(self) -> str:
         server = self.server_version()
         mariadb = "mariadb" in server.lower()
@@ -316,9 +367,18 @@ class MySQLServer(DatabaseServer):
         # mariadb-dump takes its own snapshot (--single-transaction): none can be shared
         client = self.dump_client()
         env = self.clean_env(("MYSQL", "MARIADB"))
+        options = self.dump_options_for(database)
+        _, gap = self._history_plan(database)
+        if gap:
+            log.warning(
+                "the history of the system-versioned tables of %r is not backed up, only "
+                "their current rows: %s",
+                database,
+                gap,
+            )
         with self._defaults_file(workdir) as defaults:
             # no --databases: the dump has no CREATE DATABASE/USE and restores under any name
-            argv = [client, defaults, *DUMP_OPTIONS, "--", database]
+            argv = [client, defaults, *options, "--", database]
             yield ToolCommand(argv, env, self.secrets())
 
     @contextlib.contextmanager
@@ -334,4 +394,8 @@ class MySQLServer(DatabaseServer):
         with self._defaults_file(workdir) as defaults:
             # --comments keeps comments inside routine, trigger and event bodies
             argv = [client, defaults, "--binary-mode", "--comments", f"--database={database}"]
+            if self._inserts_history():
+                # row_start/row_end of history rows are inserted as they were dumped
+                # (the dump sets it too, inside a /*M!101100 */ comment)
+                argv.insert(2, "--init-command=SET SESSION system_versioning_insert_history=1")
             yield ToolCommand(argv, env, self.secrets())

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import sqlalchemy as sa
 from prefect.blocks.core import Block
@@ -86,6 +86,14 @@ def _version_line(path: str, mtime_ns: int) -> str:
     return subprocess.run(
         [path, "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
+
+
+class RowCounter(Protocol):
+    """Counts the rows of each table in a dump stream as it passes by."""
+
+    def feed(self, data: bytes | memoryview) -> None: ...
+
+    def finish(self) -> dict[str, int] | None: ...
 
 
 class DatabaseServer(Block, ABC):
@@ -207,6 +215,17 @@ class DatabaseServer(Block, ABC):
         self, database: str, workdir: Path, archive: Path | None = None, jobs: int = 1
     ) -> Iterator[ToolCommand]:
         """The restore invocation: reading the dump on stdin, or from an archive file with jobs."""
+
+    def dump_row_counter(self, tables: list[str]) -> RowCounter | None:
+        """A counter of the rows in this engine's dump stream, for engines whose dump takes
+        a snapshot nobody can share (default None: counts come from dump_snapshot)."""
+        return None
+
+    row_counts_note: ClassVar[str] = "exact, taken in the dump's own snapshot"
+
+    def dump_options_for(self, database: str) -> list[str]:
+        """The options a dump of database runs with (recorded in its manifest)."""
+        return list(self.dump_options)
 
     def swap_database(self, replacement: str, target: str) -> None:
         """Put replacement in target's place and drop the old target (engines that rename)."""

@@ -87,8 +87,15 @@ def dump_database(
                 open(spool, "wb") as out,
             ):
                 assert proc.stdout is not None
+                counter = server.dump_row_counter(snapshot.tables)
                 stats = encrypt_stream(
-                    proc.stdout, out, recipients, level=level, threads=threads, on_progress=progress
+                    proc.stdout,
+                    out,
+                    recipients,
+                    level=level,
+                    threads=threads,
+                    on_progress=progress,
+                    tap=counter.feed if counter else None,
                 )
                 out.flush()
                 os.fsync(out.fileno())
@@ -107,10 +114,10 @@ def dump_database(
             dump_format=DUMP_FORMATS[server.server_type],  # type: ignore[arg-type]
             stats=stats,
             recipients=encryption.fingerprints(),
-            dump_options=server.dump_options,
+            dump_options=server.dump_options_for(database),
             create_options=options,
             tables=snapshot.tables,
-            row_counts=snapshot.row_counts,
+            row_counts=counter.finish() if counter else snapshot.row_counts,
             database_properties=properties,
         )
     except BaseException as exc:

@@ -255,15 +255,17 @@ def schema_objects(my_admin: MyAdmin, db: str) -> dict[str, list[tuple]]:
         ),
         "schema": my_admin.query(
             None,
-            "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME "
+            "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME, SCHEMA_COMMENT "
             "FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
             (db,),
         ),
     }
     objects["create_tables"] = [
-        my_admin.query(db, f"SHOW CREATE TABLE {my_admin.q(name)}")[0]
+        my_admin.query(
+            db, f"SHOW CREATE {'SEQUENCE' if kind == 'SEQUENCE' else 'TABLE'} {my_admin.q(name)}"
+        )[0]
         for name, kind, *_ in objects["tables"]
-        if kind == "BASE TABLE"
+        if kind in ("BASE TABLE", "SYSTEM VERSIONED", "SEQUENCE")
     ]
     return objects
 
