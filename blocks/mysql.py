@@ -47,6 +47,7 @@ DUMP_OPTIONS: list[str] = [
 SYSTEM_ACCOUNTS = ("mariadb.sys", "mysql.sys", "mysql.session", "mysql.infoschema", "PUBLIC")
 ACCOUNT_GONE = (1133, 1141, 1396)  # no such user / grant: dropped while we listed
 MISSING_OBJECT = (1146, 1054, 1305)  # no such table / column / routine
+NO_BACKSLASH_ESCAPES = "CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')"
 HISTORY_SINCE = (10, 11)  # mariadb-dump --dump-history, system_versioning_insert_history
 LOGIN_REJECTED = (1045, 1698, 1251)  # bad password, unix_socket mismatch, auth plugin
 # the login was accepted, a privilege is missing: on a database, a table or column,
@@ -152,17 +153,20 @@ class MySQLServer(DatabaseServer):
         return "SELECT VERSION()"
 
     def database_options(self, database: str) -> dict[str, str]:
+        """Character set, collation and (MariaDB 10.5+) the database's COMMENT."""
+        comment = "SCHEMA_COMMENT" if self._has_schema_comments() else "NULL"
         with self.connect() as conn:
             row = conn.execute(
                 sa.text(
-                    "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME "
+                    f"SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME, {comment} "
                     "FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :n"
                 ),
                 {"n": database},
             ).one_or_none()
         if row is None:
             raise DatabaseNotFound(f"no database {database!r} on {self.describe()}")
-        return {"character_set": row[0], "collation": row[1]}
+        options = {"character_set": row[0], "collation": row[1]}
+        return options | ({"comment": row[2]} if row[2] else {})
 
     def quote(self, name: str) -> str:
         return backtick(name)
@@ -176,6 +180,12 @@ class MySQLServer(DatabaseServer):
                     if not re.fullmatch(r"[A-Za-z0-9_]+", value):
                         raise ConfigError(f"unexpected {key} {value!r} in manifest")
                     sql += f" {clause} {value}"
+            if options.get("comment"):
+                # with NO_BACKSLASH_ESCAPES only a quote is special in a literal: doubled
+                self.run_sql(
+                    conn, "SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')"
+                )
+                sql += " COMMENT " + "'" + options["comment"].replace("'", "''") + "'"
             self.run_sql(conn, sql)
 
     def drop_database(self, database: str) -> None:
@@ -264,6 +274,10 @@ class MySQLServer(DatabaseServer):
 
     def _is_mariadb(self) -> bool:
         return "mariadb" in self.server_version().lower()
+
+    def _has_schema_comments(self) -> bool:
+        """Whether databases have a COMMENT (MariaDB 10.5+)."""
+        return self._is_mariadb() and version_tuple(self.server_version()) >= (10, 5)
 
     def _inserts_history(self) -> bool:
         """Whether this server takes row_start/row_end on insert (MariaDB 10.11+:

@@ -1,7 +1,7 @@
 """MariaDB restore fidelity: a corpus of less common features comes back equal.
 
 System-versioned tables keep their history (row_start/row_end included), and verify
-counts it; invisible and generated columns, CHECK constraints, MyISAM and Aria tables,
+counts it; the database's COMMENT (hostile text) comes back; invisible and generated columns, CHECK constraints, MyISAM and Aria tables,
 latin1 text and binary data, sequences, triggers, routines and events come back with the
 same catalog (SHOW CREATE ..., information_schema) and the same contents, under a new name.
 """
@@ -14,6 +14,8 @@ import json
 from tests.helpers import MyAdmin
 from tests.integration.test_mysql_roundtrip import backup, restore, run, schema_objects
 
+# quotes, backslashes, a newline and SQL that must stay text
+COMMENT = "it's \\'; DROP DATABASE test; -- \" `x`\nsecond line \\n ☺ ''"
 LATIN1 = "café ÿ ñ « » ° ± ¼ \\ ' \" end"
 CORPUS = [
     # history: implicit columns, explicit invisible columns, partitioned by system time
@@ -51,6 +53,7 @@ CORPUS = [
 
 def build_corpus(my_admin: MyAdmin, db: str) -> None:
     """The corpus schema, with history written by real updates and deletes."""
+    run(my_admin, db, f"ALTER DATABASE {my_admin.q(db)} COMMENT %s", (COMMENT,))
     for statement in CORPUS:
         run(my_admin, db, statement)
     for statement in [
@@ -109,6 +112,7 @@ def test_corpus_round_trip_keeps_catalog_contents_and_history(env, my_db, my_adm
     kinds = {name: kind for name, kind, *_ in source_objects["tables"]}
     assert kinds["odd_seq"] == "SEQUENCE" and kinds["prices"] == "SYSTEM VERSIONED"
     assert len(source_objects["create_tables"]) == 8
+    assert source_objects["schema"][0][2] == COMMENT
 
     outcome = backup(env, db)
     target = f"{db}_restored"
