@@ -26,6 +26,7 @@ from prefect_dbbackup.blocks.globals_sql import (
     mysql_text,
     split_statements,
 )
+from prefect_dbbackup.blocks.mysql_events import ShownEvent, events_script
 from prefect_dbbackup.blocks.server import DatabaseServer, GlobalsDump, ToolCommand, private_file
 from prefect_dbbackup.tasks.dump_rows import DumpRowCounter
 from pydantic import Field
@@ -37,7 +38,7 @@ DUMP_OPTIONS: list[str] = [
     "--quick",
     "--routines",
     "--triggers",
-    "--events",
+    "--skip-events",  # appended from SHOW CREATE EVENT instead (blocks/mysql_events.py)
     "--hex-blob",
     "--default-character-set=utf8mb4",
 ]
@@ -390,10 +391,33 @@ class MySQLServer(DatabaseServer):
                 database,
                 gap,
             )
+        trailer = events_script(self._events(database))  # see blocks/mysql_events.py
         with self._defaults_file(workdir) as defaults:
             # no --databases: the dump has no CREATE DATABASE/USE and restores under any name
             argv = [client, defaults, *options, "--", database]
-            yield ToolCommand(argv, env, self.secrets())
+            yield ToolCommand(argv, env, self.secrets(), trailer)
+
+    def _events(self, database: str) -> list[ShownEvent]:
+        """SHOW CREATE EVENT of every event of database, the statement as stored bytes."""
+        with self.connect() as conn:
+            cursor = conn.connection.cursor()  # DBAPI: the text is sent as it is
+            try:
+                cursor.execute(
+                    "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s "
+                    "ORDER BY EVENT_NAME",
+                    (database,),
+                )
+                names = [name for (name,) in cursor.fetchall()]
+                cursor.execute("SET SESSION character_set_results = binary")
+                events = []
+                for name in names:
+                    cursor.execute(f"SHOW CREATE EVENT {self.quote(database)}.{self.quote(name)}")
+                    _, mode, zone, create, client, collation, _ = cursor.fetchone()
+                    text = [v.decode() for v in (mode, zone, client, collation)]
+                    events.append(ShownEvent(name, text[0], text[1], create, *text[2:]))
+            except pymysql.MySQLError as exc:
+                raise self._classify(exc) from None
+        return events
 
     @contextlib.contextmanager
     def restore_command(

@@ -35,6 +35,7 @@ class ToolCommand:
     argv: list[str]
     env: dict[str, str]
     secrets: list[str] = field(default_factory=list)
+    trailer: bytes = b""  # appended to the tool's output (what the tool itself cannot dump)
 
 
 @dataclass

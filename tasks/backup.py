@@ -20,7 +20,7 @@ from prefect_dbbackup.tasks.layout import backup_key, encode_name
 from prefect_dbbackup.tasks.limits import host_slot
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import OBJECT_NAMES, Manifest
-from prefect_dbbackup.tasks.stream import encrypt_stream
+from prefect_dbbackup.tasks.stream import TrailedReader, encrypt_stream
 from pydantic import BaseModel
 
 DUMP_FORMATS = {"postgres": "pg_custom", "mysql": "sql"}
@@ -89,7 +89,7 @@ def dump_database(
                 assert proc.stdout is not None
                 counter = server.dump_row_counter(snapshot.tables)
                 stats = encrypt_stream(
-                    proc.stdout,
+                    TrailedReader(proc.stdout, cmd.trailer) if cmd.trailer else proc.stdout,
                     out,
                     recipients,
                     level=level,

@@ -53,6 +53,20 @@ class CountingReader(io.RawIOBase):
         return n
 
 
+class TrailedReader(io.RawIOBase):
+    """Reads inner to its end, then the bytes of trailer."""
+
+    def __init__(self, inner: BinaryIO, trailer: bytes) -> None:
+        self.inner = inner
+        self._trailer = io.BytesIO(trailer)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        return self.inner.readinto(buffer) or self._trailer.readinto(buffer)
+
+
 class HashingWriter:
     """A writer that hashes (sha256) and counts everything written through it."""
 
