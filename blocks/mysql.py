@@ -27,6 +27,7 @@ from prefect_dbbackup.blocks.globals_sql import (
     split_statements,
 )
 from prefect_dbbackup.blocks.mysql_events import ShownEvent, events_script
+from prefect_dbbackup.blocks.properties import DatabaseProperties
 from prefect_dbbackup.blocks.server import DatabaseServer, GlobalsDump, ToolCommand, private_file
 from prefect_dbbackup.tasks.dump_rows import DumpRowCounter
 from pydantic import Field
@@ -154,20 +155,44 @@ class MySQLServer(DatabaseServer):
         return "SELECT VERSION()"
 
     def database_options(self, database: str) -> dict[str, str]:
-        """Character set, collation and (MariaDB 10.5+) the database's COMMENT."""
-        comment = "SCHEMA_COMMENT" if self._has_schema_comments() else "NULL"
         with self.connect() as conn:
             row = conn.execute(
                 sa.text(
-                    f"SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME, {comment} "
+                    "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME "
                     "FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :n"
                 ),
                 {"n": database},
             ).one_or_none()
         if row is None:
             raise DatabaseNotFound(f"no database {database!r} on {self.describe()}")
-        options = {"character_set": row[0], "collation": row[1]}
-        return options | ({"comment": row[2]} if row[2] else {})
+        return {"character_set": row[0], "collation": row[1]}
+
+    def database_properties(self, database: str) -> DatabaseProperties | None:
+        """The database's COMMENT (MariaDB 10.5+), which a dump without --databases lacks."""
+        if not self._has_schema_comments():
+            return None
+        with self.connect() as conn:
+            comment = conn.execute(
+                sa.text(
+                    "SELECT SCHEMA_COMMENT FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :n"
+                ),
+                {"n": database},
+            ).scalar_one_or_none()
+        return DatabaseProperties(comment=comment) if comment else None
+
+    def apply_database_properties(self, database: str, properties: DatabaseProperties) -> list[str]:
+        """Set the recorded COMMENT on database (under its new name). The literal is written
+        for a session with NO_BACKSLASH_ESCAPES, where only `'` is special (doubled): quotes,
+        backslashes and newlines stay text whatever the server's sql_mode."""
+        if not properties.comment:
+            return []
+        if not self._has_schema_comments():
+            return [f"the database comment: {self.server_version()} keeps no database comments"]
+        literal = "'" + properties.comment.replace("'", "''") + "'"
+        with self.connect() as conn:
+            self.run_sql(conn, f"SET SESSION sql_mode = {NO_BACKSLASH_ESCAPES}")
+            self.run_sql(conn, f"ALTER DATABASE {self.quote(database)} COMMENT {literal}")
+        return []
 
     def quote(self, name: str) -> str:
         return backtick(name)
@@ -181,12 +206,6 @@ class MySQLServer(DatabaseServer):
                     if not re.fullmatch(r"[A-Za-z0-9_]+", value):
                         raise ConfigError(f"unexpected {key} {value!r} in manifest")
                     sql += f" {clause} {value}"
-            if options.get("comment"):
-                # with NO_BACKSLASH_ESCAPES only a quote is special in a literal: doubled
-                self.run_sql(
-                    conn, "SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')"
-                )
-                sql += " COMMENT " + "'" + options["comment"].replace("'", "''") + "'"
             self.run_sql(conn, sql)
 
     def drop_database(self, database: str) -> None:

@@ -275,9 +275,11 @@ def restore_globals(
     )
     if result.refused:
         raise UsersPartlyRestored(
-            f"restored {summary} ({len(result.refused)} refused to the login): "
-            f"{'; '.join(result.skipped)}. Run restore-users again as a login that holds these "
-            "privileges (and may grant them), or leave those accounts out with --user",
+            f"users/roles restore incomplete: {summary} ({len(result.refused)} refused to the "
+            "login): "
+            f"{'; '.join(result.skipped)}. Everything else was applied. Run restore-users again "
+            "as a login that holds these privileges (and may grant them), or leave those "
+            "accounts out with --user",
             result,
         )
     log.info("restored %s", summary)

@@ -27,13 +27,8 @@ CREATE_OPTIONS = {
         "icu_locale": r"[A-Za-z0-9_.@-]+",
         "builtin_locale": r"[A-Za-z0-9_.@-]+",
     },
-    "mysql": {
-        "character_set": r"[A-Za-z0-9_]+",
-        "collation": r"[A-Za-z0-9_]+",
-        "comment": r"[^\x00]*",  # any text: create_database quotes it as a literal
-    },
+    "mysql": {"character_set": r"[A-Za-z0-9_]+", "collation": r"[A-Za-z0-9_]+"},
 }
-OPTION_LENGTHS = {"comment": 1024}  # the longest value of an option (others: 128)
 
 
 class StreamStats(BaseModel):
@@ -89,7 +84,7 @@ class Manifest(BaseModel):
                     f"create_options has {key!r}, which a {self.server_type} database is never "
                     f"created with (allowed: {', '.join(allowed)})"
                 )
-            if len(value) > OPTION_LENGTHS.get(key, 128) or not re.fullmatch(allowed[key], value):
+            if len(value) > 128 or not re.fullmatch(allowed[key], value):
                 raise ValueError(f"create_options {key}={value[:64]!r} is not a plain name")
         return self
 

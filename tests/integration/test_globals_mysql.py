@@ -249,7 +249,9 @@ def _grants(admin: MyAdmin, account: str) -> list[str]:
     return sorted(r[0] for r in admin.query(None, f"SHOW GRANTS FOR {account}"))
 
 
-def test_statements_the_login_may_not_run_are_skipped_and_fail_the_run(env, accounts, my_admin):
+def test_statements_the_login_may_not_run_are_skipped_and_fail_the_run(
+    env, accounts, my_admin, cleanup_my
+):
     """A restoring login without GRANT OPTION on PROXY (as root@127.0.0.1 or a dedicated
     account on a stock MariaDB): the PROXY grant is skipped and named, everything else is
     restored, the run exits 1; the stock mysql@localhost account, unchanged, is left alone."""
@@ -304,6 +306,15 @@ def test_statements_the_login_may_not_run_are_skipped_and_fail_the_run(env, acco
         assert again.exit_code == 1, again.output
         assert again.stderr.count("GRANT PROXY") == 1
         assert "0 statements applied" in again.stderr and "1 skipped" in again.stderr
+
+        # restore --with-users: the database is restored, the refused grant named, exit 1
+        target = accounts.database + "_copy"
+        cleanup_my.append(target)
+        both = env.cli("restore", as_restorer, accounts.database, "--into", target,
+                       "--with-users", *args)  # fmt: skip
+        assert both.exit_code == 1, both.output
+        assert "users/roles restore incomplete" in both.stderr and "GRANT PROXY" in both.stderr
+        assert my_admin.table_fingerprints(target) == my_admin.table_fingerprints(accounts.database)
 
         # a login the server refuses is still exit 4
         MySQLServer(host=MY["host"], port=MY["port"], user=restorer, password="wrong").save(
