@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import pymysql
 import sqlalchemy as sa
+from prefect_dbbackup.blocks.dump_rows import DumpRowCounter
 from prefect_dbbackup.blocks.errors import (
     AuthError,
     ConfigError,
@@ -29,7 +30,6 @@ from prefect_dbbackup.blocks.globals_sql import (
 from prefect_dbbackup.blocks.mysql_events import ShownEvent, events_script
 from prefect_dbbackup.blocks.properties import DatabaseProperties
 from prefect_dbbackup.blocks.server import DatabaseServer, GlobalsDump, ToolCommand, private_file
-from prefect_dbbackup.tasks.dump_rows import DumpRowCounter
 from pydantic import Field
 
 log = logging.getLogger("dbbackup")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from prefect_dbbackup.tasks.dump_rows import DumpRowCounter
+from prefect_dbbackup.blocks.dump_rows import DumpRowCounter
 
 # what mariadb-dump writes (a row per line), with literals that look like row breaks
 MARIADB = b"""-- header

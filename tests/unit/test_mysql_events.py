@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from prefect_dbbackup.blocks.dump_rows import DumpRowCounter
+from prefect_dbbackup.blocks.errors import DbBackupError
 from prefect_dbbackup.blocks.mysql_events import ShownEvent, delimiter, events_script
-from prefect_dbbackup.tasks.dump_rows import DumpRowCounter
-from prefect_dbbackup.tasks.errors import DbBackupError
 
 
 def _event(create: bytes, **fields: str) -> ShownEvent:
