@@ -87,6 +87,9 @@ class MySQLServer(DatabaseServer):
         {"mysql", "information_schema", "performance_schema", "sys"}
     )
     dump_options: ClassVar[list[str]] = DUMP_OPTIONS
+    row_counts_note: ClassVar[str] = (
+        "exact, counted in the dump stream; system-versioned tables with their history"
+    )
 
     port: int = Field(default=3306)
     user: str = Field(default="root", description="Login used for dumps and restores.")
@@ -303,10 +306,6 @@ class MySQLServer(DatabaseServer):
         """Whether this server takes row_start/row_end on insert (MariaDB 10.11+:
         system_versioning_insert_history), so history can be dumped and restored."""
         return self._is_mariadb() and version_tuple(self.server_version()) >= HISTORY_SINCE
-
-    row_counts_note: ClassVar[str] = (
-        "exact, counted in the dump stream; system-versioned tables with their history"
-    )
 
     def dump_row_counter(self, tables: list[str]) -> DumpRowCounter:
         """Rows counted in the dump's own INSERT statements (its snapshot, whatever runs)."""

@@ -104,6 +104,8 @@ class DatabaseServer(Block, ABC):
     system_databases: ClassVar[frozenset[str]]
     dump_options: ClassVar[list[str]]
     supports_rename: ClassVar[bool] = False
+    # how the manifest's row counts were taken (said in verify's log)
+    row_counts_note: ClassVar[str] = "exact, taken in the dump's own snapshot"
     # restore --with-users: roles first (PostgreSQL: the database's grants and owners name
     # them), or after the database (MySQL: table grants need the tables)
     users_before_database: ClassVar[bool] = False
@@ -221,8 +223,6 @@ class DatabaseServer(Block, ABC):
         """A counter of the rows in this engine's dump stream, for engines whose dump takes
         a snapshot nobody can share (default None: counts come from dump_snapshot)."""
         return None
-
-    row_counts_note: ClassVar[str] = "exact, taken in the dump's own snapshot"
 
     def dump_options_for(self, database: str) -> list[str]:
         """The options a dump of database runs with (recorded in its manifest)."""
