@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
 import pymysql
 import sqlalchemy as sa
+from prefect_dbbackup.blocks.dump_rows import DumpRowCounter
 from prefect_dbbackup.blocks.errors import (
     AuthError,
     ConfigError,
@@ -19,7 +20,15 @@ from prefect_dbbackup.blocks.errors import (
     DbBackupError,
     PermissionDenied,
 )
-from prefect_dbbackup.blocks.globals_sql import MySQLAccount, backtick, mysql_script, mysql_text
+from prefect_dbbackup.blocks.globals_sql import (
+    MySQLAccount,
+    backtick,
+    mysql_script,
+    mysql_text,
+    split_statements,
+)
+from prefect_dbbackup.blocks.mysql_events import ShownEvent, events_script
+from prefect_dbbackup.blocks.properties import DatabaseProperties
 from prefect_dbbackup.blocks.server import DatabaseServer, GlobalsDump, ToolCommand, private_file
 from pydantic import Field
 
@@ -30,7 +39,7 @@ DUMP_OPTIONS: list[str] = [
     "--quick",
     "--routines",
     "--triggers",
-    "--events",
+    "--skip-events",  # appended from SHOW CREATE EVENT instead (blocks/mysql_events.py)
     "--hex-blob",
     "--default-character-set=utf8mb4",
 ]
@@ -40,10 +49,14 @@ DUMP_OPTIONS: list[str] = [
 SYSTEM_ACCOUNTS = ("mariadb.sys", "mysql.sys", "mysql.session", "mysql.infoschema", "PUBLIC")
 ACCOUNT_GONE = (1133, 1141, 1396)  # no such user / grant: dropped while we listed
 MISSING_OBJECT = (1146, 1054, 1305)  # no such table / column / routine
+NO_BACKSLASH_ESCAPES = "CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')"
+HISTORY_SINCE = (10, 11)  # mariadb-dump --dump-history, system_versioning_insert_history
 LOGIN_REJECTED = (1045, 1698, 1251)  # bad password, unix_socket mismatch, auth plugin
 # the login was accepted, a privilege is missing: on a database, a table or column,
 # a server-wide one (RELOAD, PROCESS, ...), a routine
 PRIVILEGE_MISSING = (1044, 1142, 1143, 1227, 1370)
+# granting what the login holds without GRANT OPTION, creating a user through GRANT
+GRANT_REFUSED = (1410,)
 
 
 def version_tuple(text: str, client: bool = False) -> tuple[int, int]:
@@ -74,6 +87,9 @@ class MySQLServer(DatabaseServer):
         {"mysql", "information_schema", "performance_schema", "sys"}
     )
     dump_options: ClassVar[list[str]] = DUMP_OPTIONS
+    row_counts_note: ClassVar[str] = (
+        "exact, counted in the dump stream; system-versioned tables with their history"
+    )
 
     port: int = Field(default=3306)
     user: str = Field(default="root", description="Login used for dumps and restores.")
@@ -125,15 +141,18 @@ class MySQLServer(DatabaseServer):
         return sorted(r[0] for r in conn.execute(sa.text("SHOW DATABASES")))
 
     def _table_refs(self, conn: sa.Connection, database: str) -> list[tuple[str, str]]:
-        # system-versioned tables are dumped with their current rows; sequences are not tables
+        # system-versioned tables count with their history (--dump-history dumps it);
+        # sequences are not tables
         rows = conn.execute(
             sa.text(
-                "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = :db "
-                "AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED') ORDER BY TABLE_NAME"
+                "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = :db AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED') "
+                "ORDER BY TABLE_NAME"
             ),
             {"db": database},
         )
-        return [(name, self.quote(name)) for (name,) in rows]
+        history = {"SYSTEM VERSIONED": " FOR SYSTEM_TIME ALL"}
+        return [(name, self.quote(name) + history.get(kind, "")) for name, kind in rows]
 
     def _version_query(self) -> str:
         return "SELECT VERSION()"
@@ -150,6 +169,33 @@ class MySQLServer(DatabaseServer):
         if row is None:
             raise DatabaseNotFound(f"no database {database!r} on {self.describe()}")
         return {"character_set": row[0], "collation": row[1]}
+
+    def database_properties(self, database: str) -> DatabaseProperties | None:
+        """The database's COMMENT (MariaDB 10.5+), which a dump without --databases lacks."""
+        if not self._has_schema_comments():
+            return None
+        with self.connect() as conn:
+            comment = conn.execute(
+                sa.text(
+                    "SELECT SCHEMA_COMMENT FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :n"
+                ),
+                {"n": database},
+            ).scalar_one_or_none()
+        return DatabaseProperties(comment=comment) if comment else None
+
+    def apply_database_properties(self, database: str, properties: DatabaseProperties) -> list[str]:
+        """Set the recorded COMMENT on database (under its new name). The literal is written
+        for a session with NO_BACKSLASH_ESCAPES, where only `'` is special (doubled): quotes,
+        backslashes and newlines stay text whatever the server's sql_mode."""
+        if not properties.comment:
+            return []
+        if not self._has_schema_comments():
+            return [f"the database comment: {self.server_version()} keeps no database comments"]
+        literal = "'" + properties.comment.replace("'", "''") + "'"
+        with self.connect() as conn:
+            self.run_sql(conn, f"SET SESSION sql_mode = {NO_BACKSLASH_ESCAPES}")
+            self.run_sql(conn, f"ALTER DATABASE {self.quote(database)} COMMENT {literal}")
+        return []
 
     def quote(self, name: str) -> str:
         return backtick(name)
@@ -175,29 +221,47 @@ class MySQLServer(DatabaseServer):
     def globals_script(self, workdir: Path) -> GlobalsDump:
         """SHOW CREATE USER (password hash and plugin) and SHOW GRANTS of every selected
         account and role, read as bytes so that binary hashes survive (as hex literals)."""
+        try:
+            accounts = self._read_accounts(self.account_selected)
+        except pymysql.MySQLError as exc:
+            error = self._classify(exc)
+            if isinstance(error, PermissionDenied):
+                raise PermissionDenied(
+                    f"MySQL at {self.describe()}: the login {self.user!r} may not read the "
+                    f"accounts ({self._error_text(exc)}); grant it SELECT on mysql.* or set "
+                    "backup_users: false on the block"
+                ) from None
+            raise error from None
+        client = f"PyMySQL {pymysql.__version__}"
+        return GlobalsDump(mysql_script(accounts), "pymysql", client, ["SHOW CREATE USER"])
+
+    def account_statements(self) -> set[str]:
+        """Every account of this server as globals_script writes it (all of them, whatever
+        the block selects): a replayed statement found here is already in force."""
+        try:
+            accounts = self._read_accounts(lambda _: True)
+        except pymysql.MySQLError as exc:
+            error = self._classify(exc)
+            if not isinstance(error, PermissionDenied):
+                raise error from None
+            log.warning("%s; every statement is replayed", error)
+            return set()
+        return set(split_statements(mysql_script(accounts), "mysql"))
+
+    def _read_accounts(self, selected: Callable[[str], bool]) -> list[MySQLAccount]:
+        """The selected accounts' SHOW output; raises pymysql's error as it is."""
         role_column = "is_role = 'Y'" if self._is_mariadb() else "FALSE"
         accounts = []
         with self.connect() as conn:
             cursor = conn.connection.cursor()  # DBAPI: the text is sent as it is
-            try:
-                cursor.execute(f"SELECT User, Host, {role_column} FROM mysql.user ORDER BY 1, 2")
-                listed = [(user, host, bool(role)) for user, host, role in cursor.fetchall()]
-                cursor.execute("SET SESSION character_set_results = binary")
-                for user, host, is_role in listed:
-                    if self.account_selected(user):
-                        account = self._account(cursor, user, host, is_role)
-                        accounts += [account] if account else []
-            except pymysql.MySQLError as exc:
-                error = self._classify(exc)
-                if isinstance(error, PermissionDenied):
-                    raise PermissionDenied(
-                        f"MySQL at {self.describe()}: the login {self.user!r} may not read the "
-                        f"accounts ({self._error_text(exc)}); grant it SELECT on mysql.* or set "
-                        "backup_users: false on the block"
-                    ) from None
-                raise error from None
-        client = f"PyMySQL {pymysql.__version__}"
-        return GlobalsDump(mysql_script(accounts), "pymysql", client, ["SHOW CREATE USER"])
+            cursor.execute(f"SELECT User, Host, {role_column} FROM mysql.user ORDER BY 1, 2")
+            listed = [(user, host, bool(role)) for user, host, role in cursor.fetchall()]
+            cursor.execute("SET SESSION character_set_results = binary")
+            for user, host, is_role in listed:
+                if selected(user):
+                    account = self._account(cursor, user, host, is_role)
+                    accounts += [account] if account else []
+        return accounts
 
     @staticmethod
     def _account(
@@ -224,8 +288,61 @@ class MySQLServer(DatabaseServer):
             return "the table, column or routine it grants on does not exist (yet)"
         return None
 
+    def _denied(self, statement: str, exc: Exception) -> str | None:
+        # on an open session an access-denied error is about this statement, not the login
+        code = exc.args[0] if exc.args else None
+        if code in LOGIN_REJECTED + PRIVILEGE_MISSING + GRANT_REFUSED:
+            return f"{self.user!r} may not run it here: {self._error_text(exc)}"
+        return None
+
     def _is_mariadb(self) -> bool:
         return "mariadb" in self.server_version().lower()
+
+    def _has_schema_comments(self) -> bool:
+        """Whether databases have a COMMENT (MariaDB 10.5+)."""
+        return self._is_mariadb() and version_tuple(self.server_version()) >= (10, 5)
+
+    def _inserts_history(self) -> bool:
+        """Whether this server takes row_start/row_end on insert (MariaDB 10.11+:
+        system_versioning_insert_history), so history can be dumped and restored."""
+        return self._is_mariadb() and version_tuple(self.server_version()) >= HISTORY_SINCE
+
+    def dump_row_counter(self, tables: list[str]) -> DumpRowCounter:
+        """Rows counted in the dump's own INSERT statements (its snapshot, whatever runs)."""
+        return DumpRowCounter(tables)
+
+    def dump_options_for(self, database: str) -> list[str]:
+        """DUMP_OPTIONS, and --dump-history when the history can be dumped (_history_plan)."""
+        history, _ = self._history_plan(database)
+        return [*DUMP_OPTIONS, *(["--dump-history"] if history else [])]
+
+    def _history_plan(self, database: str) -> tuple[bool, str | None]:
+        """(whether to dump with --dump-history, why history is lost if it is).
+
+        It needs MariaDB and mariadb-dump 10.11+: a history dump of an older server could not
+        be restored into the server it came from. mariadb-dump refuses the whole dump when a
+        table keeps transaction-precise history (row start/end as BIGINT transaction ids).
+        """
+        if not self._is_mariadb():
+            return False, None  # MySQL has no system versioning
+        with self.connect() as conn:
+            versioned = conn.execute(
+                sa.text(
+                    "SELECT t.TABLE_NAME, c.DATA_TYPE FROM information_schema.TABLES t "
+                    "LEFT JOIN information_schema.COLUMNS c ON c.TABLE_SCHEMA = t.TABLE_SCHEMA "
+                    "AND c.TABLE_NAME = t.TABLE_NAME AND c.GENERATION_EXPRESSION = 'ROW START' "
+                    "WHERE t.TABLE_SCHEMA = :db AND t.TABLE_TYPE = 'SYSTEM VERSIONED'"
+                ),
+                {"db": database},
+            ).all()
+        client = version_tuple(self.client_version(self.dump_client()), client=True)
+        trx_precise = sorted(name for name, kind in versioned if kind == "bigint")
+        if not self._inserts_history() or client < HISTORY_SINCE:
+            lost = "that needs MariaDB and mariadb-dump 10.11 or newer"
+            return False, lost if versioned else None
+        if trx_precise:
+            return False, f"{', '.join(trx_precise)} keep transaction-precise history"
+        return True, None
 
     def dump_client(self) -> str:
         server = self.server_version()
@@ -283,10 +400,42 @@ class MySQLServer(DatabaseServer):
         # mariadb-dump takes its own snapshot (--single-transaction): none can be shared
         client = self.dump_client()
         env = self.clean_env(("MYSQL", "MARIADB"))
+        options = self.dump_options_for(database)
+        _, gap = self._history_plan(database)
+        if gap:
+            log.warning(
+                "the history of the system-versioned tables of %r is not backed up, only "
+                "their current rows: %s",
+                database,
+                gap,
+            )
+        trailer = events_script(self._events(database))  # see blocks/mysql_events.py
         with self._defaults_file(workdir) as defaults:
             # no --databases: the dump has no CREATE DATABASE/USE and restores under any name
-            argv = [client, defaults, *DUMP_OPTIONS, "--", database]
-            yield ToolCommand(argv, env, self.secrets())
+            argv = [client, defaults, *options, "--", database]
+            yield ToolCommand(argv, env, self.secrets(), trailer)
+
+    def _events(self, database: str) -> list[ShownEvent]:
+        """SHOW CREATE EVENT of every event of database, the statement as stored bytes."""
+        with self.connect() as conn:
+            cursor = conn.connection.cursor()  # DBAPI: the text is sent as it is
+            try:
+                cursor.execute(
+                    "SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = %s "
+                    "ORDER BY EVENT_NAME",
+                    (database,),
+                )
+                names = [name for (name,) in cursor.fetchall()]
+                cursor.execute("SET SESSION character_set_results = binary")
+                events = []
+                for name in names:
+                    cursor.execute(f"SHOW CREATE EVENT {self.quote(database)}.{self.quote(name)}")
+                    _, mode, zone, create, client, collation, _ = cursor.fetchone()
+                    text = [v.decode() for v in (mode, zone, client, collation)]
+                    events.append(ShownEvent(name, text[0], text[1], create, *text[2:]))
+            except pymysql.MySQLError as exc:
+                raise self._classify(exc) from None
+        return events
 
     @contextlib.contextmanager
     def restore_command(
@@ -301,4 +450,8 @@ class MySQLServer(DatabaseServer):
         with self._defaults_file(workdir) as defaults:
             # --comments keeps comments inside routine, trigger and event bodies
             argv = [client, defaults, "--binary-mode", "--comments", f"--database={database}"]
+            if self._inserts_history():
+                # row_start/row_end of history rows are inserted as they were dumped
+                # (the dump sets it too, inside a /*M!101100 */ comment)
+                argv.insert(2, "--init-command=SET SESSION system_versioning_insert_history=1")
             yield ToolCommand(argv, env, self.secrets())

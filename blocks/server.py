@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import sqlalchemy as sa
 from prefect.blocks.core import Block
@@ -35,6 +35,7 @@ class ToolCommand:
     argv: list[str]
     env: dict[str, str]
     secrets: list[str] = field(default_factory=list)
+    trailer: bytes = b""  # appended to the tool's output (what the tool itself cannot dump)
 
 
 @dataclass
@@ -44,6 +45,14 @@ class DumpSnapshot:
     tables: list[str]
     row_counts: dict[str, int] | None = None
     snapshot_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Why a globals statement was not applied on replay; denied: the login may not run it."""
+
+    reason: str
+    denied: bool = False
 
 
 @dataclass
@@ -80,6 +89,14 @@ def _version_line(path: str, mtime_ns: int) -> str:
     ).stdout.strip()
 
 
+class RowCounter(Protocol):
+    """Counts the rows of each table in a dump stream as it passes by."""
+
+    def feed(self, data: bytes | memoryview) -> None: ...
+
+    def finish(self) -> dict[str, int] | None: ...
+
+
 class DatabaseServer(Block, ABC):
     """A database server to back up. Subclasses know one engine."""
 
@@ -87,6 +104,8 @@ class DatabaseServer(Block, ABC):
     system_databases: ClassVar[frozenset[str]]
     dump_options: ClassVar[list[str]]
     supports_rename: ClassVar[bool] = False
+    # how the manifest's row counts were taken (said in verify's log)
+    row_counts_note: ClassVar[str] = "exact, taken in the dump's own snapshot"
     # restore --with-users: roles first (PostgreSQL: the database's grants and owners name
     # them), or after the database (MySQL: table grants need the tables)
     users_before_database: ClassVar[bool] = False
@@ -161,6 +180,15 @@ class DatabaseServer(Block, ABC):
     def _tolerated(self, statement: str, exc: Exception) -> str | None:
         """Why a failed globals statement may be skipped on replay, or None: it is an error."""
 
+    def _denied(self, statement: str, exc: Exception) -> str | None:
+        """Why the login may not run a globals statement (a privilege it lacks), or None."""
+        return None
+
+    def account_statements(self) -> set[str]:
+        """The statements the target's current accounts would be backed up as: replaying
+        one of them changes nothing (default: none known, everything is replayed)."""
+        return set()
+
     @abstractmethod
     def database_options(self, database: str) -> dict[str, str]:
         """Creation options (encoding, collation) to recreate the database with."""
@@ -190,6 +218,15 @@ class DatabaseServer(Block, ABC):
         self, database: str, workdir: Path, archive: Path | None = None, jobs: int = 1
     ) -> Iterator[ToolCommand]:
         """The restore invocation: reading the dump on stdin, or from an archive file with jobs."""
+
+    def dump_row_counter(self, tables: list[str]) -> RowCounter | None:
+        """A counter of the rows in this engine's dump stream, for engines whose dump takes
+        a snapshot nobody can share (default None: counts come from dump_snapshot)."""
+        return None
+
+    def dump_options_for(self, database: str) -> list[str]:
+        """The options a dump of database runs with (recorded in its manifest)."""
+        return list(self.dump_options)
 
     def swap_database(self, replacement: str, target: str) -> None:
         """Put replacement in target's place and drop the old target (engines that rename)."""
@@ -235,9 +272,9 @@ class DatabaseServer(Block, ABC):
         )
 
     @contextlib.contextmanager
-    def replay_session(self) -> Iterator[Callable[[str], str | None]]:
+    def replay_session(self) -> Iterator[Callable[[str], Skip | None]]:
         """Run globals statements one by one on one connection. Each call returns None
-        when the statement was applied, or why it was skipped (see _tolerated)."""
+        when the statement was applied, or why it was skipped (_tolerated, _denied)."""
         with self.connect() as conn:
             dbapi = conn.connection  # no bind-parameter parsing of ':' or '%' in the text
 
@@ -246,10 +283,11 @@ class DatabaseServer(Block, ABC):
                 try:
                     cursor.execute(statement)
                 except Exception as exc:
-                    reason = self._tolerated(statement, exc)
-                    if reason is None:
-                        raise self._classify(exc) from None
-                    return reason
+                    if (reason := self._tolerated(statement, exc)) is not None:
+                        return Skip(reason)
+                    if (reason := self._denied(statement, exc)) is not None:
+                        return Skip(reason, denied=True)
+                    raise self._classify(exc) from None
                 finally:
                     cursor.close()
                 return None

@@ -21,7 +21,7 @@ from prefect_dbbackup.tasks.layout import backup_key
 from prefect_dbbackup.tasks.limits import host_slot
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import OBJECT_NAMES, Manifest
-from prefect_dbbackup.tasks.stream import encrypt_stream
+from prefect_dbbackup.tasks.stream import TrailedReader, encrypt_stream
 from pydantic import BaseModel
 
 DUMP_FORMATS = {"postgres": "pg_custom", "mysql": "sql"}
@@ -90,8 +90,15 @@ def dump_database(
                 open(spool, "wb") as out,
             ):
                 assert proc.stdout is not None
+                counter = server.dump_row_counter(snapshot.tables)
                 stats = encrypt_stream(
-                    proc.stdout, out, recipients, level=level, threads=threads, on_progress=progress
+                    TrailedReader(proc.stdout, cmd.trailer) if cmd.trailer else proc.stdout,
+                    out,
+                    recipients,
+                    level=level,
+                    threads=threads,
+                    on_progress=progress,
+                    tap=counter.feed if counter else None,
                 )
                 out.flush()
                 os.fsync(out.fileno())
@@ -110,10 +117,10 @@ def dump_database(
             dump_format=DUMP_FORMATS[server.server_type],  # type: ignore[arg-type]
             stats=stats,
             recipients=encryption.fingerprints(),
-            dump_options=server.dump_options,
+            dump_options=server.dump_options_for(database),
             create_options=options,
             tables=snapshot.tables,
-            row_counts=snapshot.row_counts,
+            row_counts=counter.finish() if counter else snapshot.row_counts,
             database_properties=properties,
         )
     except BaseException as exc:

@@ -31,6 +31,8 @@ from prefect_dbbackup.blocks.errors import (
     redact,
 )
 from prefect_dbbackup.blocks.globals_sql import (
+    Engine,
+    Statement,
     mask,
     matches,
     parse_script,
@@ -38,7 +40,7 @@ from prefect_dbbackup.blocks.globals_sql import (
     secrets_of,
     select_statements,
 )
-from prefect_dbbackup.blocks.server import DatabaseServer
+from prefect_dbbackup.blocks.server import DatabaseServer, Skip
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.backup import DumpResult, _retry_if_transient, tool_version
 from prefect_dbbackup.tasks.catalog import find_backup, list_backups, not_future_dated
@@ -172,8 +174,23 @@ class UsersResult(BaseModel):
     accounts: list[str]
     statements: list[str]
     applied: int = 0
+    unchanged: int = 0  # already in force on the target: not run
     skipped: list[str] = []
+    refused: list[str] = []  # among skipped: the restoring login may not run them
     note: str | None = None
+
+
+class UsersPartlyRestored(DbBackupError):
+    """Some users/roles statements were refused to the restoring login; the rest applied."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, result: UsersResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self):  # noqa: ANN204
+        return (UsersPartlyRestored, (str(self), self.result))
 
 
 def read_globals(
@@ -248,30 +265,57 @@ def restore_globals(
     )
     if dry_run:
         return result
+    _replay(server, statements, engine, result)
+    for line in result.skipped:
+        (log.warning if line in result.refused else log.info)("skipped %s", line)
+    summary = (
+        f"{len(accounts)} users/roles from backup {manifest.backup_id} into {server.describe()}: "
+        f"{result.applied} statements applied, {result.unchanged} already in force, "
+        f"{len(result.skipped)} skipped"
+    )
+    if result.refused:
+        raise UsersPartlyRestored(
+            f"users/roles restore incomplete: {summary} ({len(result.refused)} refused to the "
+            "login): "
+            f"{'; '.join(result.skipped)}. Everything else was applied. Run restore-users again "
+            "as a login that holds these privileges (and may grant them), or leave those "
+            "accounts out with --user",
+            result,
+        )
+    log.info("restored %s", summary)
+    return result
+
+
+def _replay(
+    server: DatabaseServer, statements: list[Statement], engine: Engine, result: UsersResult
+) -> None:
+    """Run the statements not already in force; a refused one is skipped, and so are the
+    later failures of its account (a user whose CREATE was refused cannot be granted to)."""
+    in_force = server.account_statements()
+    refused_accounts: set[str | None] = set()
     with server.replay_session() as run:
         for i, s in enumerate(statements):
+            if s.text in in_force:
+                result.unchanged += 1
+                continue
             try:
-                reason = run(s.text)
+                skip = run(s.text)
             except DbBackupError as exc:
-                raise type(exc)(
-                    f"statement {i + 1} of {len(statements)} ({first_words(s.text, engine)}) "
-                    f"failed: {redact(str(exc), secrets_of(s.text, engine))}"
-                ) from None
-            if reason is None:
+                message = redact(str(exc), secrets_of(s.text, engine))
+                if s.subject is None or s.subject not in refused_accounts:
+                    raise type(exc)(
+                        f"statement {i + 1} of {len(statements)} "
+                        f"({first_words(s.text, engine)}) failed: {message}"
+                    ) from None
+                skip = Skip(f"an earlier statement of {s.subject} was refused: {message}", True)
+            if skip is None:
                 result.applied += 1
-            else:
-                result.skipped.append(f"{first_words(s.text, engine)}: {reason}")
-    for line in result.skipped:
-        log.info("skipped %s", line)
-    log.info(
-        "restored %d users/roles from backup %s into %s: %d statements applied, %d skipped",
-        len(accounts),
-        manifest.backup_id,
-        server.describe(),
-        result.applied,
-        len(result.skipped),
-    )
-    return result
+                continue
+            line = f"{first_words(s.text, engine)}: {skip.reason}"
+            result.skipped.append(line)
+            if skip.denied:
+                result.refused.append(line)
+                refused_accounts.add(s.subject)
 
 
 def first_words(statement: str, engine: str, limit: int = 80) -> str:

@@ -30,9 +30,11 @@ class CountingReader(io.RawIOBase):
         inner: BinaryIO,
         on_progress: Callable[[int], None] | None = None,
         every: int = 256 << 20,
+        tap: Callable[[memoryview], None] | None = None,
     ) -> None:
         self.inner = inner
         self.count = 0
+        self._tap = tap
         self._on_progress = on_progress
         self._every = every
         self._next_report = every
@@ -43,10 +45,26 @@ class CountingReader(io.RawIOBase):
     def readinto(self, buffer) -> int:  # type: ignore[override]
         n = self.inner.readinto(buffer) or 0
         self.count += n
+        if self._tap and n:
+            self._tap(memoryview(buffer)[:n])
         if self._on_progress and self.count >= self._next_report:
             self._next_report += self._every
             self._on_progress(self.count)
         return n
+
+
+class TrailedReader(io.RawIOBase):
+    """Reads inner to its end, then the bytes of trailer."""
+
+    def __init__(self, inner: BinaryIO, trailer: bytes) -> None:
+        self.inner = inner
+        self._trailer = io.BytesIO(trailer)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        return self.inner.readinto(buffer) or self._trailer.readinto(buffer)
 
 
 class HashingWriter:
@@ -78,11 +96,14 @@ def encrypt_stream(
     level: int = 3,
     threads: int = 2,
     on_progress: Callable[[int], None] | None = None,
+    tap: Callable[[memoryview], None] | None = None,
 ) -> StreamStats:
-    """Compress (zstd) and encrypt (age) source into dest; return sizes and the sha256."""
+    """Compress (zstd) and encrypt (age) source into dest; return sizes and the sha256.
+
+    tap, if given, sees every plaintext chunk on its way (e.g. to count rows)."""
     if not recipients:
         raise ValueError("refusing to write a backup without an age recipient")
-    raw = CountingReader(source, on_progress)
+    raw = CountingReader(source, on_progress, tap=tap)
     compressor = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
     compressed = CountingReader(compressor.stream_reader(raw, read_size=READ_SIZE))
     out = HashingWriter(dest)

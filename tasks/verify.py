@@ -124,9 +124,10 @@ def _listed(names: list[str]) -> str:
 def compare(manifest: Manifest, restored: dict[str, int]) -> tuple[str, list[str]]:
     """(what was checked, the differences) between a restored copy and its manifest.
 
-    PostgreSQL manifests carry exact row counts from the dump's snapshot: tables
-    and counts must match. MySQL/MariaDB manifests carry the table list only.
-    Manifests written before verify existed carry neither: the restore is the check.
+    Manifests carry exact row counts (PostgreSQL: taken in the dump's snapshot;
+    MariaDB: counted in the dump stream, history rows included): tables and counts
+    must match. Older ones carry the table list only, or (before verify existed)
+    nothing: then the restore is the check.
     """
     expected = manifest.row_counts if manifest.row_counts is not None else manifest.tables
     if expected is None:
@@ -192,12 +193,13 @@ def verify_backup(
             rows,
         )
     log.info(
-        "backup %s of %r: %d tables, %d rows (%s)",
+        "backup %s of %r: %d tables, %d rows (%s%s)",
         manifest.backup_id,
         manifest.database,
         tables,
         rows,
         checked,
+        f": {server.row_counts_note}" if checked == "row counts" else "",
     )
     result = VerifyResult(
         database=manifest.database,

@@ -148,10 +148,11 @@ def test_users_come_back_with_their_grants_and_passwords(env, accounts, caplog):
     assert accounts.listing() == original
     assert accounts.login() == (accounts.role, 1)
 
-    # a second restore changes nothing and fails on nothing
+    # a second restore finds every account as backed up: it runs nothing, fails on nothing
     again = _users(env, accounts.block, "--backup-id", backup_id, "--json")
     assert again.exit_code == 0, again.output
-    assert json.loads(again.stdout)["applied"] == first["applied"]
+    second = json.loads(again.stdout)
+    assert (second["applied"], second["unchanged"]) == (0, first["applied"])
     assert accounts.listing() == original
 
     # the hash is in the backup (that is the point) but never in what is shown or logged
@@ -236,3 +237,92 @@ def test_a_globals_failure_fails_the_run(env, my_db, my_admin):
     finally:
         with my_admin.connect() as conn, conn.cursor() as cur:
             cur.execute(f"DROP USER IF EXISTS `{user}`@`%`")
+
+
+def _socket_root() -> pymysql.Connection:
+    """root@localhost over the socket: unlike root@127.0.0.1 it may grant PROXY."""
+    socket = MyAdmin().query(None, "SELECT @@socket")[0][0]
+    return pymysql.connect(unix_socket=socket, user="root", autocommit=True)
+
+
+def _grants(admin: MyAdmin, account: str) -> list[str]:
+    return sorted(r[0] for r in admin.query(None, f"SHOW GRANTS FOR {account}"))
+
+
+def test_statements_the_login_may_not_run_are_skipped_and_fail_the_run(
+    env, accounts, my_admin, cleanup_my
+):
+    """A restoring login without GRANT OPTION on PROXY (as root@127.0.0.1 or a dedicated
+    account on a stock MariaDB): the PROXY grant is skipped and named, everything else is
+    restored, the run exits 1; the stock mysql@localhost account, unchanged, is left alone."""
+    from prefect_dbbackup.blocks import MySQLServer
+
+    proxy = f"`{accounts.prefix}px`@`localhost`"
+    restorer, password = f"{accounts.prefix}restorer", f"r-{uuid.uuid4().hex}"
+    try:
+        with _socket_root() as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE USER {proxy} IDENTIFIED BY 'p-{uuid.uuid4().hex}'")
+            cur.execute(f"GRANT SELECT ON `{accounts.database}`.* TO {proxy}")
+            cur.execute(f"GRANT PROXY ON ''@'%' TO {proxy} WITH GRANT OPTION")
+        stock = "`mysql`@`localhost`"
+        stock_grants = _grants(my_admin, stock)
+        assert any(g.startswith("GRANT PROXY") for g in stock_grants)
+        original, proxy_grants = accounts.listing(), _grants(my_admin, proxy)
+        block = accounts.block + "-stock"
+        include = [accounts.prefix + "*", "mysql"]
+        MySQLServer(host=MY["host"], port=MY["port"], user="root", account_include=include).save(
+            block
+        )
+        result = env.cli("backup", block, "--database", accounts.database, "--json")
+        assert result.exit_code == 0, result.output
+
+        # created after the backup: it is not in it
+        my_admin.execute(
+            None,
+            f"CREATE USER `{restorer}`@`%` IDENTIFIED BY '{password}'",
+            f"GRANT ALL PRIVILEGES ON *.* TO `{restorer}`@`%` WITH GRANT OPTION",
+        )
+        as_restorer = block + "-restorer"
+        MySQLServer(host=MY["host"], port=MY["port"], user=restorer, password=password).save(
+            as_restorer
+        )
+        accounts.drop()
+        my_admin.execute(None, f"DROP USER {proxy}")
+
+        args = ["--from-server", block, "--storage", env.storage, "--encryption", env.encryption]
+        partial = env.cli("restore-users", as_restorer, *args)
+        assert partial.exit_code == 1, partial.output
+        assert f"GRANT PROXY ON ``@`%` TO {proxy} WITH GRANT OPTION" in partial.stderr
+        assert "may not run" in partial.stderr
+        assert "mysql`@`localhost" not in partial.stderr
+        # everything else came back, the PROXY grant did not, the stock account is untouched
+        assert accounts.listing() == original
+        assert accounts.login() == (accounts.role, 1)
+        assert _grants(my_admin, proxy) == [g for g in proxy_grants if "PROXY" not in g]
+        assert _grants(my_admin, stock) == stock_grants
+
+        # run again: all in force but the refused grant, still exit 1 and named
+        again = env.cli("restore-users", as_restorer, *args)
+        assert again.exit_code == 1, again.output
+        assert again.stderr.count("GRANT PROXY") == 1
+        assert "0 statements applied" in again.stderr and "1 skipped" in again.stderr
+
+        # restore --with-users: the database is restored, the refused grant named, exit 1
+        target = accounts.database + "_copy"
+        cleanup_my.append(target)
+        both = env.cli("restore", as_restorer, accounts.database, "--into", target,
+                       "--with-users", *args)  # fmt: skip
+        assert both.exit_code == 1, both.output
+        assert "users/roles restore incomplete" in both.stderr and "GRANT PROXY" in both.stderr
+        assert my_admin.table_fingerprints(target) == my_admin.table_fingerprints(accounts.database)
+
+        # a login the server refuses is still exit 4
+        MySQLServer(host=MY["host"], port=MY["port"], user=restorer, password="wrong").save(
+            as_restorer + "-badpw"
+        )
+        refused = env.cli("restore-users", as_restorer + "-badpw", *args)
+        assert refused.exit_code == 4, refused.output
+    finally:
+        my_admin.execute(
+            None, f"DROP USER IF EXISTS {proxy}", f"DROP USER IF EXISTS `{restorer}`@`%`"
+        )

@@ -98,36 +98,57 @@ def test_postgres_backup_verifies_with_exact_row_counts(env, pg_db, pg_admin):
     }
 
 
-def test_mariadb_backup_verifies_table_list_and_reports_rows(env, my_db, my_admin):
+def test_mariadb_backup_verifies_row_counts_counted_in_the_dump(env, my_db, my_admin):
+    """MariaDB counts come from the dump stream itself (history rows included); a manifest
+    without them still verifies its table list, and a count that differs fails."""
     db = my_db()
     my_admin.execute(
         db,
         "CREATE TABLE a (id INT PRIMARY KEY, v VARCHAR(20))",
-        "INSERT INTO a VALUES (1, 'x'), (2, 'y'), (3, 'z')",
+        "INSERT INTO a VALUES (1, 'x'), (2, 'y),(z'), (3, '\\'),(\\n')",
         "CREATE TABLE `odd name` (x BLOB)",
         "INSERT INTO `odd name` VALUES (0x00ff), (NULL)",
         "CREATE TABLE hist (x INT) WITH SYSTEM VERSIONING",
         "INSERT INTO hist VALUES (7)",
         "UPDATE hist SET x = 8",
+        "CREATE TABLE empty (x INT)",
         "CREATE VIEW av AS SELECT id FROM a",
         "CREATE SEQUENCE seq",
     )
     source = _my_source_counts(my_admin, db)
-    source["hist"] = my_admin.query(db, "SELECT count(*) FROM hist")[0][0]
+    source["hist"] = my_admin.query(db, "SELECT count(*) FROM hist FOR SYSTEM_TIME ALL")[0][0]
+    assert source == {"a": 3, "odd name": 2, "hist": 2, "empty": 0}
     backup_server(server=env.my, storage=env.storage, encryption=env.encryption, databases=[db])
-    manifest = Manifest.from_bytes(_manifest_path(env, env.my, db).read_bytes())
-    assert manifest.tables == sorted(source) and manifest.row_counts is None
+    path = _manifest_path(env, env.my, db)
+    manifest = Manifest.from_bytes(path.read_bytes())
+    assert manifest.tables == sorted(source) and manifest.row_counts == source
 
-    result = env.cli(
-        "verify", env.my, "--database", db, "--storage", env.storage,
-        "--encryption", env.encryption, "--json",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    [outcome] = data["databases"]
-    assert outcome["status"] == "ok" and outcome["checked"] == "table list"
-    assert (outcome["tables"], outcome["rows"]) == (3, sum(source.values()))
-    assert source == {"a": 3, "odd name": 2, "hist": 1}
+    def verify() -> tuple[int, dict]:
+        result = env.cli(
+            "verify", env.my, "--database", db, "--storage", env.storage,
+            "--encryption", env.encryption, "--json",
+        )  # fmt: skip
+        return result.exit_code, json.loads(result.stdout)["databases"][0]
+
+    code, outcome = verify()
+    assert code == 0, outcome
+    assert outcome["status"] == "ok" and outcome["checked"] == "row counts"
+    assert (outcome["tables"], outcome["rows"]) == (4, sum(source.values()))
+    assert _scratch_left(my_admin, db) == []
+
+    doctored = json.loads(path.read_text())
+    doctored["row_counts"]["hist"] = 1  # what a restore that lost the history would show
+    path.write_text(json.dumps(doctored))
+    env.resign(path)
+    code, outcome = verify()
+    assert code == 2 and outcome["status"] == "failed"
+    assert "hist has 2 rows, 1 at backup time" in outcome["error"]
+
+    del doctored["row_counts"]  # a manifest from before the counts
+    path.write_text(json.dumps(doctored))
+    env.resign(path)
+    code, outcome = verify()
+    assert code == 0 and outcome["checked"] == "table list"
     assert _scratch_left(my_admin, db) == []
 
 
