@@ -15,7 +15,7 @@ from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.report import artifact_key
 from prefect_dbbackup.flows.users import restore_users
 from prefect_dbbackup.tasks.catalog import find_backup
-from prefect_dbbackup.tasks.globals import UsersResult
+from prefect_dbbackup.tasks.globals import UsersPartlyRestored, UsersResult
 from prefect_dbbackup.tasks.restore import RestoreResult, restore_task
 from prefect_dbbackup.tasks.workdir import private_workdir
 
@@ -80,19 +80,27 @@ def restore_database(
         srv.describe(),
     )
 
+    incomplete: list[UsersPartlyRestored] = []
+
     def users() -> UsersResult | None:
+        """The users/roles restore; one that some statements were refused to is kept and
+        reported at the end, so that the database is still restored."""
         if not with_users:
             return None
-        return restore_users(
-            server=server,
-            storage=storage,
-            encryption=encryption,
-            backup_id=manifest.backup_id,
-            identity_file=identity_file,
-            source_server=source_server,
-            for_database=database,
-            allow_unsigned=allow_unsigned,
-        )
+        try:
+            return restore_users(
+                server=server,
+                storage=storage,
+                encryption=encryption,
+                backup_id=manifest.backup_id,
+                identity_file=identity_file,
+                source_server=source_server,
+                for_database=database,
+                allow_unsigned=allow_unsigned,
+            )
+        except UsersPartlyRestored as exc:
+            incomplete.append(exc)
+            return exc.result
 
     accounts = users() if srv.users_before_database else None
     with stop_on_signals(), private_workdir() as workdir:
@@ -129,4 +137,8 @@ def restore_database(
             + "".join(f"\n\n- skipped {reason}" for reason in result.skipped)
         ),
     )
+    if incomplete:
+        raise UsersPartlyRestored(
+            f"restored {database!r} into {target!r}; {incomplete[0]}", accounts
+        )
     return report

@@ -314,6 +314,7 @@ def test_statements_the_login_may_not_run_are_skipped_and_fail_the_run(
                        "--with-users", *args)  # fmt: skip
         assert both.exit_code == 1, both.output
         assert "users/roles restore incomplete" in both.stderr and "GRANT PROXY" in both.stderr
+        assert f"restored {accounts.database!r} into {target!r};" in both.stderr
         assert my_admin.table_fingerprints(target) == my_admin.table_fingerprints(accounts.database)
 
         # a login the server refuses is still exit 4
