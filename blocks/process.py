@@ -49,6 +49,7 @@ _live: set[ToolProcess] = set()
 _live_lock = threading.Lock()
 _stop_reason: str | None = None
 _scopes = 0  # nesting depth of stop_on_signals() in the main thread
+_before_stop: dict[int, Callable | int] = {}  # handlers replaced after a stop, until the next run
 
 
 def _die_with_parent() -> None:
@@ -93,13 +94,16 @@ def stop_on_signals() -> Iterator[None]:
         return
     if _scopes == 0:
         _stop_reason = None  # a new run in a long-lived process starts unstopped
+        for sig, handler in _before_stop.items():  # the handlers a stopped run set aside
+            signal.signal(sig, handler)
+        _before_stop.clear()
     _scopes += 1
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if _stop_reason is not None:
-            os.write(2, f"dbbackup: {name} again: still stopping, please wait\n".encode())
+            _still_stopping(signum, frame)
             return
         os.write(2, f"dbbackup: {name}: stopping, killing the dump/restore clients\n".encode())
         interrupt(f"interrupted by {name}")
@@ -110,8 +114,18 @@ def stop_on_signals() -> Iterator[None]:
         yield
     finally:
         _scopes -= 1
+        stopping = _scopes == 0 and _stop_reason is not None
         for sig, handler in previous.items():
-            signal.signal(sig, _restorable(handler))
+            if stopping:  # the process is winding down (reporting, exiting): a second
+                _before_stop[sig] = _restorable(handler)  # signal must not cut that short
+                signal.signal(sig, _still_stopping)
+            else:
+                signal.signal(sig, _restorable(handler))
+
+
+def _still_stopping(signum: int, frame: FrameType | None) -> None:
+    name = signal.Signals(signum).name
+    os.write(2, f"dbbackup: {name} again: still stopping, please wait\n".encode())
 
 
 def _restorable(handler: Callable | int | None) -> Callable | int:

@@ -59,7 +59,7 @@ class Spawn:
 @pytest.fixture
 def popen_spy(monkeypatch: pytest.MonkeyPatch) -> list[Spawn]:
     """Record every child process (argv, environment, credentials files) and start it."""
-    from prefect_dbbackup.tasks import process
+    from prefect_dbbackup.blocks import process
 
     real_popen = subprocess.Popen
     spawns: list[Spawn] = []

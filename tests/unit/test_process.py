@@ -90,3 +90,22 @@ def test_a_session_terminated_by_an_administrator_is_retryable():
         pass
     assert err.value.retryable
     assert "administrator command" in str(err.value)
+
+
+def test_after_a_stop_a_second_signal_is_ignored_until_the_next_run():
+    """The first SIGTERM stops the run; one arriving after the run ended (while the process
+    reports and exits) must not kill it; the next run starts with the old handlers back."""
+    import os
+    import signal
+
+    from prefect_dbbackup.blocks import process
+
+    original = signal.getsignal(signal.SIGTERM)
+    with process.stop_on_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert process.interrupted() == "interrupted by SIGTERM"
+    os.kill(os.getpid(), signal.SIGTERM)  # still alive: ignored with a note
+    assert signal.getsignal(signal.SIGTERM) is not original
+    with process.stop_on_signals():
+        assert process.interrupted() is None
+    assert signal.getsignal(signal.SIGTERM) is original
