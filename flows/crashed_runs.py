@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.context import FlowRunContext
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Crashed
 from prefect_dbbackup.flows.local_server import prefect_home
@@ -89,7 +90,7 @@ def _end_dead_runs() -> None:
     try:
         for name in mark_dead_runs_crashed():
             run_logger().warning("run %s was left running by a killed process: Crashed", name)
-    except Exception as exc:  # noqa: BLE001 (housekeeping: the run itself goes on)
+    except (httpx.HTTPError, PrefectHTTPStatusError, OSError) as exc:  # the run goes on
         run_logger().warning("could not check for runs of killed processes: %s", exc)
 
 

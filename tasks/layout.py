@@ -80,8 +80,17 @@ def encode_name(name: str) -> str:
 
 
 def decode_name(segment: str) -> str:
-    """Inverse of encode_name."""
-    return _expand(segment) if segment.startswith(COMPACT) else unquote(segment)
+    """Inverse of encode_name. Only the one segment encode_name makes for a name decodes
+    (ConfigError otherwise): a planted alias (`%41` for `A`, a compact form of a short
+    name) cannot pass for another database's series."""
+    name = _expand(segment) if segment.startswith(COMPACT) else unquote(segment)
+    try:
+        canonical = encode_name(name)
+    except (ConfigError, UnicodeError):  # empty, too long, or a lone surrogate
+        canonical = None
+    if canonical != segment:
+        raise ConfigError(f"key segment {segment!r} is not one dbbackup writes")
+    return name
 
 
 def new_backup_id(now: datetime | None = None) -> str:
@@ -141,5 +150,8 @@ def parse_manifest_key(key: str) -> tuple[str, str, str] | None:
     if len(parts) != 4 or parts[3] != MANIFEST_NAME:
         return None
     server, database, backup_id, _ = parts
-    db = GLOBALS_SEGMENT if database == GLOBALS_SEGMENT else decode_name(database)
-    return decode_name(server), db, backup_id
+    try:
+        db = GLOBALS_SEGMENT if database == GLOBALS_SEGMENT else decode_name(database)
+        return decode_name(server), db, backup_id
+    except ConfigError:
+        return None  # not a key dbbackup writes (planted, or another tool's)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from prefect import task
 from prefect.cache_policies import NONE
-from prefect_dbbackup.blocks.errors import ObjectLocked
+from prefect_dbbackup.blocks.errors import ConfigError, ObjectLocked
 from prefect_dbbackup.blocks.retention import BackupRef, RetentionPolicy, plan
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.catalog import manifest_trust
@@ -83,9 +83,10 @@ def stored_backups(
                 continue
             try:
                 backup_time(parts[2])
-            except ValueError:
+                database = _segment_name(parts[1])
+            except (ValueError, ConfigError):
                 continue  # not a backup directory of ours
-            found[_segment_name(parts[1])][parts[2]].append(key)
+            found[database][parts[2]].append(key)
     return found
 
 
