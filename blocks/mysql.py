@@ -12,6 +12,7 @@ from typing import ClassVar
 import pymysql
 import sqlalchemy as sa
 from prefect_dbbackup.blocks.dump_rows import DumpRowCounter
+from prefect_dbbackup.blocks.engines import MYSQL, Engine
 from prefect_dbbackup.blocks.errors import (
     AuthError,
     ConfigError,
@@ -82,7 +83,7 @@ class MySQLServer(DatabaseServer):
     _block_type_slug = "mysql-server"
     _description = "A MySQL or MariaDB server to back up; credentials stay in this block."
 
-    server_type: ClassVar[str] = "mysql"
+    engine: ClassVar[Engine] = MYSQL
     system_databases: ClassVar[frozenset[str]] = frozenset(
         {"mysql", "information_schema", "performance_schema", "sys"}
     )
@@ -203,12 +204,10 @@ class MySQLServer(DatabaseServer):
     def create_database(self, database: str, options: dict[str, str]) -> None:
         with self.connect() as conn:
             sql = f"CREATE DATABASE {self.quote(database)}"
+            options = self.checked_create_options(options)
             for key, clause in (("character_set", "CHARACTER SET"), ("collation", "COLLATE")):
-                value = options.get(key)
-                if value:
-                    if not re.fullmatch(r"[A-Za-z0-9_]+", value):
-                        raise ConfigError(f"unexpected {key} {value!r} in manifest")
-                    sql += f" {clause} {value}"
+                if options.get(key):
+                    sql += f" {clause} {options[key]}"
             self.run_sql(conn, sql)
 
     def drop_database(self, database: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import sqlalchemy as sa
+from prefect_dbbackup.blocks.engines import POSTGRES, Engine
 from prefect_dbbackup.blocks.errors import (
     AuthError,
     ConfigError,
@@ -50,16 +51,6 @@ REFUSED_STATEMENT = frozenset({"22", "42", "55", "0A"})
 
 NAME_BYTES = 63  # PostgreSQL's identifier limit (NAMEDATALEN - 1)
 
-CREATE_OPTIONS = (
-    "encoding",
-    "lc_collate",
-    "lc_ctype",
-    "locale_provider",
-    "icu_locale",
-    "builtin_locale",
-)
-
-
 # Tables pg_dump writes data for: ordinary tables, which include the leaf partitions
 # (a partitioned parent holds no rows itself), unlogged ones too; not temporary
 # tables, views, materialized views (refreshed on restore), foreign tables, the
@@ -92,7 +83,7 @@ class PostgresServer(DatabaseServer):
     _block_type_slug = "postgres-server"
     _description = "A PostgreSQL server to back up with pg_dump; credentials stay in this block."
 
-    server_type: ClassVar[str] = "postgres"
+    engine: ClassVar[Engine] = POSTGRES
     system_databases: ClassVar[frozenset[str]] = frozenset({"template0", "template1", "postgres"})
     dump_options: ClassVar[list[str]] = ["--format=custom", "--compress=0"]
     supports_rename: ClassVar[bool] = True
@@ -307,10 +298,7 @@ class PostgresServer(DatabaseServer):
     def create_database(self, database: str, options: dict[str, str]) -> None:
         with self.connect() as conn:
             sql = f"CREATE DATABASE {self.quote(database)} TEMPLATE template0"
-            for key, value in options.items():
-                # options come from our own manifest; still validate before inlining
-                if key not in CREATE_OPTIONS or not re.fullmatch(r"[A-Za-z0-9_.@-]+", value):
-                    raise ConfigError(f"unexpected database option {key}={value!r} in manifest")
+            for key, value in self.checked_create_options(options).items():
                 sql += f" {key.upper()} " + (value if key == "locale_provider" else f"'{value}'")
             self.run_sql(conn, sql)
 

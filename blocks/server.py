@@ -17,6 +17,7 @@ from typing import ClassVar, Protocol
 
 import sqlalchemy as sa
 from prefect.blocks.core import Block
+from prefect_dbbackup.blocks.engines import Engine
 from prefect_dbbackup.blocks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
 from prefect_dbbackup.blocks.properties import DatabaseProperties
 from prefect_dbbackup.blocks.retention import RetentionPolicy
@@ -100,7 +101,7 @@ class RowCounter(Protocol):
 class DatabaseServer(Block, ABC):
     """A database server to back up. Subclasses know one engine."""
 
-    server_type: ClassVar[str]
+    engine: ClassVar[Engine]
     system_databases: ClassVar[frozenset[str]]
     dump_options: ClassVar[list[str]]
     supports_rename: ClassVar[bool] = False
@@ -111,6 +112,19 @@ class DatabaseServer(Block, ABC):
     users_before_database: ClassVar[bool] = False
     # restore --jobs N: the client restores an archive file in parallel
     parallel_restore: ClassVar[bool] = False
+
+    @property
+    def server_type(self) -> str:
+        """The engine's name, as manifests record it."""
+        return self.engine.name
+
+    def checked_create_options(self, options: dict[str, str]) -> dict[str, str]:
+        """The manifest's create options, checked before they are inlined in CREATE DATABASE."""
+        try:
+            self.engine.check_create_options(options)
+        except ValueError as exc:
+            raise ConfigError(f"unexpected database option in manifest: {exc}") from None
+        return options
 
     host: str = Field(default="127.0.0.1", description="Host name, IP, or unix socket directory.")
     user: str = Field(description="Login used for dumps and restores.")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -12,7 +10,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.encryption import AgeEncryption
-from prefect_dbbackup.blocks.errors import DbBackupError, DiskFull, is_disk_full
+from prefect_dbbackup.blocks.errors import DbBackupError
 from prefect_dbbackup.blocks.process import ToolProcess, check_not_interrupted, interrupted
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
@@ -20,11 +18,10 @@ from prefect_dbbackup.tasks.catalog import publish_manifest
 from prefect_dbbackup.tasks.layout import backup_key
 from prefect_dbbackup.tasks.limits import host_slot
 from prefect_dbbackup.tasks.logs import run_logger
-from prefect_dbbackup.tasks.manifest import OBJECT_NAMES, Manifest
-from prefect_dbbackup.tasks.stream import TrailedReader, encrypt_stream
+from prefect_dbbackup.tasks.manifest import Manifest
+from prefect_dbbackup.tasks.spool import spool_path, spooling, write_spool
+from prefect_dbbackup.tasks.stream import TrailedReader
 from pydantic import BaseModel
-
-DUMP_FORMATS = {"postgres": "pg_custom", "mysql": "sql"}
 
 
 class DumpResult(BaseModel):
@@ -64,14 +61,12 @@ def dump_database(
     options = server.database_options(database)
     properties = server.database_properties(database)
     server_version = server.server_version()
-    # a file name of its own per database (an encoded name may use all of NAME_MAX)
-    digest = hashlib.sha256(database.encode()).hexdigest()[:16]
-    spool = workdir / f"{digest}.{backup_id}.age"
+    spool = spool_path(workdir, "database", database, backup_id)
 
     def progress(nbytes: int) -> None:
         log.info("dump of %r: %.0f MiB read so far", database, nbytes / 2**20)
 
-    try:
+    with spooling(spool, repr(database)):
         with (
             host_slot(server.host),
             server.dump_snapshot(database) as snapshot,
@@ -79,33 +74,28 @@ def dump_database(
         ):
             client = cmd.argv[0]
             client_version = server.client_version(client)
-            with (
-                ToolProcess(
-                    cmd.argv,
-                    env=cmd.env,
-                    timeout=server.dump_timeout,
-                    stdout=True,
-                    secrets=cmd.secrets,
-                ) as proc,
-                open(spool, "wb") as out,
-            ):
+            with ToolProcess(
+                cmd.argv,
+                env=cmd.env,
+                timeout=server.dump_timeout,
+                stdout=True,
+                secrets=cmd.secrets,
+            ) as proc:
                 assert proc.stdout is not None
                 counter = server.dump_row_counter(snapshot.tables)
-                stats = encrypt_stream(
+                stats = write_spool(
                     TrailedReader(proc.stdout, cmd.trailer) if cmd.trailer else proc.stdout,
-                    out,
+                    spool,
                     recipients,
                     level=level,
                     threads=threads,
                     on_progress=progress,
                     tap=counter.feed if counter else None,
                 )
-                out.flush()
-                os.fsync(out.fileno())
         manifest = Manifest(
             tool_version=tool_version(),
             server=server_name,
-            server_type=server.server_type,  # type: ignore[arg-type]
+            server_type=server.engine.name,
             server_version=server_version,
             client=os.path.basename(client),
             client_version=client_version,
@@ -113,8 +103,8 @@ def dump_database(
             backup_id=backup_id,
             started_at=started,
             finished_at=datetime.now(UTC),
-            object_name=OBJECT_NAMES[("database", server.server_type)],
-            dump_format=DUMP_FORMATS[server.server_type],  # type: ignore[arg-type]
+            object_name=server.engine.database_object,
+            dump_format=server.engine.dump_format,
             stats=stats,
             recipients=encryption.fingerprints(),
             dump_options=server.dump_options_for(database),
@@ -123,15 +113,6 @@ def dump_database(
             row_counts=counter.finish() if counter else snapshot.row_counts,
             database_properties=properties,
         )
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            spool.unlink()
-        if is_disk_full(exc):
-            raise DiskFull(
-                f"the work dir {workdir.parent} is full while spooling {database!r}: set "
-                "DBBACKUP_WORK_DIR to a disk with room for the largest compressed dump"
-            ) from None
-        raise
     st = manifest.stats
     log.info(
         "dumped %r: %.1f MB raw -> %.1f MB stored (%.1fx) in %.1f s (%.0f MB/s)",

@@ -13,7 +13,6 @@ time, idempotently. Passwords and hashes are masked in everything shown.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 from datetime import UTC, datetime
@@ -26,8 +25,6 @@ from prefect_dbbackup.blocks.errors import (
     BackupNotFound,
     ConfigError,
     DbBackupError,
-    DiskFull,
-    is_disk_full,
     redact,
 )
 from prefect_dbbackup.blocks.globals_sql import (
@@ -46,9 +43,10 @@ from prefect_dbbackup.tasks.backup import DumpResult, _retry_if_transient, tool_
 from prefect_dbbackup.tasks.catalog import find_backup, list_backups, not_future_dated
 from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, MANIFEST_NAME, backup_key
 from prefect_dbbackup.tasks.logs import run_logger
-from prefect_dbbackup.tasks.manifest import OBJECT_NAMES, Manifest
-from prefect_dbbackup.tasks.restore import _decrypt_errors, check_object
-from prefect_dbbackup.tasks.stream import decrypt_stream, encrypt_stream
+from prefect_dbbackup.tasks.manifest import Manifest
+from prefect_dbbackup.tasks.restore import decrypt_errors, open_checked
+from prefect_dbbackup.tasks.spool import spool_path, spooling, write_spool
+from prefect_dbbackup.tasks.stream import decrypt_stream
 from pydantic import BaseModel
 
 
@@ -75,29 +73,17 @@ def dump_globals(
     recipients = encryption.recipient_keys()
     started = datetime.now(UTC)
     dump = server.globals_script(workdir)
-    engine = server.server_type
+    engine = server.engine.name
     statements = select_statements(parse_script(dump.script, engine), None, server.account_selected)
     accounts = sorted({s.subject for s in statements if s.subject})
     script = render(
         statements, f"users/roles of {server_name} ({server.server_version()}), {backup_id}"
     )
-    spool = workdir / f"{GLOBALS_SEGMENT}.{backup_id}.age"
-    try:
-        with open(spool, "wb") as out:
-            stats = encrypt_stream(
-                io.BytesIO(script.encode()), out, recipients, level=level, threads=threads
-            )
-            out.flush()
-            os.fsync(out.fileno())
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            spool.unlink()
-        if is_disk_full(exc):
-            raise DiskFull(
-                f"the work dir {workdir.parent} is full while spooling the users/roles: set "
-                "DBBACKUP_WORK_DIR to a disk with room"
-            ) from None
-        raise
+    spool = spool_path(workdir, "globals", GLOBALS_SEGMENT, backup_id)
+    with spooling(spool, "the users/roles"):
+        stats = write_spool(
+            io.BytesIO(script.encode()), spool, recipients, level=level, threads=threads
+        )
     if dump.note:
         log.warning("users/roles of %s: %s", server_name, dump.note)
     log.info(
@@ -109,7 +95,7 @@ def dump_globals(
     manifest = Manifest(
         tool_version=tool_version(),
         server=server_name,
-        server_type=engine,  # type: ignore[arg-type]
+        server_type=engine,
         server_version=server.server_version(),
         client=os.path.basename(dump.client),
         client_version=dump.client_version,
@@ -118,7 +104,7 @@ def dump_globals(
         kind="globals",
         started_at=started,
         finished_at=datetime.now(UTC),
-        object_name=OBJECT_NAMES[("globals", engine)],
+        object_name=server.engine.users_object,
         dump_format="sql",
         stats=stats,
         recipients=encryption.fingerprints(),
@@ -203,18 +189,12 @@ def read_globals(
     """The decrypted script of a users/roles backup, after the size and sha256 check."""
     what = f"users/roles backup {manifest.backup_id} of {manifest.server}"
     identities = encryption.identities(identity_file)
-    key = backup_key(
-        manifest.server,
-        manifest.database,
-        manifest.backup_id,
-        manifest.stored_object_name,
-        "globals",
-    )
     plain = io.BytesIO()
-    with storage.open_read(key, workdir) as f:
-        check_object(f, manifest, what)
-        with _decrypt_errors(what, manifest, identities):
-            decrypt_stream(f, lambda: plain, identities)
+    with (
+        open_checked(storage, manifest, workdir, what) as f,
+        decrypt_errors(what, manifest, identities),
+    ):
+        decrypt_stream(f, lambda: plain, identities)
     return plain.getvalue().decode()
 
 
@@ -235,7 +215,7 @@ def restore_globals(
     are added, never revoked. The login the restore runs as is left alone.
     """
     log = run_logger()
-    engine = server.server_type
+    engine = server.engine.name
     if manifest.server_type != engine:
         raise ConfigError(
             f"users/roles backup {manifest.backup_id} is from a {manifest.server_type} server; "

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Literal
 
+from prefect_dbbackup.blocks.engines import ENGINES, BackupKind, EngineName
 from prefect_dbbackup.blocks.properties import DatabaseProperties
 from pydantic import BaseModel, Field, model_validator
 
 FORMAT_VERSION = 1
-# The object a backup reads is never taken from the manifest: it is fixed per kind and engine.
-OBJECT_NAMES = {
-    ("database", "postgres"): "dump.pgc.zst.age",
-    ("database", "mysql"): "dump.sql.zst.age",
-    ("globals", "postgres"): "globals.sql.zst.age",
-    ("globals", "mysql"): "globals.sql.zst.age",
-}
-# create_options each engine's create_database understands, and the syntax of their values
-CREATE_OPTIONS = {
-    "postgres": {
-        "encoding": r"[A-Za-z0-9_]+",
-        "lc_collate": r"[A-Za-z0-9_.@-]+",
-        "lc_ctype": r"[A-Za-z0-9_.@-]+",
-        "locale_provider": r"libc|icu|builtin",
-        "icu_locale": r"[A-Za-z0-9_.@-]+",
-        "builtin_locale": r"[A-Za-z0-9_.@-]+",
-    },
-    "mysql": {"character_set": r"[A-Za-z0-9_]+", "collation": r"[A-Za-z0-9_]+"},
-}
 
 
 class StreamStats(BaseModel):
@@ -46,13 +27,13 @@ class Manifest(BaseModel):
     format_version: int = FORMAT_VERSION
     tool_version: str
     server: str
-    server_type: Literal["postgres", "mysql"]
+    server_type: EngineName
     server_version: str
     client: str
     client_version: str
     database: str
     backup_id: str
-    kind: Literal["database", "globals"] = "database"
+    kind: BackupKind = "database"
     started_at: datetime
     finished_at: datetime
     object_name: str
@@ -77,21 +58,13 @@ class Manifest(BaseModel):
 
     @model_validator(mode="after")
     def _known_create_options(self) -> Manifest:
-        allowed = CREATE_OPTIONS[self.server_type]
-        for key, value in self.create_options.items():
-            if key not in allowed:
-                raise ValueError(
-                    f"create_options has {key!r}, which a {self.server_type} database is never "
-                    f"created with (allowed: {', '.join(allowed)})"
-                )
-            if len(value) > 128 or not re.fullmatch(allowed[key], value):
-                raise ValueError(f"create_options {key}={value[:64]!r} is not a plain name")
+        ENGINES[self.server_type].check_create_options(self.create_options)
         return self
 
     @property
     def stored_object_name(self) -> str:
         """The name of the backup's object, fixed by its kind and engine."""
-        return OBJECT_NAMES[(self.kind, self.server_type)]
+        return ENGINES[self.server_type].object_name(self.kind)
 
     @property
     def seconds(self) -> float:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from prefect import task
 from prefect.cache_policies import NONE
+from prefect_dbbackup.blocks.engines import stored_object_names
 from prefect_dbbackup.blocks.errors import ConfigError, ObjectLocked
 from prefect_dbbackup.blocks.retention import BackupRef, RetentionPolicy, plan
 from prefect_dbbackup.blocks.storage import BackupStorage
@@ -26,10 +27,9 @@ from prefect_dbbackup.tasks.layout import (
     series_prefix,
 )
 from prefect_dbbackup.tasks.logs import Logger, run_logger
-from prefect_dbbackup.tasks.manifest import OBJECT_NAMES
 from pydantic import BaseModel
 
-OWN_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME, VERIFIED_NAME, *OBJECT_NAMES.values()})
+OWN_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME, VERIFIED_NAME, *stored_object_names()})
 """The object names dbbackup writes in a backup directory: the only ones prune deletes."""
 FOREIGN = "not written by dbbackup"
 

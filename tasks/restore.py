@@ -65,6 +65,24 @@ def check_object(f: BinaryIO, manifest: Manifest, what: str) -> None:
     f.seek(0)
 
 
+@contextlib.contextmanager
+def open_checked(
+    storage: BackupStorage, manifest: Manifest, workdir: Path, what: str
+) -> Iterator[BinaryIO]:
+    """The backup's stored object, open for reading, once its size and sha256 match the
+    manifest. Its key comes from the manifest's series and kind, never from free text."""
+    key = backup_key(
+        manifest.server,
+        manifest.database,
+        manifest.backup_id,
+        manifest.stored_object_name,
+        manifest.kind,
+    )
+    with storage.open_read(key, workdir) as f:
+        check_object(f, manifest, what)
+        yield f
+
+
 def restore_backup(
     server: DatabaseServer,
     storage: BackupStorage,
@@ -80,10 +98,10 @@ def restore_backup(
     """Restore one backup into target. Nothing touches target until the backup checks out."""
     log = run_logger()
     what = f"backup {manifest.backup_id} of {manifest.database!r} ({manifest.server})"
-    if manifest.server_type != server.server_type:
+    if manifest.server_type != server.engine.name:
         raise ConfigError(
             f"{what} is a {manifest.server_type} dump; it cannot be restored into a "
-            f"{server.server_type} server"
+            f"{server.engine.name} server"
         )
     identities = encryption.identities(identity_file)
     exists = server.database_exists(target)
@@ -93,21 +111,16 @@ def restore_backup(
             "--into NEW_NAME, or pass --replace to drop and replace it"
         )
     if jobs > 1 and not server.parallel_restore:
-        raise ConfigError(f"--jobs: {server.server_type} restores run one client, not in parallel")
+        raise ConfigError(f"--jobs: {server.engine.name} restores run one client, not in parallel")
     started = datetime.now(UTC)
     skipped: list[str] = []
-    # the object is named by the backup's location and kind, never by free text in the manifest
-    key = backup_key(
-        manifest.server, manifest.database, manifest.backup_id, manifest.stored_object_name
-    )
-    with storage.open_read(key, workdir) as f:
-        check_object(f, manifest, what)
+    with open_checked(storage, manifest, workdir, what) as f:
 
         def load(into: str) -> None:
             f.seek(0)
             loader = _TargetLoader(server, into, manifest, workdir, log)
             try:
-                with _decrypt_errors(what, manifest, identities):
+                with decrypt_errors(what, manifest, identities):
                     if jobs > 1:
                         _restore_from_archive(f, loader, identities, workdir, jobs)
                     else:
@@ -135,7 +148,7 @@ def restore_backup(
 
 
 @contextlib.contextmanager
-def _decrypt_errors(
+def decrypt_errors(
     what: str, manifest: Manifest, identities: list[pyrage.x25519.Identity]
 ) -> Iterator[None]:
     """Turn age failures into errors that say what to do."""

@@ -143,9 +143,10 @@ def plant_manifest(storage, server: str, database: str, backup_id: str):  # noqa
     """Store a minimal signed manifest, as a writer would (prune reads manifests, not data)."""
     from datetime import datetime
 
+    from prefect_dbbackup.blocks.engines import POSTGRES
     from prefect_dbbackup.tasks.catalog import publish_manifest
     from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT
-    from prefect_dbbackup.tasks.manifest import OBJECT_NAMES, Manifest, StreamStats
+    from prefect_dbbackup.tasks.manifest import Manifest, StreamStats
 
     kind = "globals" if database == GLOBALS_SEGMENT else "database"
     when = datetime.strptime(backup_id.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
@@ -161,7 +162,7 @@ def plant_manifest(storage, server: str, database: str, backup_id: str):  # noqa
         kind=kind,
         started_at=when,
         finished_at=when,
-        object_name=OBJECT_NAMES[(kind, "postgres")],
+        object_name=POSTGRES.object_name(kind),
         dump_format="pg_custom" if kind == "database" else "sql",
         stats=StreamStats(raw_bytes=1, compressed_bytes=1, stored_bytes=1, sha256="0" * 64),
         recipients=[],

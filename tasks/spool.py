@@ -1,0 +1,70 @@
+"""The spool: a backup's encrypted object on local disk, complete before anything is stored.
+
+Database dumps and users/roles backups take the same path: the stream is
+compressed and encrypted into a file of the run's private work dir, fsynced,
+and only then uploaded. Whatever fails on the way removes the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import pyrage
+from prefect_dbbackup.blocks.engines import BackupKind
+from prefect_dbbackup.blocks.errors import DiskFull, is_disk_full
+from prefect_dbbackup.tasks.manifest import StreamStats
+from prefect_dbbackup.tasks.stream import encrypt_stream
+
+
+def spool_path(workdir: Path, kind: BackupKind, series: str, backup_id: str) -> Path:
+    """A file name of its own per kind and series (an encoded name may use all of NAME_MAX,
+    and a database may be named like the users/roles series)."""
+    digest = hashlib.sha256(series.encode()).hexdigest()[:16]
+    return workdir / f"{kind}.{digest}.{backup_id}.age"
+
+
+@contextlib.contextmanager
+def spooling(spool: Path, what: str) -> Iterator[Path]:
+    """Remove the spool if anything inside fails (a failing dump client, a stop, a bug);
+    a full disk becomes DiskFull saying where room is needed."""
+    try:
+        yield spool
+    except BaseException as exc:
+        spool.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise DiskFull(
+                f"the work dir {spool.parent.parent} is full while spooling {what}: set "
+                "DBBACKUP_WORK_DIR to a disk with room for the largest compressed dump"
+            ) from None
+        raise
+
+
+def write_spool(
+    source: BinaryIO,
+    spool: Path,
+    recipients: Sequence[pyrage.x25519.Recipient],
+    *,
+    level: int,
+    threads: int,
+    on_progress: Callable[[int], None] | None = None,
+    tap: Callable[[memoryview], None] | None = None,
+) -> StreamStats:
+    """Compress and encrypt source into the spool file and fsync it."""
+    with open(spool, "wb") as out:
+        stats = encrypt_stream(
+            source,
+            out,
+            recipients,
+            level=level,
+            threads=threads,
+            on_progress=on_progress,
+            tap=tap,
+        )
+        out.flush()
+        os.fsync(out.fileno())
+    return stats
