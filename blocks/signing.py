@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import json
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -39,6 +40,16 @@ def generate_signing_key() -> str:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
+
+
+def write_signing_key_file(path: Path, *, force: bool = False) -> str:
+    """Write a new signing key to path (0600, refusing to overwrite unless force);
+    return its public key text, for manifest_verify_keys."""
+    from prefect_dbbackup.blocks.encryption import write_secret_file
+
+    pem = generate_signing_key()
+    write_secret_file(path, pem, force=force)
+    return public_key_text(load_signing_key(pem, "new key").public_key())
 
 
 def load_signing_key(pem: str, source: str) -> Ed25519PrivateKey:

@@ -20,12 +20,25 @@ import httpx
 import typer
 from prefect_dbbackup.blocks.errors import ConfigError, DbBackupError, Interrupted
 from prefect_dbbackup.flows.text import printable
-from typer._click import Context
-from typer._click.exceptions import UsageError  # typer vendors its own click
+from typer import Context
 from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from prefect_dbbackup.tasks.globals import UsersResult
+
+# click's UsageError as typer vendors it, reached through typer's public BadParameter
+UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+
+
+def api_unreachable(exc: BaseException) -> bool:
+    """True when exc is, or was raised from, a failure to talk to the Prefect API over HTTP
+    (Prefect wraps a refused connection in a RuntimeError raised from the httpx error)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, httpx.HTTPError):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 class _DbBackupGroup(TyperGroup):
@@ -52,7 +65,7 @@ class _DbBackupGroup(TyperGroup):
             if type(exc).__name__ == "CancelledRun":  # prefect.exceptions: not imported for --help
                 typer.echo(f"dbbackup: {exc}", err=True)
                 raise typer.Exit(Interrupted.exit_code) from None
-            if not isinstance(exc, httpx.HTTPError) and "reach API" not in str(exc):
+            if not api_unreachable(exc):
                 raise
             from prefect.settings import PREFECT_API_URL
             from prefect_dbbackup.flows import local_server
@@ -143,12 +156,9 @@ def signing_keygen(
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
     """Create an Ed25519 manifest signing key file and print its public (verify) key."""
-    from prefect_dbbackup.blocks import signing
-    from prefect_dbbackup.blocks.encryption import write_secret_file
+    from prefect_dbbackup.blocks.signing import write_signing_key_file
 
-    pem = signing.generate_signing_key()
-    public = signing.public_key_text(signing.load_signing_key(pem, "new key").public_key())
-    write_secret_file(output, pem, force=force)
+    public = write_signing_key_file(output, force=force)
     typer.echo(
         f"wrote {output}; set it as manifest_signing_key_file of the storage on backup workers, "
         "and the public key below in manifest_verify_keys of every storage block that reads.",
