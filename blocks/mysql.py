@@ -21,16 +21,16 @@ from prefect_dbbackup.blocks.errors import (
     DbBackupError,
     PermissionDenied,
 )
-from prefect_dbbackup.blocks.globals_sql import (
+from prefect_dbbackup.blocks.mysql_events import ShownEvent, events_script
+from prefect_dbbackup.blocks.properties import DatabaseProperties
+from prefect_dbbackup.blocks.server import DatabaseServer, ToolCommand, UsersDump, private_file
+from prefect_dbbackup.blocks.users_sql import (
     MySQLAccount,
     backtick,
     mysql_script,
     mysql_text,
     split_statements,
 )
-from prefect_dbbackup.blocks.mysql_events import ShownEvent, events_script
-from prefect_dbbackup.blocks.properties import DatabaseProperties
-from prefect_dbbackup.blocks.server import DatabaseServer, GlobalsDump, ToolCommand, private_file
 from pydantic import Field
 
 log = logging.getLogger("dbbackup")
@@ -217,7 +217,7 @@ class MySQLServer(DatabaseServer):
     def _login_query(self) -> str:
         return "SELECT CURRENT_USER()"
 
-    def globals_script(self, workdir: Path) -> GlobalsDump:
+    def users_script(self, workdir: Path) -> UsersDump:
         """SHOW CREATE USER (password hash and plugin) and SHOW GRANTS of every selected
         account and role, read as bytes so that binary hashes survive (as hex literals)."""
         try:
@@ -232,10 +232,10 @@ class MySQLServer(DatabaseServer):
                 ) from None
             raise error from None
         client = f"PyMySQL {pymysql.__version__}"
-        return GlobalsDump(mysql_script(accounts), "pymysql", client, ["SHOW CREATE USER"])
+        return UsersDump(mysql_script(accounts), "pymysql", client, ["SHOW CREATE USER"])
 
     def account_statements(self) -> set[str]:
-        """Every account of this server as globals_script writes it (all of them, whatever
+        """Every account of this server as users_script writes it (all of them, whatever
         the block selects): a replayed statement found here is already in force."""
         try:
             accounts = self._read_accounts(lambda _: True)

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from prefect_dbbackup.blocks.errors import DbBackupError
-from prefect_dbbackup.blocks.globals_sql import backtick
+from prefect_dbbackup.blocks.users_sql import backtick
 
 DELIMITERS = (b";;", b"$$", b"//", b"%%%%")
 _NAME = re.compile(r"[A-Za-z0-9_]+")

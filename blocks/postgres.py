@@ -28,8 +28,8 @@ from prefect_dbbackup.blocks.properties import DatabaseProperties
 from prefect_dbbackup.blocks.server import (
     DatabaseServer,
     DumpSnapshot,
-    GlobalsDump,
     ToolCommand,
+    UsersDump,
     private_file,
 )
 from psycopg import sql as pgsql
@@ -348,7 +348,7 @@ class PostgresServer(DatabaseServer):
     def _login_query(self) -> str:
         return "SELECT current_user"
 
-    def globals_script(self, workdir: Path) -> GlobalsDump:
+    def users_script(self, workdir: Path) -> UsersDump:
         """pg_dumpall --roles-only (--globals-only with tablespaces); without superuser,
         --no-role-passwords, because only a superuser may read password hashes."""
         with self.connect() as conn:
@@ -374,7 +374,7 @@ class PostgresServer(DatabaseServer):
         ):
             assert proc.stdout is not None
             script = proc.stdout.read().decode()
-        return GlobalsDump(script, client, self.client_version(client), options, note)
+        return UsersDump(script, client, self.client_version(client), options, note)
 
     def _tolerated(self, statement: str, exc: Exception) -> str | None:
         # replay is idempotent: CREATE ROLE/TABLESPACE of one that exists is skipped,

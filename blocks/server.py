@@ -57,7 +57,7 @@ class Skip:
 
 
 @dataclass
-class GlobalsDump:
+class UsersDump:
     """A server's users/roles and grants as a SQL script, and how it was taken."""
 
     script: str
@@ -187,7 +187,7 @@ class DatabaseServer(Block, ABC):
         """SQL returning the login as the server sees it (a role, or user@host)."""
 
     @abstractmethod
-    def globals_script(self, workdir: Path) -> GlobalsDump:
+    def users_script(self, workdir: Path) -> UsersDump:
         """Users/roles, memberships and server-wide grants as a replayable SQL script."""
 
     @abstractmethod

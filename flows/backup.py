@@ -15,14 +15,14 @@ from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_
 from prefect_dbbackup.blocks.retention import RetentionPolicy
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.flows.backup_report import BackupFailed, BackupReport, DatabaseOutcome
 from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.prune import report_prune
-from prefect_dbbackup.flows.report import BackupFailed, BackupReport, DatabaseOutcome
 from prefect_dbbackup.flows.retries import transient_retries_only
 from prefect_dbbackup.tasks.backup import DumpResult, dump_task, upload_task
-from prefect_dbbackup.tasks.globals import globals_note, globals_task
 from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, new_backup_id
 from prefect_dbbackup.tasks.prune import prune_task
+from prefect_dbbackup.tasks.users import dump_users_task, users_note
 from prefect_dbbackup.tasks.workdir import private_workdir
 
 
@@ -38,7 +38,7 @@ def _outcome(future: PrefectFuture) -> tuple[object, str | None]:
     return value, None
 
 
-def _submit_globals(
+def _submit_users(
     srv: DatabaseServer,
     server: str,
     enc: AgeEncryption,
@@ -50,10 +50,12 @@ def _submit_globals(
     """Start the users/roles backup next to the database dumps (unless the block opts out)."""
     if not srv.backup_users:
         return None
-    return globals_task.submit(srv, server, enc, workdir, backup_id, level=level, threads=threads)
+    return dump_users_task.submit(
+        srv, server, enc, workdir, backup_id, level=level, threads=threads
+    )
 
 
-def _globals_outcome(future: PrefectFuture, storage: BackupStorage) -> DatabaseOutcome:
+def _users_outcome(future: PrefectFuture, storage: BackupStorage) -> DatabaseOutcome:
     """The `_globals` row of the report: its dump, then its upload."""
     dump, error = _outcome(future)
     if error is None:
@@ -62,7 +64,7 @@ def _globals_outcome(future: PrefectFuture, storage: BackupStorage) -> DatabaseO
         return DatabaseOutcome(
             database=GLOBALS_SEGMENT, kind="globals", status="failed", error=error
         )
-    return DatabaseOutcome.stored(dump.manifest, key, globals_note(dump.manifest))
+    return DatabaseOutcome.stored(dump.manifest, key, users_note(dump.manifest))
 
 
 def _cancelled(report: BackupReport) -> State:
@@ -119,7 +121,7 @@ def backup_server(
         dumping: dict[PrefectFuture, str] = {}
         uploading: dict[PrefectFuture, str] = {}
         dumps: dict[str, DumpResult] = {}
-        users_run = _submit_globals(srv, server, enc, workdir, backup_id, zstd_level, zstd_threads)
+        users_run = _submit_users(srv, server, enc, workdir, backup_id, zstd_level, zstd_threads)
         while pending or dumping:
             if interrupted():  # a stop signal: start nothing new
                 for db in pending:
@@ -151,7 +153,7 @@ def backup_server(
                 outcomes[db] = DatabaseOutcome.stored(m, key)
             else:
                 outcomes[db] = DatabaseOutcome(database=db, status="failed", error=error)
-        users_row = [_globals_outcome(users_run, sto)] if users_run else []
+        users_row = [_users_outcome(users_run, sto)] if users_run else []
     report = BackupReport(
         server=server,
         storage=sto.describe(),

@@ -1,7 +1,7 @@
 """The `dbbackup` command line: each command runs the matching Prefect flow.
 
 Exit codes: 0 success, 1 some databases failed, 2 every requested database
-failed (the users/roles row does not count; see flows/report.failure_exit_code) or
+failed (the users/roles row does not count; see flows/backup_report.failure_exit_code) or
 the restore failed, 3 configuration or usage error, 4 authentication/credentials error.
 """
 
@@ -24,7 +24,7 @@ from typer import Context
 from typer.core import TyperGroup
 
 if TYPE_CHECKING:
-    from prefect_dbbackup.tasks.globals import UsersResult
+    from prefect_dbbackup.tasks.users import UsersResult
 
 # click's UsageError as typer vendors it, reached through typer's public BadParameter
 UsageError: type[Exception] = typer.BadParameter.__mro__[1]
@@ -190,7 +190,7 @@ def backup(
 ) -> None:
     """Back up the databases of SERVER (all user databases unless --database is given)."""
     from prefect_dbbackup.flows.backup import backup_server
-    from prefect_dbbackup.flows.report import BackupFailed
+    from prefect_dbbackup.flows.backup_report import BackupFailed
 
     try:
         report = backup_server(
@@ -452,7 +452,7 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore the latest backups of SERVER into scratch databases, check them, drop them."""
-    from prefect_dbbackup.flows.verify import VerifyFailed, verify_backups
+    from prefect_dbbackup.flows.verify import VerifyRunFailed, verify_backups
 
     try:
         report = verify_backups(
@@ -463,7 +463,7 @@ def verify(
             identity_file=str(identity_file.expanduser()) if identity_file else None,
         )
         code = 0
-    except VerifyFailed as exc:
+    except VerifyRunFailed as exc:
         report, code = exc.report, exc.exit_code
         typer.echo(f"dbbackup: {exc}", err=True)
 

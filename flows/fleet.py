@@ -17,8 +17,8 @@ from prefect.client.schemas.filters import (
 from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect_dbbackup.blocks.errors import DbBackupError
+from prefect_dbbackup.flows.artifacts import first_line
 from prefect_dbbackup.flows.operations import FLOWS
-from prefect_dbbackup.flows.report import first_line
 from pydantic import BaseModel
 
 BACKUP_FLOW = FLOWS["backup"][0]

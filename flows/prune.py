@@ -7,8 +7,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect_dbbackup.blocks.registry import load_server, load_storage
 from prefect_dbbackup.blocks.retention import RetentionPolicy
+from prefect_dbbackup.flows.artifacts import artifact_key, md
 from prefect_dbbackup.flows.crashed_runs import recorded_run
-from prefect_dbbackup.flows.report import artifact_key, md
 from prefect_dbbackup.tasks.events import database_resource, server_related
 from prefect_dbbackup.tasks.prune import PruneItem, prune_task
 

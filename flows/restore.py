@@ -11,12 +11,12 @@ from prefect.states import Cancelled, State
 from prefect_dbbackup.blocks.errors import DbBackupError
 from prefect_dbbackup.blocks.process import interrupted, stop_on_signals
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
+from prefect_dbbackup.flows.artifacts import artifact_key
 from prefect_dbbackup.flows.crashed_runs import recorded_run
-from prefect_dbbackup.flows.report import artifact_key
 from prefect_dbbackup.flows.users import restore_users
 from prefect_dbbackup.tasks.catalog import find_backup
-from prefect_dbbackup.tasks.globals import UsersPartlyRestored, UsersResult
 from prefect_dbbackup.tasks.restore import RestoreResult, restore_task
+from prefect_dbbackup.tasks.users import UsersPartlyRestored, UsersResult
 from prefect_dbbackup.tasks.workdir import private_workdir
 
 

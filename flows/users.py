@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
 from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.tasks.catalog import find_backup
-from prefect_dbbackup.tasks.globals import UsersResult, find_globals, restore_users_task
+from prefect_dbbackup.tasks.users import UsersResult, find_users_backup, restore_users_task
 from prefect_dbbackup.tasks.workdir import private_workdir
 
 
@@ -38,12 +38,12 @@ def restore_users(
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
     series = source_server or server
     if for_database is None:
-        manifest = find_globals(sto, series, backup_id, allow_unsigned=allow_unsigned)
+        manifest = find_users_backup(sto, series, backup_id, allow_unsigned=allow_unsigned)
     else:
         database_backup = find_backup(
             sto, series, for_database, backup_id, allow_unsigned=allow_unsigned
         )
-        manifest = find_globals(
+        manifest = find_users_backup(
             sto, series, database_backup.backup_id, at_or_before=True, allow_unsigned=allow_unsigned
         )
     with private_workdir() as workdir:

@@ -9,8 +9,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from prefect_dbbackup.blocks.errors import DbBackupError
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
+from prefect_dbbackup.flows.artifacts import artifact_key, first_line
+from prefect_dbbackup.flows.backup_report import BackupFailed
 from prefect_dbbackup.flows.crashed_runs import recorded_run
-from prefect_dbbackup.flows.report import BackupFailed, artifact_key, first_line
 from prefect_dbbackup.tasks.catalog import refused_latest
 from prefect_dbbackup.tasks.events import emit_verify_event
 from prefect_dbbackup.tasks.verify import drop_stale_scratch, latest_backups, verify_task
@@ -77,11 +78,11 @@ class VerifyReport(BaseModel):
             )
 
 
-class VerifyFailed(BackupFailed):
+class VerifyRunFailed(BackupFailed):
     """Some (exit 1) or all (exit 2) verifications of a run failed."""
 
     def __reduce__(self):  # noqa: ANN204
-        return (VerifyFailed, (self.report,))
+        return (VerifyRunFailed, (self.report,))
 
 
 def _run_name() -> str:
@@ -156,5 +157,5 @@ def verify_backups(
     report.publish()
     report.emit_events()
     if report.failed:
-        raise VerifyFailed(report)
+        raise VerifyRunFailed(report)
     return report

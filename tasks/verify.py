@@ -35,7 +35,7 @@ SCRATCH_NAME = re.compile(rf"{SCRATCH_PREFIX}(\d{{14}})_[0-9a-f]{{8}}(_.*)?", re
 MAX_LISTED = 5
 
 
-class VerificationFailed(IntegrityError):
+class RestoredCopyDiffers(IntegrityError):
     """A backup restored but does not match its manifest (tables or row counts)."""
 
     def __init__(self, message: str, tables: int = 0, rows: int = 0) -> None:
@@ -43,7 +43,7 @@ class VerificationFailed(IntegrityError):
         self.tables, self.rows = tables, rows
 
     def __reduce__(self):  # noqa: ANN204
-        return (VerificationFailed, (str(self), self.tables, self.rows))
+        return (RestoredCopyDiffers, (str(self), self.tables, self.rows))
 
 
 class VerifyResult(BaseModel):
@@ -186,7 +186,7 @@ def verify_backup(
     checked, problems = compare(manifest, restored)
     tables, rows = len(restored), sum(restored.values())
     if problems:
-        raise VerificationFailed(
+        raise RestoredCopyDiffers(
             f"backup {manifest.backup_id} of {manifest.database!r} restored but does not match "
             f"its manifest: {'; '.join(problems)}",
             tables,

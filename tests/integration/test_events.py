@@ -8,8 +8,9 @@ import time
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+from prefect_dbbackup.flows.artifacts import md
 from prefect_dbbackup.flows.backup import backup_server
-from prefect_dbbackup.flows.report import BackupFailed, md
+from prefect_dbbackup.flows.backup_report import BackupFailed
 
 
 async def _read_events(server: str, prefix: str) -> list:

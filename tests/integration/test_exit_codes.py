@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from prefect_dbbackup.flows.report import BackupFailed, BackupReport, DatabaseOutcome
+from prefect_dbbackup.flows.backup_report import BackupFailed, BackupReport, DatabaseOutcome
 
 
 def _broken(my_admin, db: str) -> None:  # noqa: ANN001

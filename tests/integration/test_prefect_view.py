@@ -14,7 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter
 from prefect_dbbackup.blocks import PostgresServer
 from prefect_dbbackup.flows.backup import backup_server
-from prefect_dbbackup.flows.report import BackupFailed
+from prefect_dbbackup.flows.backup_report import BackupFailed
 
 from tests.helpers import peak_overlap
 
@@ -57,7 +57,7 @@ def test_a_backup_run_is_readable_in_prefect(env, pg_db, pg_admin):
         "retention": None,
     }
     names = sorted(t.name for t in task_runs)
-    assert names == [f"dump-{ok_db}", f"globals-{env.pg}", "upload-_globals", f"upload-{ok_db}"]
+    assert names == sorted([f"dump-{ok_db}", f"users-{env.pg}", "upload-_globals", f"upload-{ok_db}"])
     assert all(t.state.is_completed() for t in task_runs)
     [artifact] = [a for a in artifacts if a.type == "table"]
     assert artifact.key == f"backup-{env.pg}"

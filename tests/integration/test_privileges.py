@@ -73,7 +73,7 @@ def test_mysql_globals_without_select_on_mysql_user_names_the_grant(
     user, password = my_limited_user
     block = MySQLServer(host=MY["host"], port=MY["port"], user=user, password=password)
     with pytest.raises(PermissionDenied) as err:
-        block.globals_script(None)  # 1142 SELECT command denied ... for table `mysql`.`user`
+        block.users_script(None)  # 1142 SELECT command denied ... for table `mysql`.`user`
     assert "grant it SELECT on mysql.*" in str(err.value) and user in str(err.value)
     assert "rejected the login" not in str(err.value)
 

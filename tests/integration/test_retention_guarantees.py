@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prefect_dbbackup.blocks import PostgresServer
 from prefect_dbbackup.blocks.registry import load_storage
-from prefect_dbbackup.flows.verify import VerifyFailed, verify_backups
+from prefect_dbbackup.flows.verify import VerifyRunFailed, verify_backups
 from prefect_dbbackup.tasks.layout import VERIFIED_NAME, new_backup_id
 from prefect_dbbackup.tasks.prune import OWN_NAMES
 
@@ -51,7 +51,7 @@ def test_the_newest_verified_backup_survives_keep_last_1_and_a_corrupted_newer_o
     data = bytearray(storage.get_bytes(key))
     data[len(data) // 2] ^= 0x01
     storage.put_bytes(key, bytes(data))
-    with pytest.raises(VerifyFailed):
+    with pytest.raises(VerifyRunFailed):
         verify_backups(
             server=server, storage=env.storage, encryption=env.encryption, databases=[db]
         )

@@ -10,8 +10,8 @@ import pytest
 from prefect_dbbackup.blocks import MySQLServer, PostgresServer
 from prefect_dbbackup.blocks.server import SCRATCH_PREFIX
 from prefect_dbbackup.flows.backup import backup_server
-from prefect_dbbackup.flows.report import BackupFailed
-from prefect_dbbackup.flows.verify import VerifyFailed, verify_backups
+from prefect_dbbackup.flows.backup_report import BackupFailed
+from prefect_dbbackup.flows.verify import VerifyRunFailed, verify_backups
 from prefect_dbbackup.tasks.manifest import Manifest
 from prefect_dbbackup.tasks.verify import scratch_name
 
@@ -232,7 +232,7 @@ def test_a_corrupted_object_fails_verify_before_any_scratch_database(env, my_db,
     data[len(data) // 2] ^= 0x01
     obj.write_bytes(bytes(data))
 
-    with pytest.raises(VerifyFailed) as failure:
+    with pytest.raises(VerifyRunFailed) as failure:
         verify_backups(
             server=env.my, storage=env.storage, encryption=env.encryption, databases=[db]
         )

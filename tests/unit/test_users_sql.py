@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect_dbbackup.blocks.globals_sql import (
+from prefect_dbbackup.blocks.users_sql import (
     MySQLAccount,
     mask,
     mysql_script,

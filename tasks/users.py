@@ -27,7 +27,9 @@ from prefect_dbbackup.blocks.errors import (
     DbBackupError,
     redact,
 )
-from prefect_dbbackup.blocks.globals_sql import (
+from prefect_dbbackup.blocks.server import DatabaseServer, Skip
+from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.blocks.users_sql import (
     Engine,
     Statement,
     mask,
@@ -37,8 +39,6 @@ from prefect_dbbackup.blocks.globals_sql import (
     secrets_of,
     select_statements,
 )
-from prefect_dbbackup.blocks.server import DatabaseServer, Skip
-from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.backup import DumpResult, _retry_if_transient, tool_version
 from prefect_dbbackup.tasks.catalog import find_backup, list_backups, not_future_dated
 from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, MANIFEST_NAME, backup_key
@@ -50,14 +50,14 @@ from prefect_dbbackup.tasks.stream import decrypt_stream
 from pydantic import BaseModel
 
 
-def globals_note(manifest: Manifest) -> str | None:
+def users_note(manifest: Manifest) -> str | None:
     """What an operator must know about a globals backup (passwords left out)."""
     if "--no-role-passwords" in manifest.dump_options:
         return "login is not a superuser: role passwords not backed up (--no-role-passwords)"
     return None
 
 
-def dump_globals(
+def dump_users(
     server: DatabaseServer,
     server_name: str,
     encryption: AgeEncryption,
@@ -72,7 +72,7 @@ def dump_globals(
     log = run_logger()
     recipients = encryption.recipient_keys()
     started = datetime.now(UTC)
-    dump = server.globals_script(workdir)
+    dump = server.users_script(workdir)
     engine = server.engine.name
     statements = select_statements(parse_script(dump.script, engine), None, server.account_selected)
     accounts = sorted({s.subject for s in statements if s.subject})
@@ -113,7 +113,7 @@ def dump_globals(
     return DumpResult(spool=str(spool), manifest=manifest)
 
 
-def find_globals(
+def find_users_backup(
     storage: BackupStorage,
     server: str,
     backup_id: str = "latest",
@@ -179,7 +179,7 @@ class UsersPartlyRestored(DbBackupError):
         return (UsersPartlyRestored, (str(self), self.result))
 
 
-def read_globals(
+def read_users(
     storage: BackupStorage,
     encryption: AgeEncryption,
     manifest: Manifest,
@@ -198,7 +198,7 @@ def read_globals(
     return plain.getvalue().decode()
 
 
-def restore_globals(
+def replay_users(
     server: DatabaseServer,
     storage: BackupStorage,
     encryption: AgeEncryption,
@@ -221,7 +221,7 @@ def restore_globals(
             f"users/roles backup {manifest.backup_id} is from a {manifest.server_type} server; "
             f"it cannot be restored into a {engine} server"
         )
-    script = read_globals(storage, encryption, manifest, workdir, identity_file)
+    script = read_users(storage, encryption, manifest, workdir, identity_file)
     statements = select_statements(parse_script(script, engine), users, lambda _: True)
     accounts = sorted({s.subject for s in statements if s.subject})
     missing = [u for u in users or [] if not any(matches(s, [u]) for s in statements)]
@@ -241,7 +241,7 @@ def restore_globals(
         dry_run=dry_run,
         accounts=accounts,
         statements=[mask(s.text, engine) for s in statements],
-        note=globals_note(manifest),
+        note=users_note(manifest),
     )
     if dry_run:
         return result
@@ -304,10 +304,10 @@ def first_words(statement: str, engine: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-globals_task = task(
-    dump_globals,
-    name="globals",
-    task_run_name="globals-{server_name}",
+dump_users_task = task(
+    dump_users,
+    name="users",
+    task_run_name="users-{server_name}",
     cache_policy=NONE,
     retries=1,
     retry_delay_seconds=30,
@@ -316,5 +316,5 @@ globals_task = task(
 
 # no retries: like a database restore, rerun it by hand (it is idempotent)
 restore_users_task = task(
-    restore_globals, name="restore-users", task_run_name="restore-users", cache_policy=NONE
+    replay_users, name="restore-users", task_run_name="restore-users", cache_policy=NONE
 )

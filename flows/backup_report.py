@@ -1,39 +1,15 @@
-"""Per-database outcomes of a backup run and the artifact that shows them."""
+"""Per-database outcomes of a backup run, its exit code, and the artifact that shows them."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect_dbbackup.blocks.errors import DbBackupError
+from prefect_dbbackup.flows.artifacts import artifact_key, first_line, md, size
 from prefect_dbbackup.tasks.events import emit_backup_event
 from prefect_dbbackup.tasks.manifest import Manifest
 from pydantic import BaseModel
-
-
-def artifact_key(kind: str, server: str) -> str:
-    """A valid artifact key (lowercase letters, digits, dashes) for one server."""
-    return "-".join(filter(None, [kind, re.sub(r"[^a-z0-9-]+", "-", server.lower()).strip("-")]))
-
-
-def md(text: str) -> str:
-    """text escaped for markdown (table cells and lists)."""
-    return re.sub(r"([\\`*\[\]<>|])", r"\\\1", text.replace("\n", " "))
-
-
-def size(nbytes: int) -> str:
-    """A byte count for people: 950 B, 12.3 kB, 4.5 MB, 1.20 GB."""
-    for unit, scale, digits in (("GB", 1e9, 2), ("MB", 1e6, 1), ("kB", 1e3, 1)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.{digits}f} {unit}"
-    return f"{nbytes} B"
-
-
-def first_line(text: str | None) -> str:
-    """The first line of an error message ('' for none)."""
-    lines = (text or "").strip().splitlines()
-    return lines[0] if lines else ""
 
 
 class DatabaseOutcome(BaseModel):

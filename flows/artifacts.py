@@ -1,0 +1,29 @@
+"""Text helpers shared by the artifacts of every flow (backup, verify, prune, restore)."""
+
+from __future__ import annotations
+
+import re
+
+
+def artifact_key(kind: str, server: str) -> str:
+    """A valid artifact key (lowercase letters, digits, dashes) for one server."""
+    return "-".join(filter(None, [kind, re.sub(r"[^a-z0-9-]+", "-", server.lower()).strip("-")]))
+
+
+def md(text: str) -> str:
+    """text escaped for markdown (table cells and lists)."""
+    return re.sub(r"([\\`*\[\]<>|])", r"\\\1", text.replace("\n", " "))
+
+
+def size(nbytes: int) -> str:
+    """A byte count for people: 950 B, 12.3 kB, 4.5 MB, 1.20 GB."""
+    for unit, scale, digits in (("GB", 1e9, 2), ("MB", 1e6, 1), ("kB", 1e3, 1)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.{digits}f} {unit}"
+    return f"{nbytes} B"
+
+
+def first_line(text: str | None) -> str:
+    """The first line of an error message ('' for none)."""
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else ""
