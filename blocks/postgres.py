@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import secrets
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import sqlalchemy as sa
+from prefect_dbbackup.blocks import pg_clients
 from prefect_dbbackup.blocks.errors import (
     AuthError,
     ConfigError,
@@ -32,7 +34,7 @@ from prefect_dbbackup.blocks.server import (
     private_file,
 )
 from psycopg import sql as pgsql
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 log = logging.getLogger("dbbackup")
 
@@ -118,6 +120,8 @@ class PostgresServer(DatabaseServer):
         description="Count every table's rows in the dump's own snapshot (one full scan per "
         "table) so verify can require exact row counts; off: verify compares table lists only.",
     )
+    # (client directory, why it was chosen), see client_dir
+    _client_choice: tuple[str, str | None] | None = PrivateAttr(default=None)
 
     def list_databases(self) -> list[str]:
         names = super().list_databases()
@@ -339,23 +343,68 @@ class PostgresServer(DatabaseServer):
             self.run_sql(conn, f"ALTER DATABASE {q(replacement)} RENAME TO {q(target)}")
         self.drop_database(retired)
 
-    def _client_major(self, path: str) -> int:
-        out = self.client_version(path)
-        match = re.search(r"(\d+)(?:\.\d+)?", out)
-        if not match:
-            raise ConfigError(f"cannot tell the version of {path}: {out.strip()!r}")
-        return int(match.group(1))
+    def client_dir(self) -> Path:
+        """The directory every client tool of this block comes from, chosen once per instance.
+
+        bin_dir when set (its pg_dump must be at least the server's version), else the
+        newest installed client at least as new as the server (see pg_clients).
+        """
+        if self._client_choice is None:
+            self._client_choice = self._choose_client()
+        return Path(self._client_choice[0])
+
+    def _choose_client(self) -> tuple[str, str | None]:
+        """(directory, the log line saying why) for client_dir; ConfigError when none fits."""
+        server = self._server_major()
+        if self.bin_dir:
+            path = super().tool("pg_dump")
+            client = pg_clients.client_major(self.client_version(path))
+            if client is None:
+                raise ConfigError(f"cannot tell the version of {path}")
+            if client < server:
+                raise ConfigError(
+                    f"{path} is version {client} but the server at {self.describe()} runs "
+                    f"{server}: pg_dump cannot dump a newer server. Install PostgreSQL {server} "
+                    "client tools and set bin_dir on the block to their directory (or unset it "
+                    "to use the newest installed client)."
+                )
+            return self.bin_dir, None
+        found = self.installed_clients()
+        choice = pg_clients.choose_client(found, server)
+        if choice is None:
+            raise ConfigError(
+                pg_clients.missing_client_message(found, self.server_version(), self.describe())
+            )
+        return choice[0], pg_clients.chosen_note(choice, found, self.server_version())
+
+    def installed_clients(self) -> list[tuple[str, int]]:
+        """(directory, major version) of every PostgreSQL client found on PATH and in the
+        usual install locations; a pg_dump whose version cannot be read is left out."""
+        found = []
+        for directory in pg_clients.candidate_dirs(os.environ.get("PATH", os.defpath)):
+            major = pg_clients.client_major(self.client_version(str(directory / "pg_dump")))
+            if major is not None:
+                found.append((str(directory), major))
+        return found
+
+    def check_clients(self) -> str | None:
+        self.client_dir()
+        assert self._client_choice is not None
+        return self._client_choice[1]
+
+    def tool(self, *names: str) -> str:
+        """Full path of the first of names in client_dir()."""
+        directory = self.client_dir()
+        for name in names:
+            candidate = directory / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+        raise ConfigError(
+            f"none of {', '.join(names)} found in {directory}: install the PostgreSQL client tools"
+        )
 
     def dump_client(self, name: str = "pg_dump") -> str:
-        path = self.tool(name)
-        client, server = self._client_major(path), self._server_major()
-        if client < server:
-            raise ConfigError(
-                f"{path} is version {client} but the server at {self.describe()} runs {server}: "
-                f"{name} cannot dump a newer server. Install PostgreSQL {server} client tools "
-                "and set bin_dir on the block."
-            )
-        return path
+        return self.tool(name)
 
     def _login_query(self) -> str:
         return "SELECT current_user"

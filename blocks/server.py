@@ -122,7 +122,10 @@ class DatabaseServer(Block, ABC):
         default_factory=list, description="Glob patterns of databases to skip."
     )
     bin_dir: str | None = Field(
-        default=None, description="Directory of the client tools; default: found on PATH."
+        default=None,
+        description="Directory of the client tools; default: PostgreSQL the newest installed "
+        "client at least as new as the server (PATH and the usual install locations), "
+        "MySQL/MariaDB the first found on PATH.",
     )
     backup_users: bool = Field(
         default=True, description="Also back up users/roles and grants (the _globals series)."
@@ -204,6 +207,11 @@ class DatabaseServer(Block, ABC):
     @abstractmethod
     def dump_client(self) -> str:
         """Path of the dump tool after checking it suits the server."""
+
+    def check_clients(self) -> str | None:
+        """Choose the client tools before anything runs (ConfigError when none suits the
+        server); returns a line saying which ones and why, or None when there is no choice."""
+        return None
 
     @abstractmethod
     @contextlib.contextmanager

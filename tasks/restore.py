@@ -94,6 +94,8 @@ def restore_backup(
         )
     if jobs > 1 and not server.parallel_restore:
         raise ConfigError(f"--jobs: {server.server_type} restores run one client, not in parallel")
+    if note := server.check_clients():  # a client fit for the target, before touching it
+        log.info(note)
     started = datetime.now(UTC)
     skipped: list[str] = []
     # the object is named by the backup's location and kind, never by free text in the manifest
