@@ -1,12 +1,17 @@
-"""Which PostgreSQL client tools to run: the newest installed client at least as new as the server.
+"""Which PostgreSQL client tools to run: the installed client closest to the server's version.
 
 pg_dump refuses a server newer than itself ("aborting because of server version
-mismatch"), and pg_restore may not read what a newer pg_dump wrote; an older
-server is fine for a newer client. So without `bin_dir` the server block looks
-at every directory on PATH and at the usual install locations, reads each
-pg_dump's major version, and takes the newest directory whose major is at least
-the server's. All tools of a run (pg_dump, pg_dumpall, pg_restore) come from
-that one directory.
+mismatch"). A newer client is no better, seen with PostgreSQL 15 to 18 here:
+pg_restore reads only archives of a pg_dump no newer than its own format (17 and 18
+share one, 16 had the one before), and pg_restore 17 and newer cannot restore into
+16 or older (it sets transaction_timeout, which those servers do not know). So a
+backup of a 16 server written by pg_dump 18 could not be restored into any 16
+server. Without `bin_dir`, the server block therefore looks at every directory on
+PATH and at the usual install locations, reads each pg_dump's major version, and
+takes the OLDEST directory whose major is at least the server's: the server's own
+version when it is installed. A restore asks for at least the target server's
+version and the version of the pg_dump that wrote the backup. All tools of a run
+(pg_dump, pg_dumpall, pg_restore) come from that one directory.
 """
 
 from __future__ import annotations
@@ -66,13 +71,30 @@ def client_major(version_line: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def choose_client(found: Sequence[tuple[str, int]], server_major: int) -> tuple[str, int] | None:
-    """The newest (directory, major) at least as new as the server; the first found on a tie.
+def choose_client(found: Sequence[tuple[str, int]], need: int) -> tuple[str, int] | None:
+    """The oldest (directory, major) with a major of at least need; the first found on a tie.
 
-    None when every client found is older than the server.
+    None when every client found is older.
     """
-    fit = [client for client in found if client[1] >= server_major]
-    return max(fit, key=lambda client: client[1]) if fit else None
+    fit = [client for client in found if client[1] >= need]
+    return min(fit, key=lambda client: client[1]) if fit else None
+
+
+def _major(server_version: str) -> int:
+    match = re.match(r"\d+", server_version)
+    return int(match.group()) if match else 0
+
+
+def needed_major(server_version: str, backup_major: int | None = None) -> int:
+    """The lowest client major for a server (and for a backup written by pg_dump backup_major)."""
+    return max(_major(server_version), backup_major or 0)
+
+
+def _requirement(server_version: str, backup_major: int | None) -> str:
+    what = f"the server (PostgreSQL {server_version})"
+    if backup_major is not None and backup_major > _major(server_version):
+        what += f" and the pg_dump {backup_major} that wrote the backup"
+    return what
 
 
 def _listing(found: Sequence[tuple[str, int]]) -> str:
@@ -80,29 +102,44 @@ def _listing(found: Sequence[tuple[str, int]]) -> str:
 
 
 def chosen_note(
-    choice: tuple[str, int], found: Sequence[tuple[str, int]], server_version: str
+    choice: tuple[str, int],
+    found: Sequence[tuple[str, int]],
+    server_version: str,
+    backup_major: int | None = None,
 ) -> str:
     """The log line saying which client a run uses, and why."""
-    return (
-        f"PostgreSQL client tools: {choice[0]} (version {choice[1]}), the newest installed "
-        f"client at least as new as the server (PostgreSQL {server_version}); "
+    note = (
+        f"PostgreSQL client tools: {choice[0]} (version {choice[1]}), the oldest installed "
+        f"client at least as new as {_requirement(server_version, backup_major)}; "
         f"found: {_listing(found)}"
     )
+    server = _major(server_version)
+    if choice[1] > server and all(major != server for _, major in found):
+        note += (
+            f". No PostgreSQL {server} client is installed, and a newer one can fail where the "
+            f"server's own would not: pg_restore 17 and newer cannot restore into PostgreSQL 16 "
+            f"or older, so what pg_dump 17 or newer writes of such a server restores only into "
+            f"17 or newer. Install postgresql-client-{server} to keep backups restorable into "
+            "the server's own version"
+        )
+    return note
 
 
 def missing_client_message(
-    found: Sequence[tuple[str, int]], server_version: str, where: str
+    found: Sequence[tuple[str, int]],
+    server_version: str,
+    where: str,
+    backup_major: int | None = None,
 ) -> str:
-    """The error when no installed client is new enough for the server, and how to fix it."""
-    major = re.match(r"\d+", server_version)
-    need = major.group() if major else server_version
+    """The error when no installed client is new enough, and how to fix it."""
+    need = needed_major(server_version, backup_major)
     searched = ", ".join(("PATH", *INSTALL_GLOBS))
     return (
-        f"no PostgreSQL client on this machine can back up or restore the server at {where}, "
-        f"which runs PostgreSQL {server_version}: pg_dump and pg_restore must be version "
+        f"no PostgreSQL client on this machine can work with the server at {where}: the client "
+        f"must be at least as new as {_requirement(server_version, backup_major)}, version "
         f"{need} or newer. Found: {_listing(found)} (searched {searched}). Install the "
-        f"PostgreSQL {need} client tools (or newer): Debian/Ubuntu `apt install "
-        f"postgresql-client-{need}` (from apt.postgresql.org), RHEL `dnf install "
-        f"postgresql{need}`, Homebrew `brew install postgresql@{need}`; or set bin_dir on the "
-        f"server block to a directory holding pg_dump, pg_dumpall and pg_restore {need} or newer."
+        f"PostgreSQL {need} client tools: Debian/Ubuntu `apt install postgresql-client-{need}` "
+        f"(from apt.postgresql.org), RHEL `dnf install postgresql{need}`, Homebrew "
+        f"`brew install postgresql@{need}`; or set bin_dir on the server block to a directory "
+        f"holding pg_dump, pg_dumpall and pg_restore {need}."
     )

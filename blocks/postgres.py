@@ -120,7 +120,7 @@ class PostgresServer(DatabaseServer):
         description="Count every table's rows in the dump's own snapshot (one full scan per "
         "table) so verify can require exact row counts; off: verify compares table lists only.",
     )
-    # (client directory, why it was chosen), see client_dir
+    # (client directory, why it was chosen), see check_clients
     _client_choice: tuple[str, str | None] | None = PrivateAttr(default=None)
 
     def list_databases(self) -> list[str]:
@@ -344,38 +344,46 @@ class PostgresServer(DatabaseServer):
         self.drop_database(retired)
 
     def client_dir(self) -> Path:
-        """The directory every client tool of this block comes from, chosen once per instance.
-
-        bin_dir when set (its pg_dump must be at least the server's version), else the
-        newest installed client at least as new as the server (see pg_clients).
-        """
+        """The directory every client tool of this block comes from (see check_clients)."""
         if self._client_choice is None:
-            self._client_choice = self._choose_client()
+            self.check_clients()
+        assert self._client_choice is not None
         return Path(self._client_choice[0])
 
-    def _choose_client(self) -> tuple[str, str | None]:
-        """(directory, the log line saying why) for client_dir; ConfigError when none fits."""
+    def check_clients(self, backup_client: str | None = None) -> str | None:
+        """Choose the client directory: bin_dir when set (its pg_dump must be at least the
+        server's version), else the oldest installed client at least as new as the server
+        and as the pg_dump that wrote backup_client's backup (see pg_clients)."""
         server = self._server_major()
         if self.bin_dir:
-            path = super().tool("pg_dump")
-            client = pg_clients.client_major(self.client_version(path))
-            if client is None:
-                raise ConfigError(f"cannot tell the version of {path}")
-            if client < server:
-                raise ConfigError(
-                    f"{path} is version {client} but the server at {self.describe()} runs "
-                    f"{server}: pg_dump cannot dump a newer server. Install PostgreSQL {server} "
-                    "client tools and set bin_dir on the block to their directory (or unset it "
-                    "to use the newest installed client)."
-                )
-            return self.bin_dir, None
+            path = Path(self.bin_dir, "pg_dump")
+            if path.is_file():  # else a restore-only directory (a dump fails in tool())
+                self._check_dump_client(path, server)
+            self._client_choice = (self.bin_dir, None)
+            return None
+        version = self.server_version()
+        backup = pg_clients.client_major(backup_client) if backup_client else None
         found = self.installed_clients()
-        choice = pg_clients.choose_client(found, server)
+        choice = pg_clients.choose_client(found, pg_clients.needed_major(version, backup))
         if choice is None:
             raise ConfigError(
-                pg_clients.missing_client_message(found, self.server_version(), self.describe())
+                pg_clients.missing_client_message(found, version, self.describe(), backup)
             )
-        return choice[0], pg_clients.chosen_note(choice, found, self.server_version())
+        note = pg_clients.chosen_note(choice, found, version, backup)
+        self._client_choice = (choice[0], note)
+        return note
+
+    def _check_dump_client(self, path: Path, server: int) -> None:
+        client = pg_clients.client_major(self.client_version(str(path)))
+        if client is None:
+            raise ConfigError(f"cannot tell the version of {path}")
+        if client < server:
+            raise ConfigError(
+                f"{path} is version {client} but the server at {self.describe()} runs "
+                f"{server}: pg_dump cannot dump a newer server. Install PostgreSQL {server} "
+                "client tools and set bin_dir on the block to their directory (or unset it "
+                "to use the installed client closest to the server's version)."
+            )
 
     def installed_clients(self) -> list[tuple[str, int]]:
         """(directory, major version) of every PostgreSQL client found on PATH and in the
@@ -387,11 +395,6 @@ class PostgresServer(DatabaseServer):
                 found.append((str(directory), major))
         return found
 
-    def check_clients(self) -> str | None:
-        self.client_dir()
-        assert self._client_choice is not None
-        return self._client_choice[1]
-
     def tool(self, *names: str) -> str:
         """Full path of the first of names in client_dir()."""
         directory = self.client_dir()
@@ -400,7 +403,7 @@ class PostgresServer(DatabaseServer):
             if candidate.is_file() and os.access(candidate, os.X_OK):
                 return str(candidate)
         raise ConfigError(
-            f"none of {', '.join(names)} found in {directory}: install the PostgreSQL client tools"
+            f"none of {', '.join(names)} found in {directory}: install the client tools"
         )
 
     def dump_client(self, name: str = "pg_dump") -> str:

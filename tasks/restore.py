@@ -94,7 +94,8 @@ def restore_backup(
         )
     if jobs > 1 and not server.parallel_restore:
         raise ConfigError(f"--jobs: {server.server_type} restores run one client, not in parallel")
-    if note := server.check_clients():  # a client fit for the target, before touching it
+    # a client fit for the target and the backup, before the target is touched
+    if note := server.check_clients(manifest.client_version):
         log.info(note)
     started = datetime.now(UTC)
     skipped: list[str] = []

@@ -1,4 +1,4 @@
-"""Choosing the PostgreSQL client: the newest installed one at least as new as the server."""
+"""Choosing the PostgreSQL client: the installed one closest to the server, at least as new."""
 
 from __future__ import annotations
 
@@ -13,33 +13,51 @@ from prefect_dbbackup.blocks.pg_clients import (
     chosen_note,
     client_major,
     missing_client_message,
+    needed_major,
 )
 
-DEBIAN = [("/usr/lib/postgresql/15/bin", 15), ("/usr/lib/postgresql/17/bin", 17)]
+FOUND = [
+    ("/usr/lib/postgresql/15/bin", 15),
+    ("/usr/lib/postgresql/17/bin", 17),
+    ("/usr/lib/postgresql/18/bin", 18),
+]
 
 
 @pytest.mark.parametrize(
-    ("server", "expected"),
+    ("need", "expected"),
     [
-        (13, ("/usr/lib/postgresql/17/bin", 17)),  # an older server: still the newest client
-        (15, ("/usr/lib/postgresql/17/bin", 17)),
-        (16, ("/usr/lib/postgresql/17/bin", 17)),
-        (17, ("/usr/lib/postgresql/17/bin", 17)),  # the same major is enough
-        (18, None),  # every client is older than the server
+        (13, ("/usr/lib/postgresql/15/bin", 15)),  # an older server: the oldest client
+        (15, ("/usr/lib/postgresql/15/bin", 15)),  # the server's own version
+        (16, ("/usr/lib/postgresql/17/bin", 17)),  # none of its own: the next one up
+        (18, ("/usr/lib/postgresql/18/bin", 18)),
+        (19, None),  # every client is older than the server
     ],
 )
-def test_the_newest_client_at_least_as_new_as_the_server(server, expected):
-    assert choose_client(DEBIAN, server) == expected
-    assert choose_client(list(reversed(DEBIAN)), server) == expected  # order does not matter
+def test_the_closest_client_at_least_as_new_as_needed(need, expected):
+    assert choose_client(FOUND, need) == expected
+    assert choose_client(list(reversed(FOUND)), need) == expected  # order does not matter
 
 
 def test_a_tie_goes_to_the_client_found_first():
-    found = [("/opt/pg/bin", 16), ("/usr/lib/postgresql/16/bin", 16), ("/old", 12)]
+    found = [("/old", 12), ("/opt/pg/bin", 16), ("/usr/lib/postgresql/16/bin", 16)]
     assert choose_client(found, 14) == ("/opt/pg/bin", 16)
 
 
 def test_no_client_at_all():
     assert choose_client([], 15) is None
+
+
+@pytest.mark.parametrize(
+    ("server", "backup", "need"),
+    [
+        ("16.2", None, 16),
+        ("18.6 (Debian 18.6-1)", None, 18),
+        ("18.6", 15, 18),  # the upgrade path: the target decides
+        ("15.20", 17, 17),  # a backup written by pg_dump 17 needs pg_restore 17 or newer
+    ],
+)
+def test_what_a_run_needs(server, backup, need):
+    assert needed_major(server, backup) == need
 
 
 @pytest.mark.parametrize(
@@ -67,6 +85,12 @@ def test_the_error_names_server_clients_and_the_fix():
     assert "bin_dir" in message
 
 
+def test_the_error_names_the_backups_client_when_it_is_newer():
+    message = missing_client_message([("/usr/lib/postgresql/15/bin", 15)], "15.4", "p@h:1", 17)
+    assert "the pg_dump 17 that wrote the backup" in message
+    assert "apt install postgresql-client-17" in message
+
+
 def test_the_error_says_when_no_client_was_found():
     message = missing_client_message([], "17.4 (Debian 17.4-1)", "postgres@db1:5432")
     assert "Found: none" in message
@@ -74,10 +98,17 @@ def test_the_error_says_when_no_client_was_found():
 
 
 def test_the_note_says_which_client_and_why():
-    note = chosen_note(("/usr/lib/postgresql/17/bin", 17), DEBIAN, "16.2")
-    assert note.startswith("PostgreSQL client tools: /usr/lib/postgresql/17/bin (version 17)")
-    assert "PostgreSQL 16.2" in note
-    assert "/usr/lib/postgresql/15/bin (15)" in note
+    note = chosen_note(("/usr/lib/postgresql/15/bin", 15), FOUND, "15.2")
+    assert note.startswith("PostgreSQL client tools: /usr/lib/postgresql/15/bin (version 15)")
+    assert "PostgreSQL 15.2" in note
+    assert "/usr/lib/postgresql/17/bin (17)" in note
+    assert "No PostgreSQL" not in note  # its own version is installed: nothing to warn of
+
+
+def test_the_note_warns_when_the_servers_own_client_is_missing():
+    note = chosen_note(("/usr/lib/postgresql/17/bin", 17), FOUND, "16.2")
+    assert "No PostgreSQL 16 client is installed" in note
+    assert "install postgresql-client-16" in note.lower()
 
 
 def _install(directory: Path, tools: tuple[str, ...] = CLIENT_TOOLS) -> Path:
