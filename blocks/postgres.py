@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import secrets
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import sqlalchemy as sa
+from prefect_dbbackup.blocks import pg_clients
 from prefect_dbbackup.blocks.engines import POSTGRES, Engine
 from prefect_dbbackup.blocks.errors import (
     AuthError,
@@ -33,7 +35,7 @@ from prefect_dbbackup.blocks.server import (
     private_file,
 )
 from psycopg import sql as pgsql
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 log = logging.getLogger("dbbackup")
 
@@ -109,6 +111,8 @@ class PostgresServer(DatabaseServer):
         description="Count every table's rows in the dump's own snapshot (one full scan per "
         "table) so verify can require exact row counts; off: verify compares table lists only.",
     )
+    # (client directory, why it was chosen), see check_clients
+    _client_choice: tuple[str, str | None] | None = PrivateAttr(default=None)
 
     def list_databases(self) -> list[str]:
         names = super().list_databases()
@@ -327,23 +331,71 @@ class PostgresServer(DatabaseServer):
             self.run_sql(conn, f"ALTER DATABASE {q(replacement)} RENAME TO {q(target)}")
         self.drop_database(retired)
 
-    def _client_major(self, path: str) -> int:
-        out = self.client_version(path)
-        match = re.search(r"(\d+)(?:\.\d+)?", out)
-        if not match:
-            raise ConfigError(f"cannot tell the version of {path}: {out.strip()!r}")
-        return int(match.group(1))
+    def client_dir(self) -> Path:
+        """The directory every client tool of this block comes from (see check_clients)."""
+        if self._client_choice is None:
+            self.check_clients()
+        assert self._client_choice is not None
+        return Path(self._client_choice[0])
 
-    def dump_client(self, name: str = "pg_dump") -> str:
-        path = self.tool(name)
-        client, server = self._client_major(path), self._server_major()
+    def check_clients(self, backup_client: str | None = None) -> str | None:
+        """Choose the client directory: bin_dir when set (its pg_dump must be at least the
+        server's version), else the oldest installed client at least as new as the server
+        and as the pg_dump that wrote backup_client's backup (see pg_clients)."""
+        server = self._server_major()
+        if self.bin_dir:
+            path = Path(self.bin_dir, "pg_dump")
+            if path.is_file():  # else a restore-only directory (a dump fails in tool())
+                self._check_dump_client(path, server)
+            self._client_choice = (self.bin_dir, None)
+            return None
+        version = self.server_version()
+        backup = pg_clients.client_major(backup_client) if backup_client else None
+        found = self.installed_clients()
+        choice = pg_clients.choose_client(found, pg_clients.needed_major(version, backup))
+        if choice is None:
+            raise ConfigError(
+                pg_clients.missing_client_message(found, version, self.describe(), backup)
+            )
+        note = pg_clients.chosen_note(choice, found, version, backup)
+        self._client_choice = (choice[0], note)
+        return note
+
+    def _check_dump_client(self, path: Path, server: int) -> None:
+        client = pg_clients.client_major(self.client_version(str(path)))
+        if client is None:
+            raise ConfigError(f"cannot tell the version of {path}")
         if client < server:
             raise ConfigError(
-                f"{path} is version {client} but the server at {self.describe()} runs {server}: "
-                f"{name} cannot dump a newer server. Install PostgreSQL {server} client tools "
-                "and set bin_dir on the block."
+                f"{path} is version {client} but the server at {self.describe()} runs "
+                f"{server}: pg_dump cannot dump a newer server. Install PostgreSQL {server} "
+                "client tools and set bin_dir on the block to their directory (or unset it "
+                "to use the installed client closest to the server's version)."
             )
-        return path
+
+    def installed_clients(self) -> list[tuple[str, int]]:
+        """(directory, major version) of every PostgreSQL client found on PATH and in the
+        usual install locations; a pg_dump whose version cannot be read is left out."""
+        found = []
+        for directory in pg_clients.candidate_dirs(os.environ.get("PATH", os.defpath)):
+            major = pg_clients.client_major(self.client_version(str(directory / "pg_dump")))
+            if major is not None:
+                found.append((str(directory), major))
+        return found
+
+    def tool(self, *names: str) -> str:
+        """Full path of the first of names in client_dir()."""
+        directory = self.client_dir()
+        for name in names:
+            candidate = directory / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+        raise ConfigError(
+            f"none of {', '.join(names)} found in {directory}: install the client tools"
+        )
+
+    def dump_client(self, name: str = "pg_dump") -> str:
+        return self.tool(name)
 
     def _login_query(self) -> str:
         return "SELECT current_user"

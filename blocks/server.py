@@ -136,7 +136,10 @@ class DatabaseServer(Block, ABC):
         default_factory=list, description="Glob patterns of databases to skip."
     )
     bin_dir: str | None = Field(
-        default=None, description="Directory of the client tools; default: found on PATH."
+        default=None,
+        description="Directory of the client tools; default: PostgreSQL the installed client "
+        "closest to the server's version, at least as new (PATH and the usual install "
+        "locations), MySQL/MariaDB the first found on PATH.",
     )
     backup_users: bool = Field(
         default=True, description="Also back up users/roles and grants (the _globals series)."
@@ -218,6 +221,12 @@ class DatabaseServer(Block, ABC):
     @abstractmethod
     def dump_client(self) -> str:
         """Path of the dump tool after checking it suits the server."""
+
+    def check_clients(self, backup_client: str | None = None) -> str | None:
+        """Choose the client tools before anything runs, for this server and (restore) a
+        backup written by the client backup_client (its version line, from the manifest);
+        ConfigError when none suits. Returns a line saying which and why, or None."""
+        return None
 
     @abstractmethod
     @contextlib.contextmanager

@@ -105,6 +105,8 @@ def backup_server(
     sto.check()  # wrong S3 keys or a missing bucket fail here, not after every dump
     sto.manifest_signer()  # no signing key: fail closed before any dump (docs/security.md)
     names = srv.select_databases(databases)
+    if note := srv.check_clients():  # no client fits the server: fail before any dump
+        log.info(note)
     log.info(
         "backing up %d database(s) of %s (%s) to %s, %d at a time",
         len(names),

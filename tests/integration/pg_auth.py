@@ -14,14 +14,9 @@ Import the fixtures explicitly in a test module:
 from __future__ import annotations
 
 import contextlib
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import pymysql
@@ -29,15 +24,7 @@ import pytest
 from psycopg import sql
 
 from tests.helpers import MY, PgAdmin
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (right now)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.pg_cluster import PrivateCluster
 
 
 def tricky_password(core: str) -> str:
@@ -54,8 +41,6 @@ class PgPasswordServer(PgAdmin):
     `postgres` over the cluster's unix socket.
     """
 
-    host: str
-    port: int
     user: str
     password: str
     password_core: str
@@ -78,73 +63,23 @@ class MyPasswordUser:
     password_core: str
 
 
-def _as_postgres(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["runuser", "-u", "postgres", "--", *argv],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-
-
 @pytest.fixture(scope="session")
 def pg_password_server() -> Iterator[PgPasswordServer]:
     """A private PostgreSQL 15 cluster requiring scram-sha-256 for TCP logins."""
-    base = Path(tempfile.mkdtemp(prefix="dbb-scram-"))
-    shutil.chown(base, "postgres", "postgres")
-    data = base / "data"
-    started = False
+    cluster = PrivateCluster.new(prefix="dbb-scram-")
     try:
-        init = _as_postgres(
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--locale=C.UTF-8",
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            "--no-sync",
+        cluster.start(
+            hba="local all postgres trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+            settings="-c password_encryption=scram-sha-256",
         )
-        assert init.returncode == 0, f"initdb failed: {init.stdout}\n{init.stderr}"
-        # writing the existing file keeps its owner (postgres)
-        (data / "pg_hba.conf").write_text(
-            "local all postgres trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
-        )
-        for _attempt in range(3):  # a free port can be taken between probe and bind
-            port = free_port()
-            start = _as_postgres(
-                str(PG_BIN / "pg_ctl"),
-                "-D",
-                str(data),
-                "-w",
-                "-t",
-                "60",
-                "-l",
-                str(base / "server.log"),
-                "-o",
-                f"-c listen_addresses=127.0.0.1 -c port={port} "
-                f"-c unix_socket_directories={base} -c fsync=off "
-                "-c password_encryption=scram-sha-256",
-                "start",
-            )
-            if start.returncode == 0:
-                started = True
-                break
-        log = (base / "server.log").read_text() if (base / "server.log").exists() else ""
-        assert started, f"pg_ctl start failed: {start.stdout}\n{start.stderr}\n{log}"
-
         core = uuid.uuid4().hex
         server = PgPasswordServer(
             host="127.0.0.1",
-            port=port,
+            port=cluster.port,
             user=f"dbb_scram_{uuid.uuid4().hex[:8]}",
             password=tricky_password(core),
             password_core=core,
-            socket_dir=str(base),
+            socket_dir=cluster.socket_dir,
         )
         with server.connect() as conn:
             conn.execute(
@@ -154,9 +89,7 @@ def pg_password_server() -> Iterator[PgPasswordServer]:
             )
         yield server
     finally:
-        if started:
-            _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(base, ignore_errors=True)
+        cluster.stop()
 
 
 @pytest.fixture

@@ -17,11 +17,8 @@ import pyrage
 import pytest
 
 from tests.helpers import PG, BlockEnv, flow_runs_of, stored_objects, task_runs_of
-from tests.integration.pg_auth import (  # noqa: F401
-    free_port,
-    my_password_user,
-    pg_password_server,
-)
+from tests.integration.pg_auth import my_password_user, pg_password_server  # noqa: F401
+from tests.pg_cluster import free_port
 
 
 # --- helpers ---------------------------------------------------------------

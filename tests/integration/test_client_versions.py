@@ -22,7 +22,7 @@ def test_pg_dump_older_than_the_server_is_refused(env, pg_db, tmp_path):
         host="127.0.0.1", user="postgres", bin_dir=str(tmp_path / "bin"), backup_users=False
     ).save(name)
     result = env.cli("backup", name, "-d", db)
-    assert result.exit_code == 2  # the only database failed
+    assert result.exit_code == 3  # refused before any dump: the configuration must change
     assert "pg_dump cannot dump a newer server" in result.output
     assert "version 9" in result.output
     assert not list(env.storage_path.rglob("manifest.json"))
