@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prefect_dbbackup.blocks import signing
 from prefect_dbbackup.blocks.errors import BackupNotFound, IntegrityError
 from prefect_dbbackup.blocks.retention import DEFAULT_FUTURE_TOLERANCE_HOURS
-from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.blocks.storage import BackupStorage, ObjectTooLarge
 from prefect_dbbackup.tasks.layout import (
     GLOBALS_SEGMENT,
     MANIFEST_NAME,
@@ -104,7 +104,11 @@ def read_manifest(
         raise ValueError(f"not a manifest key: {key}")
     server, database, backup_id = parsed
     entry = StoredManifest(key, server, database, backup_id, "unreadable")
-    data = storage.get_bytes(key)
+    try:
+        data = storage.get_bytes(key)
+    except ObjectTooLarge as exc:
+        entry.problem = str(exc)
+        return entry
     try:
         entry.manifest = Manifest.from_bytes(data)
     except ValueError as exc:
@@ -130,7 +134,7 @@ def read_manifest(
         return entry
     try:
         signer = signing.check(storage.get_bytes(sig_key), data, keys)
-    except signing.BadSignature as exc:
+    except (signing.BadSignature, ObjectTooLarge) as exc:
         entry.trust, entry.problem = "invalid", str(exc)
         return entry
     entry.trust, entry.signed_by = "signed", signing.key_id(signer)

@@ -57,7 +57,9 @@ def test_a_backup_run_is_readable_in_prefect(env, pg_db, pg_admin):
         "retention": None,
     }
     names = sorted(t.name for t in task_runs)
-    assert names == sorted([f"dump-{ok_db}", f"users-{env.pg}", "upload-_globals", f"upload-{ok_db}"])
+    assert names == sorted(
+        [f"dump-{ok_db}", f"users-{env.pg}", "upload-_globals", f"upload-{ok_db}"]
+    )
     assert all(t.state.is_completed() for t in task_runs)
     [artifact] = [a for a in artifacts if a.type == "table"]
     assert artifact.key == f"backup-{env.pg}"
