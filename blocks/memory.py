@@ -17,11 +17,13 @@ from typing import BinaryIO
 
 from prefect_dbbackup.blocks.errors import StorageError
 from prefect_dbbackup.blocks.storage import (
+    SMALL_OBJECT_LIMIT,
     BackupStorage,
     ObjectNotFound,
     check_key,
     list_prefix,
     spool_mismatch,
+    too_large,
 )
 from pydantic import Field
 
@@ -64,7 +66,13 @@ class MemoryBackupStorage(BackupStorage):
         with _LOCK:
             self._objects()[key] = bytes(data)
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
+        data = self._get(key)
+        if len(data) > limit:
+            raise too_large(key, len(data), limit)
+        return data
+
+    def _get(self, key: str) -> bytes:
         check_key(key)
         with _LOCK:
             data = self._objects().get(key)
@@ -74,7 +82,7 @@ class MemoryBackupStorage(BackupStorage):
 
     @contextlib.contextmanager
     def open_read(self, key: str, workdir: Path) -> Iterator[BinaryIO]:
-        with io.BytesIO(self.get_bytes(key)) as f:  # shares the bytes until written to
+        with io.BytesIO(self._get(key)) as f:  # shares the bytes until written to
             yield f
 
     def list_keys(self, prefix: str = "") -> list[str]:

@@ -29,6 +29,7 @@ from prefect_dbbackup.blocks.errors import (
 from prefect_dbbackup.blocks.storage import (
     CHUNK,
     MAX_KEY,
+    SMALL_OBJECT_LIMIT,
     BackupStorage,
     ObjectNotFound,
     UnsafeKey,
@@ -36,6 +37,7 @@ from prefect_dbbackup.blocks.storage import (
     is_safe_key,
     list_prefix,
     spool_mismatch,
+    too_large,
 )
 from pydantic import Field, PrivateAttr, model_validator
 from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError, S3UploadFailedError
@@ -356,10 +358,17 @@ class S3BackupStorage(BackupStorage):
             raise self._error(exc, "read back", key) from None
         return digest.hexdigest()
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
         full = self._full(key)
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=full)["Body"].read()
+            response = self.client.get_object(Bucket=self.bucket, Key=full)
+            with contextlib.closing(response["Body"]) as body:
+                if response.get("ContentLength", 0) > limit:
+                    raise too_large(key, response["ContentLength"], limit)
+                data = body.read(limit + 1)
+            if len(data) > limit:
+                raise too_large(key, len(data), limit)
+            return data
         except S3_ERRORS as exc:
             if self._missing(exc):
                 raise self._not_found(key) from None

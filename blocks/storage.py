@@ -53,6 +53,23 @@ class ObjectNotFound(StorageError):
     retryable = False
 
 
+SMALL_OBJECT_LIMIT = 64 * 2**20
+"""The most get_bytes reads: far above any manifest or signature dbbackup writes, far below
+what would exhaust memory if something else planted a huge object under such a name."""
+
+
+class ObjectTooLarge(IntegrityError):
+    """get_bytes found an object larger than its limit: dbbackup did not write it."""
+
+
+def too_large(key: str, size: int, limit: int) -> ObjectTooLarge:
+    """The error for an object of `size` bytes read with `limit`."""
+    return ObjectTooLarge(
+        f"object {key} holds {size} bytes, more than the {limit} any manifest or signature "
+        "of dbbackup holds: it was not written by dbbackup; move it out of the storage"
+    )
+
+
 def is_safe_key(key: object) -> bool:
     """Whether key is a storage key every storage accepts (see BackupStorage)."""
     return (
@@ -165,8 +182,9 @@ class BackupStorage(Block, ABC):
         """Store a small object (a manifest) atomically, confirmed like put_file."""
 
     @abstractmethod
-    def get_bytes(self, key: str) -> bytes:
-        """Read a small object; ObjectNotFound when there is none."""
+    def get_bytes(self, key: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
+        """Read a small object whole; ObjectNotFound when there is none, ObjectTooLarge
+        (nothing held in memory beyond limit) when it holds more than limit bytes."""
 
     @abstractmethod
     @contextlib.contextmanager
@@ -291,12 +309,16 @@ class LocalBackupStorage(BackupStorage):
     def put_bytes(self, key: str, data: bytes) -> None:
         self._write_atomic(key, lambda f: f.write(data))
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
         path = self._path(key)
         try:
-            return path.read_bytes()
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
         except OSError as exc:
             raise self._read_error(key, exc) from None
+        if len(data) > limit:
+            raise too_large(key, os.stat(path).st_size, limit)
+        return data
 
     @contextlib.contextmanager
     def open_read(self, key: str, workdir: Path) -> Iterator[BinaryIO]:

@@ -111,6 +111,17 @@ def _fail(exc: DbBackupError) -> NoReturn:
     raise typer.Exit(exc.exit_code)
 
 
+def _even_if_partly(run: Callable[..., Any], **kwargs: Any) -> tuple[Any, DbBackupError | None]:
+    """Run a restore flow; one that ended with some users statements refused still gives
+    its report (to print before the error line) and that error."""
+    from prefect_dbbackup.tasks.users import UsersPartlyRestored
+
+    try:
+        return run(**kwargs), None
+    except UsersPartlyRestored as exc:
+        return exc.result, exc
+
+
 def _emit(data: object) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
@@ -317,7 +328,8 @@ def restore(
     """Restore a backup of DATABASE (the latest signed one unless --backup-id) into SERVER."""
     from prefect_dbbackup.flows.restore import restore_database
 
-    result = restore_database(
+    result, partly = _even_if_partly(
+        restore_database,
         server=server,
         database=database,
         storage=storage,
@@ -343,6 +355,8 @@ def restore(
         )
         for line in result.skipped:  # database properties the target did not take
             typer.echo(f"  skipped {printable(line)}")
+    if partly is not None:
+        _fail(partly)
 
 
 def _echo_users(result: UsersResult) -> None:
@@ -388,7 +402,8 @@ def restore_users_cmd(
     updated, grants added; the login the restore runs as is left alone)."""
     from prefect_dbbackup.flows.users import restore_users
 
-    result = restore_users(
+    result, partly = _even_if_partly(
+        restore_users,
         server=server,
         storage=storage,
         encryption=encryption,
@@ -401,11 +416,13 @@ def restore_users_cmd(
     )
     if as_json:
         _emit(result.model_dump())
-        return
-    if dry_run:
-        for statement in result.statements:
-            typer.echo(f"{statement};")
-    _echo_users(result)
+    else:
+        if dry_run:
+            for statement in result.statements:
+                typer.echo(f"{statement};")
+        _echo_users(result)
+    if partly is not None:
+        _fail(partly)
 
 
 @app.command()

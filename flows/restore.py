@@ -138,7 +138,5 @@ def restore_database(
         ),
     )
     if incomplete:
-        raise UsersPartlyRestored(
-            f"restored {database!r} into {target!r}; {incomplete[0]}", accounts
-        )
+        raise UsersPartlyRestored(f"restored {database!r} into {target!r}; {incomplete[0]}", report)
     return report

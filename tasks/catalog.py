@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prefect_dbbackup.blocks import signing
 from prefect_dbbackup.blocks.errors import BackupNotFound, IntegrityError
 from prefect_dbbackup.blocks.retention import DEFAULT_FUTURE_TOLERANCE_HOURS
-from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound, ObjectTooLarge
 from prefect_dbbackup.tasks.layout import (
     GLOBALS_SEGMENT,
     MANIFEST_NAME,
@@ -97,14 +97,19 @@ def read_manifest(
 
     `keys` are the trusted public keys (storage.manifest_verifiers()); `has_signature`
     says whether a listing showed the signature file (None: ask the storage).
-    Storage errors (network, permissions) are raised: they say nothing about the backup.
+    Storage errors (network, permissions) are raised: they say nothing about the backup;
+    ObjectNotFound means the manifest was deleted since it was listed.
     """
     parsed = parse_manifest_key(key)
     if parsed is None:
         raise ValueError(f"not a manifest key: {key}")
     server, database, backup_id = parsed
     entry = StoredManifest(key, server, database, backup_id, "unreadable")
-    data = storage.get_bytes(key)
+    try:
+        data = storage.get_bytes(key)
+    except ObjectTooLarge as exc:
+        entry.problem = str(exc)
+        return entry
     try:
         entry.manifest = Manifest.from_bytes(data)
     except ValueError as exc:
@@ -130,7 +135,10 @@ def read_manifest(
         return entry
     try:
         signer = signing.check(storage.get_bytes(sig_key), data, keys)
-    except signing.BadSignature as exc:
+    except ObjectNotFound:  # listed a moment ago: a prune is deleting this backup
+        entry.trust, entry.problem = "unsigned", f"its signature ({SIGNATURE_NAME}) disappeared"
+        return entry
+    except (signing.BadSignature, ObjectTooLarge) as exc:
         entry.trust, entry.problem = "invalid", str(exc)
         return entry
     entry.trust, entry.signed_by = "signed", signing.key_id(signer)
@@ -168,7 +176,10 @@ def scan_backups(
             continue
         if database is not None and parsed[1] != database:
             continue
-        entries.append(read_manifest(storage, key, keys, signature_key(key) in signatures))
+        try:
+            entries.append(read_manifest(storage, key, keys, signature_key(key) in signatures))
+        except ObjectNotFound:
+            continue  # deleted since the listing (a prune running beside): it no longer exists
     # started_at (microseconds) orders two backups taken within the same second
     return sorted(
         entries,
@@ -241,7 +252,13 @@ def find_backup(
                 f"no complete backup {backup_id} of {database!r} on {server!r} in "
                 f"{storage.describe()}: `dbbackup list {server} --database ...` shows what exists"
             )
-        entry = read_manifest(storage, key, storage.manifest_verifiers())
+        try:
+            entry = read_manifest(storage, key, storage.manifest_verifiers())
+        except ObjectNotFound:
+            raise BackupNotFound(
+                f"backup {backup_id} of {database!r} on {server!r} was deleted while it was "
+                f"read (a prune running?): `dbbackup list {server}` shows what exists"
+            ) from None
         if not entry.usable(allow_unsigned) or entry.manifest is None:
             raise entry.refusal()
         return entry.manifest
@@ -265,7 +282,10 @@ def manifest_trust(
     if manifest is None:
         return None
     has_signature = signature_key(manifest) in backup_keys
-    return read_manifest(storage, manifest, verifiers, has_signature).trust
+    try:
+        return read_manifest(storage, manifest, verifiers, has_signature).trust
+    except ObjectNotFound:
+        return None  # deleted since the listing (another prune)
 
 
 def not_future_dated(manifests: list[Manifest], now: datetime | None = None) -> list[Manifest]:

@@ -167,11 +167,14 @@ class UsersResult(BaseModel):
 
 
 class UsersPartlyRestored(DbBackupError):
-    """Some users/roles statements were refused to the restoring login; the rest applied."""
+    """Some users/roles statements were refused to the restoring login; the rest applied.
+
+    `result` is the report of what did happen (the users restore's, or the whole restore's
+    when it ran with --with-users), so that it can still be shown."""
 
     exit_code = 1
 
-    def __init__(self, message: str, result: UsersResult) -> None:
+    def __init__(self, message: str, result: BaseModel) -> None:
         super().__init__(message)
         self.result = result
 

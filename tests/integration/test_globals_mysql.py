@@ -317,6 +317,22 @@ def test_statements_the_login_may_not_run_are_skipped_and_fail_the_run(
         assert f"restored {accounts.database!r} into {target!r};" in both.stderr
         assert my_admin.table_fingerprints(target) == my_admin.table_fingerprints(accounts.database)
 
+        # with --json the reports are still printed (stdout), then the error line (stderr)
+        users_json = env.cli("restore-users", as_restorer, "--json", *args)
+        assert users_json.exit_code == 1, users_json.output
+        report = json.loads(users_json.stdout)
+        assert [s for s in report["refused"] if "GRANT PROXY" in s], report
+        assert "GRANT PROXY" in users_json.stderr
+        target_json = target + "_j"
+        cleanup_my.append(target_json)
+        both_json = env.cli("restore", as_restorer, accounts.database, "--into", target_json,
+                            "--with-users", "--json", *args)  # fmt: skip
+        assert both_json.exit_code == 1, both_json.output
+        report = json.loads(both_json.stdout)
+        assert report["target_database"] == target_json
+        assert [s for s in report["users"]["refused"] if "GRANT PROXY" in s], report
+        assert "users/roles restore incomplete" in both_json.stderr
+
         # a login the server refuses is still exit 4
         MySQLServer(host=MY["host"], port=MY["port"], user=restorer, password="wrong").save(
             as_restorer + "-badpw"

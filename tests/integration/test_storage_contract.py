@@ -176,6 +176,22 @@ def test_a_put_replaces_the_object_whole(store, tmp_path):
     assert s.list_keys("srv") == [key]
 
 
+def test_get_bytes_refuses_an_object_above_its_limit_without_reading_it_whole(store, tmp_path):
+    """A manifest-sized read of a planted huge object fails, naming the key; the object
+    stays, and open_read (which streams) still reads it."""
+    from prefect_dbbackup.blocks.storage import ObjectTooLarge
+
+    s, key = store.storage, "srv/db/20261127T031500Z-3f9a/manifest.json"
+    data = os.urandom(5000)
+    s.put_bytes(key, data)
+    assert s.get_bytes(key, limit=5000) == data
+    with pytest.raises(ObjectTooLarge, match=r"5000 bytes.*not written by dbbackup") as raised:
+        s.get_bytes(key, limit=4999)
+    assert key in str(raised.value)
+    with s.open_read(key, tmp_path) as f:
+        assert f.read() == data
+
+
 # list_keys
 
 

@@ -123,3 +123,30 @@ def test_allow_unsigned_restores_a_backup_from_before_signing(env, pg_db, pg_adm
     result = env.cli("restore", env.pg, db, "--into", target, "--allow-unsigned")
     assert result.exit_code == 0, result.output
     assert pg_admin.table_fingerprints(target) == pg_admin.table_fingerprints(db)
+
+
+def test_a_planted_huge_manifest_is_refused_without_being_read_whole(
+    env, pg_db, pg_admin, cleanup_pg
+):
+    """A storage-side attacker plants a manifest far larger than any dbbackup writes: `list`
+    shows it unreadable (reading stops at the limit), and the real backup still restores."""
+    from prefect_dbbackup.blocks.storage import SMALL_OBJECT_LIMIT
+
+    storage = load_storage(env.storage)
+    db = pg_db()
+    pg_admin.execute(db, "CREATE TABLE t (v text); INSERT INTO t VALUES ('real');")
+    real = _backup(env, db)
+    storage.put_bytes(backup_key(env.pg, db, PLANTED, MANIFEST_NAME), bytes(SMALL_OBJECT_LIMIT + 1))
+
+    listed = {
+        b["backup_id"]: b for b in json.loads(env.cli("list", env.pg, "-d", db, "--json").stdout)
+    }
+    assert listed[real]["trust"] == "signed"
+    assert listed[PLANTED]["trust"] == "unreadable"
+    assert "not written by dbbackup" in listed[PLANTED]["problem"]
+
+    target = db + "_latest"
+    cleanup_pg.append(target)
+    result = env.cli("restore", env.pg, db, "--into", target)
+    assert result.exit_code == 0, result.output
+    assert pg_admin.query(target, "SELECT v FROM t") == [("real",)]

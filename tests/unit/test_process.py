@@ -6,7 +6,7 @@ import time
 
 import pytest
 from prefect_dbbackup.blocks.errors import ToolFailed
-from prefect_dbbackup.blocks.process import ToolProcess
+from prefect_dbbackup.blocks.process import PIPE_BYTES, ToolProcess
 
 
 def test_non_zero_exit_raises_with_redacted_stderr():
@@ -109,3 +109,16 @@ def test_after_a_stop_a_second_signal_is_ignored_until_the_next_run():
     with process.stop_on_signals():
         assert process.interrupted() is None
     assert signal.getsignal(signal.SIGTERM) is original
+
+
+def test_the_pipes_to_and_from_a_client_hold_a_mebibyte():
+    """A client writes 1 MiB ahead of a busy reader (Linux's default pipe is 64 KiB)."""
+    import fcntl
+
+    with ToolProcess(["cat"], stdin=True, stdout=True) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        for pipe in (proc.stdin, proc.stdout):
+            assert fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES
+        proc.stdin.write(b"x" * 1000)
+        proc.stdin.close()
+        assert proc.stdout.read() == b"x" * 1000
