@@ -31,7 +31,7 @@ from prefect_dbbackup.blocks.users_sql import (
     mysql_text,
     split_statements,
 )
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 log = logging.getLogger("dbbackup")
 
@@ -105,6 +105,7 @@ class MySQLServer(DatabaseServer):
         default_factory=lambda: list(SYSTEM_ACCOUNTS),
         description="Glob patterns of users/roles to skip (default: the server's own accounts).",
     )
+    _history_plans: dict[str, tuple[bool, str | None]] = PrivateAttr(default_factory=dict)
 
     def _url(self, database: str | None) -> sa.URL:
         query = {"charset": "utf8mb4", "connect_timeout": str(self.connect_timeout)}
@@ -316,12 +317,18 @@ class MySQLServer(DatabaseServer):
         return [*DUMP_OPTIONS, *(["--dump-history"] if history else [])]
 
     def _history_plan(self, database: str) -> tuple[bool, str | None]:
-        """(whether to dump with --dump-history, why history is lost if it is).
+        """(whether to dump with --dump-history, why history is lost if it is), decided once
+        per database and block instance: the dump and its manifest tell the same.
 
         It needs MariaDB and mariadb-dump 10.11+: a history dump of an older server could not
         be restored into the server it came from. mariadb-dump refuses the whole dump when a
         table keeps transaction-precise history (row start/end as BIGINT transaction ids).
         """
+        if database not in self._history_plans:
+            self._history_plans[database] = self._plan_history(database)
+        return self._history_plans[database]
+
+    def _plan_history(self, database: str) -> tuple[bool, str | None]:
         if not self._is_mariadb():
             return False, None  # MySQL has no system versioning
         with self.connect() as conn:
