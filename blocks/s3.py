@@ -186,6 +186,8 @@ class S3BackupStorage(BackupStorage):
                 s3={"addressing_style": "path" if self.path_style else "auto"},
                 connect_timeout=self.connect_timeout,
                 read_timeout=self.read_timeout,
+                # parallel part uploads and parallel manifest reads (tasks/catalog.READERS)
+                max_pool_connections=max(16, self.max_concurrency) + 4,
                 request_checksum_calculation=when,
                 response_checksum_validation="when_required",
             )

@@ -9,6 +9,7 @@ used by restore or verify, never counts for retention, and is reported (log, `li
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -29,6 +30,7 @@ from prefect_dbbackup.tasks.layout import (
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import Manifest
 
+READERS = 16  # manifests read at once (each read is a round trip to S3)
 Trust = Literal["signed", "unsigned", "invalid", "unreadable"]
 ALLOW_UNSIGNED_HINT = (
     "If it is a backup from before manifests were signed and you trust the storage, "
@@ -161,6 +163,25 @@ def publish_manifest(storage: BackupStorage, manifest: Manifest) -> str:
     return key
 
 
+def read_manifests(
+    storage: BackupStorage, wanted: list[tuple[str, bool | None]], keys: list[Ed25519PublicKey]
+) -> list[StoredManifest | None]:
+    """read_manifest of each (key, has_signature), READERS at a time (a server's listing can
+    hold thousands of manifests, each read a round trip to S3); None for a manifest deleted
+    since it was listed (a prune running beside). The first storage error is raised."""
+
+    def one(item: tuple[str, bool | None]) -> StoredManifest | None:
+        try:
+            return read_manifest(storage, item[0], keys, item[1])
+        except ObjectNotFound:
+            return None
+
+    if len(wanted) <= 1:
+        return [one(item) for item in wanted]
+    with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="manifests") as pool:
+        return list(pool.map(one, wanted))
+
+
 def scan_backups(
     storage: BackupStorage, server: str, database: str | None = None, kind: str = "database"
 ) -> list[StoredManifest]:
@@ -169,17 +190,15 @@ def scan_backups(
     keys = storage.manifest_verifiers()
     listed = storage.list_keys(series_prefix(server, database, kind))
     signatures = {k for k in listed if k.endswith("/" + SIGNATURE_NAME)}
-    entries = []
+    wanted = []
     for key in listed:
         parsed = parse_manifest_key(key)
         if parsed is None or parsed[0] != server:
             continue
         if database is not None and parsed[1] != database:
             continue
-        try:
-            entries.append(read_manifest(storage, key, keys, signature_key(key) in signatures))
-        except ObjectNotFound:
-            continue  # deleted since the listing (a prune running beside): it no longer exists
+        wanted.append((key, signature_key(key) in signatures))
+    entries = [e for e in read_manifests(storage, wanted, keys) if e is not None]
     # started_at (microseconds) orders two backups taken within the same second
     return sorted(
         entries,
@@ -274,18 +293,19 @@ def find_backup(
 
 
 def manifest_trust(
-    storage: BackupStorage, backup_keys: list[str], verifiers: list[Ed25519PublicKey]
-) -> Trust | None:
-    """Prune's completeness hook: the trust of the manifest among one backup's stored keys
-    (None: it has no manifest). Only 'signed' counts for retention."""
-    manifest = next((k for k in backup_keys if k.endswith("/" + MANIFEST_NAME)), None)
-    if manifest is None:
-        return None
-    has_signature = signature_key(manifest) in backup_keys
-    try:
-        return read_manifest(storage, manifest, verifiers, has_signature).trust
-    except ObjectNotFound:
-        return None  # deleted since the listing (another prune)
+    storage: BackupStorage, backups: dict[str, list[str]], verifiers: list[Ed25519PublicKey]
+) -> dict[str, Trust | None]:
+    """Prune's completeness hook: per backup id, the trust of the manifest among that
+    backup's stored keys (None: it has no manifest, or it was deleted since the listing).
+    Only 'signed' counts for retention."""
+    wanted: dict[str, tuple[str, bool | None]] = {}
+    for backup_id, backup_keys in backups.items():
+        manifest = next((k for k in backup_keys if k.endswith("/" + MANIFEST_NAME)), None)
+        if manifest is not None:
+            wanted[backup_id] = (manifest, signature_key(manifest) in backup_keys)
+    entries = read_manifests(storage, list(wanted.values()), verifiers)
+    read = dict(zip(wanted, entries, strict=True))
+    return {bid: read[bid].trust if read.get(bid) else None for bid in backups}
 
 
 def not_future_dated(manifests: list[Manifest], now: datetime | None = None) -> list[Manifest]:

@@ -113,7 +113,7 @@ def plan_prune(
         own = {bid: [k for k in keys if _is_own(k)] for bid, keys in backups.items()}
         foreign = {bid: [k for k in keys if not _is_own(k)] for bid, keys in backups.items()}
         names = {bid: {k.rsplit("/", 1)[-1] for k in keys} for bid, keys in own.items() if keys}
-        trust = {bid: manifest_trust(storage, own[bid], verifiers) for bid in names}
+        trust = manifest_trust(storage, {bid: own[bid] for bid in names}, verifiers)
         # only a manifest with a valid signature makes a backup complete for retention
         refs = [
             BackupRef(

@@ -165,7 +165,7 @@ def test_prune_never_counts_an_untrusted_backup_and_never_deletes_it(storage):
     _copy_backup(storage, "shop", OLD, "shop", NEW)  # roll-back attempt: newer, invalid
     storage.put_bytes(backup_key("srv", "shop", "20261121T000000Z-ffff", MANIFEST_NAME), b"{")
     keys = storage.list_keys("srv/shop/" + NEW)
-    assert manifest_trust(storage, keys, storage.manifest_verifiers()) == "invalid"
+    assert manifest_trust(storage, {NEW: keys}, storage.manifest_verifiers()) == {NEW: "invalid"}
 
     items = {i.backup_id: i for i in prune(storage, "srv", RetentionPolicy(keep_last=1))}
     assert items[OLD].keep and "newest" in items[OLD].reasons  # the planted one is not newest
