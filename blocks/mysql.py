@@ -159,30 +159,28 @@ class MySQLServer(DatabaseServer):
     def _version_query(self) -> str:
         return "SELECT VERSION()"
 
-    def database_options(self, database: str) -> dict[str, str]:
-        with self.connect() as conn:
-            row = conn.execute(
-                sa.text(
-                    "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME "
-                    "FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :n"
-                ),
-                {"n": database},
-            ).one_or_none()
+    def database_options(self, conn: sa.Connection, database: str) -> dict[str, str]:
+        row = conn.execute(
+            sa.text(
+                "SELECT DEFAULT_CHARACTER_SET_NAME, DEFAULT_COLLATION_NAME "
+                "FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :n"
+            ),
+            {"n": database},
+        ).one_or_none()
         if row is None:
             raise DatabaseNotFound(f"no database {database!r} on {self.describe()}")
         return {"character_set": row[0], "collation": row[1]}
 
-    def database_properties(self, database: str) -> DatabaseProperties | None:
+    def database_properties(self, conn: sa.Connection, database: str) -> DatabaseProperties | None:
         """The database's COMMENT (MariaDB 10.5+), which a dump without --databases lacks."""
         if not self._has_schema_comments():
             return None
-        with self.connect() as conn:
-            comment = conn.execute(
-                sa.text(
-                    "SELECT SCHEMA_COMMENT FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :n"
-                ),
-                {"n": database},
-            ).scalar_one_or_none()
+        comment = conn.execute(
+            sa.text(
+                "SELECT SCHEMA_COMMENT FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = :n"
+            ),
+            {"n": database},
+        ).scalar_one_or_none()
         return DatabaseProperties(comment=comment) if comment else None
 
     def apply_database_properties(self, database: str, properties: DatabaseProperties) -> list[str]:

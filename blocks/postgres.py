@@ -167,32 +167,53 @@ class PostgresServer(DatabaseServer):
         return [(name, name) for (name,) in conn.execute(sa.text(DUMPED_TABLES))]
 
     @contextlib.contextmanager
-    def dump_snapshot(self, database: str) -> Iterator[DumpSnapshot]:
+    def dump_snapshot(
+        self, database: str, gate: contextlib.AbstractContextManager | None = None
+    ) -> Iterator[DumpSnapshot]:
         """Export a snapshot and keep it open while pg_dump --snapshot runs.
 
-        With count_rows, the rows are counted in that same snapshot on this
-        connection while pg_dump runs (not before it), so counting adds little
-        wall time; the counts are set on the snapshot record when the body ends.
+        `gate` (a concurrency slot) is entered once the connection is open and the
+        database's options are read, before the snapshot is taken: waiting for it
+        holds no transaction. With count_rows, the rows are counted in that same
+        snapshot on this connection while pg_dump runs (not before it), so counting
+        adds little wall time; the counts are set on the snapshot record when the
+        body ends.
         """
-        with self.connect(database, isolation_level="REPEATABLE READ") as conn:
-            conn = conn.execution_options(postgresql_readonly=True)
-            snapshot = conn.execute(sa.text("SELECT pg_export_snapshot()")).scalar_one()
-            refs = self._table_refs(conn, database)
-            record = DumpSnapshot([name for name, _ in refs], None, snapshot)
-            if not self.count_rows:
-                yield record
-            else:
-                with ThreadPoolExecutor(1, thread_name_prefix="count-rows") as pool:
-                    counting = pool.submit(self._count_in_time, conn, refs, database)
-                    try:
+        with self.connect(database) as conn:
+            options = self.database_options(conn, database)
+            properties = self.database_properties(conn, database)
+            with gate or contextlib.nullcontext():
+                self.run_sql(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                try:
+                    snapshot = conn.execute(sa.text("SELECT pg_export_snapshot()")).scalar_one()
+                    refs = self._table_refs(conn, database)
+                    record = DumpSnapshot(
+                        [name for name, _ in refs],
+                        snapshot_id=snapshot,
+                        options=options,
+                        properties=properties,
+                    )
+                    if not self.count_rows:
                         yield record
-                    except BaseException:
-                        with contextlib.suppress(Exception):  # stop counting for a failed dump
-                            conn.connection.dbapi_connection.cancel()
-                        raise
-                    record.row_counts = counting.result()
-            with contextlib.suppress(sa.exc.DBAPIError):  # pg_dump is done with it either way
-                conn.rollback()
+                    else:
+                        yield from self._counting(conn, refs, database, record)
+                finally:
+                    with contextlib.suppress(sa.exc.DBAPIError):  # pg_dump is done with it
+                        self.run_sql(conn, "ROLLBACK")
+
+    def _counting(
+        self, conn: sa.Connection, refs: list[tuple[str, str]], database: str, record: DumpSnapshot
+    ) -> Iterator[DumpSnapshot]:
+        """Yield record while the rows are counted on conn, then set its row counts."""
+        with ThreadPoolExecutor(1, thread_name_prefix="count-rows") as pool:
+            counting = pool.submit(self._count_in_time, conn, refs, database)
+            try:
+                yield record
+            except BaseException:
+                with contextlib.suppress(Exception):  # stop counting for a failed dump
+                    conn.connection.dbapi_connection.cancel()
+                raise
+            record.row_counts = counting.result()
 
     def _count_in_time(
         self, conn: sa.Connection, refs: list[tuple[str, str]], database: str
@@ -231,15 +252,14 @@ class PostgresServer(DatabaseServer):
     def _server_major(self) -> int:
         return int(re.match(r"\d+", self.server_version()).group())
 
-    def database_options(self, database: str) -> dict[str, str]:
-        with self.connect() as conn:
-            row = conn.execute(
-                sa.text(
-                    "SELECT pg_encoding_to_char(encoding) AS encoding, to_jsonb(d) AS d "
-                    "FROM pg_database d WHERE datname = :n"
-                ),
-                {"n": database},
-            ).one_or_none()
+    def database_options(self, conn: sa.Connection, database: str) -> dict[str, str]:
+        row = conn.execute(
+            sa.text(
+                "SELECT pg_encoding_to_char(encoding) AS encoding, to_jsonb(d) AS d "
+                "FROM pg_database d WHERE datname = :n"
+            ),
+            {"n": database},
+        ).one_or_none()
         if row is None:
             raise DatabaseNotFound(f"no database {database!r} on {self.describe()}")
         columns = row.d  # column names differ between versions (daticulocale -> datlocale)
@@ -252,11 +272,10 @@ class PostgresServer(DatabaseServer):
             options["icu_locale" if provider == "icu" else "builtin_locale"] = locale
         return options
 
-    def database_properties(self, database: str) -> DatabaseProperties | None:
+    def database_properties(self, conn: sa.Connection, database: str) -> DatabaseProperties | None:
         """Comment, connection limit, settings and privileges of the database (see
         postgres_properties): what pg_dump writes only with --create."""
-        with self.connect() as conn:
-            properties = read_properties(conn, database)
+        properties = read_properties(conn, database)
         if properties is None:
             raise DatabaseNotFound(f"no database {database!r} on {self.describe()}")
         return properties

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fnmatch
 import functools
 import os
@@ -46,6 +47,8 @@ class DumpSnapshot:
     tables: list[str]
     row_counts: dict[str, int] | None = None
     snapshot_id: str | None = None
+    options: dict[str, str] = field(default_factory=dict)  # see database_options
+    properties: DatabaseProperties | None = None  # see database_properties
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,28 @@ def _version_line(path: str, mtime_ns: int) -> str:
     return subprocess.run(
         [path, "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
+
+
+# the database the next connection of a shared engine opens (None: the URL's own)
+_CONNECT_TO: contextvars.ContextVar[str | None] = contextvars.ContextVar("connect_to", default=None)
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_engine(url: sa.URL) -> sa.Engine:
+    """One engine per login (URL without the database a connection picks): the dialect
+    is set up once, not on every connection. NullPool: every connection is closed when
+    released, so a run over 1,000 databases never holds more than it uses."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    probe = "dbbackup-probe-name"
+    _, params = engine.dialect.create_connect_args(url.set(database=probe))
+    param = next(k for k, v in params.items() if v == probe)  # psycopg: dbname; pymysql: database
+
+    @sa.event.listens_for(engine, "do_connect")
+    def _pick_database(dialect, record, cargs, cparams) -> None:  # noqa: ANN001
+        if (database := _CONNECT_TO.get()) is not None:
+            cparams[param] = database
+
+    return engine
 
 
 class RowCounter(Protocol):
@@ -207,8 +232,9 @@ class DatabaseServer(Block, ABC):
         return set()
 
     @abstractmethod
-    def database_options(self, database: str) -> dict[str, str]:
-        """Creation options (encoding, collation) to recreate the database with."""
+    def database_options(self, conn: sa.Connection, database: str) -> dict[str, str]:
+        """Creation options (encoding, collation) to recreate the database with, read on
+        conn (any database of the server); DatabaseNotFound if it does not exist."""
 
     @abstractmethod
     def create_database(self, database: str, options: dict[str, str]) -> None:
@@ -255,8 +281,9 @@ class DatabaseServer(Block, ABC):
         """Put replacement in target's place and drop the old target (engines that rename)."""
         raise NotImplementedError
 
-    def database_properties(self, database: str) -> DatabaseProperties | None:
-        """Properties of the database itself that its dump does not carry (None: none)."""
+    def database_properties(self, conn: sa.Connection, database: str) -> DatabaseProperties | None:
+        """Properties of the database itself that its dump does not carry (None: none),
+        read on conn."""
         return None
 
     def apply_database_properties(self, database: str, properties: DatabaseProperties) -> list[str]:
@@ -326,14 +353,17 @@ class DatabaseServer(Block, ABC):
         self, database: str | None = None, isolation_level: str = "AUTOCOMMIT"
     ) -> Iterator[sa.Connection]:
         """An autocommit (or other isolation level) connection; errors become specific, redacted."""
-        engine = sa.create_engine(self._url(database), poolclass=sa.pool.NullPool)
+        engine = _shared_engine(self._url(None))
         try:
-            with engine.connect() as conn:
+            token = _CONNECT_TO.set(database)
+            try:
+                conn = engine.connect()
+            finally:
+                _CONNECT_TO.reset(token)
+            with conn:
                 yield conn.execution_options(isolation_level=isolation_level)
         except sa.exc.DBAPIError as exc:
             raise self._classify(exc.orig or exc) from None
-        finally:
-            engine.dispose()
 
     def _error_text(self, exc: Exception) -> str:
         text = str(exc).strip().splitlines()
@@ -384,11 +414,18 @@ class DatabaseServer(Block, ABC):
             return self._count_rows(conn, self._table_refs(conn, database))
 
     @contextlib.contextmanager
-    def dump_snapshot(self, database: str) -> Iterator[DumpSnapshot]:
-        """Record the tables a dump is about to contain; PostgreSQL also exports its snapshot."""
+    def dump_snapshot(
+        self, database: str, gate: contextlib.AbstractContextManager | None = None
+    ) -> Iterator[DumpSnapshot]:
+        """Record the tables a dump is about to contain and the database's options and
+        properties, on one connection; then hold `gate` (a concurrency slot) while the
+        body dumps. PostgreSQL also exports its snapshot."""
         with self.connect(database) as conn:
             tables = [name for name, _ in self._table_refs(conn, database)]
-        yield DumpSnapshot(tables=tables)
+            options = self.database_options(conn, database)
+            properties = self.database_properties(conn, database)
+        with gate or contextlib.nullcontext():
+            yield DumpSnapshot(tables=tables, options=options, properties=properties)
 
     def database_exists(self, database: str) -> bool:
         """Whether the database exists (system ones included)."""
