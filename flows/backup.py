@@ -19,10 +19,11 @@ from prefect_dbbackup.flows.backup_report import BackupFailed, BackupReport, Dat
 from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.prune import report_prune
 from prefect_dbbackup.flows.retries import transient_retries_only
-from prefect_dbbackup.tasks.backup import DumpResult, dump_task, upload_task
+from prefect_dbbackup.tasks.backup import StoredBackup, backup_task
 from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, new_backup_id
+from prefect_dbbackup.tasks.limits import DumpSlots
 from prefect_dbbackup.tasks.prune import prune_task
-from prefect_dbbackup.tasks.users import dump_users_task, users_note
+from prefect_dbbackup.tasks.users import back_up_users_task, users_note
 from prefect_dbbackup.tasks.workdir import private_workdir
 
 
@@ -42,29 +43,24 @@ def _submit_users(
     srv: DatabaseServer,
     server: str,
     enc: AgeEncryption,
+    sto: BackupStorage,
     workdir: Path,
     backup_id: str,
-    level: int | None,
-    threads: int,
 ) -> PrefectFuture | None:
     """Start the users/roles backup next to the database dumps (unless the block opts out)."""
     if not srv.backup_users:
         return None
-    return dump_users_task.submit(
-        srv, server, enc, workdir, backup_id, level=level, threads=threads
-    )
+    return back_up_users_task.submit(srv, server, enc, sto, workdir, backup_id)
 
 
-def _users_outcome(future: PrefectFuture, storage: BackupStorage) -> DatabaseOutcome:
-    """The `_globals` row of the report: its dump, then its upload."""
-    dump, error = _outcome(future)
-    if error is None:
-        key, error = _outcome(upload_task.submit(storage, dump))
+def _row(database: str, future: PrefectFuture, kind: str = "database") -> DatabaseOutcome:
+    """The report's row of one task run: what it stored, or why it failed."""
+    stored, error = _outcome(future)
     if error is not None:
-        return DatabaseOutcome(
-            database=GLOBALS_SEGMENT, kind="globals", status="failed", error=error
-        )
-    return DatabaseOutcome.stored(dump.manifest, key, users_note(dump.manifest))
+        return DatabaseOutcome(database=database, kind=kind, status="failed", error=error)
+    assert isinstance(stored, StoredBackup)
+    note = users_note(stored.manifest) if kind == "globals" else None
+    return DatabaseOutcome.stored(stored.manifest, stored.key, note)
 
 
 def _cancelled(report: BackupReport) -> State:
@@ -119,43 +115,33 @@ def backup_server(
     started = datetime.now(UTC)
     outcomes: dict[str, DatabaseOutcome] = {}
     with stop_on_signals(), private_workdir() as workdir:
-        pending = list(names)
-        dumping: dict[PrefectFuture, str] = {}
-        uploading: dict[PrefectFuture, str] = {}
-        dumps: dict[str, DumpResult] = {}
-        users_run = _submit_users(srv, server, enc, workdir, backup_id, zstd_level, zstd_threads)
-        while pending or dumping:
-            if interrupted():  # a stop signal: start nothing new
-                for db in pending:
-                    outcomes[db] = DatabaseOutcome(
-                        database=db, status="failed", error="not started"
-                    )
-                pending.clear()
-                if not dumping:
+        users_run = _submit_users(srv, server, enc, sto, workdir, backup_id)
+        slots = DumpSlots(concurrency)
+        running: dict[PrefectFuture, str] = {}
+        with slots.registered():
+            for db in names:
+                if not slots.wait_to_start(db):  # a stop signal: start nothing new
                     break
-            while pending and len(dumping) < max(1, concurrency):
-                db = pending.pop(0)
-                future = dump_task.submit(
-                    srv, server, db, enc, workdir, backup_id, level=zstd_level, threads=zstd_threads
+                future = backup_task.submit(
+                    srv,
+                    server,
+                    db,
+                    enc,
+                    sto,
+                    workdir,
+                    backup_id,
+                    level=zstd_level,
+                    threads=zstd_threads,
                 )
-                dumping[future] = db
-            done = next(as_completed(list(dumping)))
-            db = dumping.pop(done)
-            dump, error = _outcome(done)
-            if error is None:
-                dumps[db] = dump
-                uploading[upload_task.submit(sto, dump)] = db
-            else:
-                outcomes[db] = DatabaseOutcome(database=db, status="failed", error=error)
-        for future in as_completed(list(uploading)):
-            db = uploading[future]
-            m = dumps[db].manifest
-            key, error = _outcome(future)
-            if error is None:
-                outcomes[db] = DatabaseOutcome.stored(m, key)
-            else:
-                outcomes[db] = DatabaseOutcome(database=db, status="failed", error=error)
-        users_row = [_users_outcome(users_run, sto)] if users_run else []
+                future.add_done_callback(lambda _, db=db: slots.dump_ended(db))
+                running[future] = db
+            for future in as_completed(list(running)):
+                outcomes[running[future]] = _row(running[future], future)
+        for db in names:
+            outcomes.setdefault(
+                db, DatabaseOutcome(database=db, status="failed", error="not started")
+            )
+        users_row = [_row(GLOBALS_SEGMENT, users_run, "globals")] if users_run else []
     report = BackupReport(
         server=server,
         storage=sto.describe(),

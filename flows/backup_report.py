@@ -11,6 +11,9 @@ from prefect_dbbackup.tasks.events import emit_backup_event
 from prefect_dbbackup.tasks.manifest import Manifest
 from pydantic import BaseModel
 
+SUMMARY_ROWS = 50  # rows of succeeded databases in the markdown summary (all failures are shown)
+NAMED_FAILURES = 10  # failed databases an error message names one by one
+
 
 class DatabaseOutcome(BaseModel):
     """One database of one backup run."""
@@ -63,8 +66,12 @@ class BackupReport(BaseModel):
     def failed(self) -> list[DatabaseOutcome]:
         return [o for o in self.outcomes if o.status != "ok"]
 
+    def failures_first(self) -> list[DatabaseOutcome]:
+        """The outcomes, failed ones first (a 1,000-database run shows what needs action)."""
+        return self.failed + [o for o in self.outcomes if o.status == "ok"]
+
     def table(self) -> list[dict[str, object]]:
-        """Rows of the run's table artifact."""
+        """Rows of the run's table artifact, failures first."""
         return [
             {
                 "database": o.database,
@@ -78,7 +85,7 @@ class BackupReport(BaseModel):
                 "error": first_line(o.error)[:200],
                 "note": o.note or "",
             }
-            for o in self.outcomes
+            for o in self.failures_first()
         ]
 
     def publish(self) -> None:
@@ -108,6 +115,12 @@ class BackupReport(BaseModel):
             f"- **Size:** {size(raw)} raw, {size(stored)} stored",
             f"- **Time:** {took} for the run"
             + (f"; started {self.started_at:%Y-%m-%d %H:%M:%S} UTC" if self.started_at else ""),
+        ]
+        if self.failed:
+            lines += ["", f"### Failed ({len(self.failed)})", ""]
+            lines += [f"- {md(o.database)}: {md(first_line(o.error))}" for o in self.failed]
+        shown = self.failures_first()[: len(self.failed) + SUMMARY_ROWS]
+        lines += [
             "",
             "| database | status | raw | stored | seconds | MB/s |",
             "|---|---|---:|---:|---:|---:|",
@@ -115,11 +128,14 @@ class BackupReport(BaseModel):
         lines += [
             f"| {md(o.database)} | {o.status} | {size(o.raw_bytes)} | "
             f"{size(o.stored_bytes)} | {o.seconds:.1f} | {o.mb_per_s:.1f} |"
-            for o in self.outcomes
+            for o in shown
         ]
-        if self.failed:
-            lines += ["", "### Failed", ""]
-            lines += [f"- {md(o.database)}: {md(first_line(o.error))}" for o in self.failed]
+        if hidden := len(self.outcomes) - len(shown):
+            lines += [
+                "",
+                f"... and {hidden} more databases ok: every row is in the table "
+                f"artifact {artifact_key('backup', self.server)}",
+            ]
         return "\n".join(lines) + "\n"
 
     def publish_summary(self) -> None:
@@ -164,7 +180,11 @@ class BackupFailed(DbBackupError):
         self.report = report
         failed = report.failed
         self.exit_code = failure_exit_code(report.outcomes)
-        details = "; ".join(f"{o.database!r}: {first_line(o.error)}" for o in failed)
+        details = "; ".join(
+            f"{o.database!r}: {first_line(o.error)}" for o in failed[:NAMED_FAILURES]
+        )
+        if len(failed) > NAMED_FAILURES:
+            details += f"; and {len(failed) - NAMED_FAILURES} more (see the run's artifacts)"
         total = len(report.outcomes)
         super().__init__(f"{len(failed)} of {total} databases of {report.server} failed: {details}")
 

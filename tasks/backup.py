@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -11,17 +13,20 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.errors import DbBackupError
-from prefect_dbbackup.blocks.process import ToolProcess, check_not_interrupted, interrupted
+from prefect_dbbackup.blocks.process import ToolProcess, check_not_interrupted, interrupted, pause
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.catalog import publish_manifest
 from prefect_dbbackup.tasks.layout import backup_key
-from prefect_dbbackup.tasks.limits import host_slot
+from prefect_dbbackup.tasks.limits import dump_slot, host_slot
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import Manifest
 from prefect_dbbackup.tasks.spool import spool_path, spooling, write_spool
 from prefect_dbbackup.tasks.stream import TrailedReader
 from pydantic import BaseModel
+
+# a failed upload is tried again after these pauses (seconds), without dumping again
+UPLOAD_RETRY_DELAYS: tuple[float, ...] = (2, 10, 30)
 
 
 class DumpResult(BaseModel):
@@ -31,12 +36,27 @@ class DumpResult(BaseModel):
     manifest: Manifest
 
 
+class StoredBackup(BaseModel):
+    """A backup in the storage: its object's key and its manifest."""
+
+    key: str
+    manifest: Manifest
+
+
 def tool_version() -> str:
     """Version of this package."""
     try:
         return version("dbbackup")
     except Exception:
         return "unknown"
+
+
+@contextlib.contextmanager
+def _dump_gate(server: DatabaseServer, database: str) -> Iterator[None]:
+    """What a dump waits for before reading the server: a slot of its flow run and one of
+    its host's limit."""
+    with dump_slot(database), host_slot(server.host):
+        yield
 
 
 def dump_database(
@@ -58,8 +78,6 @@ def dump_database(
     level = server.zstd_level if level is None else level
     recipients = encryption.recipient_keys()
     started = datetime.now(UTC)
-    options = server.database_options(database)
-    properties = server.database_properties(database)
     server_version = server.server_version()
     spool = spool_path(workdir, "database", database, backup_id)
 
@@ -68,8 +86,7 @@ def dump_database(
 
     with spooling(spool, repr(database)):
         with (
-            host_slot(server.host),
-            server.dump_snapshot(database) as snapshot,
+            server.dump_snapshot(database, _dump_gate(server, database)) as snapshot,
             server.dump_command(database, workdir, snapshot.snapshot_id) as cmd,
         ):
             client = cmd.argv[0]
@@ -108,10 +125,10 @@ def dump_database(
             stats=stats,
             recipients=encryption.fingerprints(),
             dump_options=server.dump_options_for(database),
-            create_options=options,
+            create_options=snapshot.options,
             tables=snapshot.tables,
             row_counts=counter.finish() if counter else snapshot.row_counts,
-            database_properties=properties,
+            database_properties=snapshot.properties,
         )
     st = manifest.stats
     log.info(
@@ -143,6 +160,52 @@ def store_backup(storage: BackupStorage, dump: DumpResult) -> str:
     return key
 
 
+def store_with_retries(storage: BackupStorage, dump: DumpResult) -> StoredBackup:
+    """store_backup, tried again after a transient error (UPLOAD_RETRY_DELAYS apart).
+
+    An upload that still fails is marked not retryable: the task is not run
+    again, because dumping again cannot fix the storage.
+    """
+    delays = list(UPLOAD_RETRY_DELAYS)
+    while True:
+        try:
+            return StoredBackup(key=store_backup(storage, dump), manifest=dump.manifest)
+        except Exception as exc:
+            retryable = isinstance(exc, DbBackupError) and exc.retryable  # never a bug
+            if not delays or interrupted() or not retryable:
+                exc.retryable = False
+                raise
+            delay = delays.pop(0)
+            run_logger().warning(
+                "upload of %r to %s failed: %s; trying again in %.0f s (%d more attempt(s))",
+                dump.manifest.database,
+                storage.describe(),
+                exc,
+                delay,
+                len(delays) + 1,
+            )
+            pause(delay)
+
+
+def back_up_database(
+    server: DatabaseServer,
+    server_name: str,
+    database: str,
+    encryption: AgeEncryption,
+    storage: BackupStorage,
+    workdir: Path,
+    backup_id: str,
+    *,
+    level: int | None = None,
+    threads: int = 2,
+) -> StoredBackup:
+    """Dump one database, then store it (object, then manifest): one task run per database."""
+    dump = dump_database(
+        server, server_name, database, encryption, workdir, backup_id, level=level, threads=threads
+    )
+    return store_with_retries(storage, dump)
+
+
 def _retry_if_transient(task, task_run, state) -> bool:  # noqa: ANN001
     """Retry only errors a retry can fix (network, storage), never auth or a missing db,
     and nothing once the run was told to stop."""
@@ -150,29 +213,17 @@ def _retry_if_transient(task, task_run, state) -> bool:  # noqa: ANN001
         return False
     try:
         state.result()
-    except DbBackupError as exc:
-        return exc.retryable
-    except Exception:
-        return True
+    except Exception as exc:
+        return bool(getattr(exc, "retryable", True))  # see store_with_retries
     return False
 
 
-dump_task = task(
-    dump_database,
-    name="dump",
-    task_run_name="dump-{database}",
+backup_task = task(
+    back_up_database,
+    name="backup",
+    task_run_name="backup-{database}",
     cache_policy=NONE,
     retries=1,
     retry_delay_seconds=30,
-    retry_condition_fn=_retry_if_transient,
-)
-
-upload_task = task(
-    store_backup,
-    name="upload",
-    task_run_name="upload-{dump.manifest.database}",
-    cache_policy=NONE,
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
     retry_condition_fn=_retry_if_transient,
 )

@@ -1,15 +1,14 @@
 """The spool: a backup's encrypted object on local disk, complete before anything is stored.
 
 Database dumps and users/roles backups take the same path: the stream is
-compressed and encrypted into a file of the run's private work dir, fsynced,
-and only then uploaded. Whatever fails on the way removes the file.
+compressed and encrypted into a file of the run's private work dir, and only
+then uploaded. Whatever fails on the way removes the file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -54,7 +53,12 @@ def write_spool(
     on_progress: Callable[[int], None] | None = None,
     tap: Callable[[memoryview], None] | None = None,
 ) -> StreamStats:
-    """Compress and encrypt source into the spool file and fsync it."""
+    """Compress and encrypt source into the spool file.
+
+    No fsync: the spool is not a copy anyone keeps. The upload hashes the bytes it
+    reads back and compares them with these stats, so a spool the disk damaged is
+    never stored, and after a crash the run is lost with or without it.
+    """
     with open(spool, "wb") as out:
         stats = encrypt_stream(
             source,
@@ -65,6 +69,4 @@ def write_spool(
             on_progress=on_progress,
             tap=tap,
         )
-        out.flush()
-        os.fsync(out.fileno())
     return stats

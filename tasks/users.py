@@ -3,7 +3,7 @@
 Backup: the server block writes its accounts as SQL (pg_dumpall --roles-only,
 or SHOW CREATE USER / SHOW GRANTS), the accounts the block selects are kept,
 and the script goes through the same zstd -> age -> spool path as a database
-dump; tasks.backup.upload_task stores it, manifest last, under
+dump; tasks.backup.store_with_retries stores it, manifest last, under
 {server}/_globals/{backup_id}/.
 
 Restore: the stored script is checked against its manifest, decrypted in
@@ -39,7 +39,13 @@ from prefect_dbbackup.blocks.users_sql import (
     secrets_of,
     select_statements,
 )
-from prefect_dbbackup.tasks.backup import DumpResult, _retry_if_transient, tool_version
+from prefect_dbbackup.tasks.backup import (
+    DumpResult,
+    StoredBackup,
+    _retry_if_transient,
+    store_with_retries,
+    tool_version,
+)
 from prefect_dbbackup.tasks.catalog import find_backup, list_backups, not_future_dated
 from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, MANIFEST_NAME, backup_key
 from prefect_dbbackup.tasks.logs import run_logger
@@ -307,8 +313,22 @@ def first_words(statement: str, engine: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-dump_users_task = task(
-    dump_users,
+def back_up_users(
+    server: DatabaseServer,
+    server_name: str,
+    encryption: AgeEncryption,
+    storage: BackupStorage,
+    workdir: Path,
+    backup_id: str,
+) -> StoredBackup:
+    """Dump the server's users/roles and grants, then store them (one task run; the
+    script is small: the block's zstd level, one thread)."""
+    dump = dump_users(server, server_name, encryption, workdir, backup_id, threads=1)
+    return store_with_retries(storage, dump)
+
+
+back_up_users_task = task(
+    back_up_users,
     name="users",
     task_run_name="users-{server_name}",
     cache_policy=NONE,

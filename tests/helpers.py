@@ -317,14 +317,3 @@ def task_runs_of(flow_run_id: object) -> list:
 
     with get_client(sync_client=True) as client:
         return client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
-
-
-def peak_overlap(runs: list) -> int:
-    """The most runs (anything with start_time/end_time) that were running at one instant."""
-    # an end sorts before a start at the same instant: touching intervals do not overlap
-    steps = sorted([(r.start_time, 1) for r in runs] + [(r.end_time, -1) for r in runs])
-    running = peak = 0
-    for _, step in steps:
-        running += step
-        peak = max(peak, running)
-    return peak

@@ -214,18 +214,25 @@ def _flow_variant(ctx: Context, name: str, databases: list[str], concurrency: in
     return Variant(name, argv, env=ctx.env(), after=_remove(ctx.path("flow-store")))
 
 
-def _pg_dump_each(ctx: Context, databases: list[str], parallel: int) -> list[str]:
+def _each_db(ctx: Context, databases: list[str], parallel: int, pipeline: str) -> list[str]:
+    """A shell loop (xargs -P parallel) running pipeline for each database ({} is its name)."""
     out = ctx.path("bare-many")
+    names = shlex.quote("\n".join(databases))
+    script = shlex.quote(f"set -o pipefail; {pipeline}")
+    loop = f"printf '%s\\n' {names} | xargs -P {parallel} -I{{}} bash -c {script}"
+    return _shell(f"mkdir -p {out} && cd {out} && {loop}")
+
+
+def _pg_dump_each(ctx: Context, databases: list[str], parallel: int) -> list[str]:
     conn = " ".join(shlex.quote(a) for a in PG_ARGS)
-    names = " ".join(databases)
-    if parallel == 1:
-        loop = f"for db in {names}; do pg_dump -Fc -Z0 {conn} -f {out}/$db.pgc $db || exit 1; done"
-    else:
-        loop = (
-            f"printf '%s\\n' {names} | xargs -P {parallel} -I{{}} "
-            f"pg_dump -Fc -Z0 {conn} -f {out}/{{}}.pgc {{}}"
-        )
-    return _shell(f"mkdir -p {out} && {loop}")
+    return _each_db(ctx, databases, parallel, f"pg_dump -Fc -Z0 {conn} -f {{}}.pgc {{}}")
+
+
+def _pg_dump_zstd_age_each(ctx: Context, databases: list[str], parallel: int) -> list[str]:
+    """What dbbackup does for each database, as a shell loop: pg_dump | zstd | age."""
+    conn = " ".join(shlex.quote(a) for a in PG_ARGS)
+    pipeline = f"pg_dump -Fc -Z0 {conn} {{}} | zstd -q -3 | age -r {ctx.recipient} > {{}}.age"
+    return _each_db(ctx, databases, parallel, pipeline)
 
 
 def many(ctx: Context) -> Group:
@@ -241,16 +248,30 @@ def many(ctx: Context) -> Group:
     return Group("5. Many databases", variants)
 
 
+def tiny_flow(count: int, concurrency: int) -> str:
+    return f"{count} tiny dbs: backup_server concurrency={concurrency}"
+
+
+def tiny_bare(count: int, concurrency: int) -> str:
+    return f"{count} tiny dbs: pg_dump | zstd | age x{concurrency}"
+
+
 def tiny(ctx: Context) -> Group:
-    dbs = data.ensure_tiny()
-    bare = f"{len(dbs)} tiny dbs: shell loop of pg_dump"
-    variants = [
-        _with_baseline(
-            _flow_variant(ctx, f"{len(dbs)} tiny dbs: backup_server concurrency={c}", dbs, c), bare
-        )
-        for c in TINY_CONCURRENCY
-    ]
-    variants.append(Variant(bare, _pg_dump_each(ctx, dbs, 1), after=_remove(ctx.path("bare-many"))))
+    """Orchestration overhead: many tiny databases, flow vs a shell loop at the same
+    concurrency, at each of data.TINY_COUNTS (the cost per database must stay flat)."""
+    variants = []
+    for count in data.TINY_COUNTS:
+        dbs = data.ensure_tiny(count)
+        for c in TINY_CONCURRENCY:
+            bare = tiny_bare(count, c)
+            variants += [
+                _with_baseline(_flow_variant(ctx, tiny_flow(count, c), dbs, c), bare),
+                Variant(
+                    bare,
+                    _pg_dump_zstd_age_each(ctx, dbs, c),
+                    after=_remove(ctx.path("bare-many")),
+                ),
+            ]
     return Group("6. Orchestration overhead", variants, warmup=False)
 
 

@@ -18,7 +18,7 @@ from tests.helpers import PG, MyAdmin, PgAdmin
 PREFIX = "dbb_bench_"
 MARKER = "dbb_bench_marker"
 MB = 10**6
-TINY_COUNT = 100
+TINY_COUNTS = (100, 1000)  # the tiny case measures each count
 MANY_COUNT = 8
 
 
@@ -161,7 +161,7 @@ def ensure_pg_copies(nbytes: int, count: int) -> list[str]:
     return names
 
 
-def ensure_tiny(count: int = TINY_COUNT) -> list[str]:
+def ensure_tiny(count: int) -> list[str]:
     """count tiny PostgreSQL databases (one table of 100 rows each)."""
     template = f"{PREFIX}tiny_template"
     if _pg_marker(template) != 0:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tests.benchmarks.cases import TINY_CONCURRENCY
+from tests.benchmarks.cases import TINY_CONCURRENCY, tiny_bare, tiny_flow
+from tests.benchmarks.data import TINY_COUNTS
 
 Rows = dict[str, dict[str, Any]]
 PG_BACKUP, PG_BARE, PG_GZIP = "pg backup: dbbackup", "pg_dump -Fc -Z0", "pg_dump -Fc (gzip)"
@@ -51,7 +52,22 @@ def _rss_flat(rows: Rows) -> tuple[str, bool] | None:
     return text, 1 / 1.2 <= r <= 1.2
 
 
-TINY_BARE = "100 tiny dbs: shell loop of pg_dump"
+def _flat_per_database(concurrency: int) -> Callable[[Rows], Any]:
+    """Seconds per database of the largest tiny count within 1.2x of the smallest."""
+    small, large = min(TINY_COUNTS), max(TINY_COUNTS)
+
+    def check(rows: Rows) -> tuple[str, bool] | None:
+        a, b = tiny_flow(small, concurrency), tiny_flow(large, concurrency)
+        if a not in rows or b not in rows:
+            return None
+        per_small = rows[a]["median_s"] / small * 1000
+        per_large = rows[b]["median_s"] / large * 1000
+        r = per_large / per_small
+        return f"{per_small:.0f} ms vs {per_large:.0f} ms: {r:.2f}x", r <= 1.2
+
+    return check
+
+
 TARGETS: list[tuple[str, Callable[[Rows], tuple[str, bool] | None]]] = [
     ("PostgreSQL backup <= 1.10x bare pg_dump -Fc -Z0", _at_most(1.10, PG_BACKUP, PG_BARE)),
     (
@@ -74,8 +90,17 @@ TARGETS: list[tuple[str, Callable[[Rows], tuple[str, bool] | None]]] = [
     ("Peak RSS the same (within 20%) for a small and a large database", _rss_flat),
     *[
         (
-            f"100 tiny databases (concurrency={c}) <= 1.5x a shell loop of pg_dump",
-            _at_most(1.5, f"100 tiny dbs: backup_server concurrency={c}", TINY_BARE),
+            f"{n} tiny databases (concurrency={c}) <= 1.3x a shell loop of pg_dump | zstd | age",
+            _at_most(1.3, tiny_flow(n, c), tiny_bare(n, c)),
+        )
+        for n in TINY_COUNTS
+        for c in TINY_CONCURRENCY
+    ],
+    *[
+        (
+            f"cost per tiny database flat from {min(TINY_COUNTS)} to {max(TINY_COUNTS)} "
+            f"(concurrency={c}, within 1.2x)",
+            _flat_per_database(c),
         )
         for c in TINY_CONCURRENCY
     ],

@@ -320,7 +320,7 @@ def test_the_deployed_backup_runs_on_the_worker_and_shows_in_prefect(
 
     task_runs, artifacts = _run_details(real, run.id)
     names = {t.name for t in task_runs}
-    assert {f"dump-{db}", f"upload-{db}"} <= names, names  # (+ the server's globals, if any)
+    assert f"backup-{db}" in names, names  # (+ the server's globals, if any)
     assert all(t.state.is_completed() for t in task_runs)
     by_type = {a.type: a for a in artifacts}
     table = by_type["table"]

@@ -8,17 +8,18 @@ import uuid
 import pytest
 from prefect_dbbackup.blocks import LocalBackupStorage, PostgresServer
 from prefect_dbbackup.flows import backup as backup_flow
-from prefect_dbbackup.tasks.backup import dump_task, upload_task
+from prefect_dbbackup.tasks import backup as backup_tasks
 
 from tests.helpers import flow_runs_of, task_runs_of
 
 
 @pytest.fixture
 def quick_retries(monkeypatch):
-    """The real dump and upload tasks with their retry policies, without the waits: a
-    regression that retries a full disk shows as a second attempt, not as a slow test."""
-    monkeypatch.setattr(backup_flow, "dump_task", dump_task.with_options(retry_delay_seconds=0))
-    monkeypatch.setattr(backup_flow, "upload_task", upload_task.with_options(retry_delay_seconds=0))
+    """The real backup task and its upload retries, without the waits: a regression that
+    retries a full disk shows as a second attempt, not as a slow test."""
+    quick = backup_tasks.backup_task.with_options(retry_delay_seconds=0)
+    monkeypatch.setattr(backup_flow, "backup_task", quick)
+    monkeypatch.setattr(backup_tasks, "UPLOAD_RETRY_DELAYS", (0, 0, 0))
 
 
 def _attempts(run_parameters: dict) -> dict[str, int]:
@@ -53,9 +54,10 @@ def test_full_storage_fails_clearly_without_retry_and_leaves_no_backup(
     outcome = rows[db]
     assert outcome["status"] == "failed"
     assert "is full" in outcome["error"] and "free space" in outcome["error"]
-    # a full disk is not retried: the upload task ran once (its policy allows 3 retries)
+    # a full disk is not retried: the task ran once, and its log says no upload was retried
     attempts = _attempts({"server": env.pg, "storage": storage})
-    assert attempts[f"upload-{db}"] == 1 and attempts[f"dump-{db}"] == 1, attempts
+    assert attempts[f"backup-{db}"] == 1, attempts
+    assert "trying again" not in result.output
     leftovers = [p for p in (tiny_disk / "backups").rglob("*") if p.is_file()]
     assert [p for p in leftovers if "_globals" not in p.parts] == []
 
@@ -75,8 +77,8 @@ def test_full_work_dir_fails_clearly_and_removes_the_spool(
     [outcome] = json.loads(result.stdout)["databases"]
     assert outcome["database"] == db and outcome["status"] == "failed"
     assert "work dir" in outcome["error"] and "DBBACKUP_WORK_DIR" in outcome["error"]
-    # not retried (the dump task's policy allows one retry), and nothing was uploaded
-    assert _attempts({"server": server, "storage": env.storage}) == {f"dump-{db}": 1}
+    # not retried (the task's policy allows one retry), and nothing was uploaded
+    assert _attempts({"server": server, "storage": env.storage}) == {f"backup-{db}": 1}
     assert list(tiny_disk.iterdir()) == []
     assert not env.storage_path.exists() or not list(env.storage_path.rglob("manifest.json"))
 

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from prefect_dbbackup.blocks import PostgresServer
 from prefect_dbbackup.flows import backup as backup_flow
-from prefect_dbbackup.tasks.backup import dump_task
+from prefect_dbbackup.tasks.backup import backup_task
 
 from tests.helpers import PG
 
@@ -26,7 +26,7 @@ from tests.helpers import PG
 @pytest.fixture
 def quick_retries(monkeypatch):
     """The real dump task with its retry policy, without the 30 s wait."""
-    monkeypatch.setattr(backup_flow, "dump_task", dump_task.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(backup_flow, "backup_task", backup_task.with_options(retry_delay_seconds=0))
 
 
 @pytest.fixture

@@ -108,7 +108,7 @@ def test_a_dump_waits_for_a_free_slot_of_its_host(env, pg_db, pg_admin, localhos
     def dump_running() -> bool:
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(
-                task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[f"dump-{db}"]))
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[f"backup-{db}"]))
             )
         return bool(runs) and runs[0].state is not None and runs[0].state.is_running()
 

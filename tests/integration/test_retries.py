@@ -11,7 +11,7 @@ import uuid
 import pytest
 from prefect_dbbackup.blocks import PostgresServer
 from prefect_dbbackup.flows import backup as backup_flow
-from prefect_dbbackup.tasks.backup import dump_task
+from prefect_dbbackup.tasks.backup import backup_task
 
 from tests.helpers import flow_runs_of, task_runs_of
 
@@ -19,7 +19,7 @@ from tests.helpers import flow_runs_of, task_runs_of
 def _dump_run(server: str, db: str):  # noqa: ANN202
     """The dump task run of `db` in the one backup run of `server`."""
     [run] = flow_runs_of("backup-server", server=server)
-    [dump] = [t for t in task_runs_of(run.id) if t.name == f"dump-{db}"]
+    [dump] = [t for t in task_runs_of(run.id) if t.name == f"backup-{db}"]
     return dump
 
 
@@ -47,7 +47,7 @@ def _dump_log(server: str, db: str, text: str) -> str:
 @pytest.fixture
 def quick_retries(monkeypatch):
     """The real dump task with its retry policy, without the 30 s wait."""
-    monkeypatch.setattr(backup_flow, "dump_task", dump_task.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(backup_flow, "backup_task", backup_task.with_options(retry_delay_seconds=0))
 
 
 def _flaky_pg_dump(directory, first_error: str):

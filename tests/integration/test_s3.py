@@ -96,12 +96,10 @@ def test_store_down_mid_upload_leaves_no_backup_and_a_later_run_succeeds(
     """The S3 server dies during the multipart upload and stays down while the upload task
     retries: the run fails, no manifest exists, and once the store is back the next run's
     prune aborts the half upload and its backup restores."""
-    from prefect_dbbackup.flows import backup as backup_flow
-    from prefect_dbbackup.tasks.backup import upload_task
+    from prefect_dbbackup.tasks import backup as backup_tasks
 
-    # the real upload task and its 3 retries, 1 s apart instead of 2, 10 and 30 s
-    quick = upload_task.with_options(retry_delay_seconds=[1, 1, 1])
-    monkeypatch.setattr(backup_flow, "upload_task", quick)
+    # the real upload and its 3 retries, 1 s apart instead of 2, 10 and 30 s
+    monkeypatch.setattr(backup_tasks, "UPLOAD_RETRY_DELAYS", (1, 1, 1))
     server = SeaweedFS(tmp_path / "s3")
     server.start()
     try:

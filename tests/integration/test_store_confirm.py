@@ -133,12 +133,10 @@ class _Via:
 
 @pytest.fixture
 def quick_upload_retries(monkeypatch):
-    """The real upload task and its 3 retries, without the 2/10/30 s waits."""
-    from prefect_dbbackup.flows import backup as backup_flow
-    from prefect_dbbackup.tasks.backup import upload_task
+    """The real upload and its 3 retries, without the 2/10/30 s waits."""
+    from prefect_dbbackup.tasks import backup as backup_tasks
 
-    quick = upload_task.with_options(retry_delay_seconds=[0, 0, 0])
-    monkeypatch.setattr(backup_flow, "upload_task", quick)
+    monkeypatch.setattr(backup_tasks, "UPLOAD_RETRY_DELAYS", (0, 0, 0))
 
 
 def test_backup_through_a_damaging_proxy_never_publishes_a_damaged_backup(
