@@ -1,12 +1,13 @@
 """Groundwork for deduplicated storage (#15): a chain of daily dumps, chunked and compared.
 
     python3 -m tests.benchmarks.dedup_chain --size 1GB --days 14 --out DIR [--engine pg|my]
-        [--pattern hot|uniform] [--no-restic]
+        [--pattern hot|hot1|mixed|uniform] [--no-restic]
 
 A copy of the benchmark database (dbb_bench_chain_pg / dbb_bench_chain_my, dropped at
 the end) is changed between two days: about 1% of the rows UPDATEd and 0.5% INSERTed,
 either all over the tables (`uniform`), among the newest 5% of the rows (`hot`, the
-append-mostly shape of most business data), or 90% hot and 10% anywhere (`mixed`). Each day is dumped (pg_dump -Fc -Z0 or
+append-mostly shape of most business data; `hot1`: the newest 1%, every one of them
+updated), or 90% hot and 10% anywhere (`mixed`). Each day is dumped (pg_dump -Fc -Z0 or
 mariadb-dump) to a scratch file and measured:
 - whole object: the project's own zstd(3) + age pipeline (tasks.stream.encrypt_stream);
 - chunked: pyfastcdc at several min/avg/max settings; each chunk id is HMAC-SHA256 of the
@@ -50,7 +51,7 @@ SETTINGS = [
     ("1M/4M/16M", MIB, 4 * MIB, 16 * MIB),
 ]
 PRIMARY = "512K/2M/8M"
-HOT_FRACTION = 0.05  # `hot`: changes land among the newest 5% of rows
+HOT = {"hot": 0.05, "hot1": 0.01}  # share of the newest rows that the updates land in
 READ = MIB
 
 
@@ -186,7 +187,8 @@ class MyChain:
 
 def _ranges(count: int, top: int, pattern: str) -> list[tuple[int, float]]:
     """(lowest key excluded, sampling probability) pairs so that ~1% of count rows are hit."""
-    hot = (int(top - HOT_FRACTION * count), 0.01 / HOT_FRACTION)
+    fraction = HOT.get(pattern, HOT["hot"])
+    hot = (int(top - fraction * count), 0.01 / fraction)
     if pattern == "uniform":
         return [(0, 0.01)]
     if pattern == "mixed":  # 90% of the updates in the hot tail, 10% anywhere
@@ -234,11 +236,18 @@ def throughput(path: Path, key: bytes) -> dict:
         out["hash"][name] = round(size / data.MB / (time.perf_counter() - started))
     out["two_threads"] = _two_threads(blob, pieces, key)
     compressor = zstandard.ZstdCompressor(level=3)
-    recipient = pyrage.x25519.Identity.generate().to_public()
+    identity = pyrage.x25519.Identity.generate()
     started = time.perf_counter()
-    for piece in pieces:
-        pyrage.encrypt(compressor.compress(piece), [recipient])
+    stored = [pyrage.encrypt(compressor.compress(p), [identity.to_public()]) for p in pieces]
     out["zstd3+age per 2 MiB chunk, 1 thread"] = round(
+        size / data.MB / (time.perf_counter() - started)
+    )
+    # what a restore does per chunk: age -d, zstd -d, check the id
+    decompressor = zstandard.ZstdDecompressor()
+    started = time.perf_counter()
+    for blob_ in stored:
+        hmac.digest(key, decompressor.decompress(pyrage.decrypt(blob_, [identity])), "sha256")
+    out["age+zstd -d+hmac per 2 MiB chunk, 1 thread"] = round(
         size / data.MB / (time.perf_counter() - started)
     )
     return out
@@ -463,6 +472,10 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| zstd -3 + age per 2 MiB chunk (reference) | {t['zstd3+age per 2 MiB chunk, 1 thread']} |"
         )
+        lines.append(
+            "| restore side: age -d + zstd -d + HMAC per 2 MiB chunk | "
+            f"{t['age+zstd -d+hmac per 2 MiB chunk, 1 thread']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -472,7 +485,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--engine", choices=["pg", "my"], default="pg")
-    parser.add_argument("--pattern", choices=["hot", "mixed", "uniform"], default="hot")
+    parser.add_argument("--pattern", choices=[*HOT, "mixed", "uniform"], default="hot")
     parser.add_argument("--no-restic", dest="restic", action="store_false")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
