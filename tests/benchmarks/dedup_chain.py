@@ -50,7 +50,7 @@ SETTINGS = [
     ("512K/2M/8M", MIB // 2, 2 * MIB, 8 * MIB),
     ("1M/4M/16M", MIB, 4 * MIB, 16 * MIB),
 ]
-PRIMARY = "512K/2M/8M"
+PRIMARY = "256K/1M/4M"  # the design's choice: pyfastcdc(256K, 1M, 4M) averages ~2 MiB
 HOT = {"hot": 0.05, "hot1": 0.01}  # share of the newest rows that the updates land in
 READ = MIB
 
