@@ -15,6 +15,7 @@ mariadb-dump) to a scratch file and measured:
   age-encrypted on its own, and its stored size counted;
 - restic: `restic backup --stdin` of the same dump into one repository (compression auto).
 Day 1 also measures chunking and keyed-hash throughput. Writes chain.json and chain.md.
+Needs the bench extra (`pip install -e '.[bench]'`) and Debian's restic.
 """
 
 from __future__ import annotations
