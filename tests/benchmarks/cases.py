@@ -253,7 +253,7 @@ def tiny_flow(count: int, concurrency: int) -> str:
 
 
 def tiny_bare(count: int, concurrency: int) -> str:
-    return f"{count} tiny dbs: pg_dump | zstd | age x{concurrency}"
+    return f"{count} tiny dbs: shell loop pg_dump, zstd, age x{concurrency}"
 
 
 def tiny(ctx: Context) -> Group:

@@ -90,7 +90,7 @@ TARGETS: list[tuple[str, Callable[[Rows], tuple[str, bool] | None]]] = [
     ("Peak RSS the same (within 20%) for a small and a large database", _rss_flat),
     *[
         (
-            f"{n} tiny databases (concurrency={c}) <= 1.3x a shell loop of pg_dump | zstd | age",
+            f"{n} tiny databases (concurrency={c}) <= 1.3x a shell loop of pg_dump, zstd, age",
             _at_most(1.3, tiny_flow(n, c), tiny_bare(n, c)),
         )
         for n in TINY_COUNTS
