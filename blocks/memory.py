@@ -11,7 +11,7 @@ import hashlib
 import io
 import threading
 from collections.abc import Collection, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,6 +28,7 @@ from prefect_dbbackup.blocks.storage import (
 from pydantic import Field
 
 _SPACES: dict[str, dict[str, bytes]] = {}
+_TIMES: dict[str, dict[str, datetime]] = {}
 _LOCK = threading.Lock()
 
 
@@ -65,6 +66,7 @@ class MemoryBackupStorage(BackupStorage):
         check_key(key)
         with _LOCK:
             self._objects()[key] = bytes(data)
+            _TIMES.setdefault(self.space, {})[key] = datetime.now(UTC)
 
     def get_bytes(self, key: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
         data = self._get(key)
@@ -89,6 +91,12 @@ class MemoryBackupStorage(BackupStorage):
         prefix = list_prefix(prefix)
         with _LOCK:
             return sorted(k for k in self._objects() if k.startswith(prefix))
+
+    def list_modified(self, prefix: str = "") -> dict[str, datetime]:
+        keys = self.list_keys(prefix)
+        with _LOCK:
+            times = _TIMES.get(self.space, {})
+            return {k: times[k] for k in keys if k in times}
 
     def exists(self, key: str) -> bool:
         check_key(key)

@@ -400,18 +400,22 @@ class S3BackupStorage(BackupStorage):
     def list_keys(self, prefix: str = "") -> list[str]:
         """Objects whose names start with the prefix's whole segments (see BackupStorage);
         objects outside the key rules (written by other tools) are left out."""
+        return sorted(self.list_modified(prefix))
+
+    def list_modified(self, prefix: str = "") -> dict[str, datetime]:
         prefix = list_prefix(prefix)
         strip = len(self._base())
-        keys: list[str] = []
+        found: dict[str, datetime] = {}
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=self._base() + prefix
             )
             for page in pages:
-                keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+                for obj in page.get("Contents", []):
+                    found[obj["Key"][strip:]] = obj["LastModified"]
         except S3_ERRORS as exc:
             raise self._error(exc, "list", prefix) from None
-        return sorted(k for k in keys if is_safe_key(k))
+        return {k: t for k, t in found.items() if is_safe_key(k)}
 
     def exists(self, key: str) -> bool:
         try:

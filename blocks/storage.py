@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from prefect.blocks.core import Block
 from prefect_dbbackup.blocks import signing
 from prefect_dbbackup.blocks.errors import ConfigError, DiskFull, IntegrityError, StorageError
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 CHUNK = 1 << 20
 
@@ -127,6 +127,69 @@ class BackupStorage(Block, ABC):
         description="Public keys (dbbackup-ed25519:...) whose manifest signatures are trusted; "
         "several for key rotation. Empty: the signing key's own public key.",
     )
+
+    dedup: bool = Field(
+        default=False,
+        description="Store new database backups as deduplicated chunks, each compressed and "
+        "encrypted on its own (docs/dedup.md). Existing backups stay readable either way.",
+    )
+    dedup_key: SecretStr | None = Field(
+        default=None,
+        description="The storage's dedup key (64 hex digits): every writer of a deduplicating "
+        "storage needs it. `dbbackup apply` makes one; `dbbackup keygen --dedup` prints one.",
+    )
+    dedup_key_file: str | None = Field(
+        default=None, description="Path to the dedup key file, used when dedup_key is empty."
+    )
+    dedup_grace_hours: float = Field(
+        default=24,
+        gt=0,
+        description="Chunks a prune sets aside are deleted by a prune at least this long "
+        "after (docs/dedup.md, garbage collection). The same on every writer of a storage.",
+    )
+    dedup_fence_hours: float = Field(
+        default=20,
+        gt=0,
+        description="A backup that took longer than this between finding its chunks and "
+        "writing its manifest checks them again. Below dedup_grace_hours.",
+    )
+
+    @model_validator(mode="after")
+    def _fence_below_grace(self) -> BackupStorage:
+        if self.dedup_fence_hours >= self.dedup_grace_hours:
+            raise ValueError(
+                "dedup_fence_hours must be below dedup_grace_hours (docs/dedup.md): a chunk a "
+                "backup relies on could be deleted"
+            )
+        return self
+
+    def dedup_secret(self) -> bytes | None:
+        """The 32-byte dedup key, or None when the block has none (ConfigError: malformed)."""
+        if self.dedup_key is not None:
+            text, source = self.dedup_key.get_secret_value(), "dedup_key"
+        elif self.dedup_key_file:
+            path = Path(self.dedup_key_file).expanduser()
+            source = f"dedup key file {path}"
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise ConfigError(f"cannot read {source}: {exc.strerror}") from None
+        else:
+            return None
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+        if len(lines) != 1 or not re.fullmatch(r"[0-9a-f]{64}", lines[0]):
+            raise ConfigError(
+                f"{source} of storage {self.describe()} is not a dedup key (64 hex digits); "
+                "`dbbackup keygen --dedup -o FILE` makes one"
+            )
+        return bytes.fromhex(lines[0])
+
+    @abstractmethod
+    def list_modified(self, prefix: str = "") -> dict[str, datetime]:
+        """Every key under prefix (as list_keys) with the time the store last wrote it.
+
+        The store's own clock: the garbage collector of chunks compares only times of
+        one store, never a worker's clock with it."""
 
     def manifest_signer(self) -> Ed25519PrivateKey:
         """The signing key; fails closed (ConfigError) when there is none or it is not trusted."""
@@ -347,6 +410,13 @@ class LocalBackupStorage(BackupStorage):
             dirs[:] = [d for d in dirs if KEY_SEGMENT.fullmatch(d)]
             keys.extend(f"{rel}/{name}".removeprefix("./") for name in files)
         return sorted(k for k in keys if is_safe_key(k))
+
+    def list_modified(self, prefix: str = "") -> dict[str, datetime]:
+        found = {}
+        for key in self.list_keys(prefix):
+            with contextlib.suppress(FileNotFoundError):  # deleted since the listing
+                found[key] = datetime.fromtimestamp(self._path(key).stat().st_mtime, UTC)
+        return found
 
     def _check_root(self) -> None:
         """StorageError unless the root is a directory or does not exist yet."""

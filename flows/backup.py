@@ -20,6 +20,7 @@ from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.prune import report_prune
 from prefect_dbbackup.flows.retries import transient_retries_only
 from prefect_dbbackup.tasks.backup import StoredBackup, backup_task
+from prefect_dbbackup.tasks.chunks import writer_key
 from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, new_backup_id
 from prefect_dbbackup.tasks.limits import DumpSlots
 from prefect_dbbackup.tasks.prune import prune_task
@@ -100,6 +101,8 @@ def backup_server(
     enc.recipient_keys()  # fail closed before touching anything
     sto.check()  # wrong S3 keys or a missing bucket fail here, not after every dump
     sto.manifest_signer()  # no signing key: fail closed before any dump (docs/security.md)
+    if sto.dedup:
+        writer_key(sto)  # a deduplicating storage without its key: fail before any dump
     names = srv.select_databases(databases)
     if note := srv.check_clients():  # no client fits the server: fail before any dump
         log.info(note)

@@ -29,7 +29,14 @@ STORAGE_KINDS = {
     "local": STORAGE_TYPES["local-backup-storage"],
     "s3": STORAGE_TYPES["s3-backup-storage"],
 }
-PATH_FIELDS = {"path", "identity_file", "sslrootcert", "bin_dir", "manifest_signing_key_file"}
+PATH_FIELDS = {
+    "path",
+    "identity_file",
+    "sslrootcert",
+    "bin_dir",
+    "manifest_signing_key_file",
+    "dedup_key_file",
+}
 CREATED = {"name", "block_schema_id", "block_type_id", "data", "is_anonymous"}
 UPDATED = {"block_schema_id", "data"}
 OPERATIONS_SECTIONS = ("schedules", "limits")  # read by flows/operations.py, not blocks

@@ -12,17 +12,18 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.encryption import AgeEncryption
-from prefect_dbbackup.blocks.errors import DbBackupError
-from prefect_dbbackup.blocks.process import ToolProcess, check_not_interrupted, interrupted, pause
+from prefect_dbbackup.blocks.process import ToolProcess, check_not_interrupted, interrupted
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.catalog import publish_manifest
+from prefect_dbbackup.tasks.chunks import ChunkWriter, ensure_key_copy, writer_key
 from prefect_dbbackup.tasks.layout import backup_key
 from prefect_dbbackup.tasks.limits import dump_slot, host_slot
 from prefect_dbbackup.tasks.logs import run_logger
-from prefect_dbbackup.tasks.manifest import Manifest
+from prefect_dbbackup.tasks.manifest import Manifest, StreamStats
+from prefect_dbbackup.tasks.retrying import retry_transient
 from prefect_dbbackup.tasks.spool import spool_path, spooling, write_spool
-from prefect_dbbackup.tasks.stream import TrailedReader
+from prefect_dbbackup.tasks.stream import CountingReader, TrailedReader
 from pydantic import BaseModel
 
 # a failed upload is tried again after these pauses (seconds), without dumping again
@@ -69,8 +70,10 @@ def dump_database(
     *,
     level: int | None = None,
     threads: int = 2,
+    chunks: ChunkWriter | None = None,
 ) -> DumpResult:
-    """Dump one database into an encrypted spool file; nothing is stored yet.
+    """Dump one database into an encrypted spool file; nothing is stored yet. With `chunks`
+    the stream goes to the storage as deduplicated chunks instead, and no spool is written.
 
     `level` is the zstd level; None takes the server block's.
     """
@@ -100,15 +103,27 @@ def dump_database(
             ) as proc:
                 assert proc.stdout is not None
                 counter = server.dump_row_counter(snapshot.tables)
-                stats = write_spool(
-                    TrailedReader(proc.stdout, cmd.trailer) if cmd.trailer else proc.stdout,
-                    spool,
-                    recipients,
-                    level=level,
-                    threads=threads,
-                    on_progress=progress,
-                    tap=counter.feed if counter else None,
-                )
+                source = TrailedReader(proc.stdout, cmd.trailer) if cmd.trailer else proc.stdout
+                tap = counter.feed if counter else None
+                if chunks is None:
+                    stats = write_spool(
+                        source,
+                        spool,
+                        recipients,
+                        level=level,
+                        threads=threads,
+                        on_progress=progress,
+                        tap=tap,
+                    )
+                    chunk_list = None
+                else:
+                    chunk_list = chunks.write(CountingReader(source, progress, tap=tap))
+                    stats = StreamStats(
+                        raw_bytes=chunk_list.raw_bytes,
+                        compressed_bytes=chunks.compressed_bytes,
+                        stored_bytes=chunk_list.new_stored_bytes,
+                        sha256=chunk_list.stream_hmac,
+                    )
         manifest = Manifest(
             tool_version=tool_version(),
             server=server_name,
@@ -122,6 +137,8 @@ def dump_database(
             finished_at=datetime.now(UTC),
             object_name=server.engine.database_object,
             dump_format=server.engine.dump_format,
+            format="object" if chunk_list is None else "chunks-v1",
+            chunks=chunk_list,
             stats=stats,
             recipients=encryption.fingerprints(),
             dump_options=server.dump_options_for(database),
@@ -132,13 +149,14 @@ def dump_database(
         )
     st = manifest.stats
     log.info(
-        "dumped %r: %.1f MB raw -> %.1f MB stored (%.1fx) in %.1f s (%.0f MB/s)",
+        "dumped %r: %.1f MB raw -> %.1f MB stored (%.1fx) in %.1f s (%.0f MB/s)%s",
         database,
         st.raw_bytes / 1e6,
         st.stored_bytes / 1e6,
-        st.raw_bytes / st.stored_bytes,
+        st.raw_bytes / max(st.stored_bytes, 1),
         manifest.seconds,
         st.raw_bytes / 1e6 / max(manifest.seconds, 1e-3),
+        f"; chunks: {chunk_list.new} new, {chunk_list.reused} already stored" if chunk_list else "",
     )
     return DumpResult(spool=str(spool), manifest=manifest)
 
@@ -166,25 +184,54 @@ def store_with_retries(storage: BackupStorage, dump: DumpResult) -> StoredBackup
     An upload that still fails is marked not retryable: the task is not run
     again, because dumping again cannot fix the storage.
     """
-    delays = list(UPLOAD_RETRY_DELAYS)
-    while True:
-        try:
-            return StoredBackup(key=store_backup(storage, dump), manifest=dump.manifest)
-        except Exception as exc:
-            retryable = isinstance(exc, DbBackupError) and exc.retryable  # never a bug
-            if not delays or interrupted() or not retryable:
-                exc.retryable = False
-                raise
-            delay = delays.pop(0)
-            run_logger().warning(
-                "upload of %r to %s failed: %s; trying again in %.0f s (%d more attempt(s))",
-                dump.manifest.database,
-                storage.describe(),
-                exc,
-                delay,
-                len(delays) + 1,
-            )
-            pause(delay)
+    key = retry_transient(
+        lambda: store_backup(storage, dump),
+        f"upload of {dump.manifest.database!r} to {storage.describe()}",
+        UPLOAD_RETRY_DELAYS,
+    )
+    return StoredBackup(key=key, manifest=dump.manifest)
+
+
+def back_up_chunked(
+    server: DatabaseServer,
+    server_name: str,
+    database: str,
+    encryption: AgeEncryption,
+    storage: BackupStorage,
+    workdir: Path,
+    backup_id: str,
+    level: int | None,
+) -> StoredBackup:
+    """Dump one database into a deduplicating storage: chunks while dumping, then the
+    manifest (after the fence check of docs/dedup.md)."""
+    writer = ChunkWriter(
+        storage,
+        writer_key(storage),
+        encryption,
+        level=server.zstd_level if level is None else level,
+        retry_delays=UPLOAD_RETRY_DELAYS,
+    )
+    ensure_key_copy(storage, writer.key, encryption)
+    dump = dump_database(
+        server, server_name, database, encryption, workdir, backup_id, chunks=writer
+    )
+    assert dump.manifest.chunks is not None
+    check_not_interrupted(f"the manifest of {database!r}")
+    writer.fence(dump.manifest.chunks, storage.dedup_fence_hours * 3600)
+    key = retry_transient(
+        lambda: publish_manifest(storage, dump.manifest),
+        f"manifest of {database!r} to {storage.describe()}",
+        UPLOAD_RETRY_DELAYS,
+    )
+    run_logger().info(
+        "stored backup %s of %r as %d chunks (%d new) in %s",
+        backup_id,
+        database,
+        len(dump.manifest.chunks.order),
+        dump.manifest.chunks.new,
+        storage.describe(),
+    )
+    return StoredBackup(key=key, manifest=dump.manifest)
 
 
 def back_up_database(
@@ -199,7 +246,12 @@ def back_up_database(
     level: int | None = None,
     threads: int = 2,
 ) -> StoredBackup:
-    """Dump one database, then store it (object, then manifest): one task run per database."""
+    """Dump one database, then store it (object, then manifest): one task run per database.
+    A deduplicating storage takes the chunks while the dump runs."""
+    if storage.dedup:
+        return back_up_chunked(
+            server, server_name, database, encryption, storage, workdir, backup_id, level
+        )
     dump = dump_database(
         server, server_name, database, encryption, workdir, backup_id, level=level, threads=threads
     )

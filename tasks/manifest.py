@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
 
@@ -10,6 +11,7 @@ from prefect_dbbackup.blocks.properties import DatabaseProperties
 from pydantic import BaseModel, Field, model_validator
 
 FORMAT_VERSION = 1
+CHUNK_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class StreamStats(BaseModel):
@@ -18,7 +20,29 @@ class StreamStats(BaseModel):
     raw_bytes: int
     compressed_bytes: int
     stored_bytes: int
-    sha256: str
+    sha256: str = Field(description="of the stored object; of a chunked backup: its stream_hmac")
+
+
+class ChunkList(BaseModel):
+    """The chunks of a deduplicated backup, in stream order (docs/dedup.md)."""
+
+    key_id: str = Field(description="names the storage's dedup key the ids are keyed with")
+    chunker: dict[str, str | int]
+    id: Literal["hmac-sha256"] = "hmac-sha256"
+    raw_bytes: int
+    stream_hmac: str = Field(description="HMAC-SHA256 of the whole plaintext stream (hex)")
+    new: int = Field(description="chunks this backup uploaded")
+    reused: int = Field(description="chunks already stored that this backup names")
+    new_stored_bytes: int
+    order: list[tuple[str, int]] = Field(description="[chunk id, plaintext length] in order")
+
+    @model_validator(mode="after")
+    def _lengths_add_up(self) -> ChunkList:
+        if sum(length for _, length in self.order) != self.raw_bytes:
+            raise ValueError("chunk lengths do not add up to raw_bytes")
+        if not all(CHUNK_ID.fullmatch(cid) for cid, _ in self.order):
+            raise ValueError("a chunk id is not 64 hex digits")
+        return self
 
 
 class Manifest(BaseModel):
@@ -38,6 +62,10 @@ class Manifest(BaseModel):
     finished_at: datetime
     object_name: str
     dump_format: Literal["pg_custom", "sql"]
+    format: Literal["object", "chunks-v1"] = Field(
+        default="object", description="object: one encrypted file; chunks-v1: chunks (dedup)"
+    )
+    chunks: ChunkList | None = None
     compression: str = "zstd"
     encryption: str = "age"
     stats: StreamStats
@@ -59,7 +87,14 @@ class Manifest(BaseModel):
     @model_validator(mode="after")
     def _known_create_options(self) -> Manifest:
         ENGINES[self.server_type].check_create_options(self.create_options)
+        if (self.format == "chunks-v1") != (self.chunks is not None):
+            raise ValueError(f"format {self.format} with{'out' * (self.chunks is None)} chunks")
         return self
+
+    @property
+    def chunked(self) -> bool:
+        """Whether the backup is stored as deduplicated chunks (no object of its own)."""
+        return self.chunks is not None
 
     @property
     def stored_object_name(self) -> str:

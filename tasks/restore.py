@@ -27,10 +27,17 @@ from prefect_dbbackup.blocks.errors import (
 from prefect_dbbackup.blocks.process import ToolProcess
 from prefect_dbbackup.blocks.server import STAGING_PREFIX, DatabaseServer, ToolCommand
 from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.tasks.chunks import chunk_stream
 from prefect_dbbackup.tasks.layout import backup_key
 from prefect_dbbackup.tasks.logs import Logger, run_logger
 from prefect_dbbackup.tasks.manifest import Manifest
-from prefect_dbbackup.tasks.stream import ReplacingWriter, decrypt_stream, file_sha256
+from prefect_dbbackup.tasks.stream import (
+    ReplacingWriter,
+    Writable,
+    copy_lazily,
+    decrypt_stream,
+    file_sha256,
+)
 from pydantic import BaseModel
 
 
@@ -83,6 +90,37 @@ def open_checked(
         yield f
 
 
+Feed = Callable[[Callable[[], Writable]], object]
+"""Writes a backup's whole plaintext into the sink it opens (at the first byte); can be
+called again for a second load."""
+
+
+@contextlib.contextmanager
+def plaintext_feed(
+    storage: BackupStorage,
+    manifest: Manifest,
+    workdir: Path,
+    what: str,
+    identities: list[pyrage.x25519.Identity],
+) -> Iterator[Feed]:
+    """The plaintext of a backup, whole object or chunks, checked on the way."""
+    if manifest.chunked:
+
+        def from_chunks(open_sink: Callable[[], Writable]) -> None:
+            with chunk_stream(storage, manifest, identities, what) as reader:
+                copy_lazily(reader, open_sink)
+
+        yield from_chunks
+        return
+    with open_checked(storage, manifest, workdir, what) as f:
+
+        def from_object(open_sink: Callable[[], Writable]) -> None:
+            f.seek(0)
+            decrypt_stream(f, open_sink, identities)
+
+        yield from_object
+
+
 def restore_backup(
     server: DatabaseServer,
     storage: BackupStorage,
@@ -117,18 +155,17 @@ def restore_backup(
         log.info(note)
     started = datetime.now(UTC)
     skipped: list[str] = []
-    with open_checked(storage, manifest, workdir, what) as f:
+    with plaintext_feed(storage, manifest, workdir, what, identities) as feed:
 
         def load(into: str) -> None:
-            f.seek(0)
             loader = _TargetLoader(server, into, manifest, workdir, log)
             try:
                 with decrypt_errors(what, manifest, identities):
                     if jobs > 1:
-                        _restore_from_archive(f, loader, identities, workdir, jobs)
+                        _restore_from_archive(feed, loader, workdir, jobs)
                     else:
                         with contextlib.ExitStack() as stack:
-                            decrypt_stream(f, lambda: loader.open_stream(stack), identities)
+                            feed(lambda: loader.open_stream(stack))
                 skipped[:] = loader.apply_properties()
             except BaseException:  # Ctrl-C and cancellation too: cleaned up, re-raised as is
                 loader.drop_if_created()
@@ -280,19 +317,13 @@ def _explained(log: Logger, failed: str, state: str) -> Iterator[None]:
         raise
 
 
-def _restore_from_archive(
-    source: BinaryIO,
-    loader: _TargetLoader,
-    identities: list[pyrage.x25519.Identity],
-    workdir: Path,
-    jobs: int,
-) -> None:
+def _restore_from_archive(feed: Feed, loader: _TargetLoader, workdir: Path, jobs: int) -> None:
     """pg_restore --jobs needs a seekable file: decrypt into the private work dir first."""
     archive = workdir / "restore.pgc"
     fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as plain:
-            decrypt_stream(source, lambda: plain, identities)
+            feed(lambda: plain)
         loader.load_archive(archive, jobs)
     finally:
         archive.unlink(missing_ok=True)

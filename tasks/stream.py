@@ -18,7 +18,7 @@ from prefect_dbbackup.tasks.manifest import StreamStats
 READ_SIZE = 1 << 20
 
 
-class _Writable(Protocol):
+class Writable(Protocol):
     def write(self, data: bytes, /) -> int: ...
 
 
@@ -70,7 +70,7 @@ class TrailedReader(io.RawIOBase):
 class HashingWriter:
     """A writer that hashes (sha256) and counts everything written through it."""
 
-    def __init__(self, inner: _Writable) -> None:
+    def __init__(self, inner: Writable) -> None:
         self.inner = inner
         self.count = 0
         self._hash = hashlib.sha256()
@@ -90,7 +90,7 @@ class HashingWriter:
 
 def encrypt_stream(
     source: BinaryIO,
-    dest: _Writable,
+    dest: Writable,
     recipients: Sequence[pyrage.x25519.Recipient],
     *,
     level: int = 3,
@@ -123,7 +123,7 @@ class _LazyDecompressingWriter:
     wrong key fails before the sink (a restore target) is touched at all.
     """
 
-    def __init__(self, open_sink: Callable[[], _Writable]) -> None:
+    def __init__(self, open_sink: Callable[[], Writable]) -> None:
         self._open_sink = open_sink
         self._writer: zstandard.ZstdDecompressionWriter | None = None
         self.count = 0
@@ -143,9 +143,23 @@ class _LazyDecompressingWriter:
             self._writer.flush()
 
 
+def copy_lazily(source: BinaryIO, open_sink: Callable[[], Writable]) -> int:
+    """Copy a plaintext stream into the sink, opened only once the first bytes are read (a
+    source that fails at once never touches the sink); return the bytes copied."""
+    sink, count = None, 0
+    while block := source.read(READ_SIZE):
+        if sink is None:
+            sink = open_sink()
+        sink.write(block)
+        count += len(block)
+    if sink is None:  # an empty stream: the sink still gets its (empty) input
+        open_sink()
+    return count
+
+
 def decrypt_stream(
     source: BinaryIO,
-    open_sink: Callable[[], _Writable],
+    open_sink: Callable[[], Writable],
     identities: Sequence[pyrage.x25519.Identity],
 ) -> int:
     """Decrypt (age) and decompress (zstd) source into the sink; return compressed bytes.
@@ -166,7 +180,7 @@ class ReplacingWriter:
     whatever the line lengths. Call finish() once at the end.
     """
 
-    def __init__(self, inner: _Writable, old: bytes, new: bytes) -> None:
+    def __init__(self, inner: Writable, old: bytes, new: bytes) -> None:
         if not old:
             raise ValueError("nothing to replace")
         self.inner, self.old, self.new = inner, old, new

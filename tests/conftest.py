@@ -166,6 +166,14 @@ def any_env(request: pytest.FixtureRequest, env):
     return env
 
 
+@pytest.fixture(params=["local", "s3"])
+def dedup_env(request: pytest.FixtureRequest, env):
+    """`env` with a deduplicating storage, local then S3: the same test must pass on both."""
+    if request.param == "s3":
+        return env.with_dedup(request.getfixturevalue("s3_server"))
+    return env.with_dedup()
+
+
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs: real ENOSPC from the kernel."""

@@ -260,6 +260,20 @@ class BlockEnv:
         ).save(f"s3-{tag}")
         return replace(self, storage=f"s3-{tag}", bucket=bucket, s3_prefix=f"backups-{tag}/")
 
+    def with_dedup(self, s3: SeaweedFS | None = None, **fields: object) -> BlockEnv:
+        """This env with a deduplicating storage block (a new local dir, or a new S3 prefix)
+        and a fresh dedup key."""
+        from prefect_dbbackup.blocks import LocalBackupStorage
+        from prefect_dbbackup.tasks.chunks import new_dedup_key
+
+        fields = {"dedup": True, "dedup_key": new_dedup_key(), **fields}
+        if s3 is not None:
+            return self.use_s3(s3, **fields)
+        tag = uuid.uuid4().hex[:8]
+        path = self.storage_path.with_name(f"dedup-{tag}")
+        LocalBackupStorage(path=str(path), **self.signing_fields(), **fields).save(f"dedup-{tag}")
+        return replace(self, storage=f"dedup-{tag}", storage_path=path)
+
     def cli(self, *args: str) -> CliResult:
         """Run `dbbackup ARGS` in-process with this env's storage and encryption blocks."""
         from prefect_dbbackup.flows.cli import app

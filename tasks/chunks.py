@@ -1,0 +1,450 @@
+"""Deduplicated storage: a dump stream cut into chunks, each compressed and encrypted on its
+own and stored once under a keyed id (docs/dedup.md).
+
+Layout under the storage root:
+  _dedup/keys/{key_id}.{rset}.age          the dedup key, age-encrypted to one recipient set
+  _dedup/chunks/{rset}/{id[:2]}/{id}       one chunk: a zstd frame inside age
+  _dedup/fossils/{mark}/{rset}/{id[:2]}/{id}  a chunk set aside by a prune (tasks/chunk_gc.py)
+  _dedup/gc/{mark}.json                    one collection in progress
+`rset` names the recipient set: chunks are shared only between backups encrypted to the
+same recipients, so every backup is readable by exactly the identities its manifest names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import io
+import json
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import BinaryIO
+
+import pyrage
+import zstandard
+from prefect_dbbackup.blocks.encryption import AgeEncryption, recipient_fingerprint
+from prefect_dbbackup.blocks.errors import AuthError, ConfigError, IntegrityError
+from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound
+from prefect_dbbackup.tasks.manifest import CHUNK_ID, ChunkList, Manifest
+from prefect_dbbackup.tasks.retrying import retry_transient
+from pyfastcdc import FastCDC
+
+DEDUP = "_dedup"
+KEYS, CHUNKS, FOSSILS, GC = (f"{DEDUP}/{name}" for name in ("keys", "chunks", "fossils", "gc"))
+MIN_SIZE, AVG_SIZE, MAX_SIZE = 256 << 10, 1 << 20, 4 << 20  # pyfastcdc: ~2 MiB mean
+CHUNKER: dict[str, str | int] = {
+    "algorithm": "fastcdc2020",
+    "min": MIN_SIZE,
+    "avg": AVG_SIZE,
+    "max": MAX_SIZE,
+    "seed": "keyed",
+}
+MAX_STORED = MAX_SIZE + (1 << 20)  # a stored chunk: zstd's bound plus age's overhead, rounded up
+IN_FLIGHT = 8  # chunks being checked/compressed/encrypted/uploaded (or fetched) at once
+
+
+def boottime() -> float:
+    """Seconds of this machine's clock that counts suspend and ignores wall-clock steps."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def recipient_set(fingerprints: Sequence[str]) -> str:
+    """16 hex digits naming a set of recipients (their fingerprints, in any order)."""
+    return hashlib.sha256("\n".join(sorted(fingerprints)).encode()).hexdigest()[:16]
+
+
+def chunk_key(rset: str, cid: str) -> str:
+    """Where a chunk lives."""
+    return f"{CHUNKS}/{rset}/{cid[:2]}/{cid}"
+
+
+def fossil_key(mark: str, rset: str, cid: str) -> str:
+    """Where a prune's mark `mark` set a chunk aside."""
+    return f"{FOSSILS}/{mark}/{rset}/{cid[:2]}/{cid}"
+
+
+def parse_chunk_key(key: str) -> tuple[str, str] | None:
+    """(rset, id) of a chunk key under chunks/ or a mark's fossils/, else None."""
+    parts = key.split("/")
+    if key.startswith(CHUNKS + "/") and len(parts) == 5:
+        rset, fan, cid = parts[2:]
+    elif key.startswith(FOSSILS + "/") and len(parts) == 6:
+        rset, fan, cid = parts[3:]
+    else:
+        return None
+    return (rset, cid) if CHUNK_ID.fullmatch(cid) and fan == cid[:2] else None
+
+
+def new_dedup_key() -> str:
+    """A new dedup key, as stored in a block or key file (64 hex digits)."""
+    return secrets.token_hex(32)
+
+
+@dataclass(frozen=True)
+class DedupKey:
+    """A storage's dedup key and the subkeys derived from it (HMAC-SHA256 with a label)."""
+
+    secret: bytes = field(repr=False)
+
+    def _sub(self, label: str) -> bytes:
+        return hmac.digest(self.secret, label.encode(), "sha256")
+
+    @cached_property
+    def key_id(self) -> str:
+        """Public name of the key (16 hex digits), recorded in manifests."""
+        return self._sub("dbbackup key id v1").hex()[:16]
+
+    @cached_property
+    def id_key(self) -> bytes:
+        return self._sub("dbbackup chunk id v1")
+
+    @cached_property
+    def stream_key(self) -> bytes:
+        return self._sub("dbbackup stream v1")
+
+    def chunker(self) -> FastCDC:
+        """The content-defined chunker, its gear table seeded from the key."""
+        seed = int.from_bytes(self._sub("dbbackup fastcdc seed v1")[:8], "big") >> 1
+        return FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE, seed=seed)
+
+    def chunk_id(self, data: bytes | memoryview) -> str:
+        return hmac.digest(self.id_key, data, "sha256").hex()
+
+    def stream_hmac(self) -> hmac.HMAC:
+        return hmac.new(self.stream_key, digestmod="sha256")
+
+
+def key_copy_key(key_id: str, rset: str) -> str:
+    """Where the dedup key sits encrypted to one recipient set."""
+    return f"{KEYS}/{key_id}.{rset}.age"
+
+
+_COPIES_MADE: set[tuple[str, str, str]] = set()
+_COPIES_LOCK = threading.Lock()
+
+
+def ensure_key_copy(storage: BackupStorage, key: DedupKey, encryption: AgeEncryption) -> None:
+    """Store the dedup key encrypted to the encryption block's recipients, unless a copy for
+    that set is there: then the identity alone restores and checks every chunked backup."""
+    rset = recipient_set(encryption.fingerprints())
+    made = (storage.describe(), key.key_id, rset)
+    with _COPIES_LOCK:
+        if made in _COPIES_MADE:
+            return
+    where = key_copy_key(key.key_id, rset)
+    if not storage.exists(where):
+        record = {"version": 1, "key_id": key.key_id, "key": key.secret.hex()}
+        storage.put_bytes(
+            where, pyrage.encrypt(json.dumps(record).encode(), encryption.recipient_keys())
+        )
+    with _COPIES_LOCK:
+        _COPIES_MADE.add(made)
+
+
+def writer_key(storage: BackupStorage) -> DedupKey:
+    """The key a backup writes chunks with: the storage block's (fails closed)."""
+    secret = storage.dedup_secret()
+    if secret is None:
+        raise ConfigError(
+            f"storage {storage.describe()} has dedup: true but no dedup key: run `dbbackup apply` "
+            "(it makes one), or set dedup_key_file from `dbbackup keygen --dedup -o FILE`"
+        )
+    return DedupKey(secret)
+
+
+def reader_key(
+    storage: BackupStorage, chunks: ChunkList, rset: str, identities: list[pyrage.x25519.Identity]
+) -> DedupKey:
+    """The key a chunked backup was written with: from its copy in the storage (the identity
+    opens it), else the storage block's own when it is that key."""
+    try:
+        blob = storage.get_bytes(key_copy_key(chunks.key_id, rset))
+    except ObjectNotFound:
+        secret = storage.dedup_secret()
+        if secret is not None and DedupKey(secret).key_id == chunks.key_id:
+            return DedupKey(secret)
+        raise ConfigError(
+            f"the dedup key {chunks.key_id} of this backup is neither in the storage "
+            f"({key_copy_key(chunks.key_id, rset)}) nor on the storage block: set the block's "
+            "dedup_key (or dedup_key_file) to the key the backup was written with"
+        ) from None
+    try:
+        record = json.loads(pyrage.decrypt(blob, identities))
+        key = DedupKey(bytes.fromhex(record["key"]))
+    except pyrage.DecryptError:
+        raise AuthError(
+            f"the dedup key copy {key_copy_key(chunks.key_id, rset)} does not open with this "
+            "identity: use the identity of the backup's recipients"
+        ) from None
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError(
+            f"the dedup key copy {key_copy_key(chunks.key_id, rset)} is damaged"
+        ) from None
+    if key.key_id != chunks.key_id:
+        raise IntegrityError(
+            f"the dedup key copy {key_copy_key(chunks.key_id, rset)} holds key "
+            f"{key.key_id}, not {chunks.key_id}: it was replaced; restore it from a copy"
+        )
+    return key
+
+
+class ChunkWriter:
+    """Cuts a plaintext stream into chunks and stores the ones the storage lacks.
+
+    Chunks already stored are only named: nothing is compressed, encrypted or sent for
+    them. At most IN_FLIGHT chunks are checked or uploaded at once; the chunking waits
+    for them, so memory stays flat (IN_FLIGHT x MAX_SIZE plaintext)."""
+
+    def __init__(
+        self,
+        storage: BackupStorage,
+        key: DedupKey,
+        encryption: AgeEncryption,
+        *,
+        level: int,
+        retry_delays: tuple[float, ...],
+        on_chunk: Callable[[str], None] | None = None,
+    ) -> None:
+        self.storage, self.key, self.level = storage, key, level
+        self.recipients = encryption.recipient_keys()
+        self.rset = recipient_set(encryption.fingerprints())
+        self.retry_delays = retry_delays
+        self.on_chunk = on_chunk  # tests stop a backup here
+        self.new = self.reused = self.stored_bytes = self.compressed_bytes = 0
+        self._lock = threading.Lock()
+        self.started = boottime()  # before the first question "does this chunk exist?"
+
+    def _store_one(self, cid: str, data: bytes) -> None:
+        where = chunk_key(self.rset, cid)
+        if self.storage.exists(where):
+            with self._lock:
+                self.reused += 1
+            return
+        compressed = zstandard.ZstdCompressor(level=self.level, write_checksum=True).compress(data)
+        blob = pyrage.encrypt(compressed, self.recipients)
+        retry_transient(
+            lambda: self.storage.put_bytes(where, blob),
+            f"upload of chunk {cid[:16]}",
+            self.retry_delays,
+        )
+        with self._lock:
+            self.new += 1
+            self.stored_bytes += len(blob)
+            self.compressed_bytes += len(compressed)
+
+    def write(self, source: BinaryIO) -> ChunkList:
+        """Chunk source to its end; return the list once every chunk is stored."""
+        stream, total, order = self.key.stream_hmac(), 0, []
+        seen: set[str] = set()
+        pending: deque[Future] = deque()
+        with ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="chunks") as pool:
+            try:
+                for piece in self.key.chunker().cut_stream(source):
+                    data = bytes(piece.data)
+                    cid = self.key.chunk_id(data)
+                    stream.update(data)
+                    total += len(data)
+                    order.append((cid, len(data)))
+                    if cid in seen:  # repeated within this stream: stored (or reused) once
+                        with self._lock:
+                            self.reused += 1
+                        continue
+                    seen.add(cid)
+                    while len(pending) >= IN_FLIGHT:
+                        pending.popleft().result()
+                    pending.append(pool.submit(self._store_one, cid, data))
+                    if self.on_chunk:
+                        self.on_chunk(cid)
+                while pending:
+                    pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()
+        return ChunkList(
+            key_id=self.key.key_id,
+            chunker=CHUNKER,
+            raw_bytes=total,
+            stream_hmac=stream.hexdigest(),
+            new=self.new,
+            reused=self.reused,
+            new_stored_bytes=self.stored_bytes,
+            order=order,
+        )
+
+    def fence(self, chunks: ChunkList, fence_seconds: float) -> None:
+        """Just before the manifest: a backup that took longer than the fence since it
+        first asked for chunks makes sure each is still in chunks/ (a prune may have set
+        it aside: it is copied back), else fails without a manifest."""
+        if boottime() - self.started <= fence_seconds:
+            return
+        marks = fossil_marks(self.storage)
+        for cid in dict.fromkeys(cid for cid, _ in chunks.order):
+            where = chunk_key(self.rset, cid)
+            if self.storage.exists(where):
+                continue
+            blob = find_fossil(self.storage, marks, self.rset, cid)
+            if blob is None:
+                raise IntegrityError(
+                    f"chunk {cid} vanished during the backup (a prune collected it while the "
+                    "backup ran longer than dedup_fence_hours): no manifest was written; run "
+                    "the backup again"
+                )
+            self.storage.put_bytes(where, blob)
+        self.started = boottime()
+
+
+def fossil_marks(storage: BackupStorage) -> list[str]:
+    """The collections in progress, whose fossils readers may need."""
+    return [
+        key.rsplit("/", 1)[-1].removesuffix(".json")
+        for key in storage.list_keys(GC)
+        if key.endswith(".json")
+    ]
+
+
+def find_fossil(storage: BackupStorage, marks: list[str], rset: str, cid: str) -> bytes | None:
+    """A chunk set aside by one of the marks, or None."""
+    for mark in marks:
+        with contextlib.suppress(ObjectNotFound):
+            return storage.get_bytes(fossil_key(mark, rset, cid), MAX_STORED)
+    return None
+
+
+def fetch_chunk(storage: BackupStorage, rset: str, cid: str, marks: list[str] | None) -> bytes:
+    """A stored chunk from chunks/, else from a prune's fossils; ObjectNotFound if neither."""
+    try:
+        return storage.get_bytes(chunk_key(rset, cid), MAX_STORED)
+    except ObjectNotFound:
+        blob = find_fossil(storage, fossil_marks(storage) if marks is None else marks, rset, cid)
+        if blob is None:
+            raise
+        return blob
+
+
+def open_chunk(
+    blob: bytes, cid: str, length: int, key: DedupKey, identities: list[pyrage.x25519.Identity]
+) -> bytes:
+    """The plaintext of a stored chunk, checked against its id and length (IntegrityError)."""
+    try:
+        data = zstandard.ZstdDecompressor().decompress(
+            pyrage.decrypt(blob, identities), max_output_size=max(length, 1)
+        )
+    except (pyrage.DecryptError, zstandard.ZstdError) as exc:
+        raise IntegrityError(f"chunk {cid} is damaged: {exc}") from None
+    if len(data) != length or not hmac.compare_digest(key.chunk_id(data), cid):
+        raise IntegrityError(f"chunk {cid} is damaged: its content does not match its id")
+    return data
+
+
+class ChunkReader(io.RawIOBase):
+    """The plaintext stream of a chunked backup, chunk by chunk in order, each checked;
+    IN_FLIGHT chunks are fetched ahead. At the end the length and the keyed hash of the
+    whole stream are checked too. Errors name the chunk and the backup."""
+
+    def __init__(
+        self,
+        storage: BackupStorage,
+        manifest: Manifest,
+        key: DedupKey,
+        identities: list[pyrage.x25519.Identity],
+        what: str,
+    ) -> None:
+        assert manifest.chunks is not None
+        self.storage, self.chunks, self.key = storage, manifest.chunks, key
+        self.identities, self.what = identities, what
+        self.rset = recipient_set(manifest.recipients)
+        self._marks: list[str] | None = None
+        self._pool = ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="fetch")
+        self._ahead: deque[tuple[str, int, Future]] = deque()
+        self._next = 0
+        self._buffer = memoryview(b"")
+        self._stream = key.stream_hmac()
+        self._total = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _fetch(self, cid: str) -> bytes:
+        try:
+            return fetch_chunk(self.storage, self.rset, cid, self._marks)
+        except ObjectNotFound:
+            raise IntegrityError(
+                f"{self.what}: chunk {cid} is missing from the storage (deleted by hand, or "
+                "by a prune of another version?); restore an older backup and run `dbbackup "
+                "check`"
+            ) from None
+
+    def _refill(self) -> bool:
+        while len(self._ahead) < IN_FLIGHT and self._next < len(self.chunks.order):
+            cid, length = self.chunks.order[self._next]
+            self._ahead.append((cid, length, self._pool.submit(self._fetch, cid)))
+            self._next += 1
+        if not self._ahead:
+            self._finish()
+            return False
+        cid, length, future = self._ahead.popleft()
+        try:
+            data = open_chunk(future.result(), cid, length, self.key, self.identities)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{self.what}: {exc}") from None
+        self._stream.update(data)
+        self._total += len(data)
+        self._buffer = memoryview(data)
+        return True
+
+    def _finish(self) -> None:
+        if self._total != self.chunks.raw_bytes or not hmac.compare_digest(
+            self._stream.hexdigest(), self.chunks.stream_hmac
+        ):
+            raise IntegrityError(
+                f"{self.what}: the chunks do not add up to the stream the manifest describes"
+            )
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        if not self._buffer and not self._refill():
+            return 0
+        n = min(len(buffer), len(self._buffer))
+        buffer[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+    def close(self) -> None:
+        for _, _, future in self._ahead:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        super().close()
+
+
+def check_identity(manifest: Manifest, identities: list[pyrage.x25519.Identity], what: str) -> None:
+    """AuthError unless one identity belongs to the backup's recipients (before any read)."""
+    mine = [recipient_fingerprint(str(i.to_public())) for i in identities]
+    if not set(mine) & set(manifest.recipients):
+        raise AuthError(
+            f"{what} cannot be decrypted with this identity (recipient {', '.join(mine)}); it "
+            f"was encrypted to {', '.join(manifest.recipients)}. Use the matching identity file."
+        )
+
+
+@contextlib.contextmanager
+def chunk_stream(
+    storage: BackupStorage,
+    manifest: Manifest,
+    identities: list[pyrage.x25519.Identity],
+    what: str,
+) -> Iterator[ChunkReader]:
+    """The checked plaintext of a chunked backup, for restore and verify."""
+    assert manifest.chunks is not None
+    check_identity(manifest, identities, what)
+    key = reader_key(storage, manifest.chunks, recipient_set(manifest.recipients), identities)
+    reader = ChunkReader(storage, manifest, key, identities, what)
+    try:
+        yield reader
+    finally:
+        reader.close()
