@@ -428,6 +428,20 @@ class S3BackupStorage(BackupStorage):
             raise self._error(exc, "check", key) from None
         return True
 
+    def locked_until(self, key: str) -> datetime | None:
+        """The retain-until date of a locked object still in force (only asked when the
+        block sets object lock: one HEAD)."""
+        if not self.object_lock_mode:
+            return None
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._full(key))
+        except S3_ERRORS as exc:
+            if self._missing(exc):
+                return None
+            raise self._error(exc, "check", key) from None
+        until = head.get("ObjectLockRetainUntilDate")
+        return until if until is not None and until > datetime.now(UTC) else None
+
     def delete(self, key: str) -> None:
         """Delete an object; with object lock every version goes, or ObjectLocked is raised."""
         full = self._full(key)

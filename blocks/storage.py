@@ -184,6 +184,10 @@ class BackupStorage(Block, ABC):
             )
         return bytes.fromhex(lines[0])
 
+    def locked_until(self, key: str) -> datetime | None:
+        """Until when object lock keeps the object from being deleted; None: not locked."""
+        return None
+
     @abstractmethod
     def list_modified(self, prefix: str = "") -> dict[str, datetime]:
         """Every key under prefix (as list_keys) with the time the store last wrote it.

@@ -20,6 +20,7 @@ from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.prune import report_prune
 from prefect_dbbackup.flows.retries import transient_retries_only
 from prefect_dbbackup.tasks.backup import StoredBackup, backup_task
+from prefect_dbbackup.tasks.chunk_gc import collect_chunks_task, uses_chunks
 from prefect_dbbackup.tasks.chunks import writer_key
 from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, new_backup_id
 from prefect_dbbackup.tasks.limits import DumpSlots
@@ -170,10 +171,13 @@ def backup_server(
             written=[backup_id],  # never delete what this run just stored
         )
         items, error = _outcome(pruned)
+        collection = None
+        if error is None and uses_chunks(sto):
+            collection, error = _outcome(collect_chunks_task.submit(sto, wait_for=[pruned]))
         if error is not None:  # the backups are safe: say so, and how to prune by hand
             log.error(
                 "all backups stored, but pruning failed: %s; run `dbbackup prune %s`", error, server
             )
         else:
-            report_prune(server, items)
+            report_prune(server, items, collection=collection)
     return report

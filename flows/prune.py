@@ -9,6 +9,7 @@ from prefect_dbbackup.blocks.registry import load_server, load_storage
 from prefect_dbbackup.blocks.retention import RetentionPolicy
 from prefect_dbbackup.flows.artifacts import artifact_key, md
 from prefect_dbbackup.flows.crashed_runs import recorded_run
+from prefect_dbbackup.tasks.chunk_gc import ChunkCollection, collect_chunks_task, uses_chunks
 from prefect_dbbackup.tasks.events import database_resource, server_related
 from prefect_dbbackup.tasks.prune import PruneItem, prune_task
 
@@ -27,7 +28,27 @@ def _notes(item: PruneItem) -> str:
     return "; ".join(notes)
 
 
-def publish_prune(server: str, items: list[PruneItem], dry_run: bool) -> None:
+def chunk_lines(collection: ChunkCollection | None) -> list[str]:
+    """The artifact's lines about the chunks of a deduplicating storage."""
+    if collection is None:
+        return []
+    c = collection
+    return [
+        "",
+        f"**Chunks:** {c.chunks} stored, {c.named} named by backups; {c.set_aside} "
+        f"unreferenced set aside; {len(c.swept)} earlier collection(s) swept ({c.deleted} "
+        f"deleted, {c.resurrected} named again and kept); {len(c.waiting)} waiting for the "
+        f"grace period; {len(c.locked)} kept under object lock"
+        + ("; stopped at its time budget, the next prune goes on" if c.unfinished else ""),
+    ]
+
+
+def publish_prune(
+    server: str,
+    items: list[PruneItem],
+    dry_run: bool,
+    collection: ChunkCollection | None = None,
+) -> None:
     """A markdown artifact listing every backup with keep/remove and the reasons."""
     rows = [
         f"| {md(i.database)} | {md(i.backup_id)} | {'keep' if i.keep else 'remove'} | "
@@ -44,6 +65,7 @@ def publish_prune(server: str, items: list[PruneItem], dry_run: bool) -> None:
                 "| database | backup | decision | reasons | outcome | notes |",
                 "|---|---|---|---|---|---|",
                 *rows,
+                *chunk_lines(collection),
             ]
         ),
         description=f"retention of {server}",
@@ -62,9 +84,14 @@ def emit_future_dated(server: str, items: list[PruneItem]) -> None:
             )
 
 
-def report_prune(server: str, items: list[PruneItem], dry_run: bool = False) -> None:
+def report_prune(
+    server: str,
+    items: list[PruneItem],
+    dry_run: bool = False,
+    collection: ChunkCollection | None = None,
+) -> None:
     """The artifact and the events of one prune (its own flow, or the end of a backup run)."""
-    publish_prune(server, items, dry_run)
+    publish_prune(server, items, dry_run, collection)
     emit_future_dated(server, items)
 
 
@@ -80,18 +107,18 @@ def prune_backups(
     """Remove the backups of `server` its retention policy does not keep.
 
     `retention` overrides the policy on the server block; with neither, nothing is
-    removed. `database` limits pruning to one series. dry_run removes nothing and
+    removed. `database` limits pruning to one series (the chunks of a deduplicating
+    storage are collected for every server: docs/dedup.md). dry_run removes nothing and
     reports what would go. Object-locked backups are kept and reported, not failed;
     so are future-dated backups (also a `dbbackup.backup.future-dated` event each)
     and objects in backup directories that dbbackup did not write.
     """
     policy = policy_for(server, retention)
+    sto = load_storage(storage)
     items = prune_task(
-        load_storage(storage),
-        server,
-        policy,
-        databases=[database] if database else None,
-        dry_run=dry_run,
+        sto, server, policy, databases=[database] if database else None, dry_run=dry_run
     )
-    report_prune(server, items, dry_run)
+    # chunks are shared by every server of the storage: collected whatever was removed
+    collection = collect_chunks_task(sto, dry_run=dry_run) if uses_chunks(sto) else None
+    report_prune(server, items, dry_run, collection)
     return items
