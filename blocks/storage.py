@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import re
+import secrets
 import stat
 import tempfile
 from abc import ABC, abstractmethod
@@ -41,6 +42,11 @@ KEY_SEGMENT = re.compile(r"[A-Za-z0-9_~%-][A-Za-z0-9._~%-]{0,254}")
 file name), never empty, '.', '..' or hidden (names starting with '.' are the storages'
 own: local temp files)."""
 MAX_KEY = 1024  # S3's limit on a whole key
+
+
+def new_dedup_key() -> str:
+    """A new dedup key, as stored in a block or key file (64 hex digits)."""
+    return secrets.token_hex(32)
 
 
 class UnsafeKey(ConfigError):
@@ -136,7 +142,7 @@ class BackupStorage(Block, ABC):
     dedup_key: SecretStr | None = Field(
         default=None,
         description="The storage's dedup key (64 hex digits): every writer of a deduplicating "
-        "storage needs it. `dbbackup apply` makes one; `dbbackup keygen --dedup` prints one.",
+        "storage needs it. `dbbackup apply` makes one; `dbbackup dedup-keygen` writes one.",
     )
     dedup_key_file: str | None = Field(
         default=None, description="Path to the dedup key file, used when dedup_key is empty."
@@ -180,7 +186,7 @@ class BackupStorage(Block, ABC):
         if len(lines) != 1 or not re.fullmatch(r"[0-9a-f]{64}", lines[0]):
             raise ConfigError(
                 f"{source} of storage {self.describe()} is not a dedup key (64 hex digits); "
-                "`dbbackup keygen --dedup -o FILE` makes one"
+                "`dbbackup dedup-keygen -o FILE` makes one"
             )
         return bytes.fromhex(lines[0])
 

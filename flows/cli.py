@@ -178,6 +178,23 @@ def signing_keygen(
     typer.echo(public)
 
 
+@app.command("dedup-keygen")
+def dedup_keygen(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Dedup key file to write (0600).")],
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Create a dedup key file for a deduplicating storage (docs/dedup.md)."""
+    from prefect_dbbackup.blocks.encryption import write_secret_file
+    from prefect_dbbackup.blocks.storage import new_dedup_key
+
+    write_secret_file(output, new_dedup_key() + "\n", force=force)
+    typer.echo(
+        f"wrote {output}; set it as dedup_key_file of the storage on every backup worker "
+        "that writes to it (`dbbackup apply` makes a key itself when a storage has none).",
+        err=True,
+    )
+
+
 @app.command()
 def apply(config: Annotated[Path, typer.Argument(help="dbbackup.yaml")]) -> None:
     """Create or update the Prefect blocks described by a config file."""

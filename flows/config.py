@@ -20,7 +20,7 @@ from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.blocks.registry import SERVER_TYPES, STORAGE_TYPES, block_class
 from prefect_dbbackup.blocks.signing import public_key_text
-from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.blocks.storage import BackupStorage, new_dedup_key
 from pydantic import SecretStr, ValidationError
 
 # config `type:` -> block class path; only the kinds a config uses are imported
@@ -212,6 +212,17 @@ def _check_signing(storage: BackupStorage, where: str) -> None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _give_dedup_key(storage: BackupStorage, document: BlockDocument | None) -> None:
+    """A deduplicating storage without a key in the file keeps the key its block has, or
+    gets a new one: a storage's key must never change behind its writers' back."""
+    if not storage.dedup or storage.dedup_key is not None or storage.dedup_key_file:
+        return
+    stored = (document.data if document is not None else {}).get("dedup_key")
+    if isinstance(stored, SecretStr):
+        stored = stored.get_secret_value()
+    storage.dedup_key = SecretStr(stored if isinstance(stored, str) and stored else new_dedup_key())
+
+
 def _existing(slugs: set[str]) -> dict[str, dict[str, BlockDocument]]:
     """Every named block document of these types, by type slug and name: one API read per
     type."""
@@ -325,6 +336,8 @@ def apply_config(path: Path) -> list[tuple[str, str, str]]:
     plan = []
     for name, block in blocks:
         document = existing[block.get_block_type_slug()].get(name)
+        if isinstance(block, BackupStorage):
+            _give_dedup_key(block, document)
         if document is not None and _unchanged(block, document):
             plan.append((name, block, document, "unchanged"))
         else:

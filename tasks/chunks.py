@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import io
 import json
-import secrets
 import threading
 import time
 from collections import deque
@@ -80,11 +79,6 @@ def parse_chunk_key(key: str) -> tuple[str, str] | None:
     else:
         return None
     return (rset, cid) if CHUNK_ID.fullmatch(cid) and fan == cid[:2] else None
-
-
-def new_dedup_key() -> str:
-    """A new dedup key, as stored in a block or key file (64 hex digits)."""
-    return secrets.token_hex(32)
 
 
 @dataclass(frozen=True)
@@ -154,7 +148,7 @@ def writer_key(storage: BackupStorage) -> DedupKey:
     if secret is None:
         raise ConfigError(
             f"storage {storage.describe()} has dedup: true but no dedup key: run `dbbackup apply` "
-            "(it makes one), or set dedup_key_file from `dbbackup keygen --dedup -o FILE`"
+            "(it makes one), or set dedup_key_file from `dbbackup dedup-keygen -o FILE`"
         )
     return DedupKey(secret)
 

@@ -103,3 +103,39 @@ def test_a_block_name_prefect_rejects_is_found_before_anything_is_written(
         pass
     else:
         raise AssertionError("a block was saved before the bad name was found")
+
+
+def test_apply_gives_a_deduplicating_storage_a_key_once_and_keeps_it(
+    prefect_api, tmp_path, recipient
+):
+    """The key is made on the first apply and kept by every later one (a new key would
+    silently start a new chunk namespace); it is never printed."""
+    from prefect_dbbackup.blocks import LocalBackupStorage
+
+    tag = uuid.uuid4().hex[:8]
+    config = tmp_path / "dbbackup.yaml"
+    config.write_text(
+        f"storage:\n  dd-{tag}: {{type: local, path: {tmp_path / 'b'}, dedup: true}}\n"
+        f"encryption:\n  en-{tag}: {{recipients: ['{recipient}']}}\n"
+    )
+    first = CliRunner().invoke(app, ["apply", str(config)])
+    assert first.exit_code == 0, first.output
+    key = LocalBackupStorage.load(f"dd-{tag}").dedup_key.get_secret_value()
+    assert len(key) == 64 and key not in first.output
+    second = CliRunner().invoke(app, ["apply", str(config)])
+    assert f"unchanged local-backup-storage/dd-{tag}" in second.stdout, second.output
+    assert LocalBackupStorage.load(f"dd-{tag}").dedup_key.get_secret_value() == key
+
+
+def test_dedup_keygen_writes_a_private_key_file_a_storage_accepts(tmp_path):
+    from prefect_dbbackup.blocks import LocalBackupStorage
+
+    out = tmp_path / "keys" / "dedup.key"
+    result = CliRunner().invoke(app, ["dedup-keygen", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert out.read_text().strip() not in result.output
+    storage = LocalBackupStorage(path=str(tmp_path / "b"), dedup=True, dedup_key_file=str(out))
+    assert storage.dedup_secret() == bytes.fromhex(out.read_text().strip())
+    again = CliRunner().invoke(app, ["dedup-keygen", "-o", str(out)])
+    assert again.exit_code != 0  # never overwrites a key without --force
