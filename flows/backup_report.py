@@ -28,6 +28,8 @@ class DatabaseOutcome(BaseModel):
     seconds: float = 0.0
     error: str | None = None
     note: str | None = None  # e.g. the _globals row: passwords left out
+    chunks_new: int | None = None  # deduplicated storage: chunks uploaded by this backup
+    chunks_reused: int | None = None  # ... and chunks it named that were already stored
 
     @classmethod
     def stored(cls, manifest: Manifest, key: str, note: str | None = None) -> DatabaseOutcome:
@@ -42,6 +44,8 @@ class DatabaseOutcome(BaseModel):
             stored_bytes=manifest.stats.stored_bytes,
             seconds=manifest.seconds,
             note=note,
+            chunks_new=manifest.chunks.new if manifest.chunks else None,
+            chunks_reused=manifest.chunks.reused if manifest.chunks else None,
         )
 
     @property
@@ -82,6 +86,9 @@ class BackupReport(BaseModel):
                 "seconds": round(o.seconds, 2),
                 "MB/s": round(o.mb_per_s, 1),
                 "backup id": o.backup_id or "",
+                "chunks new/reused": ""
+                if o.chunks_new is None
+                else f"{o.chunks_new}/{o.chunks_reused}",
                 "error": first_line(o.error)[:200],
                 "note": o.note or "",
             }
@@ -158,6 +165,7 @@ class BackupReport(BaseModel):
                 seconds=o.seconds,
                 storage=self.storage,
                 error=first_line(o.error) if o.status != "ok" else None,
+                chunks=None if o.chunks_new is None else (o.chunks_new, o.chunks_reused or 0),
             )
 
 

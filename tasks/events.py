@@ -59,8 +59,10 @@ def emit_backup_event(
     seconds: float,
     storage: str,
     error: str | None = None,
+    chunks: tuple[int, int] | None = None,
 ) -> Event | None:
-    """dbbackup.backup.completed / .failed for one database of a backup run."""
+    """dbbackup.backup.completed / .failed for one database of a backup run. `chunks`: (new,
+    reused) of a deduplicated backup, whose stored_bytes are the bytes it uploaded."""
     payload = {
         "backup_id": backup_id,
         "raw_bytes": raw_bytes,
@@ -68,6 +70,8 @@ def emit_backup_event(
         "seconds": round(seconds, 3),
         "storage": storage,
     }
+    if chunks is not None:
+        payload |= {"chunks_new": chunks[0], "chunks_reused": chunks[1]}
     return emit_database_event("backup", server, database, error, payload)
 
 

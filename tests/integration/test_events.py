@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -128,3 +129,35 @@ def test_events_and_summary_carry_no_secret(env, pg_db, pg_admin):
     assert not [e for e in events if secret in e.model_dump_json()]
     [summary] = asyncio.run(_summary(f"backup-summary-{server}"))
     assert secret not in summary.data and f"| {md(db)} | ok |" in summary.data
+
+
+def test_a_deduplicated_backup_reports_its_new_and_reused_chunks(env, pg_db, pg_admin):
+    """Event payload and table artifact: chunks uploaded and reused, bytes uploaded."""
+    env = env.with_dedup()
+    db = pg_db()
+    pg_admin.execute(
+        db,
+        "CREATE TABLE t AS SELECT g, repeat(md5(g::text), 8) AS v FROM generate_series(1, 30000) g",
+    )
+    for _ in range(2):
+        report = backup_server(
+            server=env.pg, storage=env.storage, encryption=env.encryption, databases=[db]
+        )
+    second = {o.database: o for o in report.outcomes}[db]
+    assert second.chunks_reused >= 1 and second.chunks_new <= 1
+    events = wait_for_events(env.pg, 4, prefix="dbbackup.backup.completed")
+    payloads = [e.payload for e in events if e.resource["dbbackup.database"] == db]
+    latest = next(p for p in payloads if p["backup_id"] == second.backup_id)
+    assert latest["chunks_new"] == second.chunks_new
+    assert latest["chunks_reused"] == second.chunks_reused
+    assert latest["stored_bytes"] == second.stored_bytes  # bytes this backup uploaded
+
+    async def table():  # noqa: ANN202
+        async with get_client() as client:
+            return [a for a in await client.read_artifacts() if a.key == f"backup-{env.pg}"]
+
+    tables = [
+        json.loads(a.data) if isinstance(a.data, str) else a.data for a in asyncio.run(table())
+    ]
+    rows = [r for t in tables for r in t if r["backup id"] == second.backup_id]
+    assert rows[0]["chunks new/reused"] == f"{second.chunks_new}/{second.chunks_reused}"
