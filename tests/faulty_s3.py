@@ -3,8 +3,10 @@
 It listens on 127.0.0.1 in front of a real S3 server (the SeaweedFS fixture) and passes
 every request through unchanged (the Host header too, so SigV4 signatures stay valid),
 except that while `flips` is above zero, each PUT of dump data (a multipart part or a
-whole object, key ending in `.age`) gets one byte of its body inverted, and `flips`
-goes down by one. Bodies are read whole: fine for test objects of a few MiB.
+whole object, key ending in `.age`, or a chunk of a deduplicating storage) gets one byte
+of its body inverted, and `flips` goes down by one; and once `puts_before_down` PUTs have
+passed (when it is set), every further PUT is answered 503 as by a store that went down.
+Bodies are read whole: fine for test objects of a few MiB.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class FaultyS3:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.flips = 0
+        self.puts_before_down: int | None = None
+        self.refused = 0  # PUTs answered 503
         self.flipped: list[str] = []  # paths of the requests that were damaged
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self._lock = threading.Lock()
@@ -47,7 +51,8 @@ class FaultyS3:
     def _damage(self, method: str, path: str, body: bytes) -> bytes:
         """The body to forward: one byte flipped (in the middle) while flips remain."""
         self.requests.append((method, path))
-        if method != "PUT" or not body or not urlsplit(path).path.endswith(".age"):
+        key = urlsplit(path).path
+        if method != "PUT" or not body or not (key.endswith(".age") or "/_dedup/chunks/" in key):
             return body
         with self._lock:
             if self.flips <= 0:
@@ -66,9 +71,26 @@ class FaultyS3:
             def log_message(self, *args: object) -> None:  # quiet
                 pass
 
+            def _down(self) -> bool:
+                """Whether this PUT finds the store down (answered 503)."""
+                with proxy._lock:
+                    if self.command != "PUT" or proxy.puts_before_down is None:
+                        return False
+                    if proxy.puts_before_down > 0:
+                        proxy.puts_before_down -= 1
+                        return False
+                    proxy.refused += 1
+                    return True
+
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = proxy._damage(self.command, self.path, self.rfile.read(length))
+                raw = self.rfile.read(length)
+                if self._down():
+                    self.send_response(503, "Service Unavailable")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = proxy._damage(self.command, self.path, raw)
                 upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 try:
                     upstream.putrequest(

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect_dbbackup.flows.artifacts import md
 from prefect_dbbackup.flows.backup import backup_server
@@ -58,8 +59,10 @@ def assert_database_event(event, server: str, database: str) -> None:
 
 async def _summary(server_key: str):
     async with get_client() as client:
-        artifacts = await client.read_artifacts()
-        return [a for a in artifacts if a.key == server_key]
+        # filtered on the server: an unfiltered read returns only the first page
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[server_key]))
+        )
 
 
 def test_a_backup_run_emits_one_event_per_database_and_a_summary(env, my_db, my_admin):
@@ -154,7 +157,9 @@ def test_a_deduplicated_backup_reports_its_new_and_reused_chunks(env, pg_db, pg_
 
     async def table():  # noqa: ANN202
         async with get_client() as client:
-            return [a for a in await client.read_artifacts() if a.key == f"backup-{env.pg}"]
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"backup-{env.pg}"]))
+            )
 
     tables = [
         json.loads(a.data) if isinstance(a.data, str) else a.data for a in asyncio.run(table())
