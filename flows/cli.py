@@ -508,6 +508,55 @@ def verify(
     _show_outcomes(server, report, code, as_json, detail)
 
 
+@app.command()
+def check(
+    server: Annotated[
+        str | None, typer.Argument(help="Only the backups of this server (default: all).")
+    ] = None,
+    read_data: Annotated[
+        bool,
+        typer.Option(
+            "--read-data", help="Also download, decrypt and check every chunk (needs the identity)."
+        ),
+    ] = False,
+    identity_file: Annotated[
+        Path | None, typer.Option("--identity-file", "-i", help="age identity file.")
+    ] = None,
+    storage: StorageOpt = "default",
+    encryption: EncryptionOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Check that every chunk the backups name is stored (--read-data: and intact); exit 1
+    naming the broken backups (see docs/dedup.md)."""
+    from prefect_dbbackup.flows.check import CheckFailed, check_backups, summary_lines
+
+    try:
+        report, error = (
+            check_backups(
+                server=server,
+                storage=storage,
+                read_data=read_data,
+                encryption=encryption,
+                identity_file=str(identity_file.expanduser()) if identity_file else None,
+            ),
+            None,
+        )
+    except CheckFailed as exc:
+        report, error = exc.report, exc
+    if as_json:
+        _emit(report.model_dump())
+    else:
+        for line in summary_lines(report):
+            typer.echo(line)
+        for f in report.findings:
+            typer.echo(
+                f"{f.problem}: {printable(f.what)} ({printable(f.detail)}); breaks "
+                f"{', '.join(printable(b) for b in f.backups)}"
+            )
+    if error is not None:
+        _fail(error)
+
+
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="dbbackup.yaml")]
 limits_app = typer.Typer(cls=_DbBackupGroup, help="Per-database-host concurrency limits.")
 automations_app = typer.Typer(cls=_DbBackupGroup, help="Prefect automations (alerts).")

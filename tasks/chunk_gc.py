@@ -29,10 +29,10 @@ from prefect_dbbackup.tasks.chunks import (
     CHUNKS,
     GC,
     KEYS,
-    MAX_STORED,
     boottime,
     chunk_key,
     fossil_key,
+    move_chunk,
     parse_chunk_key,
 )
 from prefect_dbbackup.tasks.layout import parse_manifest_key
@@ -91,12 +91,6 @@ def _mark_name() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
 
 
-def _move(storage: BackupStorage, source: str, target: str) -> None:
-    """Copy then delete (both stores accept this; a kill in between leaves two copies)."""
-    storage.put_bytes(target, storage.get_bytes(source, MAX_STORED))
-    storage.delete(source)
-
-
 class _Collector:
     def __init__(self, storage: BackupStorage, dry_run: bool) -> None:
         self.storage, self.dry_run = storage, dry_run
@@ -112,7 +106,7 @@ class _Collector:
                 if cid in named:
                     if chunk_key(rset, cid) not in present and not self.dry_run:
                         with contextlib.suppress(ObjectNotFound):  # another sweep was first
-                            _move(self.storage, key, chunk_key(rset, cid))
+                            move_chunk(self.storage, key, chunk_key(rset, cid))
                     self.result.resurrected += 1
                 else:
                     self.result.deleted += 1
@@ -148,7 +142,7 @@ class _Collector:
             rset, _ = parse_chunk_key(key)  # type: ignore[misc]
             if not self.dry_run:
                 with contextlib.suppress(ObjectNotFound):  # a concurrent mark moved it
-                    _move(self.storage, key, fossil_key(mark, rset, cid))
+                    move_chunk(self.storage, key, fossil_key(mark, rset, cid))
             self.result.set_aside += 1
 
 

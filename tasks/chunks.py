@@ -6,6 +6,7 @@ Layout under the storage root:
   _dedup/chunks/{rset}/{id[:2]}/{id}       one chunk: a zstd frame inside age
   _dedup/fossils/{mark}/{rset}/{id[:2]}/{id}  a chunk set aside by a prune (tasks/chunk_gc.py)
   _dedup/gc/{mark}.json                    one collection in progress
+  _dedup/damaged/{rset}/{id[:2]}/{id}      a chunk `dbbackup check --read-data` found damaged
 `rset` names the recipient set: chunks are shared only between backups encrypted to the
 same recipients, so every backup is readable by exactly the identities its manifest names.
 """
@@ -36,7 +37,9 @@ from prefect_dbbackup.tasks.retrying import retry_transient
 from pyfastcdc import FastCDC
 
 DEDUP = "_dedup"
-KEYS, CHUNKS, FOSSILS, GC = (f"{DEDUP}/{name}" for name in ("keys", "chunks", "fossils", "gc"))
+KEYS, CHUNKS, FOSSILS, GC, DAMAGED = (
+    f"{DEDUP}/{name}" for name in ("keys", "chunks", "fossils", "gc", "damaged")
+)
 MIN_SIZE, AVG_SIZE, MAX_SIZE = 256 << 10, 1 << 20, 4 << 20  # pyfastcdc: ~2 MiB mean
 CHUNKER: dict[str, str | int] = {
     "algorithm": "fastcdc2020",
@@ -67,6 +70,11 @@ def chunk_key(rset: str, cid: str) -> str:
 def fossil_key(mark: str, rset: str, cid: str) -> str:
     """Where a prune's mark `mark` set a chunk aside."""
     return f"{FOSSILS}/{mark}/{rset}/{cid[:2]}/{cid}"
+
+
+def damaged_key(rset: str, cid: str) -> str:
+    """Where `check --read-data` moves a damaged chunk (so that a backup stores it again)."""
+    return f"{DAMAGED}/{rset}/{cid[:2]}/{cid}"
 
 
 def parse_chunk_key(key: str) -> tuple[str, str] | None:
@@ -292,6 +300,13 @@ class ChunkWriter:
                 )
             self.storage.put_bytes(where, blob)
         self.started = boottime()
+
+
+def move_chunk(storage: BackupStorage, source: str, target: str) -> None:
+    """Copy a stored chunk, then delete the source (every store accepts this; a kill in
+    between leaves two copies, never none)."""
+    storage.put_bytes(target, storage.get_bytes(source, MAX_STORED))
+    storage.delete(source)
 
 
 def fossil_marks(storage: BackupStorage) -> list[str]:

@@ -280,9 +280,9 @@ class BlockEnv:
 
         command = list(args)
         defaults = {"--storage": self.storage}
-        if command and command[0] in ("backup", "restore"):
+        if command and command[0] in ("backup", "restore", "check"):
             defaults["--encryption"] = self.encryption
-        if command and command[0] in ("backup", "restore", "list", "prune"):
+        if command and command[0] in ("backup", "restore", "list", "prune", "check"):
             for option, value in defaults.items():
                 if option not in command:
                     command += [option, value]

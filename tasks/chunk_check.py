@@ -1,0 +1,288 @@
+"""`dbbackup check`: every chunk a backup names is stored; with read_data, every stored
+chunk decrypts and matches its id (docs/dedup.md, "Checking a deduplicating storage").
+
+One listing of the storage and one read of every trusted manifest find what is missing.
+Reading data downloads each named chunk once (not once per backup naming it). A damaged
+chunk is moved to `_dedup/damaged/`, so that the next backup producing it stores a good
+copy; the backups naming it are reported, as for a missing one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+import pyrage
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect_dbbackup.blocks.encryption import AgeEncryption, recipient_fingerprint
+from prefect_dbbackup.blocks.errors import DbBackupError, IntegrityError
+from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound
+from prefect_dbbackup.tasks.catalog import read_manifests, signature_key
+from prefect_dbbackup.tasks.chunks import (
+    CHUNKS,
+    IN_FLIGHT,
+    DedupKey,
+    chunk_key,
+    damaged_key,
+    fetch_chunk,
+    fossil_marks,
+    key_copy_key,
+    move_chunk,
+    open_chunk,
+    parse_chunk_key,
+    reader_key,
+    recipient_set,
+)
+from prefect_dbbackup.tasks.layout import backup_key, parse_manifest_key
+from prefect_dbbackup.tasks.logs import run_logger
+from prefect_dbbackup.tasks.manifest import Manifest
+from pydantic import BaseModel
+
+Problem = Literal["missing", "damaged", "unread", "no key copy", "refused"]
+
+
+class Finding(BaseModel):
+    """One thing wrong: a chunk, a stored object, a key copy or a manifest, and the
+    backups (server/database/backup_id) it breaks."""
+
+    problem: Problem
+    what: str
+    detail: str
+    backups: list[str]
+
+
+class CheckReport(BaseModel):
+    """What one check of a storage found."""
+
+    storage: str
+    server: str | None
+    read_data: bool
+    backups: int = 0  # trusted manifests checked
+    chunked: int = 0  # of them, deduplicated backups
+    chunks_named: int = 0  # distinct chunks the checked backups name
+    chunks_stored: int = 0  # in chunks/ (all servers)
+    in_fossils: int = 0  # named chunks a prune set aside: its next sweep puts them back
+    unreferenced: int | None = None  # stored, named by no backup (only without a server)
+    chunks_read: int = 0
+    findings: list[Finding] = []
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+def _label(m: Manifest) -> str:
+    return f"{m.server}/{m.database}/{m.backup_id}"
+
+
+class _Checker:
+    def __init__(self, storage: BackupStorage, server: str | None, read_data: bool) -> None:
+        self.storage = storage
+        self.report = CheckReport(storage=storage.describe(), server=server, read_data=read_data)
+        self.listing = set(storage.list_keys(""))
+        # (rset, id) -> [(backup label, manifest)] of every trusted backup naming the chunk
+        self.named: dict[tuple[str, str], list[Manifest]] = defaultdict(list)
+
+    def add(self, finding: Finding) -> None:
+        self.report.findings.append(finding)
+        run_logger().error(
+            "%s %s (%s): breaks %s",
+            finding.problem,
+            finding.what,
+            finding.detail,
+            ", ".join(finding.backups),
+        )
+
+    def manifests(self, server: str | None) -> list[Manifest]:
+        """The trusted manifests (of server), every other one reported as refused."""
+        wanted = []
+        for key in sorted(self.listing):
+            parsed = parse_manifest_key(key)
+            if parsed is not None and (server is None or parsed[0] == server):
+                wanted.append((key, signature_key(key) in self.listing))
+        entries = read_manifests(self.storage, wanted, self.storage.manifest_verifiers())
+        trusted = []
+        for e in entries:
+            if e is None:  # removed since the listing (a prune beside)
+                continue
+            if e.usable() and e.manifest is not None:
+                trusted.append(e.manifest)
+            else:
+                self.add(
+                    Finding(
+                        problem="refused",
+                        what=e.key,
+                        detail=f"manifest {e.trust}: {e.problem}; its chunks are not checked",
+                        backups=[f"{e.server}/{e.database}/{e.backup_id}"],
+                    )
+                )
+        return trusted
+
+    def index(self, manifests: list[Manifest]) -> None:
+        """Name every chunk of the chunked backups; check whole objects and key copies."""
+        key_copies: dict[str, list[str]] = defaultdict(list)
+        for m in manifests:
+            if m.chunks is None:
+                key = backup_key(m.server, m.database, m.backup_id, m.stored_object_name, m.kind)
+                if key not in self.listing:
+                    self.add(
+                        Finding(
+                            problem="missing", what=key, detail="stored object", backups=[_label(m)]
+                        )
+                    )
+                continue
+            rset = recipient_set(m.recipients)
+            key_copies[key_copy_key(m.chunks.key_id, rset)].append(_label(m))
+            for cid in dict.fromkeys(cid for cid, _ in m.chunks.order):
+                self.named[(rset, cid)].append(m)
+        for key, labels in key_copies.items():
+            if key not in self.listing:
+                self.add(
+                    Finding(
+                        problem="no key copy",
+                        what=key,
+                        detail="the identity alone cannot restore these; run a backup to the "
+                        "storage with the same dedup key and recipients to write it again",
+                        backups=labels,
+                    )
+                )
+        self.report.backups = len(manifests)
+        self.report.chunked = sum(m.chunks is not None for m in manifests)
+        self.report.chunks_named = len(self.named)
+
+    def presence(self) -> list[tuple[str, str]]:
+        """Report named chunks stored nowhere; return those in chunks/ or fossils/."""
+        stored, fossils = set(), set()
+        for key in self.listing:
+            parsed = parse_chunk_key(key)
+            if parsed is not None:
+                (stored if key.startswith(CHUNKS + "/") else fossils).add(parsed)
+        self.report.chunks_stored = len(stored)
+        if self.report.server is None:
+            self.report.unreferenced = len(stored - self.named.keys())
+        found = []
+        for ref, manifests in self.named.items():
+            if ref in stored:
+                found.append(ref)
+            elif ref in fossils:
+                self.report.in_fossils += 1
+                found.append(ref)
+            else:
+                self.add(self._finding("missing", ref, "not in the storage", manifests))
+        return found
+
+    def _finding(
+        self, problem: Problem, ref: tuple[str, str], detail: str, manifests: list[Manifest]
+    ) -> Finding:
+        return Finding(
+            problem=problem,
+            what=f"chunk {ref[1]}",
+            detail=detail,
+            backups=[_label(m) for m in manifests],
+        )
+
+    def read(self, refs: list[tuple[str, str]], identities: list[pyrage.x25519.Identity]) -> None:
+        """Fetch, decrypt and check each chunk once; move damaged ones aside."""
+        mine = {recipient_fingerprint(str(i.to_public())) for i in identities}
+        keys: dict[tuple[str, str], DedupKey] = {}
+        unusable: dict[tuple[str, str], str] = {}  # dedup keys that cannot be had, and why
+        readable = []
+        for ref in refs:
+            m = self.named[ref][0]
+            assert m.chunks is not None
+            if not mine & set(m.recipients):
+                self.add(
+                    self._finding(
+                        "unread",
+                        ref,
+                        "this identity is not a recipient of its backups: pass theirs",
+                        self.named[ref],
+                    )
+                )
+                continue
+            which = (m.chunks.key_id, ref[0])
+            if which not in keys:
+                try:
+                    keys[which] = reader_key(self.storage, m.chunks, ref[0], identities)
+                except DbBackupError as exc:
+                    unusable[which] = str(exc)
+            if which in unusable:
+                self.add(self._finding("unread", ref, unusable[which], self.named[ref]))
+                continue
+            readable.append(ref)
+        marks = fossil_marks(self.storage)
+        lengths = {ref: dict(self.named[ref][0].chunks.order)[ref[1]] for ref in readable}
+
+        def one(ref: tuple[str, str]) -> str | None:
+            m = self.named[ref][0]
+            key = keys[(m.chunks.key_id, ref[0])]  # type: ignore[union-attr]
+            try:
+                blob = fetch_chunk(self.storage, ref[0], ref[1], marks)
+            except ObjectNotFound:
+                return "vanished"
+            try:
+                open_chunk(blob, ref[1], lengths[ref], key, identities)
+            except IntegrityError as exc:
+                return str(exc)
+            return None
+
+        with ThreadPoolExecutor(2 * IN_FLIGHT, thread_name_prefix="check") as pool:
+            for ref, error in zip(readable, pool.map(one, readable), strict=True):
+                self.report.chunks_read += 1
+                if error is None:
+                    continue
+                if error == "vanished":
+                    self.add(
+                        self._finding(
+                            "missing", ref, "removed while the check ran", self.named[ref]
+                        )
+                    )
+                    continue
+                self._set_damaged_aside(ref)
+                self.add(self._finding("damaged", ref, error, self.named[ref]))
+
+    def _set_damaged_aside(self, ref: tuple[str, str]) -> None:
+        source = chunk_key(*ref)
+        if source in self.listing:
+            try:
+                move_chunk(self.storage, source, damaged_key(*ref))
+            except (ObjectNotFound, DbBackupError) as exc:
+                run_logger().warning("could not move damaged %s aside: %s", source, exc)
+
+
+def check_storage(
+    storage: BackupStorage,
+    server: str | None = None,
+    *,
+    encryption: AgeEncryption | None = None,
+    identity_file: str | None = None,
+) -> CheckReport:
+    """Check the backups (of server, or all) in storage; with an encryption block, read
+    every chunk they name with its identity (or identity_file's). Problems are in the
+    report's findings, never raised."""
+    checker = _Checker(storage, server, encryption is not None)
+    checker.index(checker.manifests(server))
+    present = checker.presence()
+    if encryption is not None:
+        checker.read(present, encryption.identities(identity_file))
+    r = checker.report
+    run_logger().info(
+        "checked %d backup(s) (%d deduplicated) in %s: %d chunk(s) named, %d stored, "
+        "%d read; %d in a prune's fossils; %d problem(s)",
+        r.backups,
+        r.chunked,
+        r.storage,
+        r.chunks_named,
+        r.chunks_stored,
+        r.chunks_read,
+        r.in_fossils,
+        len(r.findings),
+    )
+    return r
+
+
+check_storage_task = task(
+    check_storage, name="check-storage", task_run_name="check-storage", cache_policy=NONE
+)
