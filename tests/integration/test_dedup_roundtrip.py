@@ -106,3 +106,21 @@ def test_verify_checks_a_chunked_backup(env, pg_db, pg_admin):
     # the chunks sit under the storage's chunk area, not in the backup's directory
     assert list((env.storage_path / CHUNKS).rglob("*"))
     assert not list(env.storage_path.rglob("*.pgc.zst.age"))
+
+
+def test_parallel_restore_of_a_chunked_backup(env, pg_db, pg_admin, cleanup_pg):
+    """`restore --jobs` writes the checked chunks into the work file, then pg_restore -j."""
+    env = env.with_dedup()
+    db = pg_db()
+    pg_admin.execute(
+        db,
+        "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int, w text);"
+        f"INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, {ROWS}) g;"
+        "INSERT INTO b SELECT g, md5((g + 1)::text) FROM generate_series(1, 20000) g;",
+    )
+    assert env.cli("backup", env.pg, "--database", db).exit_code == 0
+    target = db + "_j"
+    cleanup_pg.append(target)
+    result = env.cli("restore", env.pg, db, "--into", target, "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    assert pg_admin.table_fingerprints(target) == pg_admin.table_fingerprints(db)
