@@ -226,3 +226,21 @@ def test_chunks_damaged_on_the_way_to_s3_are_sent_again(
         result = env.cli("restore", env.pg, db, "--into", target, "--storage", name)
         assert result.exit_code == 0, result.output
         assert pg_admin.table_fingerprints(target) == pg_admin.table_fingerprints(db)
+
+
+def test_a_dump_that_fails_midway_writes_no_manifest(env, my_db, my_admin):
+    """mariadb-dump exits non-zero after some output: the chunks it made name no backup."""
+    env = env.with_dedup()
+    db = my_db()
+    my_admin.execute(
+        db,
+        "CREATE TABLE a (id int PRIMARY KEY, v text)",
+        "INSERT INTO a SELECT seq, md5(seq) FROM seq_1_to_20000",
+        "CREATE TABLE gone (x INT)",
+        "CREATE VIEW v AS SELECT x FROM gone",
+        "DROP TABLE gone",
+    )
+    result = env.cli("backup", env.my, "--database", db)
+    assert result.exit_code == 2, result.output
+    assert "mariadb-dump exited 2" in result.output
+    assert list_backups(load_storage(env.storage), env.my, db) == []
