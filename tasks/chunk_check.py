@@ -31,6 +31,7 @@ from prefect_dbbackup.tasks.chunks import (
     key_copy_key,
     move_chunk,
     open_chunk,
+    open_key_copy,
     parse_chunk_key,
     reader_key,
     recipient_set,
@@ -40,7 +41,7 @@ from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import Manifest
 from pydantic import BaseModel
 
-Problem = Literal["missing", "damaged", "unread", "no key copy", "refused"]
+Problem = Literal["missing", "damaged", "unread", "key copy", "refused"]
 
 
 class Finding(BaseModel):
@@ -82,8 +83,11 @@ class _Checker:
         self.storage = storage
         self.report = CheckReport(storage=storage.describe(), server=server, read_data=read_data)
         self.listing = set(storage.list_keys(""))
-        # (rset, id) -> [(backup label, manifest)] of every trusted backup naming the chunk
+        # (rset, id) -> every trusted backup naming the chunk
         self.named: dict[tuple[str, str], list[Manifest]] = defaultdict(list)
+        # (key_id, rset) -> the chunked backups written with that key for those recipients
+        self.groups: dict[tuple[str, str], list[Manifest]] = defaultdict(list)
+        self.lengths: dict[tuple[str, str], int] = {}  # (rset, id) -> plaintext length
 
     def add(self, finding: Finding) -> None:
         self.report.findings.append(finding)
@@ -122,7 +126,6 @@ class _Checker:
 
     def index(self, manifests: list[Manifest]) -> None:
         """Name every chunk of the chunked backups; check whole objects and key copies."""
-        key_copies: dict[str, list[str]] = defaultdict(list)
         for m in manifests:
             if m.chunks is None:
                 key = backup_key(m.server, m.database, m.backup_id, m.stored_object_name, m.kind)
@@ -134,18 +137,19 @@ class _Checker:
                     )
                 continue
             rset = recipient_set(m.recipients)
-            key_copies[key_copy_key(m.chunks.key_id, rset)].append(_label(m))
-            for cid in dict.fromkeys(cid for cid, _ in m.chunks.order):
+            self.groups[(m.chunks.key_id, rset)].append(m)
+            for cid, length in dict(m.chunks.order).items():
                 self.named[(rset, cid)].append(m)
-        for key, labels in key_copies.items():
-            if key not in self.listing:
+                self.lengths[(rset, cid)] = length
+        for (key_id, rset), group in self.groups.items():
+            if key_copy_key(key_id, rset) not in self.listing:
                 self.add(
                     Finding(
-                        problem="no key copy",
-                        what=key,
-                        detail="the identity alone cannot restore these; run a backup to the "
-                        "storage with the same dedup key and recipients to write it again",
-                        backups=labels,
+                        problem="key copy",
+                        what=key_copy_key(key_id, rset),
+                        detail="missing: the identity alone cannot restore these; a backup to "
+                        "the storage with the same dedup key and recipients writes it again",
+                        backups=[_label(m) for m in group],
                     )
                 )
         self.report.backups = len(manifests)
@@ -183,37 +187,59 @@ class _Checker:
             backups=[_label(m) for m in manifests],
         )
 
-    def read(self, refs: list[tuple[str, str]], identities: list[pyrage.x25519.Identity]) -> None:
-        """Fetch, decrypt and check each chunk once; move damaged ones aside."""
+    def keys(self, identities: list[pyrage.x25519.Identity]) -> dict[tuple[str, str], DedupKey]:
+        """The dedup key of each (key_id, rset) group this identity can read; each key copy
+        opened too. Groups that cannot be read are reported once, with their backups."""
         mine = {recipient_fingerprint(str(i.to_public())) for i in identities}
         keys: dict[tuple[str, str], DedupKey] = {}
-        unusable: dict[tuple[str, str], str] = {}  # dedup keys that cannot be had, and why
-        readable = []
-        for ref in refs:
-            m = self.named[ref][0]
-            assert m.chunks is not None
-            if not mine & set(m.recipients):
+        for (key_id, rset), group in self.groups.items():
+            labels = [_label(m) for m in group]
+            if not mine & set(group[0].recipients):
                 self.add(
-                    self._finding(
-                        "unread",
-                        ref,
-                        "this identity is not a recipient of its backups: pass theirs",
-                        self.named[ref],
+                    Finding(
+                        problem="unread",
+                        what=f"recipient set {rset}",
+                        detail="this identity is not one of these backups' recipients: check "
+                        "them with theirs",
+                        backups=labels,
                     )
                 )
                 continue
-            which = (m.chunks.key_id, ref[0])
-            if which not in keys:
-                try:
-                    keys[which] = reader_key(self.storage, m.chunks, ref[0], identities)
-                except DbBackupError as exc:
-                    unusable[which] = str(exc)
-            if which in unusable:
-                self.add(self._finding("unread", ref, unusable[which], self.named[ref]))
-                continue
-            readable.append(ref)
+            try:
+                open_key_copy(self.storage, key_id, rset, identities)
+            except ObjectNotFound:
+                pass  # reported by index()
+            except DbBackupError as exc:
+                self.add(
+                    Finding(
+                        problem="key copy",
+                        what=key_copy_key(key_id, rset),
+                        detail=str(exc),
+                        backups=labels,
+                    )
+                )
+            try:
+                keys[(key_id, rset)] = reader_key(self.storage, group[0].chunks, rset, identities)  # type: ignore[arg-type]
+            except DbBackupError as exc:
+                self.add(
+                    Finding(
+                        problem="unread",
+                        what=f"dedup key {key_id}",
+                        detail=str(exc),
+                        backups=labels,
+                    )
+                )
+        return keys
+
+    def read(self, refs: list[tuple[str, str]], identities: list[pyrage.x25519.Identity]) -> None:
+        """Fetch, decrypt and check each chunk once; move damaged ones aside."""
+        keys = self.keys(identities)
+        readable = [
+            ref
+            for ref in refs
+            if (self.named[ref][0].chunks.key_id, ref[0]) in keys  # type: ignore[union-attr]
+        ]
         marks = fossil_marks(self.storage)
-        lengths = {ref: dict(self.named[ref][0].chunks.order)[ref[1]] for ref in readable}
 
         def one(ref: tuple[str, str]) -> str | None:
             m = self.named[ref][0]
@@ -223,7 +249,7 @@ class _Checker:
             except ObjectNotFound:
                 return "vanished"
             try:
-                open_chunk(blob, ref[1], lengths[ref], key, identities)
+                open_chunk(blob, ref[1], self.lengths[ref], key, identities)
             except IntegrityError as exc:
                 return str(exc)
             return None

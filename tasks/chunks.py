@@ -161,40 +161,50 @@ def writer_key(storage: BackupStorage) -> DedupKey:
     return DedupKey(secret)
 
 
-def reader_key(
-    storage: BackupStorage, chunks: ChunkList, rset: str, identities: list[pyrage.x25519.Identity]
+def open_key_copy(
+    storage: BackupStorage, key_id: str, rset: str, identities: list[pyrage.x25519.Identity]
 ) -> DedupKey:
-    """The key a chunked backup was written with: from its copy in the storage (the identity
-    opens it), else the storage block's own when it is that key."""
-    try:
-        blob = storage.get_bytes(key_copy_key(chunks.key_id, rset))
-    except ObjectNotFound:
-        secret = storage.dedup_secret()
-        if secret is not None and DedupKey(secret).key_id == chunks.key_id:
-            return DedupKey(secret)
-        raise ConfigError(
-            f"the dedup key {chunks.key_id} of this backup is neither in the storage "
-            f"({key_copy_key(chunks.key_id, rset)}) nor on the storage block: set the block's "
-            "dedup_key (or dedup_key_file) to the key the backup was written with"
-        ) from None
+    """The dedup key `key_id` from its copy for recipient set `rset`, opened with the
+    identity (ObjectNotFound when there is no copy; AuthError, IntegrityError)."""
+    where = key_copy_key(key_id, rset)
+    blob = storage.get_bytes(where)
     try:
         record = json.loads(pyrage.decrypt(blob, identities))
         key = DedupKey(bytes.fromhex(record["key"]))
     except pyrage.DecryptError:
         raise AuthError(
-            f"the dedup key copy {key_copy_key(chunks.key_id, rset)} does not open with this "
-            "identity: use the identity of the backup's recipients"
+            f"the dedup key copy {where} does not open with this identity: use the identity "
+            "of the backup's recipients"
         ) from None
     except (ValueError, KeyError, TypeError):
+        raise IntegrityError(f"the dedup key copy {where} is damaged") from None
+    if key.key_id != key_id:
         raise IntegrityError(
-            f"the dedup key copy {key_copy_key(chunks.key_id, rset)} is damaged"
-        ) from None
-    if key.key_id != chunks.key_id:
-        raise IntegrityError(
-            f"the dedup key copy {key_copy_key(chunks.key_id, rset)} holds key "
-            f"{key.key_id}, not {chunks.key_id}: it was replaced; restore it from a copy"
+            f"the dedup key copy {where} holds key {key.key_id}, not {key_id}: it was "
+            "replaced; restore it from a copy"
         )
     return key
+
+
+def reader_key(
+    storage: BackupStorage, chunks: ChunkList, rset: str, identities: list[pyrage.x25519.Identity]
+) -> DedupKey:
+    """The key a chunked backup was written with: the storage block's own when it is that
+    key, else its copy in the storage (the identity opens it)."""
+    try:
+        secret, unusable = storage.dedup_secret(), ""
+    except ConfigError as exc:  # a restore machine's block may point at no key file
+        secret, unusable = None, f" ({exc})"
+    if secret is not None and DedupKey(secret).key_id == chunks.key_id:
+        return DedupKey(secret)
+    try:
+        return open_key_copy(storage, chunks.key_id, rset, identities)
+    except ObjectNotFound:
+        raise ConfigError(
+            f"the dedup key {chunks.key_id} of this backup is neither in the storage "
+            f"({key_copy_key(chunks.key_id, rset)}) nor on the storage block{unusable}: set "
+            "the block's dedup_key (or dedup_key_file) to the key the backup was written with"
+        ) from None
 
 
 class ChunkWriter:

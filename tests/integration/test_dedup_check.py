@@ -132,8 +132,33 @@ def test_a_wrong_identity_reads_nothing_and_fails(env, pg_db, pg_admin, tmp_path
     other.write_text(str(pyrage.x25519.Identity.generate()) + "\n")
     code, report, output = _check(env, env.pg, "--read-data", "--identity-file", str(other))
     assert code == 1, output
-    assert {f["problem"] for f in report["findings"]} == {"unread"}
-    assert "not a recipient" in report["findings"][0]["detail"]
+    (finding,) = report["findings"]  # one finding for the recipient set, naming both backups
+    assert (
+        finding["problem"] == "unread"
+        and "not one of these backups' recipients" in (finding["detail"])
+    )
+    assert len(finding["backups"]) == 2 and report["chunks_read"] == 0
+
+
+def test_a_replaced_key_copy_is_reported_and_the_block_key_still_reads(env, pg_db, pg_admin):
+    """A key copy planted over the real one (encrypted to the public recipient, holding
+    another key) is named; the chunks are still read with the block's own key."""
+    import pyrage
+    from prefect_dbbackup.blocks.storage import new_dedup_key
+    from prefect_dbbackup.tasks.chunks import key_copy_key
+
+    env = env.with_dedup()
+    _, storage, (one, _), _ = _two_backups(env, pg_db, pg_admin)
+    where = key_copy_key(one.chunks.key_id, recipient_set(one.recipients))
+    planted = json.dumps({"version": 1, "key_id": one.chunks.key_id, "key": new_dedup_key()})
+    recipient = pyrage.x25519.Recipient.from_str(env.recipient)
+    storage.put_bytes(where, pyrage.encrypt(planted.encode(), [recipient]))
+    code, report, output = _check(env, env.pg, "--read-data")
+    assert code == 1, output
+    (finding,) = report["findings"]
+    assert finding["problem"] == "key copy" and finding["what"] == where
+    assert "it was replaced" in finding["detail"]
+    assert report["chunks_read"] == report["chunks_named"]  # read with the block's key
 
 
 def test_a_whole_object_backup_whose_object_is_gone_is_missing(env, pg_db, pg_admin):

@@ -88,12 +88,14 @@ def suffixes(engine: str) -> st.SearchStrategy[str]:
 
 def decoys_of(suffix: str) -> set[str]:
     """Names a misquoting of suffix would reach: `%` doubled or halved, `:name` dropped."""
-    return {
+    decoys = {
         suffix.replace("%", "%%"),
         suffix.replace("%%", "%"),
         suffix.replace(":name", ""),
         suffix.replace("``", "`"),
     } - {suffix, ""}
+    # like the names themselves: none ends in white space (MariaDB refuses it: '\t:name')
+    return {d for d in decoys if not d[-1].isspace()}
 
 
 def test_ddl_reaches_the_server_with_the_exact_name(engine: Engine) -> None:
