@@ -50,30 +50,43 @@ def _server(engine: str):  # noqa: ANN202
 
 
 def backup(args: argparse.Namespace) -> dict[str, Any]:
-    """dump_database + store_backup into a local storage, as the backup flow's tasks do."""
+    """back_up_database (the backup task's function) into a local storage; with
+    --dedup-key-file the storage deduplicates (chunks) under that key."""
     from prefect_dbbackup.blocks import AgeEncryption, LocalBackupStorage
-    from prefect_dbbackup.tasks.backup import dump_database, store_backup
+    from prefect_dbbackup.tasks.backup import back_up_database
     from prefect_dbbackup.tasks.layout import new_backup_id
     from prefect_dbbackup.tasks.workdir import private_workdir
 
     server = _server(args.engine)
-    storage = LocalBackupStorage(path=args.storage, **_signing())
+    dedup = {"dedup": True, "dedup_key_file": args.dedup_key_file} if args.dedup_key_file else {}
+    storage = LocalBackupStorage(path=args.storage, **dedup, **_signing())
     encryption = AgeEncryption(recipients=[args.recipient])
     tuning = {k: v for k, v in (("level", args.level), ("threads", args.threads)) if v is not None}
     rss_before = _rss_mb()
     started = time.perf_counter()
     with private_workdir() as workdir:
-        dump = dump_database(
-            server, SERVER_NAME, args.database, encryption, workdir, new_backup_id(), **tuning
+        stored = back_up_database(
+            server,
+            SERVER_NAME,
+            args.database,
+            encryption,
+            storage,
+            workdir,
+            new_backup_id(),
+            **tuning,
         )
-        store_backup(storage, dump)
-    stats = dump.manifest.stats
-    return {
-        "seconds": time.perf_counter() - started,
+    seconds = time.perf_counter() - started
+    manifest = stored.manifest
+    result = {
+        "seconds": seconds,
         "rss_before_mb": rss_before,
-        "raw_bytes": stats.raw_bytes,
-        "stored_bytes": stats.stored_bytes,
+        "raw_bytes": manifest.stats.raw_bytes,
+        "stored_bytes": manifest.stats.stored_bytes,
     }
+    if manifest.chunks is not None:
+        result["chunks_new"] = manifest.chunks.new
+        result["chunks_reused"] = manifest.chunks.reused
+    return result
 
 
 def restore(args: argparse.Namespace) -> dict[str, Any]:
@@ -165,6 +178,7 @@ def main() -> None:
     parser.add_argument("--target")
     parser.add_argument("--level", type=int)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--dedup-key-file", help="backup: a deduplicating storage with this key")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--endpoint")
     parser.add_argument("--bucket")
