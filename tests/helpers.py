@@ -316,11 +316,18 @@ def flow_runs_of(flow_name: str, **parameters: object) -> list:
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 
+    runs: list = []
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
-            sort=FlowRunSort.START_TIME_ASC,
-        )
+        while True:  # every page: a long suite makes more runs than one page holds
+            page = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                sort=FlowRunSort.START_TIME_ASC,
+                limit=200,
+                offset=len(runs),
+            )
+            runs += page
+            if len(page) < 200:
+                break
     return [r for r in runs if all(r.parameters.get(k) == v for k, v in parameters.items())]
 
 
