@@ -96,6 +96,9 @@ app = typer.Typer(
 StorageOpt = Annotated[str, typer.Option("--storage", help="Backup storage block name.")]
 EncryptionOpt = Annotated[str, typer.Option("--encryption", help="age-encryption block name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+IdentityOpt = Annotated[
+    Path | None, typer.Option("--identity-file", "-i", help="age identity file.")
+]
 AllowUnsignedOpt = Annotated[
     bool,
     typer.Option(
@@ -312,9 +315,7 @@ def restore(
     replace: Annotated[
         bool, typer.Option("--replace", help="Drop and replace an existing target.")
     ] = False,
-    identity_file: Annotated[
-        Path | None, typer.Option("--identity-file", "-i", help="age identity file.")
-    ] = None,
+    identity_file: IdentityOpt = None,
     jobs: Annotated[
         int,
         typer.Option(
@@ -403,9 +404,7 @@ def restore_users_cmd(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the statements (secrets masked), run none.")
     ] = False,
-    identity_file: Annotated[
-        Path | None, typer.Option("--identity-file", "-i", help="age identity file.")
-    ] = None,
+    identity_file: IdentityOpt = None,
     from_server: Annotated[
         str | None,
         typer.Option("--from-server", help="Use the backups of this server (default: SERVER)."),
@@ -478,9 +477,7 @@ def verify(
     database: Annotated[
         list[str] | None, typer.Option("--database", "-d", help="Only these databases.")
     ] = None,
-    identity_file: Annotated[
-        Path | None, typer.Option("--identity-file", "-i", help="age identity file.")
-    ] = None,
+    identity_file: IdentityOpt = None,
     storage: StorageOpt = "default",
     encryption: EncryptionOpt = "default",
     as_json: JsonOpt = False,
@@ -519,9 +516,7 @@ def check(
             "--read-data", help="Also download, decrypt and check every chunk (needs the identity)."
         ),
     ] = False,
-    identity_file: Annotated[
-        Path | None, typer.Option("--identity-file", "-i", help="age identity file.")
-    ] = None,
+    identity_file: IdentityOpt = None,
     storage: StorageOpt = "default",
     encryption: EncryptionOpt = "default",
     as_json: JsonOpt = False,

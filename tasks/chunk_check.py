@@ -10,6 +10,7 @@ copy; the backups naming it are reported, as for a missing one.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -254,20 +255,25 @@ class _Checker:
                 return str(exc)
             return None
 
-        with ThreadPoolExecutor(2 * IN_FLIGHT, thread_name_prefix="check") as pool:
-            for ref, error in zip(readable, pool.map(one, readable), strict=True):
-                self.report.chunks_read += 1
-                if error is None:
-                    continue
-                if error == "vanished":
-                    self.add(
-                        self._finding(
-                            "missing", ref, "removed while the check ran", self.named[ref]
-                        )
-                    )
-                    continue
-                self._set_damaged_aside(ref)
-                self.add(self._finding("damaged", ref, error, self.named[ref]))
+        pool = ThreadPoolExecutor(2 * IN_FLIGHT, thread_name_prefix="check")
+        try:
+            self._judge(readable, pool.map(one, readable))
+        finally:  # Ctrl-C or a storage error: the reads not started are dropped, not waited for
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _judge(self, readable: list[tuple[str, str]], errors: Iterator[str | None]) -> None:
+        """Count each chunk read; report (and set aside) the damaged, report the vanished."""
+        for ref, error in zip(readable, errors, strict=True):
+            self.report.chunks_read += 1
+            if error is None:
+                continue
+            if error == "vanished":
+                self.add(
+                    self._finding("missing", ref, "removed while the check ran", self.named[ref])
+                )
+                continue
+            self._set_damaged_aside(ref)
+            self.add(self._finding("damaged", ref, error, self.named[ref]))
 
     def _set_damaged_aside(self, ref: tuple[str, str]) -> None:
         source = chunk_key(*ref)

@@ -54,6 +54,24 @@ def _backed_up(env, pg_db, pg_admin):  # noqa: ANN001, ANN202
     return db, storage, manifest
 
 
+def _dedup_s3_behind(proxy, s3_server, env, tag: str, **fields: object) -> str:  # noqa: ANN001
+    """A deduplicating S3 storage block reached through the fault proxy; its name."""
+    name = f"{tag}-{uuid.uuid4().hex[:8]}"
+    S3BackupStorage(
+        bucket=s3_server.make_bucket("dbb-tests"),
+        prefix=name,
+        region="us-east-1",
+        endpoint_url=proxy.endpoint,
+        path_style=True,
+        credentials=AwsCredentials(aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY),
+        dedup=True,
+        dedup_key=new_dedup_key(),
+        **env.signing_fields(),
+        **fields,
+    ).save(name)
+    return name
+
+
 def _chunk_path(env, cid: str):  # noqa: ANN001, ANN202
     (path,) = (env.storage_path / CHUNKS).rglob(cid)
     return path
@@ -155,21 +173,7 @@ def test_s3_down_mid_backup_fails_without_a_manifest_and_a_rerun_completes(
     db = pg_db()
     pg_admin.execute(db, _table(rows=200_000))  # ~16 chunks
     with FaultyS3(s3_server.endpoint) as proxy:
-        name = f"s3down-{uuid.uuid4().hex[:8]}"
-        S3BackupStorage(
-            bucket=s3_server.make_bucket("dbb-tests"),
-            prefix=name,
-            region="us-east-1",
-            endpoint_url=proxy.endpoint,
-            path_style=True,
-            credentials=AwsCredentials(
-                aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY
-            ),
-            max_attempts=2,
-            dedup=True,
-            dedup_key=new_dedup_key(),
-            **env.signing_fields(),
-        ).save(name)
+        name = _dedup_s3_behind(proxy, s3_server, env, "s3down", max_attempts=2)
         proxy.puts_before_down = 6  # the key copy, the users backup, a few chunks
         result = env.cli("backup", env.pg, "-d", db, "--storage", name, "--json")
         assert result.exit_code == 2, result.output
@@ -202,21 +206,8 @@ def test_chunks_damaged_on_the_way_to_s3_are_sent_again(
     db = pg_db()
     pg_admin.execute(db, TABLE)
     with FaultyS3(s3_server.endpoint) as proxy:
-        name = f"s3flip-{uuid.uuid4().hex[:8]}"
-        S3BackupStorage(
-            bucket=s3_server.make_bucket("dbb-tests"),
-            prefix=name,
-            region="us-east-1",
-            endpoint_url=proxy.endpoint,
-            path_style=True,
-            credentials=AwsCredentials(
-                aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY
-            ),
-            checksum="none",  # so that S3 itself accepts the damaged bodies
-            dedup=True,
-            dedup_key=new_dedup_key(),
-            **env.signing_fields(),
-        ).save(name)
+        # checksum none: so that S3 itself accepts the damaged bodies
+        name = _dedup_s3_behind(proxy, s3_server, env, "s3flip", checksum="none")
         proxy.flips = 2
         result = env.cli("backup", env.pg, "-d", db, "--storage", name)
         assert result.exit_code == 0, result.output
