@@ -16,7 +16,7 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prefect_dbbackup.blocks import signing
-from prefect_dbbackup.blocks.errors import BackupNotFound, IntegrityError
+from prefect_dbbackup.blocks.errors import BackupNotFound, ConfigError, IntegrityError
 from prefect_dbbackup.blocks.retention import DEFAULT_FUTURE_TOLERANCE_HOURS
 from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound, ObjectTooLarge
 from prefect_dbbackup.tasks.layout import (
@@ -32,10 +32,6 @@ from prefect_dbbackup.tasks.manifest import Manifest
 
 READERS = 16  # manifests read at once (each read is a round trip to S3)
 Trust = Literal["signed", "unsigned", "invalid", "unreadable"]
-ALLOW_UNSIGNED_HINT = (
-    "If it is a backup from before manifests were signed and you trust the storage, "
-    "pass --allow-unsigned"
-)
 
 
 @dataclass
@@ -57,10 +53,42 @@ class StoredManifest:
 
     def refusal(self) -> IntegrityError:
         """The error restore raises for a manifest it will not use."""
-        hint = f" {ALLOW_UNSIGNED_HINT}." if self.trust == "unsigned" else ""
+        hint = f" {unsigned_hint(self.server, self.database, self.backup_id)}"
+        hint = hint if self.trust == "unsigned" else ""
         return IntegrityError(
             f"refusing backup {self.backup_id} of {self.database!r} on {self.server!r}: "
             f"its manifest {self.key} is {self.trust}: {self.problem}.{hint}"
+        )
+
+
+def _restore_command(server: str, database: str) -> str:
+    if database == GLOBALS_SEGMENT:
+        return f"dbbackup restore-users {server}"
+    return f"dbbackup restore {server} {database}"
+
+
+def unsigned_hint(server: str, database: str, backup_id: str) -> str:
+    """What to do about an unsigned backup: check it, then name it (never the bare flag)."""
+    return (
+        "If it is a backup from before manifests were signed: compare its size and time "
+        f"(`dbbackup list {server} -d {database}`) with the run that made it; only if it is "
+        f"yours, name it: `{_restore_command(server, database)} --backup-id {backup_id} "
+        "--allow-unsigned`."
+    )
+
+
+def require_named_for_unsigned(
+    server: str, database: str, backup_id: str, allow_unsigned: bool
+) -> None:
+    """allow_unsigned accepts one backup named by id, never 'latest': anyone who can write
+    the storage can plant an unsigned backup newer than every real one."""
+    if allow_unsigned and backup_id == "latest":
+        raise ConfigError(
+            "--allow-unsigned needs --backup-id: it accepts only an unsigned backup you name, "
+            "never the latest (anyone who can write the storage can plant an unsigned backup "
+            f"newer than yours). List the backups with `dbbackup list {server} -d {database}`, "
+            "check the one you want against the run that made it, then pass "
+            "--backup-id ID --allow-unsigned"
         )
 
 
@@ -260,10 +288,12 @@ def find_backup(
     kind: str = "database",
     allow_unsigned: bool = False,
 ) -> Manifest:
-    """The manifest of one backup; 'latest' is the newest trusted one.
+    """The manifest of one backup; 'latest' is the newest signed one.
 
-    A backup asked for by id that is not trusted is refused with an IntegrityError.
+    A backup asked for by id that is not trusted is refused with an IntegrityError;
+    allow_unsigned (accepting an unsigned one) needs an id (ConfigError with 'latest').
     """
+    require_named_for_unsigned(server, database, backup_id, allow_unsigned)
     if backup_id != "latest":
         key = backup_key(server, database, backup_id, MANIFEST_NAME, kind)
         if not storage.exists(key):
@@ -281,9 +311,7 @@ def find_backup(
         if not entry.usable(allow_unsigned) or entry.manifest is None:
             raise entry.refusal()
         return entry.manifest
-    backups = not_future_dated(
-        list_backups(storage, server, database, kind, allow_unsigned=allow_unsigned)
-    )
+    backups = not_future_dated(list_backups(storage, server, database, kind))
     if not backups:
         raise BackupNotFound(
             f"no complete backup of {database!r} on {server!r} with a valid signature in "

@@ -46,7 +46,12 @@ from prefect_dbbackup.tasks.backup import (
     store_with_retries,
     tool_version,
 )
-from prefect_dbbackup.tasks.catalog import find_backup, list_backups, not_future_dated
+from prefect_dbbackup.tasks.catalog import (
+    find_backup,
+    list_backups,
+    not_future_dated,
+    require_named_for_unsigned,
+)
 from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, MANIFEST_NAME, backup_key
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import Manifest
@@ -130,11 +135,15 @@ def find_users_backup(
     """A users/roles backup: by id, the newest, or (at_or_before) the newest not after backup_id.
 
     backup ids sort by time, so the globals taken with (or before) a database
-    backup are the ones that match it. Only trusted manifests (tasks/catalog.py) count.
+    backup are the ones that match it. Only signed manifests (tasks/catalog.py) count;
+    allow_unsigned accepts an unsigned one only by its exact id, never as the newest.
     """
-    if backup_id != "latest" and not at_or_before:
-        key = backup_key(server, GLOBALS_SEGMENT, backup_id, MANIFEST_NAME, "globals")
-        if storage.exists(key):
+    require_named_for_unsigned(server, GLOBALS_SEGMENT, backup_id, allow_unsigned)
+    if backup_id != "latest":
+        named = storage.exists(
+            backup_key(server, GLOBALS_SEGMENT, backup_id, MANIFEST_NAME, "globals")
+        )
+        if named and (allow_unsigned or not at_or_before):
             return find_backup(
                 storage,
                 server,
@@ -143,11 +152,12 @@ def find_users_backup(
                 kind="globals",
                 allow_unsigned=allow_unsigned,
             )
-        raise BackupNotFound(
-            f"no users/roles backup {backup_id} of {server!r} in {storage.describe()}: "
-            f"`dbbackup list {server}` shows the _globals backups"
-        )
-    listed = list_backups(storage, server, kind="globals", allow_unsigned=allow_unsigned)
+        if not at_or_before:
+            raise BackupNotFound(
+                f"no users/roles backup {backup_id} of {server!r} in {storage.describe()}: "
+                f"`dbbackup list {server}` shows the _globals backups"
+            )
+    listed = list_backups(storage, server, kind="globals")
     if backup_id == "latest":
         listed = not_future_dated(listed)
     found = [m for m in listed if backup_id == "latest" or m.backup_id <= backup_id]

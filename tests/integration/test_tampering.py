@@ -4,10 +4,12 @@ and edited manifests are refused; the newest signed backup is what restores."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 from prefect_dbbackup.blocks.registry import load_storage
-from prefect_dbbackup.tasks.layout import MANIFEST_NAME, SIGNATURE_NAME, backup_key
+from prefect_dbbackup.tasks.layout import MANIFEST_NAME, SIGNATURE_NAME, backup_key, new_backup_id
 from prefect_dbbackup.tasks.manifest import Manifest
+from prefect_dbbackup.tasks.prune import backup_time
 
 PLANTED, ROLLED, SWAPPED = "20991231T000000Z-0001", "20991231T000000Z-0002", "20991231T000000Z-0003"
 
@@ -114,15 +116,61 @@ def test_allow_unsigned_restores_a_backup_from_before_signing(env, pg_db, pg_adm
         assert "invalid: the signature does not match" in result.stderr
         assert not pg_admin.exists(target)
 
-    # a backup taken before manifests were signed: refused unless --allow-unsigned
+    # a backup taken before manifests were signed: refused unless named with --allow-unsigned
     manifest.write_bytes(signed)
     sig.unlink()
     refused = env.cli("restore", env.pg, db, "--into", target, "--backup-id", backup_id)
-    assert refused.exit_code == 2 and "--allow-unsigned" in refused.stderr, refused.output
+    assert refused.exit_code == 2, refused.output
+    assert f"`dbbackup list {env.pg} -d {db}`" in refused.stderr
+    assert f"--backup-id {backup_id} --allow-unsigned" in refused.stderr
     assert "with a valid signature" in env.cli("restore", env.pg, db, "--into", target).stderr
-    result = env.cli("restore", env.pg, db, "--into", target, "--allow-unsigned")
+    result = env.cli(
+        "restore", env.pg, db, "--into", target, "--backup-id", backup_id, "--allow-unsigned"
+    )
     assert result.exit_code == 0, result.output
     assert pg_admin.table_fingerprints(target) == pg_admin.table_fingerprints(db)
+
+
+def test_allow_unsigned_never_picks_the_latest_a_planted_newer_unsigned_backup(
+    env, pg_db, pg_admin, cleanup_pg
+):
+    storage = load_storage(env.storage)
+    db, evil = pg_db(), pg_db()
+    pg_admin.execute(db, "CREATE TABLE t (v text); INSERT INTO t VALUES ('real');")
+    pg_admin.execute(evil, "CREATE TABLE t (v text); INSERT INTO t VALUES ('planted');")
+    real = _backup(env, db)
+    source = _backup(env, evil)
+    # planted: another database's backup, unsigned, under an id a minute after the real one
+    planted = Manifest.from_bytes(
+        storage.get_bytes(backup_key(env.pg, evil, source, MANIFEST_NAME))
+    )
+    planted.database = db
+    planted.backup_id = new_backup_id(backup_time(real) + timedelta(minutes=1))
+    data = storage.get_bytes(backup_key(env.pg, evil, source, "dump.pgc.zst.age"))
+    storage.put_bytes(backup_key(env.pg, db, planted.backup_id, "dump.pgc.zst.age"), data)
+    storage.put_bytes(backup_key(env.pg, db, planted.backup_id, MANIFEST_NAME), planted.to_bytes())
+    target = db + "_restored"
+    cleanup_pg.append(target)
+
+    refused = env.cli("restore", env.pg, db, "--into", target, "--allow-unsigned")
+    assert refused.exit_code == 3, refused.output
+    assert "--allow-unsigned needs --backup-id" in refused.stderr
+    assert f"`dbbackup list {env.pg} -d {db}`" in refused.stderr
+    assert not pg_admin.exists(target)  # the planted backup was not restored
+    users = env.cli("restore-users", env.pg, "--dry-run", "--allow-unsigned",
+                    "--storage", env.storage, "--encryption", env.encryption)  # fmt: skip
+    assert users.exit_code == 3 and "--allow-unsigned needs --backup-id" in users.stderr
+
+    by_id = env.cli("restore", env.pg, db, "--into", target, "--backup-id", planted.backup_id)
+    assert by_id.exit_code == 2 and "--allow-unsigned" in by_id.stderr
+    assert "--backup-id ID --allow-unsigned" not in by_id.stderr  # names the id, not a bare flag
+    assert f"`dbbackup list {env.pg} -d {db}`" in by_id.stderr
+    assert not pg_admin.exists(target)
+
+    latest = env.cli("restore", env.pg, db, "--into", target)
+    assert latest.exit_code == 0, latest.output
+    assert f"backup {real}" in latest.stdout
+    assert pg_admin.query(target, "SELECT v FROM t") == [("real",)]
 
 
 def test_a_planted_huge_manifest_is_refused_without_being_read_whole(
