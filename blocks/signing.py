@@ -5,9 +5,9 @@ Formats (an operator can check every one of them with openssl, see docs/security
   ed25519` writes it;
 - public key: `dbbackup-ed25519:` + base64 of the DER SubjectPublicKeyInfo, so
   `base64 -d | openssl pkey -pubin -inform DER` reads it;
-- signature: `manifest.json.sig` next to `manifest.json`, a small JSON document naming
-  the algorithm, the public key and the base64 Ed25519 signature of the manifest's
-  exact bytes.
+- signature: `manifest.json.sig` next to `manifest.json` (and `verified.json.sig` next to
+  a verify record), a small JSON document naming the algorithm, the public key and the
+  base64 Ed25519 signature of the signed file's exact bytes.
 """
 
 from __future__ import annotations
@@ -104,8 +104,11 @@ def sign(key: Ed25519PrivateKey, data: bytes) -> bytes:
     return (json.dumps(document, indent=2) + "\n").encode()
 
 
-def check(document: bytes, data: bytes, keys: list[Ed25519PublicKey]) -> Ed25519PublicKey:
-    """The trusted key whose signature of data this document holds; BadSignature otherwise."""
+def check(
+    document: bytes, data: bytes, keys: list[Ed25519PublicKey], what: str = "manifest"
+) -> Ed25519PublicKey:
+    """The trusted key whose signature of data (a `what`) this document holds; BadSignature
+    otherwise."""
     if len(document) > MAX_SIGNATURE_BYTES:
         raise BadSignature(f"signature file is {len(document)} bytes, not a signature")
     try:
@@ -122,6 +125,6 @@ def check(document: bytes, data: bytes, keys: list[Ed25519PublicKey]) -> Ed25519
             continue
         return key
     raise BadSignature(
-        "the signature does not match the manifest's bytes under any of the storage's "
+        f"the signature does not match the {what}'s bytes under any of the storage's "
         f"{len(keys)} manifest verify key(s) (tampered, or signed by an unknown key)"
     )

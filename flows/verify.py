@@ -15,6 +15,7 @@ from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.tasks.catalog import refused_latest
 from prefect_dbbackup.tasks.events import emit_verify_event
 from prefect_dbbackup.tasks.verify import drop_stale_scratch, latest_backups, verify_task
+from prefect_dbbackup.tasks.verify_record import record_signer
 from prefect_dbbackup.tasks.workdir import private_workdir
 from pydantic import BaseModel
 
@@ -110,6 +111,7 @@ def verify_backups(
     log = get_run_logger()
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
     enc.identities(identity_file)  # no identity: a configuration error before anything runs
+    record_signer(sto)  # nor without the key that signs the records retention trusts
     manifests = latest_backups(sto, server, databases)
     refused = [
         VerifyOutcome(

@@ -9,6 +9,7 @@ used by restore or verify, never counts for retention, and is reported (log, `li
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -46,6 +47,7 @@ class StoredManifest:
     manifest: Manifest | None = None
     problem: str | None = None
     signed_by: str | None = None
+    digest: str | None = None  # sha256 of the manifest's exact bytes, once read
 
     def usable(self, allow_unsigned: bool = False) -> bool:
         """Whether restore/verify may use it: signed, or unsigned when explicitly allowed."""
@@ -140,6 +142,7 @@ def read_manifest(
     except ObjectTooLarge as exc:
         entry.problem = str(exc)
         return entry
+    entry.digest = hashlib.sha256(data).hexdigest()
     try:
         entry.manifest = Manifest.from_bytes(data)
     except ValueError as exc:
@@ -322,9 +325,9 @@ def find_backup(
 
 def manifest_trust(
     storage: BackupStorage, backups: dict[str, list[str]], verifiers: list[Ed25519PublicKey]
-) -> dict[str, Trust | None]:
-    """Prune's completeness hook: per backup id, the trust of the manifest among that
-    backup's stored keys (None: it has no manifest, or it was deleted since the listing).
+) -> dict[str, StoredManifest | None]:
+    """Prune's completeness hook: per backup id, the manifest among that backup's stored
+    keys, read and judged (None: it has no manifest, or it was deleted since the listing).
     Only 'signed' counts for retention."""
     wanted: dict[str, tuple[str, bool | None]] = {}
     for backup_id, backup_keys in backups.items():
@@ -333,7 +336,7 @@ def manifest_trust(
             wanted[backup_id] = (manifest, signature_key(manifest) in backup_keys)
     entries = read_manifests(storage, list(wanted.values()), verifiers)
     read = dict(zip(wanted, entries, strict=True))
-    return {bid: read[bid].trust if read.get(bid) else None for bid in backups}
+    return {bid: read.get(bid) for bid in backups}
 
 
 def not_future_dated(manifests: list[Manifest], now: datetime | None = None) -> list[Manifest]:

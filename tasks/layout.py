@@ -18,6 +18,7 @@ from prefect_dbbackup.blocks.errors import ConfigError
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.json.sig"  # Ed25519 signature of the manifest, written before it
 VERIFIED_NAME = "verified.json"  # written by verify next to the manifest it checked
+VERIFIED_SIGNATURE_NAME = "verified.json.sig"  # its signature, written before it
 GLOBALS_SEGMENT = "_globals"
 BACKUP_ID_FORMAT = "%Y%m%dT%H%M%SZ"
 BACKUP_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4}")  # what new_backup_id makes

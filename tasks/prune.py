@@ -10,26 +10,31 @@ from collections import defaultdict
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.engines import stored_object_names
 from prefect_dbbackup.blocks.errors import ConfigError, ObjectLocked
 from prefect_dbbackup.blocks.retention import BackupRef, RetentionPolicy, plan
 from prefect_dbbackup.blocks.storage import BackupStorage
-from prefect_dbbackup.tasks.catalog import manifest_trust
+from prefect_dbbackup.tasks.catalog import StoredManifest, manifest_trust
 from prefect_dbbackup.tasks.layout import (
     BACKUP_ID_FORMAT,
     GLOBALS_SEGMENT,
     MANIFEST_NAME,
     SIGNATURE_NAME,
     VERIFIED_NAME,
+    VERIFIED_SIGNATURE_NAME,
     decode_name,
     series_prefix,
 )
 from prefect_dbbackup.tasks.logs import Logger, run_logger
+from prefect_dbbackup.tasks.verify_record import REDO, record_key, verified_backups
 from pydantic import BaseModel
 
-OWN_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME, VERIFIED_NAME, *stored_object_names()})
+OWN_NAMES = frozenset(
+    {MANIFEST_NAME, SIGNATURE_NAME, VERIFIED_NAME, VERIFIED_SIGNATURE_NAME, *stored_object_names()}
+)
 """The object names dbbackup writes in a backup directory: the only ones prune deletes."""
 FOREIGN = "not written by dbbackup"
 
@@ -113,16 +118,13 @@ def plan_prune(
         own = {bid: [k for k in keys if _is_own(k)] for bid, keys in backups.items()}
         foreign = {bid: [k for k in keys if not _is_own(k)] for bid, keys in backups.items()}
         names = {bid: {k.rsplit("/", 1)[-1] for k in keys} for bid, keys in own.items() if keys}
-        trust = manifest_trust(storage, {bid: own[bid] for bid in names}, verifiers)
+        entries = manifest_trust(storage, {bid: own[bid] for bid in names}, verifiers)
+        trust = {bid: e.trust if e else None for bid, e in entries.items()}
+        verified = _verified(storage, entries, names, verifiers)
         # only a manifest with a valid signature makes a backup complete for retention
         refs = [
-            BackupRef(
-                bid,
-                backup_time(bid),
-                trust[bid] == "signed",
-                trust[bid] == "signed" and VERIFIED_NAME in n,
-            )
-            for bid, n in names.items()
+            BackupRef(bid, backup_time(bid), trust[bid] == "signed", bid in verified)
+            for bid in names
         ]
         for d in plan(refs, policy, now, written):
             items.append(
@@ -134,7 +136,7 @@ def plan_prune(
                     keep=d.keep,
                     reasons=d.reasons,
                     future_dated=d.future_dated,
-                    verified=VERIFIED_NAME in names[d.backup_id],
+                    verified=d.backup_id in verified,
                     objects=sorted(own[d.backup_id]),
                     foreign=sorted(foreign[d.backup_id]),
                 )
@@ -155,6 +157,31 @@ def plan_prune(
             if bid not in names
         )
     return items
+
+
+def _verified(
+    storage: BackupStorage,
+    entries: dict[str, StoredManifest | None],
+    names: dict[str, set[str]],
+    verifiers: list[Ed25519PublicKey],
+) -> set[str]:
+    """Ids of the signed backups whose verify record counts (signed, and bound to that
+    backup: tasks/verify_record.py); every other record is reported and ignored."""
+    records = {
+        bid: (e, VERIFIED_SIGNATURE_NAME in names[bid])
+        for bid, e in entries.items()
+        if e is not None and e.trust == "signed" and VERIFIED_NAME in names[bid]
+    }
+    problems = verified_backups(storage, records, verifiers) if records else {}
+    for bid, problem in problems.items():
+        if problem is not None:
+            run_logger().warning(
+                "ignoring verify record %s: %s. It does not count for retention: %s",
+                record_key(records[bid][0]),
+                problem,
+                REDO,
+            )
+    return {bid for bid, problem in problems.items() if problem is None}
 
 
 def _keep_untrusted(item: PruneItem, trust: str | None) -> None:

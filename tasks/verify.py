@@ -1,7 +1,8 @@
 """Verifying a backup: restore it into a scratch database, compare with its manifest, drop it.
 
-A backup that passed is marked with `verified.json` next to its manifest (retention
-always keeps the newest backup of a series that has one).
+A backup that passed is marked with a signed `verified.json` next to its manifest
+(tasks/verify_record.py: retention always keeps the newest backup of a series that
+has a valid one).
 
 Scratch databases are named `dbbackup_verify_<UTC yyyymmddHHMMSS>_<8 hex>_<database>`
 (at most 63 characters). Discovery never sees them; the timestamp lets a later
@@ -10,7 +11,6 @@ run tell a scratch database abandoned by a killed run from one a live run uses.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -21,12 +21,18 @@ from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.errors import BackupNotFound, IntegrityError
 from prefect_dbbackup.blocks.server import SCRATCH_PREFIX, DatabaseServer
-from prefect_dbbackup.blocks.storage import BackupStorage
-from prefect_dbbackup.tasks.catalog import find_backup, list_backups, not_future_dated
-from prefect_dbbackup.tasks.layout import VERIFIED_NAME, backup_key
+from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound
+from prefect_dbbackup.tasks.catalog import (
+    find_backup,
+    list_backups,
+    not_future_dated,
+    read_manifest,
+)
+from prefect_dbbackup.tasks.layout import MANIFEST_NAME, backup_key
 from prefect_dbbackup.tasks.logs import Logger, run_logger
 from prefect_dbbackup.tasks.manifest import Manifest
 from prefect_dbbackup.tasks.restore import restore_backup
+from prefect_dbbackup.tasks.verify_record import write_record
 from pydantic import BaseModel
 
 NAME_LIMIT = 63  # PostgreSQL's identifier limit (MariaDB allows 64)
@@ -216,21 +222,25 @@ def verify_backup(
 
 
 def record_verified(storage: BackupStorage, manifest: Manifest, result: VerifyResult) -> str:
-    """Store `verified.json` next to the manifest: retention always keeps the newest
-    backup of a series that has one. Returns its key."""
+    """Store the signed `verified.json` of a backup that passed (tasks/verify_record.py):
+    retention always keeps the newest backup of a series that has a valid one. The
+    manifest is read again first: a record names the exact manifest that was checked.
+    Returns its key."""
     key = backup_key(
-        manifest.server, manifest.database, manifest.backup_id, VERIFIED_NAME, manifest.kind
+        manifest.server, manifest.database, manifest.backup_id, MANIFEST_NAME, manifest.kind
     )
-    record = {
-        "backup_id": manifest.backup_id,
-        "sha256": manifest.stats.sha256,
-        "verified_at": datetime.now(UTC).isoformat(),
-        "checked": result.checked,
-        "tables": result.tables,
-        "rows": result.rows,
-    }
-    storage.put_bytes(key, json.dumps(record, indent=2).encode())
-    return key
+    try:
+        entry = read_manifest(storage, key, storage.manifest_verifiers())
+    except ObjectNotFound:
+        entry = None
+    if entry is None or entry.trust != "signed" or entry.manifest != manifest:
+        raise IntegrityError(
+            f"backup {manifest.backup_id} of {manifest.database!r} restored and matched, but "
+            f"its manifest {key} was deleted or replaced while it was verified: no verify "
+            "record written. Run verify again"
+        )
+    details = {"checked": result.checked, "tables": result.tables, "rows": result.rows}
+    return write_record(storage, entry, details)
 
 
 # never retried: a verification that failed says something about the backup

@@ -72,6 +72,44 @@ def test_the_newest_verified_backup_survives_keep_last_1_and_a_corrupted_newer_o
     assert pg_admin.query(target, "SELECT count(*), max(g) FROM t") == [(100, 100)]
 
 
+def test_a_verify_record_copied_into_the_newest_backup_cannot_push_out_the_verified_one(
+    any_env, pg_db, pg_admin, cleanup_pg, caplog
+):
+    env = any_env
+    server = _server({"keep_last": 1})
+    storage = load_storage(env.storage)
+    db = pg_db()
+    pg_admin.execute(db, "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g")
+    assert env.cli("backup", server, "-d", db).exit_code == 0
+    [verified] = _backup_ids(env, server, db)
+    verify_backups(server=server, storage=env.storage, encryption=env.encryption, databases=[db])
+    snapshot = pg_admin.table_fingerprints(db)
+
+    # a newer backup, never verified; someone who can write the storage copies the verified
+    # backup's record (with its signature, if any) into it
+    pg_admin.execute(db, "DELETE FROM t WHERE g > 10")
+    assert env.cli("backup", server, "-d", db).exit_code == 0
+    newest = max(_backup_ids(env, server, db))
+    for key in storage.list_keys(f"{server}/{db}/{verified}/"):
+        if key.rsplit("/", 1)[1].startswith(VERIFIED_NAME):
+            storage.put_bytes(key.replace(verified, newest), storage.get_bytes(key))
+
+    result = env.cli("prune", server, "--json")
+    assert result.exit_code == 0, result.output
+    shown = {d["backup_id"]: d for d in json.loads(result.stdout)}
+    assert shown[verified]["outcome"] == "kept" and shown[verified]["verified"]
+    assert shown[verified]["reasons"] == ["newest verified"]
+    assert shown[newest]["reasons"] == ["newest", "last"] and not shown[newest]["verified"]
+    assert f"ignoring verify record {server}/{db}/{newest}/{VERIFIED_NAME}" in caplog.text
+    assert "backup_id, sha256, manifest_sha256 do not match this backup" in caplog.text
+
+    target = db + "_verified"
+    cleanup_pg.append(target)
+    result = env.cli("restore", server, db, "--backup-id", verified, "--into", target)
+    assert result.exit_code == 0, result.output
+    assert pg_admin.table_fingerprints(target) == snapshot
+
+
 def test_prune_leaves_files_it_did_not_write_and_reports_them(any_env):
     env = any_env
     server = _server({"keep_last": 1})

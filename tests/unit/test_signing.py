@@ -18,11 +18,19 @@ from prefect_dbbackup.tasks.catalog import (
     list_backups,
     manifest_trust,
     publish_manifest,
+    read_manifest,
     scan_backups,
 )
-from prefect_dbbackup.tasks.layout import MANIFEST_NAME, SIGNATURE_NAME, backup_key
+from prefect_dbbackup.tasks.layout import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    VERIFIED_NAME,
+    VERIFIED_SIGNATURE_NAME,
+    backup_key,
+)
 from prefect_dbbackup.tasks.manifest import Manifest
 from prefect_dbbackup.tasks.prune import prune
+from prefect_dbbackup.tasks.verify_record import record_signer, write_record
 
 from tests.helpers import plant_manifest, signing_fields
 
@@ -165,7 +173,8 @@ def test_prune_never_counts_an_untrusted_backup_and_never_deletes_it(storage):
     _copy_backup(storage, "shop", OLD, "shop", NEW)  # roll-back attempt: newer, invalid
     storage.put_bytes(backup_key("srv", "shop", "20261121T000000Z-ffff", MANIFEST_NAME), b"{")
     keys = storage.list_keys("srv/shop/" + NEW)
-    assert manifest_trust(storage, {NEW: keys}, storage.manifest_verifiers()) == {NEW: "invalid"}
+    [entry] = manifest_trust(storage, {NEW: keys}, storage.manifest_verifiers()).values()
+    assert entry.trust == "invalid"
 
     items = {i.backup_id: i for i in prune(storage, "srv", RetentionPolicy(keep_last=1))}
     assert items[OLD].keep and "newest" in items[OLD].reasons  # the planted one is not newest
@@ -217,3 +226,76 @@ def test_a_database_named_like_the_globals_series_is_trusted_in_its_own_folder(s
     publish_manifest(storage, manifest)  # a user database literally named '_globals'
     trust = {(e.backup_id, e.trust) for e in scan_backups(storage, "srv")}
     assert trust == {(OLD, "signed"), (NEW, "signed")}
+
+
+def _record(storage: LocalBackupStorage, database: str, backup_id: str) -> str:
+    """A valid signed verify record, as verify writes it after a backup passed."""
+    key = backup_key("srv", database, backup_id, MANIFEST_NAME)
+    entry = read_manifest(storage, key, storage.manifest_verifiers())
+    return write_record(storage, entry, {"checked": "row counts", "tables": 1, "rows": 1})
+
+
+def test_only_a_signed_verify_record_bound_to_its_backup_counts_for_retention(
+    storage: LocalBackupStorage, caplog
+):
+    old, mid, new, other = (f"202611{d}T000000Z-000{d[1]}" for d in ("01", "02", "03", "04"))
+    for backup_id in (old, mid, new, other):
+        plant_manifest(storage, "srv", "shop", backup_id)
+    plant_manifest(storage, "srv", "other", old)
+    record = _record(storage, "shop", old)  # the real one
+    _record(storage, "other", old)
+    copied = {
+        # copied as is into newer backups of the series, and from another series
+        mid: (f"srv/shop/{old}", "backup_id, manifest_sha256 do not match"),
+        other: (f"srv/other/{old}", "database, backup_id, manifest_sha256 do not match"),
+    }
+    for backup_id, (source, _) in copied.items():
+        for name in (VERIFIED_NAME, VERIFIED_SIGNATURE_NAME):
+            storage.put_bytes(f"srv/shop/{backup_id}/{name}", storage.get_bytes(f"{source}/{name}"))
+    # an unsigned record, as releases before signed records wrote them
+    storage.put_bytes(
+        f"srv/shop/{new}/{VERIFIED_NAME}",
+        json.dumps({"backup_id": new, "sha256": "0" * 64}).encode(),
+    )
+    policy = RetentionPolicy(keep_last=1)
+
+    items = {
+        i.backup_id: i for i in prune(storage, "srv", policy, databases=["shop"], dry_run=True)
+    }
+    assert items[old].keep and items[old].reasons == ["newest verified"] and items[old].verified
+    assert [b for b, i in items.items() if i.verified] == [old]
+    for _, problem in copied.values():
+        assert problem in caplog.text
+    assert (
+        f"ignoring verify record srv/shop/{new}/{VERIFIED_NAME}: it has no signature" in caplog.text
+    )
+    assert "run `dbbackup verify` on that backup again" in caplog.text
+
+    # signed by a key the storage does not trust, or the manifest replaced since: not counted
+    stranger = signing.load_signing_key(signing.generate_signing_key(), "k")
+    storage.put_bytes(record + ".sig", signing.sign(stranger, storage.get_bytes(record)))
+    items = {
+        i.backup_id: i for i in prune(storage, "srv", policy, databases=["shop"], dry_run=True)
+    }
+    assert not any(i.verified for i in items.values()) and items[old].outcome == "would remove"
+    assert "does not match the record's bytes" in caplog.text
+    _record(storage, "shop", old)
+    plant_manifest(storage, "srv", "shop", old)  # re-signed, other bytes: not what was verified
+    path = _path(storage, "shop", old, MANIFEST_NAME)
+    path.write_bytes(path.read_bytes().replace(b'"tool_version": "test"', b'"tool_version": "x"'))
+    (path.parent / SIGNATURE_NAME).write_bytes(
+        signing.sign(storage.manifest_signer(), path.read_bytes())
+    )
+    items = {
+        i.backup_id: i for i in prune(storage, "srv", policy, databases=["shop"], dry_run=True)
+    }
+    assert not items[old].verified
+    assert "its manifest_sha256 do not match" in caplog.text
+
+
+def test_verify_without_a_signing_key_fails_before_restoring(tmp_path: Path):
+    storage = LocalBackupStorage(
+        path=str(tmp_path), manifest_verify_keys=signing_fields()["manifest_verify_keys"]
+    )
+    with pytest.raises(ConfigError, match="verify signs the record retention trusts"):
+        record_signer(storage)
