@@ -44,6 +44,10 @@ class MemoryBackupStorage(BackupStorage):
     def _objects(self) -> dict[str, bytes]:
         return _SPACES.setdefault(self.space, {})
 
+    def clock(self) -> datetime:
+        """The store times of objects in memory are this process's clock."""
+        return datetime.now(UTC)
+
     def describe(self) -> str:
         return f"memory:{self.space}"
 

@@ -9,8 +9,9 @@ nothing. Incomplete backups are removed only once older than the grace period.
 
 Three guarantees come before the rules: what the current run wrote is kept; the newest
 backup that passed verify is kept; and a backup dated in the future (beyond the policy's
-tolerance: a worker with a fast clock, or a planted manifest) is kept, flagged and never
-counted, so it can take no slot (not even "newest") from a real backup.
+tolerance, of the clock or of the store time of its own manifest: a worker with a fast
+clock, or a planted manifest) is kept, flagged and never counted, so it can take no slot
+(not even "newest") from a real backup.
 Pure logic: no I/O.
 """
 
@@ -37,16 +38,26 @@ DEFAULT_FUTURE_TOLERANCE_HOURS = 1.0
 
 @dataclass(frozen=True)
 class BackupRef:
-    """One backup of a series: id, start time (aware), whether its manifest exists and
-    whether it passed verify."""
+    """One backup of a series: id, start time (aware), whether its manifest exists, whether
+    it passed verify, and when the store wrote its manifest (the store's clock)."""
 
     backup_id: str
     time: datetime
     complete: bool = True
     verified: bool = False
+    stored_at: datetime | None = None
 
     def __post_init__(self) -> None:
         _require_aware(self.time, f"time of backup {self.backup_id!r}")
+        if self.stored_at is not None:
+            _require_aware(self.stored_at, f"store time of backup {self.backup_id!r}")
+
+    def future_dated(self, now: datetime, tolerance: timedelta) -> bool:
+        """Dated more than the tolerance ahead of the clock, or of the store's own time of
+        its manifest: a backup cannot start after the store wrote its manifest, whatever
+        the clock of the worker that wrote it or of the one judging it."""
+        bound = now if self.stored_at is None else min(now, self.stored_at)
+        return self.time > bound + tolerance
 
 
 @dataclass
@@ -107,8 +118,9 @@ class RetentionPolicy(BaseModel):
     future_tolerance_hours: float = Field(
         default=DEFAULT_FUTURE_TOLERANCE_HOURS,
         ge=0,
-        description="A backup dated more than this ahead of the clock is future-dated: kept, "
-        "reported, and never counted by any rule.",
+        description="A backup dated more than this ahead of the clock, or of the store time "
+        "of its manifest, is future-dated: kept, reported, and never counted by any rule. "
+        "Prune deletes nothing while the worker's clock and the storage's disagree by more.",
     )
 
     @field_validator("timezone")
@@ -149,8 +161,8 @@ def plan(
     """
     _require_aware(now, "now")
     ordered = _newest_first(backups)
-    horizon = now + timedelta(hours=policy.future_tolerance_hours)
-    future = {b.backup_id for b in ordered if b.time > horizon}
+    tolerance = timedelta(hours=policy.future_tolerance_hours)
+    future = {b.backup_id for b in ordered if b.future_dated(now, tolerance)}
     if policy.is_empty:
         kept = {b.backup_id: [NO_POLICY] for b in ordered}
     else:

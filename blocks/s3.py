@@ -8,6 +8,7 @@ import re
 import tempfile
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -278,6 +279,23 @@ class S3BackupStorage(BackupStorage):
             raise self._error(exc, "access", "") from None
         except S3_ERRORS as exc:
             raise self._error(exc, "access", "") from None
+
+    def clock(self) -> datetime:
+        """The Date of the S3 server's answer to a one-key listing (to the second)."""
+        try:
+            response = self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=self._base(), MaxKeys=1
+            )
+        except S3_ERRORS as exc:
+            raise self._error(exc, "list", "") from None
+        date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        try:
+            return parsedate_to_datetime(date).astimezone(UTC)
+        except (TypeError, ValueError):
+            raise StorageError(
+                f"{self.describe()} answered without a valid Date header ({str(date)[:40]!r}): "
+                "cannot read its clock"
+            ) from None
 
     def put_file(self, key: str, source: Path, sha256: str | None = None) -> None:
         """Upload (multipart above 8 MiB), then confirm the stored object (see confirm_upload)."""

@@ -201,6 +201,11 @@ class BackupStorage(Block, ABC):
         The store's own clock: the garbage collector of chunks compares only times of
         one store, never a worker's clock with it."""
 
+    @abstractmethod
+    def clock(self) -> datetime:
+        """The store's own current time, the clock its store times are written with
+        (prune bounds the worker's clock by it before it deletes anything)."""
+
     def manifest_signer(self) -> Ed25519PrivateKey:
         """The signing key; fails closed (ConfigError) when there is none or it is not trusted."""
         if self.manifest_signing_key is not None:
@@ -427,6 +432,25 @@ class LocalBackupStorage(BackupStorage):
             with contextlib.suppress(FileNotFoundError):  # deleted since the listing
                 found[key] = datetime.fromtimestamp(self._path(key).stat().st_mtime, UTC)
         return found
+
+    def clock(self) -> datetime:
+        """The modification time of a probe file written in the root: the file system's
+        clock (the NFS server's; for a local disk, this machine's kernel). ObjectNotFound
+        when the root does not exist yet (nothing is stored)."""
+        self._check_root()
+        if not self.root.exists():
+            raise ObjectNotFound(f"backup storage {self.root} does not exist yet")
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".tmp-clock.", dir=self.root)
+            try:
+                return datetime.fromtimestamp(os.fstat(fd).st_mtime, UTC)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write a probe file in {self.root} to read its clock: {exc.strerror}"
+            ) from None
 
     def _check_root(self) -> None:
         """StorageError unless the root is a directory or does not exist yet."""

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.engines import stored_object_names
-from prefect_dbbackup.blocks.errors import ConfigError, ObjectLocked
+from prefect_dbbackup.blocks.errors import ConfigError, DbBackupError, ObjectLocked
 from prefect_dbbackup.blocks.retention import BackupRef, RetentionPolicy, plan
-from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound
 from prefect_dbbackup.tasks.catalog import StoredManifest, manifest_trust
 from prefect_dbbackup.tasks.layout import (
     BACKUP_ID_FORMAT,
@@ -37,6 +37,11 @@ OWN_NAMES = frozenset(
 )
 """The object names dbbackup writes in a backup directory: the only ones prune deletes."""
 FOREIGN = "not written by dbbackup"
+CLOCK_SLACK = timedelta(minutes=1)  # a store's clock is read to the second, over a network
+
+
+class ClockDisagrees(DbBackupError):
+    """This worker's clock and the storage's disagree beyond the tolerance: prune refuses."""
 
 
 class PruneItem(BaseModel):
@@ -78,11 +83,12 @@ def _prefixes(server: str, databases: list[str] | None) -> list[str]:
 
 def stored_backups(
     storage: BackupStorage, server: str, databases: list[str] | None = None
-) -> dict[str, dict[str, list[str]]]:
-    """database -> backup_id -> keys, for every backup (complete or not) of a server."""
-    found: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+) -> dict[str, dict[str, dict[str, datetime]]]:
+    """database -> backup_id -> key -> store time, for every backup (complete or not) of a
+    server."""
+    found: dict[str, dict[str, dict[str, datetime]]] = defaultdict(lambda: defaultdict(dict))
     for prefix in _prefixes(server, databases):
-        for key in storage.list_keys(prefix):
+        for key, stored in storage.list_modified(prefix).items():
             parts = key.split("/")
             if len(parts) != 4:
                 continue
@@ -91,7 +97,7 @@ def stored_backups(
                 database = _segment_name(parts[1])
             except (ValueError, ConfigError):
                 continue  # not a backup directory of ours
-            found[database][parts[2]].append(key)
+            found[database][parts[2]][key] = stored
     return found
 
 
@@ -123,7 +129,13 @@ def plan_prune(
         verified = _verified(storage, entries, names, verifiers)
         # only a manifest with a valid signature makes a backup complete for retention
         refs = [
-            BackupRef(bid, backup_time(bid), trust[bid] == "signed", bid in verified)
+            BackupRef(
+                bid,
+                backup_time(bid),
+                trust[bid] == "signed",
+                bid in verified,
+                next((t for k, t in backups[bid].items() if k.endswith("/" + MANIFEST_NAME)), None),
+            )
             for bid in names
         ]
         for d in plan(refs, policy, now, written):
@@ -196,15 +208,15 @@ def _keep_untrusted(item: PruneItem, trust: str | None) -> None:
 def _report(item: PruneItem, now: datetime, log: Logger) -> None:
     """Warn about a future-dated backup and about objects prune leaves because they are not ours."""
     if item.future_dated:
-        ahead = (item.time - now).total_seconds() / 3600
         log.warning(
-            "backup %s of %r is dated %s, %.1f h ahead of this worker's clock: kept, and never "
+            "backup %s of %r is dated %s, %.1f h ahead of this worker's clock or more than the "
+            "tolerance ahead of the time the storage wrote its manifest: kept, and never "
             "counted by retention or taken as latest. Check the clock of the worker that wrote "
             "it; if nobody did, it was planted: remove it by hand",
             item.backup_id,
             item.database,
             f"{item.time:%Y-%m-%d %H:%M}Z",
-            ahead,
+            (item.time - now).total_seconds() / 3600,
         )
     if item.foreign:
         log.warning(
@@ -214,6 +226,28 @@ def _report(item: PruneItem, now: datetime, log: Logger) -> None:
             item.database,
             ", ".join(map(repr, item.foreign[:5])) + (" ..." if len(item.foreign) > 5 else ""),
         )
+
+
+def check_clock(storage: BackupStorage, policy: RetentionPolicy) -> datetime:
+    """This worker's clock, once the storage's own clock confirms it within the policy's
+    future_tolerance_hours (ClockDisagrees otherwise): every age prune judges by comes
+    from it, so a fast clock would make real backups and uploads in flight look old."""
+    try:
+        store = storage.clock()
+    except ObjectNotFound:  # nothing stored yet: nothing to judge or delete
+        return datetime.now(UTC)
+    now = datetime.now(UTC)
+    bound = timedelta(hours=policy.future_tolerance_hours) + CLOCK_SLACK
+    if abs(now - store) > bound:
+        hours = (now - store).total_seconds() / 3600
+        raise ClockDisagrees(
+            f"this worker's clock ({now:%Y-%m-%d %H:%M:%S}Z) is {abs(hours):.1f} h "
+            f"{'ahead of' if hours > 0 else 'behind'} the clock of storage {storage.describe()} "
+            f"({store:%Y-%m-%d %H:%M:%S}Z), more than the retention's future_tolerance_hours "
+            f"({policy.future_tolerance_hours:g}): prune deleted nothing. Set the worker's time "
+            "right (NTP), then prune again"
+        )
+    return now
 
 
 def _remove(storage: BackupStorage, item: PruneItem) -> None:
@@ -236,12 +270,15 @@ def prune(
     """Apply a policy to a server's backups (or only some series); dry_run deletes nothing.
 
     `written`: backup ids the calling run stored, kept whatever the policy says.
+    `now`: the time to judge by (tests); by default this worker's clock, checked against
+    the storage's first (check_clock: nothing is deleted when they disagree).
     Object-locked backups are skipped with a note; incomplete uploads older than the
     policy's grace period are cleaned up as garbage. Future-dated backups and objects
     dbbackup did not write are kept and reported (log, and the items' fields).
     """
     log = run_logger()
-    now = now or datetime.now(UTC)
+    if now is None:
+        now = check_clock(storage, policy) if not policy.is_empty else datetime.now(UTC)
     items = plan_prune(storage, server, policy, now, databases, written)
     for item in items:
         _report(item, now, log)

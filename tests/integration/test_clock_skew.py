@@ -4,6 +4,7 @@ themselves, take retention slots, or become `latest`."""
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -77,3 +78,62 @@ def test_a_year_fast_clock_and_planted_future_backups_push_out_nothing(
     restored = env.cli("restore", server, db, "--into", target)
     assert restored.exit_code == 0, restored.output
     assert pg_admin.query(target, "SELECT run FROM t ORDER BY run") == [(1,), (2,), (3,)]
+
+
+class _YearFast(datetime):
+    """The clock of a worker a year fast: what dbbackup's modules see as `datetime`."""
+
+    @classmethod
+    def now(cls, tz=None):  # noqa: ANN001, ANN206
+        return datetime.now(tz) + timedelta(days=365)
+
+
+def _year_fast_worker(patch) -> None:  # noqa: ANN001
+    for name, module in list(sys.modules.items()):
+        if name.startswith("prefect_dbbackup") and getattr(module, "datetime", None) is datetime:
+            patch.setattr(module, "datetime", _YearFast)
+
+
+def test_a_worker_a_year_fast_prunes_nothing_and_the_real_newest_backup_survives(
+    any_env, pg_db, pg_admin, cleanup_pg, monkeypatch, caplog
+):
+    env = any_env
+    server = f"pg-fast-{uuid.uuid4().hex[:6]}"
+    PostgresServer(
+        host="127.0.0.1", user="postgres", retention={"keep_last": 1}, backup_users=False
+    ).save(server)
+    storage = load_storage(env.storage)
+    db = pg_db()
+    pg_admin.execute(db, "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g")
+    for _ in range(2):
+        assert env.cli("backup", server, "-d", db).exit_code == 0
+    [real] = _ids(storage, server, db)  # keep_last 1 pruned the first
+    snapshot = pg_admin.table_fingerprints(db)
+
+    pg_admin.execute(db, "DELETE FROM t WHERE g > 10")
+    with monkeypatch.context() as patch:
+        _year_fast_worker(patch)
+        skewed = env.cli("backup", server, "-d", db)  # stored, then its prune refuses
+        assert skewed.exit_code == 0, skewed.output
+        [fast] = _ids(storage, server, db) - {real}
+        assert real in _ids(storage, server, db)  # the real newest backup survives
+        pruned = env.cli("prune", server)
+    assert "all backups stored, but pruning failed" in caplog.text
+    assert pruned.exit_code == 2, pruned.output
+    assert "h ahead of the clock of storage" in pruned.stderr
+    assert "prune deleted nothing" in pruned.stderr
+    assert _ids(storage, server, db) == {real, fast}
+
+    # a worker with the right clock: the fast backup is future-dated, the real one newest
+    result = env.cli("prune", server, "--json")
+    assert result.exit_code == 0, result.output
+    shown = {d["backup_id"]: d for d in json.loads(result.stdout)}
+    assert shown[fast]["future_dated"] and shown[fast]["keep"]
+    assert shown[real]["reasons"] == ["newest", "last"] and shown[real]["outcome"] == "kept"
+
+    target = db + "_latest"
+    cleanup_pg.append(target)
+    restored = env.cli("restore", server, db, "--into", target)
+    assert restored.exit_code == 0, restored.output
+    assert f"backup {real}" in restored.stdout
+    assert pg_admin.table_fingerprints(target) == snapshot

@@ -600,6 +600,22 @@ def test_future_tolerance_is_configurable_and_defaults_to_one_hour():
         RetentionPolicy(future_tolerance_hours=-1)
 
 
+def test_a_backup_dated_ahead_of_its_own_manifests_store_time_is_future_dated_on_any_clock():
+    fast = NOW + timedelta(days=365)  # the judging worker's clock, a year fast
+    stored = NOW - timedelta(hours=1)
+    backups = [
+        BackupRef("own", fast - timedelta(minutes=5), stored_at=stored),  # by a fast worker
+        BackupRef("real", NOW - timedelta(hours=2), stored_at=stored),
+        BackupRef(
+            "slow_store", NOW - timedelta(days=1), stored_at=NOW - timedelta(days=1, hours=-1)
+        ),
+    ]
+    decisions = {d.backup_id: d for d in plan(backups, RetentionPolicy(keep_last=1), fast)}
+    assert decisions["own"].future_dated and decisions["own"].reasons == ["future-dated"]
+    assert decisions["real"].reasons == ["newest", "last"]
+    assert not decisions["slow_store"].keep and not decisions["slow_store"].future_dated
+
+
 def test_empty_policy_still_flags_future_dated_backups():
     decision = plan(refs(bomb=NOW + timedelta(days=2)), RetentionPolicy(), NOW)[0]
     assert decision.keep and decision.reasons == ["no policy", "future-dated"]
