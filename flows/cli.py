@@ -103,8 +103,9 @@ AllowUnsignedOpt = Annotated[
     bool,
     typer.Option(
         "--allow-unsigned",
-        help="Also accept backups whose manifest is unsigned (taken before manifests were "
-        "signed). Never accepts a bad signature or a manifest that does not match its location.",
+        help="With --backup-id only: also accept that backup if its manifest is unsigned (taken "
+        "before manifests were signed). Never picks the latest, never accepts a bad signature "
+        "or a manifest that does not match its location.",
     ),
 ]
 

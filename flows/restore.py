@@ -61,7 +61,8 @@ def restore_database(
     decrypts into the private work dir first so pg_restore can run in parallel.
     source_server picks the backups of another server (e.g. one that is gone)
     to restore into `server`. Only backups whose manifest is signed by a key the storage
-    trusts are restored; allow_unsigned also accepts unsigned ones (from before signing).
+    trusts are restored; allow_unsigned also accepts an unsigned one (from before signing)
+    named by backup_id (a ConfigError with 'latest').
     with_users also restores the users/roles backed up with it, before the database or
     after it as the engine needs (the restore_users flow, as a subflow).
     """

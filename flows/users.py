@@ -32,8 +32,8 @@ def restore_users(
     taken with it (or the newest before it) are restored. users limits the restore
     to these accounts (MySQL: `name` for every host, or `name@host`). dry_run only
     lists the statements, passwords and hashes masked. source_server reads the
-    backups of another (e.g. lost) server. allow_unsigned also accepts backups whose
-    manifests are unsigned (from before signing).
+    backups of another (e.g. lost) server. allow_unsigned also accepts a backup named by
+    backup_id whose manifest is unsigned (from before signing; a ConfigError with 'latest').
     """
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
     series = source_server or server

@@ -48,6 +48,7 @@ class StoredManifest:
     problem: str | None = None
     signed_by: str | None = None
     digest: str | None = None  # sha256 of the manifest's exact bytes, once read
+    stored_at: datetime | None = None  # when the store wrote it (the store's clock)
 
     def usable(self, allow_unsigned: bool = False) -> bool:
         """Whether restore/verify may use it: signed, or unsigned when explicitly allowed."""
@@ -219,7 +220,7 @@ def scan_backups(
     """Every manifest of a server (or one database, or with kind 'globals' its users/roles
     series), trusted or not, oldest first."""
     keys = storage.manifest_verifiers()
-    listed = storage.list_keys(series_prefix(server, database, kind))
+    listed = storage.list_modified(series_prefix(server, database, kind))
     signatures = {k for k in listed if k.endswith("/" + SIGNATURE_NAME)}
     wanted = []
     for key in listed:
@@ -230,6 +231,8 @@ def scan_backups(
             continue
         wanted.append((key, signature_key(key) in signatures))
     entries = [e for e in read_manifests(storage, wanted, keys) if e is not None]
+    for e in entries:
+        e.stored_at = listed[e.key]
     # started_at (microseconds) orders two backups taken within the same second
     return sorted(
         entries,
@@ -256,12 +259,15 @@ def list_backups(
     kind: str = "database",
     *,
     allow_unsigned: bool = False,
+    latest: bool = False,
 ) -> list[Manifest]:
     """Manifests of the trusted backups of a server (or one database, or with kind
-    'globals' its users/roles series), oldest first. Others are logged and skipped."""
+    'globals' its users/roles series), oldest first. Others are logged and skipped;
+    `latest`: candidates for 'latest', future-dated ones skipped (not_future_dated)."""
     entries = scan_backups(storage, server, database, kind)
     warn_refused(entries, allow_unsigned)
-    return [e.manifest for e in entries if e.manifest and e.usable(allow_unsigned)]
+    usable = [e for e in entries if e.manifest and e.usable(allow_unsigned)]
+    return [e.manifest for e in (not_future_dated(usable) if latest else usable) if e.manifest]
 
 
 def refused_latest(
@@ -314,7 +320,7 @@ def find_backup(
         if not entry.usable(allow_unsigned) or entry.manifest is None:
             raise entry.refusal()
         return entry.manifest
-    backups = not_future_dated(list_backups(storage, server, database, kind))
+    backups = list_backups(storage, server, database, kind, latest=True)
     if not backups:
         raise BackupNotFound(
             f"no complete backup of {database!r} on {server!r} with a valid signature in "
@@ -339,17 +345,28 @@ def manifest_trust(
     return {bid: read.get(bid) for bid in backups}
 
 
-def not_future_dated(manifests: list[Manifest], now: datetime | None = None) -> list[Manifest]:
-    """The manifests not dated in the future beyond the default tolerance: 'latest' never
-    picks a backup from a worker with a fast clock or a planted one; each skip is logged."""
-    horizon = (now or datetime.now(UTC)) + timedelta(hours=DEFAULT_FUTURE_TOLERANCE_HOURS)
-    for m in manifests:
-        if m.started_at > horizon:
-            run_logger().warning(
-                "ignoring backup %s of %r as latest: it is dated %s, in the future (a worker "
-                "with a fast clock, or planted); name it with --backup-id to restore it anyway",
-                m.backup_id,
-                m.database,
-                f"{m.started_at:%Y-%m-%d %H:%M}Z",
-            )
-    return [m for m in manifests if m.started_at <= horizon]
+def not_future_dated(
+    entries: list[StoredManifest], now: datetime | None = None
+) -> list[StoredManifest]:
+    """The manifests not dated in the future beyond the default tolerance, of this worker's
+    clock or of the time the store wrote them (a backup cannot start after its manifest
+    was stored, whatever the clocks of the workers): 'latest' never picks a backup from
+    a worker with a fast clock or a planted one; each skip is logged."""
+    now = now or datetime.now(UTC)
+    tolerance = timedelta(hours=DEFAULT_FUTURE_TOLERANCE_HOURS)
+    kept = []
+    for e in entries:
+        assert e.manifest is not None
+        bound = now if e.stored_at is None else min(now, e.stored_at)
+        if e.manifest.started_at <= bound + tolerance:
+            kept.append(e)
+            continue
+        run_logger().warning(
+            "ignoring backup %s of %r as latest: it is dated %s, in the future (ahead of this "
+            "worker's clock or of the time the storage wrote its manifest: a worker with a "
+            "fast clock, or planted); name it with --backup-id to restore it anyway",
+            e.backup_id,
+            e.database,
+            f"{e.manifest.started_at:%Y-%m-%d %H:%M}Z",
+        )
+    return kept

@@ -49,7 +49,6 @@ from prefect_dbbackup.tasks.backup import (
 from prefect_dbbackup.tasks.catalog import (
     find_backup,
     list_backups,
-    not_future_dated,
     require_named_for_unsigned,
 )
 from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, MANIFEST_NAME, backup_key
@@ -157,9 +156,7 @@ def find_users_backup(
                 f"no users/roles backup {backup_id} of {server!r} in {storage.describe()}: "
                 f"`dbbackup list {server}` shows the _globals backups"
             )
-    listed = list_backups(storage, server, kind="globals")
-    if backup_id == "latest":
-        listed = not_future_dated(listed)
+    listed = list_backups(storage, server, kind="globals", latest=backup_id == "latest")
     found = [m for m in listed if backup_id == "latest" or m.backup_id <= backup_id]
     if not found:
         which = "" if backup_id == "latest" else f" at or before {backup_id}"

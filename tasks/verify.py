@@ -25,7 +25,6 @@ from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound
 from prefect_dbbackup.tasks.catalog import (
     find_backup,
     list_backups,
-    not_future_dated,
     read_manifest,
 )
 from prefect_dbbackup.tasks.layout import MANIFEST_NAME, backup_key
@@ -112,7 +111,7 @@ def latest_backups(
         return [find_backup(storage, server, db) for db in dict.fromkeys(databases)]
     latest: dict[str, Manifest] = {}
     # oldest first: the last one wins
-    for manifest in not_future_dated(list_backups(storage, server)):
+    for manifest in list_backups(storage, server, latest=True):
         if manifest.kind == "database":
             latest[manifest.database] = manifest
     if not latest:

@@ -3,6 +3,8 @@ rest): what was deleted since the listing is no longer there, never an error of 
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from prefect_dbbackup.blocks.errors import BackupNotFound
 from prefect_dbbackup.blocks.storage import LocalBackupStorage
@@ -21,8 +23,8 @@ class PrunedAfterListing(LocalBackupStorage):
     _block_type_slug = "test-pruned-after-listing"  # never dispatched to in place of the real one
     names: tuple[str, ...] = (MANIFEST_NAME,)
 
-    def list_keys(self, prefix: str = "") -> list[str]:
-        listed = super().list_keys(prefix)
+    def list_modified(self, prefix: str = "") -> dict[str, datetime]:
+        listed = super().list_modified(prefix)
         for name in self.names:
             self.delete(backup_key("srv", "shop", PRUNED, name))
         return listed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from prefect_dbbackup.blocks import signing
 from prefect_dbbackup.blocks.errors import BackupNotFound, ConfigError, IntegrityError
 from prefect_dbbackup.blocks.retention import RetentionPolicy
 from prefect_dbbackup.blocks.storage import LocalBackupStorage
+from prefect_dbbackup.tasks import catalog
 from prefect_dbbackup.tasks.catalog import (
     find_backup,
     list_backups,
@@ -27,6 +28,7 @@ from prefect_dbbackup.tasks.layout import (
     VERIFIED_NAME,
     VERIFIED_SIGNATURE_NAME,
     backup_key,
+    new_backup_id,
 )
 from prefect_dbbackup.tasks.manifest import Manifest
 from prefect_dbbackup.tasks.prune import prune
@@ -299,3 +301,21 @@ def test_verify_without_a_signing_key_fails_before_restoring(tmp_path: Path):
     )
     with pytest.raises(ConfigError, match="verify signs the record retention trusts"):
         record_signer(storage)
+
+
+def test_latest_skips_a_backup_dated_after_its_manifest_was_stored_on_a_fast_clock(
+    storage: LocalBackupStorage, monkeypatch, caplog
+):
+    real = datetime.now(UTC) - timedelta(hours=2)
+    good = plant_manifest(storage, "srv", "shop", new_backup_id(real))
+    fast = plant_manifest(storage, "srv", "shop", new_backup_id(real + timedelta(days=300)))
+
+    class YearFast(datetime):
+        @classmethod
+        def now(cls, tz=None):  # noqa: ANN001, ANN206
+            return datetime.now(tz) + timedelta(days=365)
+
+    monkeypatch.setattr(catalog, "datetime", YearFast)  # this worker's clock is a year fast
+    assert find_backup(storage, "srv", "shop").backup_id == good.backup_id
+    assert f"ignoring backup {fast.backup_id} of 'shop' as latest" in caplog.text
+    assert find_backup(storage, "srv", "shop", fast.backup_id).backup_id == fast.backup_id
