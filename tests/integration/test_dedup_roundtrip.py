@@ -3,6 +3,8 @@ engines and both storages, and a second backup stores only what changed."""
 
 from __future__ import annotations
 
+import json
+
 from prefect_dbbackup.blocks import LocalBackupStorage
 from prefect_dbbackup.blocks.registry import load_storage
 from prefect_dbbackup.tasks.catalog import list_backups
@@ -103,6 +105,9 @@ def test_verify_checks_a_chunked_backup(env, pg_db, pg_admin):
     )
     assert result.exit_code == 0, result.output
     assert "3000" in result.output
+    # its signed verify record (bound to the manifest's hash) counts for retention
+    shown = json.loads(env.cli("prune", env.pg, "-d", db, "--dry-run", "--json").stdout)
+    assert [d["verified"] for d in shown] == [True]
     # the chunks sit under the storage's chunk area, not in the backup's directory
     assert list((env.storage_path / CHUNKS).rglob("*"))
     assert not list(env.storage_path.rglob("*.pgc.zst.age"))
