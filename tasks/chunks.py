@@ -336,15 +336,19 @@ def find_fossil(storage: BackupStorage, marks: list[str], rset: str, cid: str) -
     return None
 
 
-def fetch_chunk(storage: BackupStorage, rset: str, cid: str, marks: list[str] | None) -> bytes:
-    """A stored chunk from chunks/, else from a prune's fossils; ObjectNotFound if neither."""
+def fetch_chunk(
+    storage: BackupStorage, rset: str, cid: str, marks: list[str] | None, *, checked: bool = False
+) -> bytes:
+    """A stored chunk from chunks/, else from a prune's fossils; ObjectNotFound if neither.
+    checked: each read confirmed against the store's checksum (ReadFault)."""
+    read = storage.get_checked if checked else storage.get_bytes
     try:
-        return storage.get_bytes(chunk_key(rset, cid), MAX_STORED)
+        return read(chunk_key(rset, cid), MAX_STORED)
     except ObjectNotFound:
-        blob = find_fossil(storage, fossil_marks(storage) if marks is None else marks, rset, cid)
-        if blob is None:
-            raise
-        return blob
+        for mark in fossil_marks(storage) if marks is None else marks:
+            with contextlib.suppress(ObjectNotFound):
+                return read(fossil_key(mark, rset, cid), MAX_STORED)
+        raise
 
 
 def open_chunk(
