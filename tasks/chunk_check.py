@@ -28,10 +28,11 @@ from prefect_dbbackup.tasks.catalog import read_manifests, signature_key
 from prefect_dbbackup.tasks.chunks import (
     CHUNKS,
     IN_FLIGHT,
+    MAX_STORED,
     DedupKey,
     chunk_key,
     damaged_key,
-    fetch_chunk,
+    fetch_checked,
     fossil_marks,
     key_copy_key,
     open_chunk,
@@ -46,7 +47,6 @@ from prefect_dbbackup.tasks.manifest import Manifest
 from pydantic import BaseModel
 
 Problem = Literal["missing", "damaged", "read fault", "unread", "key copy", "refused"]
-READS = 3  # checked reads of a chunk before its read is reported as a read fault
 Verdict = tuple[Problem, str] | None  # what reading one chunk found
 
 
@@ -272,43 +272,34 @@ class _Checker:
     ) -> Verdict:
         """Read one chunk (checked, retried) and open it; a chunk that does not open is read
         again: "damaged" only when both reads return the same bytes."""
-        blob = self._read(ref, marks)
+        blob = fetch_checked(self.storage, *ref, marks)
         try:
             open_chunk(blob, ref[1], self.lengths[ref], key, identities)
         except IntegrityError as exc:
-            if self._read(ref, marks) != blob:
+            if fetch_checked(self.storage, *ref, marks) != blob:
                 raise ReadFault(f"two checked reads of chunk {ref[1]} disagree") from None
-            return "damaged", str(exc)
+            return "damaged", str(exc) + self._set_damaged_aside(ref, blob)
         return None
 
-    def _read(self, ref: tuple[str, str], marks: list[str]) -> bytes:
-        """The chunk as the store holds it, up to READS tries (ReadFault, ObjectNotFound)."""
-        for attempt in range(1, READS):
-            try:
-                return fetch_chunk(self.storage, ref[0], ref[1], marks, checked=True)
-            except ReadFault as exc:
-                run_logger().warning("read %d of chunk %s: %s", attempt, ref[1], exc)
-        return fetch_chunk(self.storage, ref[0], ref[1], marks, checked=True)
-
     def _judge(self, readable: list[tuple[str, str]], verdicts: Iterator[Verdict]) -> None:
-        """Count each chunk read; report each problem, setting aside the damaged."""
+        """Count each chunk read; report each problem."""
         for ref, verdict in zip(readable, verdicts, strict=True):
             self.report.chunks_read += 1
-            if verdict is None:
-                continue
-            problem, detail = verdict
-            if problem == "damaged":
-                detail += self._set_damaged_aside(ref)
-            self.add(self._finding(problem, ref, detail, self.named[ref]))
+            if verdict is not None:
+                problem, detail = verdict
+                self.add(self._finding(problem, ref, detail, self.named[ref]))
 
-    def _set_damaged_aside(self, ref: tuple[str, str]) -> str:
-        """Copy a chunk the store holds damaged to damaged/ inside the store; only once the
-        copy is confirmed, remove it from chunks/. Returns what was done, for the finding."""
+    def _set_damaged_aside(self, ref: tuple[str, str], blob: bytes) -> str:
+        """Copy a chunk the store holds damaged (blob) to damaged/ inside the store; only
+        once the copy is confirmed and still holds blob (a backup may have stored a good
+        copy meanwhile), remove it from chunks/. Returns what was done, for the finding."""
         source, target = chunk_key(*ref), damaged_key(*ref)
         if source not in self.listing:
             return ""  # read from a prune's fossils: its sweep decides
         try:
             self.storage.copy(source, target)
+            if self.storage.get_checked(target, MAX_STORED) != blob:
+                return "; not set aside: it was stored again while it was checked"
             self.storage.delete(source)
         except DbBackupError as exc:
             run_logger().warning("could not set damaged %s aside: %s", source, exc)

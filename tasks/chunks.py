@@ -31,7 +31,7 @@ import pyrage
 import zstandard
 from prefect_dbbackup.blocks.encryption import AgeEncryption, recipient_fingerprint
 from prefect_dbbackup.blocks.errors import AuthError, ConfigError, IntegrityError
-from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound
+from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound, ReadFault
 from prefect_dbbackup.tasks.catalog import read_manifest
 from prefect_dbbackup.tasks.layout import parse_manifest_key, series_prefix
 from prefect_dbbackup.tasks.logs import run_logger
@@ -56,6 +56,7 @@ AGE_FIXED = len("age-encryption.org/v1\n") + len("--- ") + 43 + 1 + 16 + 16  # M
 X25519_STANZA = len("-> X25519 ") + 43 + 1 + 43 + 1  # per recipient: share and wrapped key
 ZSTD_MIN = 14  # a frame of 1 byte: magic, header, content size, block header, byte, checksum
 IN_FLIGHT = 8  # chunks being checked/compressed/encrypted/uploaded (or fetched) at once
+READS = 3  # checked reads of a chunk before it counts as damaged on the way (ReadFault)
 
 
 def boottime() -> float:
@@ -421,6 +422,17 @@ def fetch_chunk(
         raise
 
 
+def fetch_checked(storage: BackupStorage, rset: str, cid: str, marks: list[str] | None) -> bytes:
+    """fetch_chunk, each read checked against the store's checksum, up to READS tries;
+    ReadFault when none matched (the chunk is damaged on the way, not in the store)."""
+    for attempt in range(1, READS):
+        try:
+            return fetch_chunk(storage, rset, cid, marks, checked=True)
+        except ReadFault as exc:
+            run_logger().warning("read %d of chunk %s: %s", attempt, cid, exc)
+    return fetch_chunk(storage, rset, cid, marks, checked=True)
+
+
 def open_chunk(
     blob: bytes, cid: str, length: int, key: DedupKey, identities: list[pyrage.x25519.Identity]
 ) -> bytes:
@@ -464,9 +476,13 @@ class ChunkReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def _fetch(self, cid: str) -> bytes:
+    def _fetch(self, cid: str, checked: bool = False) -> bytes:
         try:
+            if checked:
+                return fetch_checked(self.storage, self.rset, cid, self._marks)
             return fetch_chunk(self.storage, self.rset, cid, self._marks)
+        except ReadFault as exc:
+            raise ReadFault(f"{self.what}: {exc}") from None
         except ObjectNotFound:
             raise IntegrityError(
                 f"{self.what}: chunk {cid} is missing from the storage (deleted by hand, or "
@@ -484,7 +500,10 @@ class ChunkReader(io.RawIOBase):
             return False
         cid, length, future = self._ahead.popleft()
         try:
-            data = open_chunk(future.result(), cid, length, self.key, self.identities)
+            try:
+                data = open_chunk(future.result(), cid, length, self.key, self.identities)
+            except IntegrityError:  # damaged in the store, or on its way? read it again
+                data = open_chunk(self._fetch(cid, True), cid, length, self.key, self.identities)
         except IntegrityError as exc:
             raise IntegrityError(f"{self.what}: {exc}") from None
         self._stream.update(data)

@@ -118,3 +118,27 @@ def test_a_chunk_damaged_in_the_store_is_set_aside_by_a_copy_in_the_store(
         assert result.exit_code == 0, result.output
         assert storage.exists(where)
         _restores_identical(env, pg_admin, cleanup_pg, name, db, [one, two])
+
+
+def test_a_restore_reads_a_chunk_damaged_on_its_way_again(
+    env, s3_server, pg_db, pg_admin, cleanup_pg
+):
+    """A chunk that does not open is read again, checked against the store: a passing
+    fault costs a read, a lasting one fails the restore saying the store is not affected."""
+    db = pg_db()
+    pg_admin.execute(db, TABLE)
+    with FaultyS3(s3_server.endpoint) as proxy:
+        name = _dedup_s3_behind(proxy, s3_server, env, "restoreflip")
+        result = env.cli("backup", env.pg, "--database", db, "--storage", name)
+        assert result.exit_code == 0, result.output
+        proxy.read_flips = 2
+        (manifest,) = list_backups(load_storage(name), env.pg, db)
+        _restores_identical(env, pg_admin, cleanup_pg, name, db, [manifest])
+        assert len(proxy.read_flipped) == 2
+        proxy.read_flips = math.inf
+        target = db + "_lasting"
+        cleanup_pg.append(target)
+        result = env.cli("restore", env.pg, db, "--into", target, "--storage", name)
+        assert result.exit_code != 0
+        assert "damaged on its way" in result.output and "not affected" in result.output
+        assert not pg_admin.exists(target)
