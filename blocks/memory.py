@@ -107,6 +107,17 @@ class MemoryBackupStorage(BackupStorage):
         with _LOCK:
             return key in self._objects()
 
+    def stored_size(self, key: str) -> int | None:
+        check_key(key)
+        with _LOCK:
+            data = self._objects().get(key)
+        return None if data is None else len(data)
+
+    def copy(self, source: str, target: str) -> None:
+        check_key(target)
+        data = self._get(source)
+        self.put_bytes(target, data)
+
     def delete(self, key: str) -> None:
         check_key(key)
         with _LOCK:

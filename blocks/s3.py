@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import re
@@ -16,7 +17,12 @@ import boto3
 from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    FlexibleChecksumError,
+    NoCredentialsError,
+)
 from prefect_aws import AwsCredentials
 from prefect_dbbackup.blocks.errors import (
     AuthError,
@@ -33,6 +39,7 @@ from prefect_dbbackup.blocks.storage import (
     SMALL_OBJECT_LIMIT,
     BackupStorage,
     ObjectNotFound,
+    ReadFault,
     UnsafeKey,
     check_key,
     is_safe_key,
@@ -379,20 +386,104 @@ class S3BackupStorage(BackupStorage):
         return digest.hexdigest()
 
     def get_bytes(self, key: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
+        return self._get(key, limit)[0]
+
+    def _get(self, key: str, limit: int, **args: str) -> tuple[bytes, dict[str, Any]]:
+        """The object's bytes and the GET's reply (its headers)."""
         full = self._full(key)
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=full)
+            response = self.client.get_object(Bucket=self.bucket, Key=full, **args)
             with contextlib.closing(response["Body"]) as body:
                 if response.get("ContentLength", 0) > limit:
                     raise too_large(key, response["ContentLength"], limit)
                 data = body.read(limit + 1)
             if len(data) > limit:
                 raise too_large(key, len(data), limit)
-            return data
+            return data, response
+        except FlexibleChecksumError as exc:  # the store's SHA-256, checked by botocore
+            raise self._read_fault(key, str(exc)) from None
         except S3_ERRORS as exc:
             if self._missing(exc):
                 raise self._not_found(key) from None
             raise self._error(exc, "read", key) from None
+
+    def get_checked(self, key: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
+        """One GET, its bytes compared with the store's checksum of the object: a SHA-256
+        stored by the upload (checksum: SHA256) or an MD5 ETag; with neither, a second
+        GET must return the same bytes."""
+        data, reply = self._get(key, limit, ChecksumMode="ENABLED")
+        sha = reply.get("ChecksumSHA256")
+        etag = str(reply.get("ETag") or "").strip('"')
+        if len(data) != reply.get("ContentLength", len(data)):
+            problem = f"{len(data)} bytes read, the store holds {reply['ContentLength']}"
+        elif sha and "-" not in sha:
+            got = base64.b64encode(hashlib.sha256(data).digest()).decode()
+            problem = None if got == sha else f"sha256 {got}, the store's is {sha}"
+        elif self._etag_is_md5(etag) and "-" not in etag:
+            md5 = _md5()
+            md5.update(data)
+            got = md5.hexdigest()
+            problem = None if got == etag else f"MD5 {got}, the store's ETag is {etag}"
+        else:
+            return super().get_checked(key, limit)
+        if problem is not None:
+            raise self._read_fault(key, problem)
+        return data
+
+    def _read_fault(self, key: str, problem: str) -> ReadFault:
+        return ReadFault(
+            f"s3://{self.bucket}/{self._full(key)} was damaged on its way here ({problem}): "
+            "the stored object is not affected; check what sits between worker and store "
+            "(proxies, NICs) and read again"
+        )
+
+    def stored_size(self, key: str) -> int | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._full(key))
+        except S3_ERRORS as exc:
+            if self._missing(exc):
+                return None
+            raise self._error(exc, "check", key) from None
+        return int(head["ContentLength"])
+
+    def copy(self, source: str, target: str) -> None:
+        """CopyObject (one request: objects up to 5 GiB, chunks and manifests), confirmed
+        by size and the store's checksums of both objects (else by hashing both)."""
+        full, copied = self._full(source), self._full(target)
+        try:
+            source_head = self.client.head_object(
+                Bucket=self.bucket, Key=full, ChecksumMode="ENABLED"
+            )
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=copied,
+                CopySource={"Bucket": self.bucket, "Key": full},
+                **self._put_args(),
+            )
+            target_head = self.client.head_object(
+                Bucket=self.bucket, Key=copied, ChecksumMode="ENABLED"
+            )
+        except S3_ERRORS as exc:
+            if self._missing(exc):
+                raise self._not_found(source) from None
+            raise self._error(exc, "copy", source) from None
+        if self._same_object(source_head, target_head):
+            return
+        if self._stored_sha256(source) != self._stored_sha256(target):
+            raise StorageError(
+                f"the copy of s3://{self.bucket}/{full} at {copied} differs from it: the "
+                "source is kept; try again"
+            )
+
+    def _same_object(self, one: dict[str, Any], two: dict[str, Any]) -> bool:
+        """Whether two HEADs show the same size and the same MD5 ETag or SHA-256."""
+        if one["ContentLength"] != two["ContentLength"]:
+            return False
+        etags = [str(h.get("ETag") or "").strip('"') for h in (one, two)]
+        if all(self._etag_is_md5(e) and "-" not in e for e in etags):
+            return etags[0] == etags[1]
+        shas = [h.get("ChecksumSHA256") for h in (one, two)]
+        return shas[0] is not None and shas[0] == shas[1]
 
     @contextlib.contextmanager
     def open_read(self, key: str, workdir: Path) -> Iterator[BinaryIO]:

@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import stat
 import tempfile
 from abc import ABC, abstractmethod
@@ -57,6 +58,11 @@ class ObjectNotFound(StorageError):
     """No object is stored under the key: a retry will not make it appear."""
 
     retryable = False
+
+
+class ReadFault(StorageError):
+    """What a read returned is not what the store holds (its checksum, or a second read,
+    disagrees): damaged on the way, not in the store. A retry may read it whole."""
 
 
 SMALL_OBJECT_LIMIT = 64 * 2**20
@@ -263,6 +269,27 @@ class BackupStorage(Block, ABC):
     def get_bytes(self, key: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
         """Read a small object whole; ObjectNotFound when there is none, ObjectTooLarge
         (nothing held in memory beyond limit) when it holds more than limit bytes."""
+
+    def get_checked(self, key: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
+        """get_bytes, confirmed to be what the store holds: against the store's own checksum
+        where it has one, else by a second read (ReadFault when they disagree)."""
+        first = self.get_bytes(key, limit)
+        if self.get_bytes(key, limit) != first:
+            raise ReadFault(
+                f"two reads of {key} in {self.describe()} returned different bytes: the "
+                "storage or the path to it damages reads"
+            )
+        return first
+
+    @abstractmethod
+    def stored_size(self, key: str) -> int | None:
+        """The size of the object under key (one HEAD or stat), None when there is none."""
+
+    @abstractmethod
+    def copy(self, source: str, target: str) -> None:
+        """Copy an object inside the store (never through this worker's memory), replacing
+        target all at once, and confirm the copy (StorageError, source untouched, when it
+        is not the source). ObjectNotFound when source has no object."""
 
     @abstractmethod
     @contextlib.contextmanager
@@ -472,6 +499,53 @@ class LocalBackupStorage(BackupStorage):
                 raise StorageError(f"cannot check {path}: {exc.strerror}") from None
         self._check_root()
         return False
+
+    def stored_size(self, key: str) -> int | None:
+        """The size of the regular file under key; a link or anything else is no object."""
+        path = self._path(key)
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise StorageError(f"cannot check {path}: {exc.strerror}") from None
+            self._check_root()
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def copy(self, source: str, target: str) -> None:
+        """A hard link of the source's file under target (a temp name, then a rename): the
+        copy is the stored file itself, never bytes read. Stores without hard links get a
+        copy of the file, confirmed by comparing both files' sha256."""
+        src, dst = self._path(source), self._path(target)
+        if self.stored_size(source) is None:
+            raise ObjectNotFound(f"no object {source} in backup storage {self.root}")
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.parent / f".tmp-{dst.name}.{secrets.token_hex(4)}"
+            os.link(src, tmp, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.EXDEV):
+                raise StorageError(f"cannot copy {src} to {dst}: {exc.strerror}") from None
+            self._copy_file(source, target)
+            return
+        try:
+            if not stat.S_ISREG(os.lstat(tmp).st_mode):  # src was swapped for a link meanwhile
+                raise StorageError(f"{src} is not a regular file: not copied")
+            os.replace(tmp, dst)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _copy_file(self, source: str, target: str) -> None:
+        """Copy source's file under target through a temp file, then compare the two."""
+        with self.open_read(source, self.root) as f:
+            self._write_atomic(target, lambda out: shutil.copyfileobj(f, out, CHUNK))
+        if self._sha256(source) != self._sha256(target):
+            raise StorageError(f"the copy of {source} at {target} differs from it: try again")
+
+    def _sha256(self, key: str) -> str:
+        with self.open_read(key, self.root) as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
 
     def check(self) -> None:
         try:

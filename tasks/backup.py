@@ -210,6 +210,7 @@ def back_up_chunked(
         encryption,
         level=server.zstd_level if level is None else level,
         retry_delays=UPLOAD_RETRY_DELAYS,
+        series=(server_name, database),
     )
     ensure_key_copy(storage, writer.key, encryption)
     dump = dump_database(

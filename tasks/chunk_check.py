@@ -2,9 +2,13 @@
 chunk decrypts and matches its id (docs/dedup.md, "Checking a deduplicating storage").
 
 One listing of the storage and one read of every trusted manifest find what is missing.
-Reading data downloads each named chunk once (not once per backup naming it). A damaged
-chunk is moved to `_dedup/damaged/`, so that the next backup producing it stores a good
-copy; the backups naming it are reported, as for a missing one.
+Reading data downloads each named chunk once (not once per backup naming it). A read never
+destroys: each read is checked against the store's own checksum (or a second read), and a
+chunk that does not open is read again. Only a chunk the store itself holds damaged (the
+reads agree, the store's checksum matches, it does not open) is copied to
+`_dedup/damaged/` inside the store and, once the copy is confirmed, removed from chunks/,
+so that the next backup producing it stores a good copy. A read that does not match the
+store is a read fault: reported, nothing moved. The backups a chunk breaks are named.
 """
 
 from __future__ import annotations
@@ -19,18 +23,18 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.encryption import AgeEncryption, recipient_fingerprint
 from prefect_dbbackup.blocks.errors import DbBackupError, IntegrityError
-from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound
+from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound, ReadFault
 from prefect_dbbackup.tasks.catalog import read_manifests, signature_key
 from prefect_dbbackup.tasks.chunks import (
     CHUNKS,
     IN_FLIGHT,
+    MAX_STORED,
     DedupKey,
     chunk_key,
     damaged_key,
-    fetch_chunk,
+    fetch_checked,
     fossil_marks,
     key_copy_key,
-    move_chunk,
     open_chunk,
     open_key_copy,
     parse_chunk_key,
@@ -42,7 +46,8 @@ from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import Manifest
 from pydantic import BaseModel
 
-Problem = Literal["missing", "damaged", "unread", "key copy", "refused"]
+Problem = Literal["missing", "damaged", "read fault", "unread", "key copy", "refused"]
+Verdict = tuple[Problem, str] | None  # what reading one chunk found
 
 
 class Finding(BaseModel):
@@ -242,18 +247,15 @@ class _Checker:
         ]
         marks = fossil_marks(self.storage)
 
-        def one(ref: tuple[str, str]) -> str | None:
+        def one(ref: tuple[str, str]) -> Verdict:
             m = self.named[ref][0]
             key = keys[(m.chunks.key_id, ref[0])]  # type: ignore[union-attr]
             try:
-                blob = fetch_chunk(self.storage, ref[0], ref[1], marks)
+                return self._verdict(ref, marks, key, identities)
             except ObjectNotFound:
-                return "vanished"
-            try:
-                open_chunk(blob, ref[1], self.lengths[ref], key, identities)
-            except IntegrityError as exc:
-                return str(exc)
-            return None
+                return "missing", "removed while the check ran"
+            except ReadFault as exc:
+                return "read fault", f"{exc}; nothing was moved: run the check again"
 
         pool = ThreadPoolExecutor(2 * IN_FLIGHT, thread_name_prefix="check")
         try:
@@ -261,27 +263,48 @@ class _Checker:
         finally:  # Ctrl-C or a storage error: the reads not started are dropped, not waited for
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _judge(self, readable: list[tuple[str, str]], errors: Iterator[str | None]) -> None:
-        """Count each chunk read; report (and set aside) the damaged, report the vanished."""
-        for ref, error in zip(readable, errors, strict=True):
-            self.report.chunks_read += 1
-            if error is None:
-                continue
-            if error == "vanished":
-                self.add(
-                    self._finding("missing", ref, "removed while the check ran", self.named[ref])
-                )
-                continue
-            self._set_damaged_aside(ref)
-            self.add(self._finding("damaged", ref, error, self.named[ref]))
+    def _verdict(
+        self,
+        ref: tuple[str, str],
+        marks: list[str],
+        key: DedupKey,
+        identities: list[pyrage.x25519.Identity],
+    ) -> Verdict:
+        """Read one chunk (checked, retried) and open it; a chunk that does not open is read
+        again: "damaged" only when both reads return the same bytes."""
+        blob = fetch_checked(self.storage, *ref, marks)
+        try:
+            open_chunk(blob, ref[1], self.lengths[ref], key, identities)
+        except IntegrityError as exc:
+            if fetch_checked(self.storage, *ref, marks) != blob:
+                raise ReadFault(f"two checked reads of chunk {ref[1]} disagree") from None
+            return "damaged", str(exc) + self._set_damaged_aside(ref, blob)
+        return None
 
-    def _set_damaged_aside(self, ref: tuple[str, str]) -> None:
-        source = chunk_key(*ref)
-        if source in self.listing:
-            try:
-                move_chunk(self.storage, source, damaged_key(*ref))
-            except (ObjectNotFound, DbBackupError) as exc:
-                run_logger().warning("could not move damaged %s aside: %s", source, exc)
+    def _judge(self, readable: list[tuple[str, str]], verdicts: Iterator[Verdict]) -> None:
+        """Count each chunk read; report each problem."""
+        for ref, verdict in zip(readable, verdicts, strict=True):
+            self.report.chunks_read += 1
+            if verdict is not None:
+                problem, detail = verdict
+                self.add(self._finding(problem, ref, detail, self.named[ref]))
+
+    def _set_damaged_aside(self, ref: tuple[str, str], blob: bytes) -> str:
+        """Copy a chunk the store holds damaged (blob) to damaged/ inside the store; only
+        once the copy is confirmed and still holds blob (a backup may have stored a good
+        copy meanwhile), remove it from chunks/. Returns what was done, for the finding."""
+        source, target = chunk_key(*ref), damaged_key(*ref)
+        if source not in self.listing:
+            return ""  # read from a prune's fossils: its sweep decides
+        try:
+            self.storage.copy(source, target)
+            if self.storage.get_checked(target, MAX_STORED) != blob:
+                return "; not set aside: it was stored again while it was checked"
+            self.storage.delete(source)
+        except DbBackupError as exc:
+            run_logger().warning("could not set damaged %s aside: %s", source, exc)
+            return f"; not set aside ({exc})"
+        return f"; set aside to {target}"
 
 
 def check_storage(

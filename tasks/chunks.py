@@ -31,7 +31,10 @@ import pyrage
 import zstandard
 from prefect_dbbackup.blocks.encryption import AgeEncryption, recipient_fingerprint
 from prefect_dbbackup.blocks.errors import AuthError, ConfigError, IntegrityError
-from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound
+from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound, ReadFault
+from prefect_dbbackup.tasks.catalog import read_manifest
+from prefect_dbbackup.tasks.layout import parse_manifest_key, series_prefix
+from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import CHUNK_ID, ChunkList, Manifest
 from prefect_dbbackup.tasks.retrying import retry_transient
 from pyfastcdc import FastCDC
@@ -49,12 +52,24 @@ CHUNKER: dict[str, str | int] = {
     "seed": "keyed",
 }
 MAX_STORED = MAX_SIZE + (1 << 20)  # a stored chunk: zstd's bound plus age's overhead, rounded up
+AGE_FIXED = len("age-encryption.org/v1\n") + len("--- ") + 43 + 1 + 16 + 16  # MAC, nonce, tag
+X25519_STANZA = len("-> X25519 ") + 43 + 1 + 43 + 1  # per recipient: share and wrapped key
+ZSTD_MIN = 14  # a frame of 1 byte: magic, header, content size, block header, byte, checksum
 IN_FLIGHT = 8  # chunks being checked/compressed/encrypted/uploaded (or fetched) at once
+READS = 3  # checked reads of a chunk before it counts as damaged on the way (ReadFault)
 
 
 def boottime() -> float:
     """Seconds of this machine's clock that counts suspend and ignores wall-clock steps."""
     return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def min_stored(recipients: int) -> int:
+    """The fewest bytes a stored chunk encrypted to `recipients` X25519 recipients holds:
+    age's version and MAC lines, one stanza per recipient (rage adds a random grease
+    stanza on top), nonce and one payload tag, around the smallest zstd frame (a chunk
+    holds at least 1 byte). A stored chunk below it is not one: backups store it again."""
+    return AGE_FIXED + recipients * X25519_STANZA + ZSTD_MIN
 
 
 def recipient_set(fingerprints: Sequence[str]) -> str:
@@ -222,6 +237,7 @@ class ChunkWriter:
         *,
         level: int,
         retry_delays: tuple[float, ...],
+        series: tuple[str, str] | None = None,
         on_chunk: Callable[[str], None] | None = None,
     ) -> None:
         self.storage, self.key, self.level = storage, key, level
@@ -230,12 +246,40 @@ class ChunkWriter:
         self.retry_delays = retry_delays
         self.on_chunk = on_chunk  # tests stop a backup here
         self.new = self.reused = self.stored_bytes = self.compressed_bytes = 0
+        self.min_stored = min_stored(len(self.recipients))
+        # (server, database): the sizes its newest backup recorded, each checked on reuse
+        self.recorded = recorded_sizes(storage, *series, key.key_id, self.rset) if series else {}
+        self.sizes: dict[str, int] = {}  # chunk id -> stored size, as found or written
         self._lock = threading.Lock()
         self.started = boottime()  # before the first question "does this chunk exist?"
 
+    def _reusable(self, cid: str, where: str) -> bool:
+        """Whether the stored chunk can be named as it is (one HEAD): there, not smaller
+        than any chunk, and of the size the series' last backup recorded, if it did."""
+        size = self.storage.stored_size(where)
+        if size is None:
+            return False
+        expected = self.recorded.get(cid, size)
+        if size < self.min_stored:
+            why = f"a chunk holds at least {self.min_stored}"
+        elif size != expected:
+            why = f"the series' last backup found {expected}"
+        else:
+            with self._lock:
+                self.sizes[cid] = size
+            return True
+        run_logger().warning(
+            "chunk %s in %s holds %d bytes (%s): storing a good copy over it",
+            cid,
+            self.storage.describe(),
+            size,
+            why,
+        )
+        return False
+
     def _store_one(self, cid: str, data: bytes) -> None:
         where = chunk_key(self.rset, cid)
-        if self.storage.exists(where):
+        if self._reusable(cid, where):
             with self._lock:
                 self.reused += 1
             return
@@ -250,6 +294,7 @@ class ChunkWriter:
             self.new += 1
             self.stored_bytes += len(blob)
             self.compressed_bytes += len(compressed)
+            self.sizes[cid] = len(blob)
 
     def write(self, source: BinaryIO) -> ChunkList:
         """Chunk source to its end; return the list once every chunk is stored."""
@@ -288,6 +333,7 @@ class ChunkWriter:
             reused=self.reused,
             new_stored_bytes=self.stored_bytes,
             order=order,
+            stored_sizes=[self.sizes[cid] for cid, _ in order],
         )
 
     def fence(self, chunks: ChunkList, fence_seconds: float) -> None:
@@ -310,6 +356,31 @@ class ChunkWriter:
                 )
             self.storage.put_bytes(where, blob)
         self.started = boottime()
+
+
+def recorded_sizes(
+    storage: BackupStorage, server: str, database: str, key_id: str, rset: str
+) -> dict[str, int]:
+    """Chunk id -> stored size, as the newest trusted backup of the series recorded them
+    (the same dedup key and recipients); {} when it recorded none."""
+    keys = storage.list_keys(series_prefix(server, database, "database"))
+    verifiers = storage.manifest_verifiers()
+    for key in sorted((k for k in keys if parse_manifest_key(k)), reverse=True):
+        try:
+            entry = read_manifest(storage, key, verifiers)
+        except ObjectNotFound:  # pruned since the listing
+            continue
+        m = entry.manifest
+        if not entry.usable() or m is None:
+            continue
+        if m.chunks is None or m.chunks.stored_sizes is None:
+            return {}
+        if m.chunks.key_id != key_id or recipient_set(m.recipients) != rset:
+            return {}
+        return {
+            cid: size for (cid, _), size in zip(m.chunks.order, m.chunks.stored_sizes, strict=True)
+        }
+    return {}
 
 
 def move_chunk(storage: BackupStorage, source: str, target: str) -> None:
@@ -336,15 +407,30 @@ def find_fossil(storage: BackupStorage, marks: list[str], rset: str, cid: str) -
     return None
 
 
-def fetch_chunk(storage: BackupStorage, rset: str, cid: str, marks: list[str] | None) -> bytes:
-    """A stored chunk from chunks/, else from a prune's fossils; ObjectNotFound if neither."""
+def fetch_chunk(
+    storage: BackupStorage, rset: str, cid: str, marks: list[str] | None, *, checked: bool = False
+) -> bytes:
+    """A stored chunk from chunks/, else from a prune's fossils; ObjectNotFound if neither.
+    checked: each read confirmed against the store's checksum (ReadFault)."""
+    read = storage.get_checked if checked else storage.get_bytes
     try:
-        return storage.get_bytes(chunk_key(rset, cid), MAX_STORED)
+        return read(chunk_key(rset, cid), MAX_STORED)
     except ObjectNotFound:
-        blob = find_fossil(storage, fossil_marks(storage) if marks is None else marks, rset, cid)
-        if blob is None:
-            raise
-        return blob
+        for mark in fossil_marks(storage) if marks is None else marks:
+            with contextlib.suppress(ObjectNotFound):
+                return read(fossil_key(mark, rset, cid), MAX_STORED)
+        raise
+
+
+def fetch_checked(storage: BackupStorage, rset: str, cid: str, marks: list[str] | None) -> bytes:
+    """fetch_chunk, each read checked against the store's checksum, up to READS tries;
+    ReadFault when none matched (the chunk is damaged on the way, not in the store)."""
+    for attempt in range(1, READS):
+        try:
+            return fetch_chunk(storage, rset, cid, marks, checked=True)
+        except ReadFault as exc:
+            run_logger().warning("read %d of chunk %s: %s", attempt, cid, exc)
+    return fetch_chunk(storage, rset, cid, marks, checked=True)
 
 
 def open_chunk(
@@ -390,9 +476,13 @@ class ChunkReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def _fetch(self, cid: str) -> bytes:
+    def _fetch(self, cid: str, checked: bool = False) -> bytes:
         try:
+            if checked:
+                return fetch_checked(self.storage, self.rset, cid, self._marks)
             return fetch_chunk(self.storage, self.rset, cid, self._marks)
+        except ReadFault as exc:
+            raise ReadFault(f"{self.what}: {exc}") from None
         except ObjectNotFound:
             raise IntegrityError(
                 f"{self.what}: chunk {cid} is missing from the storage (deleted by hand, or "
@@ -410,7 +500,10 @@ class ChunkReader(io.RawIOBase):
             return False
         cid, length, future = self._ahead.popleft()
         try:
-            data = open_chunk(future.result(), cid, length, self.key, self.identities)
+            try:
+                data = open_chunk(future.result(), cid, length, self.key, self.identities)
+            except IntegrityError:  # damaged in the store, or on its way? read it again
+                data = open_chunk(self._fetch(cid, True), cid, length, self.key, self.identities)
         except IntegrityError as exc:
             raise IntegrityError(f"{self.what}: {exc}") from None
         self._stream.update(data)

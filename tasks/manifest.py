@@ -35,11 +35,19 @@ class ChunkList(BaseModel):
     reused: int = Field(description="chunks already stored that this backup names")
     new_stored_bytes: int
     order: list[tuple[str, int]] = Field(description="[chunk id, plaintext length] in order")
+    stored_sizes: list[int] | None = Field(
+        default=None,
+        description="bytes of each chunk of order as stored when this backup found or wrote "
+        "it; the next backup of the series stores again a chunk whose size changed "
+        "(None: written before sizes were recorded)",
+    )
 
     @model_validator(mode="after")
     def _lengths_add_up(self) -> ChunkList:
         if sum(length for _, length in self.order) != self.raw_bytes:
             raise ValueError("chunk lengths do not add up to raw_bytes")
+        if self.stored_sizes is not None and len(self.stored_sizes) != len(self.order):
+            raise ValueError("stored_sizes and order differ in length")
         if not all(CHUNK_ID.fullmatch(cid) for cid, _ in self.order):
             raise ValueError("a chunk id is not 64 hex digits")
         return self

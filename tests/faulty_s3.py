@@ -4,7 +4,9 @@ It listens on 127.0.0.1 in front of a real S3 server (the SeaweedFS fixture) and
 every request through unchanged (the Host header too, so SigV4 signatures stay valid),
 except that while `flips` is above zero, each PUT of dump data (a multipart part or a
 whole object, key ending in `.age`, or a chunk of a deduplicating storage) gets one byte
-of its body inverted, and `flips` goes down by one; and once `puts_before_down` PUTs have
+of its body inverted, and `flips` goes down by one; likewise while `read_flips` is above
+zero (`math.inf`: always), each GET of a chunk gets one byte of its reply inverted (the
+headers, the store's ETag and checksum, pass unchanged); and once `puts_before_down` PUTs have
 passed (when it is set), every further PUT is answered 503 as by a store that went down.
 Bodies are read whole: fine for test objects of a few MiB.
 """
@@ -26,6 +28,8 @@ class FaultyS3:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.flips = 0
+        self.read_flips: float = 0
+        self.read_flipped: list[str] = []  # paths of the GETs whose replies were damaged
         self.puts_before_down: int | None = None
         self.refused = 0  # PUTs answered 503
         self.flipped: list[str] = []  # paths of the requests that were damaged
@@ -61,6 +65,18 @@ class FaultyS3:
             self.flipped.append(path)
         middle = len(body) // 2
         return body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
+
+    def _damage_reply(self, method: str, path: str, status: int, data: bytes) -> bytes:
+        """The reply body to return: one byte flipped while read_flips remain."""
+        if method != "GET" or status != 200 or not data or "/_dedup/chunks/" not in path:
+            return data
+        with self._lock:
+            if self.read_flips <= 0:
+                return data
+            self.read_flips -= 1
+            self.read_flipped.append(path)
+        middle = len(data) // 2
+        return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
@@ -101,7 +117,7 @@ class FaultyS3:
                             upstream.putheader(name, value)
                     upstream.endheaders(body if length else None)
                     reply = upstream.getresponse()
-                    data = reply.read()
+                    data = proxy._damage_reply(self.command, self.path, reply.status, reply.read())
                 finally:
                     upstream.close()
                 self.send_response(reply.status, reply.reason)

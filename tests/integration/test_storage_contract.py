@@ -157,6 +157,25 @@ def test_put_bytes_then_get_bytes_exists_and_open_read_return_it(store, tmp_path
         assert f.read() == data
 
 
+def test_checked_reads_sizes_and_copies_inside_the_store(store):
+    """get_checked returns what is stored; stored_size is its size (None: no object);
+    copy makes a second object, replacing the target and leaving the source."""
+    s, data = store.storage, bytes(range(256)) * 40
+    s.put_bytes("a/chunk", data)
+    s.put_bytes("b/chunk", b"older")
+    assert s.get_checked("a/chunk") == data
+    assert s.stored_size("a/chunk") == len(data) and s.stored_size("a/none") is None
+    s.copy("a/chunk", "b/chunk")
+    s.copy("a/chunk", "c/d/chunk")
+    assert s.get_bytes("b/chunk") == s.get_bytes("c/d/chunk") == s.get_bytes("a/chunk") == data
+    with pytest.raises(ObjectNotFound):
+        s.copy("a/none", "b/none")
+    with pytest.raises(ObjectNotFound):
+        s.get_checked("a/none")
+    assert s.list_keys() == ["a/chunk", "b/chunk", "c/d/chunk"]
+    assert store.leftovers() == []
+
+
 def test_put_file_then_open_read_returns_the_file(store, tmp_path):
     data = os.urandom(300_000)
     key = f"srv/db/20261127T031500Z-3f9a/{DUMP}"
@@ -311,6 +330,10 @@ def test_unsafe_keys_are_refused_by_every_method_and_nothing_is_written(store, t
         "exists": lambda: s.exists(key),
         "delete": lambda: s.delete(key),
         "open_read": lambda: s.open_read(key, tmp_path).__enter__(),
+        "get_checked": lambda: s.get_checked(key),
+        "stored_size": lambda: s.stored_size(key),
+        "copy from": lambda: s.copy(key, "a/b"),
+        "copy to": lambda: s.copy("a/b", key),
     }
     if key not in ("", "a/"):  # '' lists everything, a trailing '/' is allowed on a prefix
         calls["list_keys"] = lambda: s.list_keys(key)
