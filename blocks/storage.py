@@ -19,6 +19,7 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from prefect.blocks.core import Block
 from prefect_dbbackup.blocks import signing
+from prefect_dbbackup.blocks.bounds import Hours
 from prefect_dbbackup.blocks.errors import ConfigError, DiskFull, IntegrityError, StorageError
 from pydantic import Field, SecretStr, model_validator
 
@@ -147,13 +148,13 @@ class BackupStorage(Block, ABC):
     dedup_key_file: str | None = Field(
         default=None, description="Path to the dedup key file, used when dedup_key is empty."
     )
-    dedup_grace_hours: float = Field(
+    dedup_grace_hours: Hours = Field(
         default=24,
         gt=0,
         description="Chunks a prune sets aside are deleted by a prune at least this long "
         "after (docs/dedup.md, garbage collection). The same on every writer of a storage.",
     )
-    dedup_fence_hours: float = Field(
+    dedup_fence_hours: Hours = Field(
         default=20,
         gt=0,
         description="A backup that took longer than this between finding its chunks and "

@@ -16,6 +16,7 @@ from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import BlockDocumentCreate, BlockDocumentUpdate
 from prefect.client.schemas.objects import BlockDocument
+from prefect_dbbackup.blocks.bounds import validation_problems
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.blocks.registry import SERVER_TYPES, STORAGE_TYPES, block_class
@@ -148,8 +149,7 @@ def _build(kind: type[Block], fields: dict[str, Any], where: str, base: Path) ->
     try:
         return kind(**fields)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{where}: {problems}") from None
+        raise ConfigError(f"{where}: {validation_problems(exc)}") from None
 
 
 def _entries(config: dict[str, Any], section: str) -> dict[str, dict[str, Any]]:

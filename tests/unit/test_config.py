@@ -66,3 +66,48 @@ def test_bad_config_says_what_is_wrong(tmp_path, monkeypatch, text, message):
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ("servers:\n  x: {type: postgres, port: 99999999}", "port"),
+        ("servers:\n  x: {type: mysql, port: 0}", "port"),
+        ("servers:\n  x: {type: postgres, connect_timeout: 0}", "connect_timeout"),
+        ("servers:\n  x: {type: mysql, dump_timeout: 1e300}", "dump_timeout"),
+        ("servers:\n  x: {type: postgres, dump_timeout: -5}", "dump_timeout"),
+        ("servers:\n  x: {type: postgres, retention: {keep_last: 1e30}}", "keep_last"),
+        ("servers:\n  x: {type: mysql, retention: {keep_daily: 10000000000}}", "keep_daily"),
+        (
+            "servers:\n  x: {type: postgres, retention: {garbage_grace_hours: .inf}}",
+            "garbage_grace",
+        ),
+        ("servers:\n  x: {type: postgres, retention: {future_tolerance_hours: 1e308}}", "future"),
+        ("servers:\n  x: {type: postgres, retention: {future_tolerance_hours: .nan}}", "future"),
+        ("storage:\n  s: {type: local, path: /b, dedup_grace_hours: 1e308}", "dedup_grace_hours"),
+        ("storage:\n  s: {type: local, path: /b, dedup_grace_hours: .inf}", "dedup_grace_hours"),
+        ("storage:\n  s: {type: local, path: /b, dedup_grace_hours: .nan}", "dedup_grace_hours"),
+        ("storage:\n  s: {type: local, path: /b, dedup_fence_hours: -.inf}", "dedup_fence_hours"),
+    ],
+)
+def test_numbers_out_of_their_documented_range_are_refused_naming_the_field(tmp_path, entry, field):
+    """Infinite, NaN, huge or negative numbers are a configuration error that names the
+    field (apply saves nothing), not a block every later run fails to use."""
+    with pytest.raises(ConfigError, match=field):
+        load_config(_write(tmp_path, entry))
+
+
+def test_the_documented_bounds_themselves_are_accepted(tmp_path):
+    blocks = dict(
+        load_config(
+            _write(
+                tmp_path,
+                "servers:\n  x: {type: postgres, port: 65535, connect_timeout: 3600, "
+                "dump_timeout: 2592000, retention: {keep_last: 1000000, "
+                "future_tolerance_hours: 8760, garbage_grace_hours: 8760}}\n"
+                "storage:\n  s: {type: local, path: /b, dedup_grace_hours: 8760, "
+                "dedup_fence_hours: 8759}\n",
+            )
+        )
+    )
+    assert blocks["x"].port == 65535 and blocks["s"].dedup_grace_hours == 8760
