@@ -111,3 +111,40 @@ def test_the_documented_bounds_themselves_are_accepted(tmp_path):
         )
     )
     assert blocks["x"].port == 65535 and blocks["s"].dedup_grace_hours == 8760
+
+
+def test_a_lost_or_different_dedup_key_is_recovered_from_the_storage_never_made_anew(tmp_path):
+    """apply's key decision (flows/config._give_dedup_key) on a storage holding a key copy:
+    no identity -> exit 3 with how to recover; the config's identity file -> the storage's
+    key; a block key with no copy there (made by an older apply after a lost Prefect
+    database) -> the storage's key again, said so."""
+    from types import SimpleNamespace
+
+    from prefect_dbbackup.blocks.storage import new_dedup_key
+    from prefect_dbbackup.flows.config import _give_dedup_key, _identities
+    from prefect_dbbackup.tasks.chunks import DedupKey, ensure_key_copy
+
+    identity = pyrage.x25519.Identity.generate()
+    (tmp_path / "id.txt").write_text(f"{identity}\n")
+    config = _write(
+        tmp_path,
+        "storage:\n  s: {type: local, path: ./b, dedup: true}\n"
+        "encryption:\n  e: {identity_file: ./id.txt}\n",
+    )
+    blocks = load_config(config)
+    storage, encryption = blocks[0][1], blocks[1][1]
+    key = DedupKey(bytes.fromhex(new_dedup_key()))
+    ensure_key_copy(storage, key, encryption)
+
+    with pytest.raises(ConfigError, match="--identity-file"):
+        _give_dedup_key(storage, None, list)
+    assert storage.dedup_key is None
+    note = _give_dedup_key(storage, None, _identities(blocks, None))
+    assert storage.dedup_secret() == key.secret and key.key_id in note
+    storage.dedup_key = None
+    stale = SimpleNamespace(data={"dedup_key": new_dedup_key()})
+    assert _give_dedup_key(storage, stale, _identities(blocks, None)) == note
+    assert storage.dedup_secret() == key.secret
+    storage.dedup_key = None
+    own = SimpleNamespace(data={"dedup_key": key.secret.hex()})
+    assert _give_dedup_key(storage, own, list) is None and storage.dedup_secret() == key.secret
