@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import pymysql
 import sqlalchemy as sa
+from prefect_dbbackup.blocks.bounds import Port
 from prefect_dbbackup.blocks.dump_rows import DumpRowCounter
 from prefect_dbbackup.blocks.engines import MYSQL, Engine
 from prefect_dbbackup.blocks.errors import (
@@ -92,7 +93,7 @@ class MySQLServer(DatabaseServer):
         "exact, counted in the dump stream; system-versioned tables with their history"
     )
 
-    port: int = Field(default=3306)
+    port: Port = Field(default=3306)
     user: str = Field(default="root", description="Login used for dumps and restores.")
     zstd_level: int = Field(
         default=1,

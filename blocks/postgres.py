@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import sqlalchemy as sa
 from prefect_dbbackup.blocks import pg_clients
+from prefect_dbbackup.blocks.bounds import Port
 from prefect_dbbackup.blocks.engines import POSTGRES, Engine
 from prefect_dbbackup.blocks.errors import (
     AuthError,
@@ -92,7 +93,7 @@ class PostgresServer(DatabaseServer):
     users_before_database: ClassVar[bool] = True
     parallel_restore: ClassVar[bool] = True
 
-    port: int = Field(default=5432)
+    port: Port = Field(default=5432)
     user: str = Field(default="postgres", description="Login used for dumps and restores.")
     sslmode: str | None = Field(default=None, description="libpq sslmode (e.g. verify-full).")
     sslrootcert: str | None = Field(default=None, description="CA certificate file for TLS.")

@@ -15,7 +15,9 @@ import httpx
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
+from prefect_dbbackup.blocks.bounds import validation_problems
 from prefect_dbbackup.blocks.errors import ConfigError
+from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from prefect_dbbackup.blocks.encryption import AgeEncryption
@@ -53,7 +55,16 @@ def _load_one_of(name: str, types: dict[str, str], what: str) -> Block:
         )
     if len(found) > 1:
         raise ConfigError(f"{name!r} names several {what} blocks ({slugs}): rename one")
-    return block_class(types[found[0]]).load(name)
+    try:
+        return block_class(types[found[0]]).load(name)
+    except RuntimeError as exc:  # Prefect's wrapper of a ValidationError
+        if not isinstance(exc.__cause__, ValidationError):
+            raise
+        raise ConfigError(
+            f"the {what} block {name!r} holds a setting dbbackup refuses "
+            f"({validation_problems(exc.__cause__)}): correct it in dbbackup.yaml and run "
+            "`dbbackup apply` (docs/configuration.md, bounds)"
+        ) from None
 
 
 def _exists(client: object, name: str, slug: str) -> bool:

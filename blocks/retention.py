@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator
+from prefect_dbbackup.blocks.bounds import Hours, KeepCount
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 NEWEST = "newest"
 LAST = "last"
@@ -107,15 +108,15 @@ class RetentionPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    keep_last: NonNegativeInt | None = None
-    keep_hourly: NonNegativeInt | None = None
-    keep_daily: NonNegativeInt | None = None
-    keep_weekly: NonNegativeInt | None = None
-    keep_monthly: NonNegativeInt | None = None
-    keep_yearly: NonNegativeInt | None = None
+    keep_last: KeepCount | None = None
+    keep_hourly: KeepCount | None = None
+    keep_daily: KeepCount | None = None
+    keep_weekly: KeepCount | None = None
+    keep_monthly: KeepCount | None = None
+    keep_yearly: KeepCount | None = None
     timezone: str = "UTC"
-    garbage_grace_hours: float = Field(default=24, ge=0)
-    future_tolerance_hours: float = Field(
+    garbage_grace_hours: Hours = Field(default=24, ge=0)
+    future_tolerance_hours: Hours = Field(
         default=DEFAULT_FUTURE_TOLERANCE_HOURS,
         ge=0,
         description="A backup dated more than this ahead of the clock, or of the store time "

@@ -18,6 +18,7 @@ from typing import ClassVar, Protocol
 
 import sqlalchemy as sa
 from prefect.blocks.core import Block
+from prefect_dbbackup.blocks.bounds import MAX_CONNECT_SECONDS, MAX_DUMP_SECONDS
 from prefect_dbbackup.blocks.engines import Engine
 from prefect_dbbackup.blocks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
 from prefect_dbbackup.blocks.properties import DatabaseProperties
@@ -176,9 +177,17 @@ class DatabaseServer(Block, ABC):
         default_factory=list, description="Glob patterns of users/roles to skip."
     )
     _server_version: str | None = PrivateAttr(default=None)
-    connect_timeout: int = Field(default=10, description="Seconds to wait for a connection.")
+    connect_timeout: int = Field(
+        default=10,
+        ge=1,
+        le=MAX_CONNECT_SECONDS,
+        description="Seconds to wait for a connection (1-3600).",
+    )
     dump_timeout: int = Field(
-        default=6 * 3600, description="Seconds after which a dump or restore is killed."
+        default=6 * 3600,
+        ge=1,
+        le=MAX_DUMP_SECONDS,
+        description="Seconds after which a dump or restore is killed (at most 30 days).",
     )
     zstd_level: int = Field(
         default=3,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -12,7 +13,7 @@ import shutil
 import stat
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -20,6 +21,7 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from prefect.blocks.core import Block
 from prefect_dbbackup.blocks import signing
+from prefect_dbbackup.blocks.bounds import Hours
 from prefect_dbbackup.blocks.errors import ConfigError, DiskFull, IntegrityError, StorageError
 from pydantic import Field, SecretStr, model_validator
 
@@ -153,13 +155,13 @@ class BackupStorage(Block, ABC):
     dedup_key_file: str | None = Field(
         default=None, description="Path to the dedup key file, used when dedup_key is empty."
     )
-    dedup_grace_hours: float = Field(
+    dedup_grace_hours: Hours = Field(
         default=24,
         gt=0,
         description="Chunks a prune sets aside are deleted by a prune at least this long "
         "after (docs/dedup.md, garbage collection). The same on every writer of a storage.",
     )
-    dedup_fence_hours: float = Field(
+    dedup_fence_hours: Hours = Field(
         default=20,
         gt=0,
         description="A backup that took longer than this between finding its chunks and "
@@ -332,8 +334,34 @@ class BackupStorage(Block, ABC):
         """
 
 
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO never blocks
+NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+log = logging.getLogger("dbbackup")
+
+
+class ForeignLink(IntegrityError):
+    """A symbolic link inside a local storage: dbbackup never writes one, and never reads,
+    copies, moves or deletes anything through one (nor the link itself)."""
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return False
+
+
 class LocalBackupStorage(BackupStorage):
-    """Backups in a directory on a local or mounted disk."""
+    """Backups in a directory on a local or mounted disk.
+
+    The root may be a symbolic link (the operator's choice): it is resolved, and below it
+    no link is ever followed. Every key is reached one directory at a time from the root
+    (O_NOFOLLOW), so a link planted by anyone who can write the storage, as a file or a
+    directory, is refused (ForeignLink) by reads, writes and deletes, and left out of
+    listings with a warning; it is never deleted or copied.
+    """
 
     _block_type_name = "Local Backup Storage"
     _block_type_slug = "local-backup-storage"
@@ -346,7 +374,58 @@ class LocalBackupStorage(BackupStorage):
         return Path(self.path).expanduser().resolve()
 
     def _path(self, key: str) -> Path:
+        """Where key's file is, for messages (never opened by path)."""
         return self.root / check_key(key)
+
+    def _foreign(self, rel: str) -> ForeignLink:
+        return ForeignLink(
+            f"{self.root / rel} in backup storage {self.root} is a symbolic link: dbbackup "
+            "did not write it and never reads, copies or deletes through a link in its "
+            "storage; find out who planted it, then remove it by hand"
+        )
+
+    @contextlib.contextmanager
+    def _dir(self, parts: Sequence[str], create: bool = False) -> Iterator[int]:
+        """A descriptor of the directory root/parts, opened one segment at a time without
+        following links (ForeignLink on one; OSError as os.open raises it otherwise)."""
+        fd = os.open(self.root, DIR_FLAGS)
+        try:
+            for depth, name in enumerate(parts, 1):
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, dir_fd=fd)
+                try:
+                    sub = os.open(name, DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(name, fd):
+                        raise self._foreign("/".join(parts[:depth])) from None
+                    raise
+                os.close(fd)
+                fd = sub
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _open_file(self, key: str) -> BinaryIO:
+        """key's regular file, open for reading; no link followed on the way."""
+        *parts, name = check_key(key).split("/")
+        with self._dir(parts) as dir_fd:
+            try:
+                fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP and _is_link(name, dir_fd):
+                    raise self._foreign(key) from None
+                raise
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            raise IntegrityError(
+                f"{self._path(key)} is not a regular file: dbbackup did not write it; move "
+                "it out of the storage"
+            )
+        return os.fdopen(fd, "rb")
 
     def _read_error(self, key: str, exc: OSError) -> StorageError:
         """ObjectNotFound for a key with no file (the root itself is fine), else StorageError."""
@@ -359,25 +438,28 @@ class LocalBackupStorage(BackupStorage):
         return str(self.root)
 
     def _write_atomic(self, key: str, write: callable) -> None:
+        """Write through a temp file beside the target (fsync, rename, fsync the directory);
+        a link in the target's place or on its way is refused, never replaced."""
+        *parts, name = check_key(key).split("/")
         target = self._path(key)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name}.", dir=target.parent)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    write(f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            dir_fd = os.open(target.parent, os.O_RDONLY)
-            try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self._dir(parts, create=True) as dir_fd:
+                tmp = f".tmp-{name}.{secrets.token_hex(4)}"
+                fd = os.open(tmp, NEW_FILE_FLAGS, 0o600, dir_fd=dir_fd)
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        write(f)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    if _is_link(name, dir_fd):
+                        raise self._foreign(key)
+                    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=dir_fd)
+                    raise
                 os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull(
@@ -415,50 +497,97 @@ class LocalBackupStorage(BackupStorage):
         self._write_atomic(key, lambda f: f.write(data))
 
     def get_bytes(self, key: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
-        path = self._path(key)
         try:
-            with open(path, "rb") as f:
+            with self._open_file(key) as f:
                 data = f.read(limit + 1)
+                size = os.fstat(f.fileno()).st_size
         except OSError as exc:
             raise self._read_error(key, exc) from None
         if len(data) > limit:
-            raise too_large(key, os.stat(path).st_size, limit)
+            raise too_large(key, size, limit)
         return data
 
     @contextlib.contextmanager
     def open_read(self, key: str, workdir: Path) -> Iterator[BinaryIO]:
-        path = self._path(key)
         try:
-            f = open(path, "rb")  # noqa: SIM115
+            f = self._open_file(key)
         except OSError as exc:
             raise self._read_error(key, exc) from None
         with f:
             yield f
 
+    def _scan(self, parts: Sequence[str], dir_fd: int) -> Iterator[tuple[str, int, os.DirEntry]]:
+        """(relative dir, its descriptor, entry) for everything under dir_fd (root/parts),
+        recursing into real directories with key-segment names only, never into links."""
+        rel = "/".join(parts)
+        with os.scandir(dir_fd) as it:
+            entries = list(it)
+        for entry in entries:
+            yield rel, dir_fd, entry
+            if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
+                continue
+            if not KEY_SEGMENT.fullmatch(entry.name):
+                continue
+            try:
+                sub = os.open(entry.name, DIR_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:  # removed since, or replaced by a link: not a directory
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    continue
+                raise
+            try:
+                yield from self._scan([*parts, entry.name], sub)
+            finally:
+                os.close(sub)
+
+    def _walk(self, prefix: str) -> Iterator[tuple[str, int, os.DirEntry]]:
+        """_scan of root/prefix; nothing when it does not exist (or is not a directory).
+        A link on the way is skipped with a warning; an unreadable directory (a stale NFS
+        mount, EIO) is a StorageError, never a shorter list."""
+        parts = [p for p in list_prefix(prefix).split("/") if p]
+        self._check_root()
+        try:
+            with self._dir(parts) as dir_fd:
+                yield from self._scan(parts, dir_fd)
+        except ForeignLink as exc:
+            log.warning("not listed: %s", exc)
+        except OSError as exc:
+            # a directory removed by a concurrent delete (or a file in the prefix's place)
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise StorageError(f"cannot list {self.root / prefix}: {exc.strerror}") from None
+
+    def _listing(self, prefix: str, times: bool) -> dict[str, datetime | None]:
+        """Every regular file under prefix that is a safe key (with its mtime if `times`);
+        links are left out and said so once."""
+        found: dict[str, datetime | None] = {}
+        links = []
+        for rel, _, entry in self._walk(prefix):
+            key = f"{rel}/{entry.name}".removeprefix("/")
+            if entry.is_symlink():
+                links.append(key)
+            elif entry.is_file(follow_symlinks=False) and is_safe_key(key):
+                try:
+                    st = entry.stat(follow_symlinks=False) if times else None
+                except FileNotFoundError:  # deleted since the listing
+                    continue
+                found[key] = datetime.fromtimestamp(st.st_mtime, UTC) if st else None
+        if links:
+            log.warning(
+                "backup storage %s: %d symbolic link(s) not listed (%s%s): dbbackup did not "
+                "write them and never follows a link in its storage; remove them",
+                self.root,
+                len(links),
+                ", ".join(links[:3]),
+                ", ..." if len(links) > 3 else "",
+            )
+        return found
+
     def list_keys(self, prefix: str = "") -> list[str]:
         """Walk the directory under prefix. A root not created yet holds no keys; one that
         cannot be read (a stale NFS mount, EIO) is a StorageError, never a shorter list."""
-        root, prefix = self.root, list_prefix(prefix)
-        self._check_root()
-
-        def failed(exc: OSError) -> None:
-            # a directory removed by a concurrent delete (or a file in the prefix's place)
-            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
-                raise StorageError(f"cannot list {exc.filename}: {exc.strerror}")
-
-        keys = []
-        for dirpath, dirs, files in os.walk(root / prefix, onerror=failed):
-            rel = Path(dirpath).relative_to(root).as_posix()
-            dirs[:] = [d for d in dirs if KEY_SEGMENT.fullmatch(d)]
-            keys.extend(f"{rel}/{name}".removeprefix("./") for name in files)
-        return sorted(k for k in keys if is_safe_key(k))
+        return sorted(self._listing(prefix, times=False))
 
     def list_modified(self, prefix: str = "") -> dict[str, datetime]:
-        found = {}
-        for key in self.list_keys(prefix):
-            with contextlib.suppress(FileNotFoundError):  # deleted since the listing
-                found[key] = datetime.fromtimestamp(self._path(key).stat().st_mtime, UTC)
-        return found
+        return self._listing(prefix, times=True)  # type: ignore[return-value]
 
     def clock(self) -> datetime:
         """The modification time of a probe file written in the root: the file system's
@@ -490,15 +619,24 @@ class LocalBackupStorage(BackupStorage):
                     f"cannot reach backup storage {self.root}: {exc.strerror}"
                 ) from None
 
-    def exists(self, key: str) -> bool:
-        path = self._path(key)
+    def _lstat(self, key: str) -> os.stat_result | None:
+        """lstat of key's file (ForeignLink when it is a link), None when there is none."""
+        *parts, name = check_key(key).split("/")
         try:
-            return stat.S_ISREG(os.stat(path).st_mode)
+            with self._dir(parts) as dir_fd:
+                st = os.lstat(name, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
-                raise StorageError(f"cannot check {path}: {exc.strerror}") from None
-        self._check_root()
-        return False
+                raise StorageError(f"cannot check {self._path(key)}: {exc.strerror}") from None
+            self._check_root()
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            raise self._foreign(key)
+        return st
+
+    def exists(self, key: str) -> bool:
+        st = self._lstat(key)
+        return st is not None and stat.S_ISREG(st.st_mode)
 
     def stored_size(self, key: str) -> int | None:
         """The size of the regular file under key; a link or anything else is no object."""
@@ -558,34 +696,37 @@ class LocalBackupStorage(BackupStorage):
             raise ConfigError(f"backup storage {self.root} is not writable by this worker")
 
     def collect_garbage(self, prefix: str, before: datetime, names: Collection[str]) -> list[str]:
-        """Remove temp files of interrupted writes (`.tmp-NAME.XXXXXXXX`, NAME in names)."""
-        start = self.root / list_prefix(prefix)
+        """Remove temp files of interrupted writes (`.tmp-NAME.XXXXXXXX`, NAME in names);
+        never a link, nor anything below one."""
         removed = []
-        for tmp in start.rglob(".tmp-*") if start.is_dir() else []:
-            match = TEMP_NAME.fullmatch(tmp.name)
-            if match is None or match["name"] not in (None, *names) or not tmp.is_file():
+        for rel, dir_fd, entry in self._walk(prefix):
+            match = TEMP_NAME.fullmatch(entry.name)
+            if match is None or match["name"] not in (None, *names):
                 continue
             with contextlib.suppress(FileNotFoundError):
-                if datetime.fromtimestamp(tmp.stat().st_mtime, UTC) < before:
-                    tmp.unlink()
-                    removed.append(tmp.relative_to(self.root).as_posix())
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and datetime.fromtimestamp(st.st_mtime, UTC) < before:
+                    os.unlink(entry.name, dir_fd=dir_fd)
+                    removed.append(f"{rel}/{entry.name}".removeprefix("/"))
         return removed
 
     def delete(self, key: str) -> None:
-        path = self._path(key)
+        """Unlink key's file, then the directories it leaves empty up to the root. A link
+        (in key's place or on its way) is refused and left as it is."""
+        *parts, name = check_key(key).split("/")
+        st = self._lstat(key)
+        if st is None or stat.S_ISDIR(st.st_mode):
+            return  # nothing under key (a prefix is no object): nothing to do
         try:
-            path.unlink()
+            with self._dir(parts) as dir_fd:
+                os.unlink(name, dir_fd=dir_fd)
         except OSError as exc:
-            # no file under key (nothing there, a directory, a file as parent): nothing to do
             if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
-                raise StorageError(f"cannot delete {path}: {exc.strerror}") from None
-            self._check_root()
+                raise StorageError(f"cannot delete {self._path(key)}: {exc.strerror}") from None
             return
-        # remove now-empty directories up to the root
-        parent = path.parent
-        while parent != self.root:
+        for depth in range(len(parts), 0, -1):  # rmdir never removes a link, nor follows one
             try:
-                parent.rmdir()
+                with self._dir(parts[: depth - 1]) as dir_fd:
+                    os.rmdir(parts[depth - 1], dir_fd=dir_fd)
             except OSError:
                 break
-            parent = parent.parent

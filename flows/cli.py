@@ -200,11 +200,25 @@ def dedup_keygen(
 
 
 @app.command()
-def apply(config: Annotated[Path, typer.Argument(help="dbbackup.yaml")]) -> None:
+def apply(
+    config: Annotated[Path, typer.Argument(help="dbbackup.yaml")],
+    identity_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--identity-file",
+            "-i",
+            help="age identity that opens a deduplicating storage's key copy, when its "
+            "block lost the key (docs/dedup.md).",
+        ),
+    ] = None,
+) -> None:
     """Create or update the Prefect blocks described by a config file."""
     from prefect_dbbackup.flows.config import apply_config
 
-    changes = apply_config(config)
+    notes: list[str] = []
+    changes = apply_config(config, identity_file.expanduser() if identity_file else None, notes)
+    for note in notes:
+        typer.echo(note, err=True)
     for slug, name, status in changes:
         typer.echo(f"{status:9} {slug}/{name}")
 

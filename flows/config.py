@@ -6,18 +6,20 @@ import contextlib
 import functools
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, get_args
 
 import httpx
+import pyrage
 import yaml
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import BlockDocumentCreate, BlockDocumentUpdate
 from prefect.client.schemas.objects import BlockDocument
-from prefect_dbbackup.blocks.encryption import AgeEncryption
-from prefect_dbbackup.blocks.errors import ConfigError
+from prefect_dbbackup.blocks.bounds import validation_problems
+from prefect_dbbackup.blocks.encryption import AgeEncryption, read_identity_file
+from prefect_dbbackup.blocks.errors import ConfigError, StorageError
 from prefect_dbbackup.blocks.registry import SERVER_TYPES, STORAGE_TYPES, block_class
 from prefect_dbbackup.blocks.signing import public_key_text
 from prefect_dbbackup.blocks.storage import BackupStorage, new_dedup_key
@@ -148,8 +150,7 @@ def _build(kind: type[Block], fields: dict[str, Any], where: str, base: Path) ->
     try:
         return kind(**fields)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{where}: {problems}") from None
+        raise ConfigError(f"{where}: {validation_problems(exc)}") from None
 
 
 def _entries(config: dict[str, Any], section: str) -> dict[str, dict[str, Any]]:
@@ -212,15 +213,46 @@ def _check_signing(storage: BackupStorage, where: str) -> None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _give_dedup_key(storage: BackupStorage, document: BlockDocument | None) -> None:
-    """A deduplicating storage without a key in the file keeps the key its block has, or
-    gets a new one: a storage's key must never change behind its writers' back."""
+def _give_dedup_key(
+    storage: BackupStorage,
+    document: BlockDocument | None,
+    identities: Callable[[], list[pyrage.x25519.Identity]],
+) -> str | None:
+    """A deduplicating storage without a key in the file keeps the key its block has while
+    that key is the storage's (it has a copy there, or the storage holds no copy), else
+    gets the storage's key back from its copy (opened with `identities`); only a storage
+    without any copy gets a new key. A storage's key never changes behind its writers'
+    back, nor after the Prefect database was lost. Returns what was recovered, if anything.
+    """
     if not storage.dedup or storage.dedup_key is not None or storage.dedup_key_file:
-        return
+        return None
+    from prefect_dbbackup.tasks.chunks import DedupKey, key_copies, recover_key
+
     stored = (document.data if document is not None else {}).get("dedup_key")
     if isinstance(stored, SecretStr):
         stored = stored.get_secret_value()
-    storage.dedup_key = SecretStr(stored if isinstance(stored, str) and stored else new_dedup_key())
+    stored = stored if isinstance(stored, str) and stored else None
+    try:
+        copies = key_copies(storage)
+    except StorageError as exc:
+        if stored is None:  # a new key could replace one the storage holds: no guess
+            raise ConfigError(
+                f"cannot look for the dedup key of storage {storage.describe()} in the storage "
+                f"({exc}): apply makes no new key without checking; run it again once the "
+                "storage is reachable"
+            ) from None
+        copies = []  # the block's own key stays: nothing is replaced
+    if stored is not None:
+        storage.dedup_key = SecretStr(stored)
+        key_id = DedupKey(storage.dedup_secret()).key_id  # type: ignore[arg-type]
+        if not copies or key_id in {c[1] for c in copies}:
+            return None
+    if not copies:
+        storage.dedup_key = SecretStr(new_dedup_key())
+        return None
+    key = recover_key(storage, identities(), copies)
+    storage.dedup_key = SecretStr(key.secret.hex())
+    return f"recovered the dedup key {key.key_id} of storage {storage.describe()} from its copy"
 
 
 def _existing(slugs: set[str]) -> dict[str, dict[str, BlockDocument]]:
@@ -323,21 +355,43 @@ def _request(
         raise ConfigError(f"cannot save block {name!r}: {exc}") from None
 
 
-def apply_config(path: Path) -> list[tuple[str, str, str]]:
+def _identities(
+    blocks: list[tuple[str, Block]], identity_file: Path | None
+) -> Callable[[], list[pyrage.x25519.Identity]]:
+    """What opens a dedup key copy: the given identity file, then the identities of the
+    config's encryption blocks (read only when needed)."""
+
+    def read() -> list[pyrage.x25519.Identity]:
+        found = read_identity_file(str(identity_file)) if identity_file else []
+        for _, block in blocks:
+            if isinstance(block, AgeEncryption) and (block.identity or block.identity_file):
+                found += block.identities()
+        return found
+
+    return read
+
+
+def apply_config(
+    path: Path, identity_file: Path | None = None, notes: list[str] | None = None
+) -> list[tuple[str, str, str]]:
     """Create or update the blocks of a config file.
 
     Reads the existing blocks once (one API call per block type) and writes only the
     blocks that are new or changed; names are validated before anything is written.
-    Returns (block type slug, name, created|updated|unchanged) for each block.
+    Returns (block type slug, name, created|updated|unchanged) for each block; what it
+    recovered (a dedup key, from the storage) is appended to `notes`.
     """
     blocks = load_config(path)
     existing = _existing({b.get_block_type_slug() for _, b in blocks} | set(SERVER_TYPES))
     _check_server_names(blocks, existing)
+    identities = _identities(blocks, identity_file)
     plan = []
     for name, block in blocks:
         document = existing[block.get_block_type_slug()].get(name)
         if isinstance(block, BackupStorage):
-            _give_dedup_key(block, document)
+            note = _give_dedup_key(block, document, identities)
+            if note is not None and notes is not None:
+                notes.append(note)
         if document is not None and _unchanged(block, document):
             plan.append((name, block, document, "unchanged"))
         else:

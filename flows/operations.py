@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule
+from prefect_dbbackup.blocks.bounds import validation_problems
 from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.flows.config import expand_env, read_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -99,10 +100,7 @@ def _section(model: type[BaseModel], raw: Any, where: str) -> Any:
     try:
         return model.model_validate(raw or {})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, (where, *e['loc'])))}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(problems) from None
+        raise ConfigError(validation_problems(exc, where)) from None
 
 
 def read_operations(path: Path) -> Operations:

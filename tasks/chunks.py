@@ -18,12 +18,14 @@ import hashlib
 import hmac
 import io
 import json
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from typing import BinaryIO
 
@@ -32,7 +34,7 @@ import zstandard
 from prefect_dbbackup.blocks.encryption import AgeEncryption, recipient_fingerprint
 from prefect_dbbackup.blocks.errors import AuthError, ConfigError, IntegrityError
 from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound, ReadFault
-from prefect_dbbackup.tasks.catalog import read_manifest
+from prefect_dbbackup.tasks.catalog import read_manifest, read_manifests, signature_key
 from prefect_dbbackup.tasks.layout import parse_manifest_key, series_prefix
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import CHUNK_ID, ChunkList, Manifest
@@ -170,10 +172,62 @@ def writer_key(storage: BackupStorage) -> DedupKey:
     secret = storage.dedup_secret()
     if secret is None:
         raise ConfigError(
-            f"storage {storage.describe()} has dedup: true but no dedup key: run `dbbackup apply` "
-            "(it makes one), or set dedup_key_file from `dbbackup dedup-keygen -o FILE`"
+            f"storage {storage.describe()} has dedup: true but no dedup key: run `dbbackup apply "
+            "CONFIG --identity-file FILE` (it recovers the key from the storage's copy, or makes "
+            "one for a storage that has none), or set dedup_key_file to the key's file"
         )
     return DedupKey(secret)
+
+
+KEY_COPY = re.compile(r"(?P<key_id>[0-9a-f]{16})\.(?P<rset>[0-9a-f]{16})\.age")
+
+
+def key_copies(storage: BackupStorage) -> list[tuple[datetime, str, str]]:
+    """(store time, key id, recipient set) of every dedup key copy, newest first."""
+    found = []
+    for key, stamp in storage.list_modified(KEYS).items():
+        match = KEY_COPY.fullmatch(key.removeprefix(KEYS + "/"))
+        if match:
+            found.append((stamp, match["key_id"], match["rset"]))
+    return sorted(found, reverse=True)
+
+
+def _newest_signed_key_id(storage: BackupStorage) -> str | None:
+    """The key id of the newest chunked backup with a valid signature, if any: a key copy
+    anyone could plant (recipients are public) never outranks the key backups use."""
+    listed = set(storage.list_keys())
+    wanted = [(k, signature_key(k) in listed) for k in listed if parse_manifest_key(k)]
+    signed = [
+        e.manifest
+        for e in read_manifests(storage, wanted, storage.manifest_verifiers())
+        if e is not None and e.trust == "signed" and e.manifest and e.manifest.chunks
+    ]
+    newest = max(signed, key=lambda m: m.started_at, default=None)
+    return newest.chunks.key_id if newest else None  # type: ignore[union-attr]
+
+
+def recover_key(
+    storage: BackupStorage,
+    identities: list[pyrage.x25519.Identity],
+    copies: list[tuple[datetime, str, str]],
+) -> DedupKey:
+    """The storage's dedup key from its copies (key_copies): the key of the newest signed
+    chunked backup, else the newest copy; ConfigError saying how to recover when no
+    identity opens one."""
+    wanted = _newest_signed_key_id(storage) if identities else None
+    ordered = sorted(copies, key=lambda c: c[1] != wanted)  # stable: newest first otherwise
+    for _, key_id, rset in ordered if identities else []:
+        with contextlib.suppress(AuthError, IntegrityError, ObjectNotFound):
+            return open_key_copy(storage, key_id, rset, identities)
+    ids = ", ".join(sorted({c[1] for c in copies}))
+    tried = "no identity was given" if not identities else "no given identity opens them"
+    raise ConfigError(
+        f"storage {storage.describe()} holds copies of its dedup key ({ids}, in {KEYS}/) but "
+        f"the block has none and {tried}: a new key would silently stop sharing chunks with "
+        "every backup stored. Recover it: `dbbackup apply CONFIG --identity-file FILE` with "
+        "the identity of the storage's recipients (or an identity_file on the config's "
+        "encryption block), or set dedup_key_file to the key's file"
+    )
 
 
 def open_key_copy(

@@ -139,3 +139,46 @@ def test_dedup_keygen_writes_a_private_key_file_a_storage_accepts(tmp_path):
     assert storage.dedup_secret() == bytes.fromhex(out.read_text().strip())
     again = CliRunner().invoke(app, ["dedup-keygen", "-o", str(out)])
     assert again.exit_code != 0  # never overwrites a key without --force
+
+
+def test_apply_refuses_numbers_out_of_range_with_exit_3_and_saves_nothing(prefect_api, tmp_path):
+    """`dedup_grace_hours: 1e308` and a port of 99999999 used to be saved, then every
+    prune died with a traceback: apply refuses them (exit 3, the fields named)."""
+    from prefect_dbbackup.blocks import LocalBackupStorage
+
+    tag = uuid.uuid4().hex[:8]
+    config = tmp_path / "dbbackup.yaml"
+    config.write_text(
+        f"servers:\n  pg-{tag}: {{type: postgres, port: 99999999}}\n"
+        f"storage:\n  st-{tag}: {{type: local, path: {tmp_path / 'b'}, dedup_grace_hours: 1e308}}\n"
+    )
+    result = CliRunner().invoke(app, ["apply", str(config)])
+    assert result.exit_code == 3, result.output
+    assert "port" in result.output and "Traceback" not in result.output
+    config.write_text(
+        f"storage:\n  st-{tag}: {{type: local, path: {tmp_path / 'b'}, dedup_grace_hours: .inf}}\n"
+    )
+    result = CliRunner().invoke(app, ["apply", str(config)])
+    assert result.exit_code == 3 and "dedup_grace_hours" in result.output, result.output
+    try:
+        LocalBackupStorage.load(f"st-{tag}")
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("apply saved a storage block with an infinite grace period")
+
+
+def test_a_block_saved_with_a_value_out_of_range_is_a_configuration_error(env, tmp_path):
+    """A block saved before the bounds existed (or in the UI) fails to load with exit 3
+    naming the field, not with a traceback on every run."""
+    from prefect_dbbackup.blocks import LocalBackupStorage
+
+    name = f"bad-{uuid.uuid4().hex[:8]}"
+    LocalBackupStorage.model_construct(
+        path=str(tmp_path / "b"), dedup=True, dedup_grace_hours=1e308, dedup_fence_hours=20
+    ).save(name)
+    for command in (["prune", env.pg, "--storage", name], ["list", env.pg, "--storage", name]):
+        result = env.cli(*command)
+        assert result.exit_code == 3, result.output
+        assert "dedup_grace_hours" in result.output and name in result.output, result.output
+        assert "Traceback" not in result.output

@@ -26,6 +26,7 @@ from prefect_dbbackup.blocks.memory import MemoryBackupStorage
 from prefect_dbbackup.blocks.s3 import MIN_PART_SIZE, MiB, S3BackupStorage
 from prefect_dbbackup.blocks.storage import (
     BackupStorage,
+    ForeignLink,
     LocalBackupStorage,
     ObjectNotFound,
     UnsafeKey,
@@ -47,6 +48,7 @@ class Store:
     in_flight: Callable[[], bool] | None  # whether a put has started and not finished
     leftovers: Callable[[], list[str]]  # traces of unfinished puts (temp files, uploads)
     keeps_objects_in_memory: bool = False
+    plant_link: Callable[[str, Path], None] | None = None  # a symbolic link behind its back
 
 
 def _local(tmp_path: Path) -> Store:
@@ -61,12 +63,17 @@ def _local(tmp_path: Path) -> Store:
     def temps() -> list[str]:
         return [str(p) for p in root.rglob(".tmp-*")] if root.is_dir() else []
 
+    def link(name: str, target: Path) -> None:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).symlink_to(target)
+
     return Store(
         storage=LocalBackupStorage(path=str(root)),
         down=lambda: LocalBackupStorage(path=str(blocker / "backups")),
         plant_raw=plant,
         in_flight=lambda: bool(temps()),
         leftovers=temps,
+        plant_link=link,
     )
 
 
@@ -527,3 +534,61 @@ def test_open_read_gives_a_binary_file(store, tmp_path):
         assert f.seekable()
         f.seek(1)
         assert f.read() == b"bc"
+
+
+# links (only a local storage can hold one)
+
+
+def test_links_are_never_followed_listed_copied_or_deleted(store, tmp_path):
+    """A link planted in the storage, as a file or as a directory, is foreign: not listed,
+    refused by every read, write and delete without a byte of its target in the error,
+    and left as it is; nothing outside the storage is read, written or removed."""
+    if store.plant_link is None:
+        pytest.skip("only a local storage can hold a symbolic link")
+    secret = _file(tmp_path, b"AGE-SECRET-KEY-1PLANTEDTAIL", "signing.key")
+    outside = tmp_path / "elsewhere"
+    (outside / "db" / "1").mkdir(parents=True)
+    (outside / "db" / "1" / "manifest.json").write_bytes(b"AGE-SECRET-KEY-1DIRTAIL")
+    s = store.storage
+    ours = "srv/db/1/dump.pgc.zst.age"
+    s.put_bytes(ours, b"ours")
+    store.plant_link("srv/db/1/manifest.json", secret)
+    store.plant_link("srv/db/1/.tmp-manifest.json.abcd1234", secret)
+    store.plant_link("other", outside)  # a server directory pointing out of the storage
+    assert s.list_keys() == [ours] and list(s.list_modified()) == [ours]
+    assert s.list_keys("other") == [] and s.list_keys("other/db") == []
+    far = datetime.now(UTC) + timedelta(days=1)
+    assert s.collect_garbage("", far, ["manifest.json"]) == []
+    refused = [
+        lambda key: s.get_bytes(key),
+        lambda key: s.open_read(key, tmp_path).__enter__(),
+        lambda key: s.exists(key),
+        lambda key: s.delete(key),
+        lambda key: s.put_bytes(key, b"written through"),
+    ]
+    for key in ("srv/db/1/manifest.json", "other/db/1/manifest.json", "other/db/2/new"):
+        for call in refused:
+            with pytest.raises(ForeignLink) as caught:
+                call(key)
+            assert "TAIL" not in str(caught.value) and "symbolic link" in str(caught.value)
+    assert secret.read_bytes() == b"AGE-SECRET-KEY-1PLANTEDTAIL"
+    assert (outside / "db" / "1" / "manifest.json").read_bytes() == b"AGE-SECRET-KEY-1DIRTAIL"
+    assert sorted(p.name for p in outside.rglob("*")) == ["1", "db", "manifest.json"]
+    root = Path(s.path)
+    assert (root / "srv/db/1/manifest.json").readlink() == secret
+    assert (root / "srv/db/1/.tmp-manifest.json.abcd1234").is_symlink()
+    assert (root / "other").readlink() == outside
+    copies = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert [p.read_bytes() for p in copies] == [b"ours"]
+
+
+def test_a_root_that_is_a_link_is_the_operators_choice_and_works(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "backups").symlink_to(real)
+    s = LocalBackupStorage(path=str(tmp_path / "backups"))
+    s.put_bytes("srv/db/1/manifest.json", b"{}")
+    assert s.list_keys() == ["srv/db/1/manifest.json"]
+    assert s.get_bytes("srv/db/1/manifest.json") == b"{}" and s.exists("srv/db/1/manifest.json")
+    s.delete("srv/db/1/manifest.json")
+    assert s.list_keys() == [] and list(real.iterdir()) == []
