@@ -104,14 +104,16 @@ server.serve_forever()
 
 
 @pytest.fixture
-def fake_api(tmp_path: Path):
-    """(process, port, request log) of a live foreign API on 127.0.0.1."""
+def fake_api(tmp_path: Path, home: Path):
+    """(process, port, request log) of a live foreign API on 127.0.0.1 that even claims
+    this PREFECT_HOME in its environment."""
     log = tmp_path / "requests.log"
     log.touch()
     process = subprocess.Popen(
         [sys.executable, "-c", FAKE_API, str(log), "prefect", "server", "start"],
         stdout=subprocess.PIPE,
         text=True,
+        env=_env(home),
     )
     port = int(process.stdout.readline())
     yield process, port, log
@@ -201,7 +203,16 @@ def test_stale_and_outdated_servers_are_replaced(home: Path) -> None:
     done = _dbbackup(env, "list", "srv")
     assert STARTED in done.stderr and NO_STORAGE in done.stderr
     assert _gone(first["pid"])
-    assert _alive(_state(home)["pid"])
+    current = _state(home)
+    assert _alive(current["pid"])
+
+    # the state file of an older dbbackup (no start time, no home) naming this server:
+    # proven by the pid's start just before `started_at`, kept
+    legacy = {k: v for k, v in current.items() if k not in ("start_ticks", "home")}
+    (home / "dbbackup-server" / "server.json").write_text(json.dumps(legacy))
+    done = _dbbackup(env, "list", "srv")
+    assert NO_STORAGE in done.stderr and STARTED not in done.stderr
+    assert _state(home) == legacy
 
 
 def test_a_configured_api_is_used_and_no_server_is_started(tmp_path: Path) -> None:
@@ -237,6 +248,13 @@ def test_a_state_file_naming_a_foreign_process_gets_no_signal_and_no_request(
     assert _dbbackup(env, "server", "stop").stdout.strip() == "not running"
     assert process.poll() is None, "dbbackup signalled a process that is not its server"
     assert not (home / "dbbackup-server" / "server.json").exists()  # the stale state is gone
+
+    # nor when it differs from this home's recorded server only by its start time (the
+    # same command line, PREFECT_HOME and listening socket: a reused pid)
+    ticks = int(Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    _record(home, {**foreign, "start_ticks": ticks + 1, "home": str(home.resolve())})
+    assert _dbbackup(env, "server", "stop").stdout.strip() == "not running"
+    assert process.poll() is None
 
     # a current-looking one: dbbackup starts its own server instead of sending it blocks
     _record(home, {**foreign, "prefect_version": version("prefect")})
