@@ -171,14 +171,30 @@ def _same_process(state: ServerState) -> bool:
     return state.started_at - START_TIMEOUT_SECONDS - 5 <= began <= state.started_at + 1
 
 
+def _home_of(pid: int) -> str | None:
+    """The PREFECT_HOME a process uses, from its environment (which only its owner can
+    read): an older dbbackup started its server without setting it."""
+    env = procfs.environ(pid)
+    if not env:
+        return None
+    raw = env.get("PREFECT_HOME") or "~/.prefect"
+    if raw == "~" or raw.startswith("~/"):
+        raw = env.get("HOME", "/nonexistent") + raw[1:]
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        cwd = procfs.cwd(pid)
+        if cwd is None:
+            return None
+        path = Path(cwd) / path
+    return str(path.resolve())
+
+
 def _serves_this_home(pid: int) -> bool:
-    """True when pid runs `prefect server start` for this PREFECT_HOME (read from its
-    environment, which only its owner can read)."""
+    """True when pid runs `prefect server start` for this PREFECT_HOME."""
     args = procfs.cmdline(pid)
     if not (any("prefect" in a for a in args) and "server" in args and "start" in args):
         return False
-    home = procfs.environ(pid).get("PREFECT_HOME")
-    return home is not None and str(Path(home).expanduser().resolve()) == _this_home()
+    return _home_of(pid) == _this_home()
 
 
 def _owns(state: ServerState) -> bool:

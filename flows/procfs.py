@@ -69,6 +69,14 @@ def environ(pid: int) -> dict[str, str]:
     return {key: value for key, _, value in pairs if key}
 
 
+def cwd(pid: int) -> str | None:
+    """The process's working directory, None when gone or another user's."""
+    try:
+        return os.readlink(PROC / str(pid) / "cwd")
+    except OSError:
+        return None
+
+
 def with_descendants(pid: int) -> set[int]:
     """pid and every process below it (by parent pid)."""
     children: dict[int, list[int]] = {}

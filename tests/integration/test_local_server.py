@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -307,3 +309,50 @@ def test_another_homes_server_is_neither_stopped_nor_used(
     assert their_blocks.status_code == 200
     assert "pg-mine" not in their_blocks.text
     assert _dbbackup(theirs_env, "server", "status").returncode == 0
+
+
+def test_a_server_of_an_older_dbbackup_is_replaced_on_its_port(tmp_path: Path) -> None:
+    """The upgrade: an older dbbackup started its server without PREFECT_HOME (the
+    default ~/.prefect) and without the API secret, and recorded no start time. It is
+    proven this home's by its start and environment, stopped, and a server with the
+    secret takes over its port: never two servers on one database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(HOME=str(tmp_path), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    home = tmp_path / ".prefect"
+    (home / "dbbackup-server").mkdir(parents=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    older = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+        + ["--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _record(
+            home,
+            {"pid": older.pid, "port": port, "prefect_version": version("prefect")}
+            | {"started_at": time.time()},
+        )
+        deadline = time.monotonic() + 120
+        while not _answers(port) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        done = _dbbackup(env, "list", "srv")
+        assert STARTED in done.stderr and NO_STORAGE in done.stderr
+        assert older.wait(timeout=30) is not None
+        assert _state(home)["port"] == port and _state(home)["pid"] != older.pid
+    finally:
+        _dbbackup(env, "server", "stop")
+        if older.poll() is None:
+            os.killpg(older.pid, signal.SIGKILL)
+            older.wait()
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -16,6 +16,7 @@ def test_start_time_environment_and_command_line_of_a_child() -> None:
     child = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)", "marker-arg"],
         env={**os.environ, "PROCFS_TEST_MARK": "yes"},
+        cwd="/",
     )
     try:
         time.sleep(0.2)  # exec'd
@@ -24,6 +25,7 @@ def test_start_time_environment_and_command_line_of_a_child() -> None:
         assert abs(procfs.started_at(ticks) - time.time()) < 30
         assert procfs.cmdline(child.pid)[-1] == "marker-arg"
         assert procfs.environ(child.pid)["PROCFS_TEST_MARK"] == "yes"
+        assert procfs.cwd(child.pid) == "/"
         assert child.pid in procfs.with_descendants(os.getpid())
     finally:
         child.kill()
@@ -31,6 +33,7 @@ def test_start_time_environment_and_command_line_of_a_child() -> None:
     # gone: every reader says "nothing", never a stale answer
     assert procfs.start_ticks(child.pid) is None
     assert procfs.cmdline(child.pid) == [] and procfs.environ(child.pid) == {}
+    assert procfs.cwd(child.pid) is None
 
 
 def test_the_listening_socket_of_a_port_is_found_among_its_owners_fds() -> None:
