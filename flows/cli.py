@@ -648,10 +648,13 @@ app.add_typer(server_app, name="server")
 
 
 def _print_server(state: Any) -> None:
+    from prefect_dbbackup.flows import local_server
+
     typer.echo(f"url      {state.ui_url}  (API {state.api_url})")
     typer.echo(f"pid      {state.pid}")
     typer.echo(f"prefect  {state.prefect_version}")
     typer.echo(f"uptime   {int(time.time() - state.started_at)} s")
+    typer.echo(f"api-auth {local_server.secret_path()}  (the UI asks for its content)")
 
 
 @server_app.command("start")
@@ -711,7 +714,7 @@ def _use_local_server(argv: list[str]) -> None:
             "(`dbbackup server stop` stops it)",
             err=True,
         )
-    os.environ["PREFECT_API_URL"] = state.api_url
+    os.environ.update(local_server.client_environment(state))
 
 
 class _ExpectedErrorsOnce(logging.Filter):

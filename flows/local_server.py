@@ -6,9 +6,21 @@ and a free port, and every later command reuses it: a command pays its imports
 and API calls, not a server start. The server keeps its SQLite database under
 `PREFECT_HOME` (made 0700: the database holds the key that decrypts the secret
 blocks). Its state lives in `PREFECT_HOME/dbbackup-server/`: `server.json`
-(pid, port, Prefect version), `server.log` and a lock file, so that two commands
-started at the same moment start one server. A stale state file (dead pid, dead
-port) or a server of another Prefect version (after an upgrade) is replaced.
+(pid, the pid's start time, home, port, Prefect version), `api-auth` (0600, the
+per-home API secret), `server.log` and a lock file, so that two commands
+started at the same moment start one server.
+
+Prove, then talk: the recorded server is used, or signalled, only when it is proven
+to be this home's: the pid's start time (/proc/<pid>/stat) is the recorded one and its
+command line and environment show `prefect server start` for this `PREFECT_HOME`; and
+before anything is sent to the port, every socket listening there belongs to that
+process or its children. Only then does a client get the API secret, which the server
+requires of every request (`PREFECT_SERVER_API_AUTH_STRING`), so that no other local
+user reads the blocks. A state that is not proven (a reused pid, another home's server,
+someone else on the port) is forgotten without a signal, and a new server starts (on
+the recorded port when it is free). One of ours that is unhealthy, of another Prefect
+version or without the current secret is stopped and replaced. All of this reads a few
+/proc files: the start stays fast.
 
 A configured API (a remote server, Prefect Cloud) always wins and is never
 touched. `DBBACKUP_PREFECT_SERVER=ephemeral` keeps Prefect's temporary in-process
@@ -21,8 +33,10 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -33,10 +47,12 @@ from pathlib import Path
 
 import httpx
 from prefect_dbbackup.blocks.errors import ConfigError
+from prefect_dbbackup.flows import procfs
 
 OPT_OUT_VARIABLE = "DBBACKUP_PREFECT_SERVER"
 START_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 15.0
+SERVER_AUTH_SETTING = "PREFECT_SERVER_API_AUTH_STRING"
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,8 @@ class ServerState:
     port: int
     prefect_version: str
     started_at: float
+    start_ticks: int | None = None  # /proc/<pid>/stat field 22 (None: an older dbbackup's file)
+    home: str = ""
 
     @property
     def api_url(self) -> str:
@@ -67,6 +85,11 @@ def prefect_home() -> Path:
 def state_dir() -> Path:
     """Where the local server's state file, log and lock live."""
     return prefect_home() / "dbbackup-server"
+
+
+def secret_path() -> Path:
+    """The per-home API secret's file."""
+    return state_dir() / "api-auth"
 
 
 def configured_api_url() -> str | None:
@@ -102,27 +125,103 @@ def _write_state(state: ServerState) -> None:
     os.replace(tmp, path)
 
 
-def _pid_alive(pid: int) -> bool:
+def _api_secret() -> str:
+    """This home's API secret, made once (0600, owned by this user, not a link)."""
+    path = secret_path()
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return _read_secret(path)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_urlsafe(32))
+    return _read_secret(path)
 
 
-def _is_our_server(pid: int) -> bool:
-    """True when pid runs `prefect server start` (not a reused pid of another program)."""
+def _read_secret(path: Path) -> str:
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the local server's API secret {path}: {exc}") from None
+    with os.fdopen(fd) as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise ConfigError(
+                f"the local server's API secret {path} is not a private file of this user "
+                "(mode 0600): remove it, and `dbbackup server start` makes a new one"
+            )
+        secret = handle.read().strip()
+    if not secret:
+        raise ConfigError(f"the local server's API secret {path} is empty: remove it")
+    return secret
+
+
+def _this_home() -> str:
+    return str(prefect_home().resolve())
+
+
+def _same_process(state: ServerState) -> bool:
+    """True when state.pid is still the process that was recorded (not a reused pid)."""
+    ticks = procfs.start_ticks(state.pid)
+    if ticks is None:
         return False
-    return b"prefect" in b" ".join(cmdline) and b"server" in cmdline and b"start" in cmdline
+    if state.start_ticks is not None:
+        return ticks == state.start_ticks
+    # a state file of an older dbbackup: the process must have started just before it
+    began = procfs.started_at(ticks)
+    return state.started_at - START_TIMEOUT_SECONDS - 5 <= began <= state.started_at + 1
+
+
+def _home_of(pid: int) -> str | None:
+    """The PREFECT_HOME a process uses, from its environment (which only its owner can
+    read): an older dbbackup started its server without setting it."""
+    env = procfs.environ(pid)
+    if not env:
+        return None
+    raw = env.get("PREFECT_HOME") or "~/.prefect"
+    if raw == "~" or raw.startswith("~/"):
+        raw = env.get("HOME", "/nonexistent") + raw[1:]
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        cwd = procfs.cwd(pid)
+        if cwd is None:
+            return None
+        path = Path(cwd) / path
+    return str(path.resolve())
+
+
+def _serves_this_home(pid: int) -> bool:
+    """True when pid runs `prefect server start` for this PREFECT_HOME."""
+    args = procfs.cmdline(pid)
+    if not (any("prefect" in a for a in args) and "server" in args and "start" in args):
+        return False
+    return _home_of(pid) == _this_home()
+
+
+def _owns(state: ServerState) -> bool:
+    """True when the recorded pid is proven to be this home's server (signal it only then)."""
+    if state.home and state.home != _this_home():
+        return False
+    return _same_process(state) and _serves_this_home(state.pid)
+
+
+def _listener_is(pid: int, port: int) -> bool:
+    """True when every socket a connection to 127.0.0.1:port reaches belongs to pid or
+    its children (and there is one)."""
+    listening = procfs.loopback_listeners(port)
+    return bool(listening) and listening <= procfs.socket_inodes(procfs.with_descendants(pid))
+
+
+def _trusted(state: ServerState) -> bool:
+    """True when the process and the port are proven ours: only then is anything sent."""
+    return _owns(state) and _listener_is(state.pid, state.port)
+
+
+def _has_secret(state: ServerState, secret: str) -> bool:
+    return procfs.environ(state.pid).get(SERVER_AUTH_SETTING) == secret
 
 
 def healthy(state: ServerState, timeout: float = 2.0) -> bool:
-    """True when the recorded server answers its health check."""
+    """True when the recorded server answers its health check (ask only a trusted one)."""
     try:
         response = httpx.get(f"{state.api_url}/health", timeout=timeout)
     except httpx.HTTPError:
@@ -130,13 +229,18 @@ def healthy(state: ServerState, timeout: float = 2.0) -> bool:
     return response.status_code == 200
 
 
-def _usable(state: ServerState | None) -> bool:
+def _usable(state: ServerState, secret: str) -> bool:
     return (
-        state is not None
-        and state.prefect_version == version("prefect")
-        and _pid_alive(state.pid)
+        state.prefect_version == version("prefect")
+        and _trusted(state)
+        and _has_secret(state, secret)
         and healthy(state)
     )
+
+
+def client_environment(state: ServerState) -> dict[str, str]:
+    """What a client of the (proven) local server needs: its URL and this home's secret."""
+    return {"PREFECT_API_URL": state.api_url, "PREFECT_API_AUTH_STRING": _api_secret()}
 
 
 @contextlib.contextmanager
@@ -151,20 +255,26 @@ def _locked() -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _free_port() -> int:
+def _port(preferred: int | None) -> int:
+    """The preferred port when it is free (a stable URL), else a free one."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", preferred or 0))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def _terminate(state: ServerState) -> None:
-    """Stop a recorded server (its whole process group), if it is still ours."""
-    if not (_pid_alive(state.pid) and _is_our_server(state.pid)):
+    """Stop a recorded server (its whole process group), only if it is proven ours."""
+    if not _owns(state):
         return
+    ticks = procfs.start_ticks(state.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(state.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    while time.monotonic() < deadline and _pid_alive(state.pid):
+    while time.monotonic() < deadline and procfs.start_ticks(state.pid) == ticks:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(state.pid, os.WNOHANG)
         time.sleep(0.1)
@@ -172,11 +282,21 @@ def _terminate(state: ServerState) -> None:
         os.killpg(state.pid, signal.SIGKILL)
 
 
-def _spawn() -> ServerState:
-    port = _free_port()
+def _forget(state: ServerState) -> None:
+    """Drop a recorded server: stop it if it is proven ours, never signal anything else."""
+    _terminate(state)
+    (state_dir() / "server.json").unlink(missing_ok=True)
+
+
+def _spawn(port: int, secret: str) -> ServerState:
+    home = _this_home()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
+    env.update(
+        PREFECT_HOME=home,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
+        **{SERVER_AUTH_SETTING: secret},
+    )
     log = open(state_dir() / "server.log", "ab")  # noqa: SIM115 (handed to the child)
     with log:
         process = subprocess.Popen(
@@ -188,7 +308,8 @@ def _spawn() -> ServerState:
             env=env,
             start_new_session=True,
         )
-    state = ServerState(process.pid, port, version("prefect"), time.time())
+    ticks = procfs.start_ticks(process.pid)
+    state = ServerState(process.pid, port, version("prefect"), time.time(), ticks, home)
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -197,7 +318,7 @@ def _spawn() -> ServerState:
                 f"the local Prefect server did not start (exit {process.returncode}); "
                 f"its log {state_dir() / 'server.log'} ends with:\n{tail}"
             )
-        if healthy(state):
+        if _listener_is(process.pid, port) and healthy(state):
             _write_state(state)
             secure_home(prefect_home())
             return state
@@ -210,28 +331,37 @@ def _spawn() -> ServerState:
 
 
 def ensure_running() -> tuple[ServerState, bool]:
-    """The running local server, started if needed: (state, started_now)."""
+    """The running local server, proven ours, started if needed: (state, started_now)."""
+    if not procfs.available():
+        raise ConfigError(
+            "dbbackup's local Prefect server needs Linux's /proc to prove that the server "
+            "it talks to is its own; set PREFECT_API_URL to a Prefect server, or "
+            f"{OPT_OUT_VARIABLE}=ephemeral"
+        )
     secure_home(prefect_home())
     with _locked():
+        secret = _api_secret()
         state = read_state()
-        if _usable(state):
-            return state, False  # type: ignore[return-value]
+        if state is not None and _usable(state, secret):
+            return state, False
         if state is not None:
-            _terminate(state)  # stale, unhealthy, or of another Prefect version
-        return _spawn(), True
+            _forget(state)  # stale, foreign, unhealthy, outdated: signalled only if ours
+        return _spawn(_port(state.port if state else None), secret), True
 
 
 def stop() -> ServerState | None:
-    """Stop the local server; the state it had, or None when none was recorded."""
+    """Stop the local server; the state it had, or None when none proven ours was recorded
+    (a stale state is removed, nothing is signalled)."""
     with _locked():
         state = read_state()
-        if state is not None:
-            _terminate(state)
-            (state_dir() / "server.json").unlink(missing_ok=True)
-        return state
+        if state is None:
+            return None
+        proven = _owns(state)
+        _forget(state)
+        return state if proven else None
 
 
 def status() -> ServerState | None:
-    """The local server if it runs and answers, else None."""
+    """The local server if it is proven ours and answers, else None."""
     state = read_state()
-    return state if state is not None and _pid_alive(state.pid) and healthy(state) else None
+    return state if state is not None and _trusted(state) and healthy(state) else None

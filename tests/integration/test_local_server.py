@@ -1,17 +1,24 @@
 """Without a configured Prefect API, `dbbackup` starts one local Prefect server on first
-use and reuses it; a stale or outdated one is replaced; a configured API always wins."""
+use and reuses it; a stale or outdated one is replaced; a configured API always wins.
+What it signals or talks to is proven its own: a state file naming another process, or
+another home's server, gets no signal and no request."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import signal
+import socket
 import stat
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
 from pathlib import Path
 
+import httpx
 import pytest
 
 STARTED = "started a local Prefect server"
@@ -61,6 +68,73 @@ def home(tmp_path: Path):
     home = tmp_path / "prefect-home"
     yield home
     _dbbackup(_env(home), "server", "stop")
+
+
+@pytest.fixture
+def other_home(tmp_path: Path):
+    """A second PREFECT_HOME on the same machine (another home's server)."""
+    home = tmp_path / "other-home"
+    yield home
+    _dbbackup(_env(home), "server", "stop")
+
+
+# an HTTP server that answers like Prefect's health check, records every request, and
+# whose command line reads like `prefect server start`
+FAKE_API = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def answer(self):
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        with open(sys.argv[1], "a") as log:
+            log.write(json.dumps([self.command, self.path, dict(self.headers),
+                                  body.decode(errors="replace")]) + "\\n")
+        out = b"true" if self.path.endswith("/health") else b"[]"
+        self.send_response(200)
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = answer
+    def log_message(self, *args):
+        pass
+
+server = HTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.fixture
+def fake_api(tmp_path: Path, home: Path):
+    """(process, port, request log) of a live foreign API on 127.0.0.1 that even claims
+    this PREFECT_HOME in its environment."""
+    log = tmp_path / "requests.log"
+    log.touch()
+    process = subprocess.Popen(
+        [sys.executable, "-c", FAKE_API, str(log), "prefect", "server", "start"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(home),
+    )
+    port = int(process.stdout.readline())
+    yield process, port, log
+    process.kill()
+    process.wait()
+
+
+def _record(home: Path, state: dict) -> None:
+    (home / "dbbackup-server").mkdir(parents=True, exist_ok=True)
+    (home / "dbbackup-server" / "server.json").write_text(json.dumps(state))
+
+
+def _apply_with_password(env: dict[str, str], tmp_path: Path, password: str):
+    config = tmp_path / "dbbackup.yaml"
+    config.write_text(
+        "servers:\n  pg-mine: {type: postgres, host: 127.0.0.1, port: 5432, "
+        f'password: "{password}"}}\n'
+    )
+    return _dbbackup(env, "apply", str(config))
 
 
 def test_first_use_starts_one_server_that_later_commands_reuse(home: Path) -> None:
@@ -131,7 +205,16 @@ def test_stale_and_outdated_servers_are_replaced(home: Path) -> None:
     done = _dbbackup(env, "list", "srv")
     assert STARTED in done.stderr and NO_STORAGE in done.stderr
     assert _gone(first["pid"])
-    assert _alive(_state(home)["pid"])
+    current = _state(home)
+    assert _alive(current["pid"])
+
+    # the state file of an older dbbackup (no start time, no home) naming this server:
+    # proven by the pid's start just before `started_at`, kept
+    legacy = {k: v for k, v in current.items() if k not in ("start_ticks", "home")}
+    (home / "dbbackup-server" / "server.json").write_text(json.dumps(legacy))
+    done = _dbbackup(env, "list", "srv")
+    assert NO_STORAGE in done.stderr and STARTED not in done.stderr
+    assert _state(home) == legacy
 
 
 def test_a_configured_api_is_used_and_no_server_is_started(tmp_path: Path) -> None:
@@ -151,3 +234,125 @@ def test_a_configured_api_is_used_and_no_server_is_started(tmp_path: Path) -> No
     assert "Starting temporary server" in done.stderr
     assert STARTED not in done.stderr
     assert not (tmp_path / "home2" / "dbbackup-server" / "server.json").exists()
+
+
+def test_a_state_file_naming_a_foreign_process_gets_no_signal_and_no_request(
+    home: Path, fake_api, tmp_path: Path
+) -> None:
+    """A stale server.json whose pid is reused by another program (its command line even
+    reads `prefect server start`) and whose port that program answers like Prefect."""
+    process, port, requests = fake_api
+    env = _env(home)
+    foreign = {"pid": process.pid, "port": port, "prefect_version": "0.0.1", "started_at": 0.0}
+
+    # an outdated-looking server is stopped only if it is proven ours: this one is not
+    _record(home, foreign)
+    assert _dbbackup(env, "server", "stop").stdout.strip() == "not running"
+    assert process.poll() is None, "dbbackup signalled a process that is not its server"
+    assert not (home / "dbbackup-server" / "server.json").exists()  # the stale state is gone
+
+    # nor when it differs from this home's recorded server only by its start time (the
+    # same command line, PREFECT_HOME and listening socket: a reused pid)
+    ticks = int(Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    _record(home, {**foreign, "start_ticks": ticks + 1, "home": str(home.resolve())})
+    assert _dbbackup(env, "server", "stop").stdout.strip() == "not running"
+    assert process.poll() is None
+
+    # a current-looking one: dbbackup starts its own server instead of sending it blocks
+    _record(home, {**foreign, "prefect_version": version("prefect")})
+    done = _apply_with_password(env, tmp_path, "pw-sentinel-4711")
+    assert done.returncode == 0, done.stderr
+    assert STARTED in done.stderr
+    ours = _state(home)
+    assert ours["pid"] != process.pid and ours["port"] != port and _alive(ours["pid"])
+    assert process.poll() is None
+    sent = requests.read_text()
+    assert "pw-sentinel-4711" not in sent and "pg-mine" not in sent
+    assert sent == "", f"dbbackup talked to an API it did not prove its own: {sent[:300]}"
+
+    # our own server's pid, but the port answered by someone else: nothing is sent there
+    _record(home, {**ours, "port": port})
+    done = _dbbackup(env, "list", "srv")
+    assert STARTED in done.stderr and NO_STORAGE in done.stderr
+    assert requests.read_text() == "" and process.poll() is None
+    assert _state(home)["port"] != port
+
+
+def test_another_homes_server_is_neither_stopped_nor_used(
+    home: Path, other_home: Path, tmp_path: Path
+) -> None:
+    theirs_env = _env(other_home)
+    assert _dbbackup(theirs_env, "server", "start").returncode == 0
+    theirs = _state(other_home)
+    # the local API requires this home's secret: another local user cannot read its blocks
+    filter_url = f"http://127.0.0.1:{theirs['port']}/api/block_documents/filter"
+    assert httpx.post(filter_url, json={}).status_code == 401
+    secret = other_home / "dbbackup-server" / "api-auth"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+    # their state file copied into this home (a restored backup of ~, a shared template)
+    env = _env(home)
+    _record(home, theirs)
+    assert _dbbackup(env, "server", "stop").stdout.strip() == "not running"
+    assert _alive(theirs["pid"]), "`server stop` in one home stopped another home's server"
+    assert _dbbackup(theirs_env, "server", "status").returncode == 0
+
+    # this home's blocks (and password) go to this home's own server, never to theirs
+    _record(home, theirs)
+    done = _apply_with_password(env, tmp_path, "pw-sentinel-4712")
+    assert done.returncode == 0, done.stderr
+    assert STARTED in done.stderr
+    mine = _state(home)
+    assert mine["pid"] != theirs["pid"] and mine["port"] != theirs["port"]
+    token = base64.b64encode(secret.read_bytes()).decode()  # Prefect's Basic auth string
+    their_blocks = httpx.post(filter_url, json={}, headers={"Authorization": f"Basic {token}"})
+    assert their_blocks.status_code == 200
+    assert "pg-mine" not in their_blocks.text
+    assert _dbbackup(theirs_env, "server", "status").returncode == 0
+
+
+def test_a_server_of_an_older_dbbackup_is_replaced_on_its_port(tmp_path: Path) -> None:
+    """The upgrade: an older dbbackup started its server without PREFECT_HOME (the
+    default ~/.prefect) and without the API secret, and recorded no start time. It is
+    proven this home's by its start and environment, stopped, and a server with the
+    secret takes over its port: never two servers on one database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(HOME=str(tmp_path), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    home = tmp_path / ".prefect"
+    (home / "dbbackup-server").mkdir(parents=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    older = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+        + ["--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _record(
+            home,
+            {"pid": older.pid, "port": port, "prefect_version": version("prefect")}
+            | {"started_at": time.time()},
+        )
+        deadline = time.monotonic() + 120
+        while not _answers(port) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        done = _dbbackup(env, "list", "srv")
+        assert STARTED in done.stderr and NO_STORAGE in done.stderr
+        assert older.wait(timeout=30) is not None
+        assert _state(home)["port"] == port and _state(home)["pid"] != older.pid
+    finally:
+        _dbbackup(env, "server", "stop")
+        if older.poll() is None:
+            os.killpg(older.pid, signal.SIGKILL)
+            older.wait()
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
