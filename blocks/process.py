@@ -20,6 +20,7 @@ name): the worker's cloud credentials, API keys and tokens never reach a client.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import ctypes.util
 import fcntl
@@ -32,7 +33,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, wait
 from types import FrameType, TracebackType
+from typing import TypeVar
 
 from prefect_dbbackup.blocks.errors import Interrupted, ToolFailed, redact
 
@@ -51,6 +54,7 @@ CONNECTION_LOST = (
 )
 
 
+T = TypeVar("T")
 # what a client inherits from this process: finding programs and libraries, the locale,
 # time zone, temp dir, and HOME (the user's own client config, e.g. ~/.pgpass, ~/.my.cnf)
 INHERITED = frozenset(
@@ -65,6 +69,7 @@ _live_lock = threading.Lock()
 _stop_reason: str | None = None
 _scopes = 0  # nesting depth of stop_on_signals() in the main thread
 _before_stop: dict[int, Callable | int] = {}  # handlers replaced after a stop, until the next run
+_left: list[threading.Thread] = []  # threads of stopped steps, not waited for
 
 
 def child_env(own: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -119,6 +124,44 @@ def check_not_interrupted(what: str) -> None:
     """Raise Interrupted before a step starts once the run was told to stop."""
     if _stop_reason is not None:
         raise Interrupted(f"{_stop_reason}: {what} was not started")
+
+
+def check_stopped(what: str) -> None:
+    """Raise Interrupted once the run was told to stop: a step under way ends."""
+    if _stop_reason is not None:
+        raise Interrupted(f"{_stop_reason}: {what} was stopped")
+
+
+def until_stopped(work: Callable[[], T], what: str) -> T:
+    """work()'s result or error; a stop raises Interrupted at once instead.
+
+    work runs in a daemon thread of its own: a stream can sit in a compressor's C code
+    for tens of seconds (one zstd job at level 19), out of reach of any stop. The run
+    does not wait for it: the thread is left to end by itself (its next read fails,
+    see check_stopped) and is never joined, nor waited for at exit.
+    """
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    context = contextvars.copy_context()  # the run's logger and settings
+    thread = threading.Thread(target=context.run, args=(run,), name=what, daemon=True)
+    thread.start()
+    while not wait([future], timeout=0.1).done:
+        if _stop_reason is not None:
+            _left.append(thread)
+            check_stopped(what)
+    return future.result()
+
+
+def left_running() -> bool:
+    """True while a stopped step's thread (see until_stopped) has not ended yet: the
+    process must then end without the interpreter's shutdown, which would wait for it."""
+    return any(thread.is_alive() for thread in _left)
 
 
 def pause(seconds: float) -> None:

@@ -261,3 +261,75 @@ def test_ctrl_c_during_a_replacing_restore_keeps_the_existing_target(
     assert _staging(pg_admin, STAGING_PREFIX) <= staging_before, "a staging database was left"
     [run] = flow_runs_of("restore-database", server=env.pg, target_database=target)
     assert run.state.is_cancelled(), f"{run.state.name}: {run.state.message}"
+
+
+def _descendants_gone(pids: list[int]) -> list[int]:
+    """Of pids, those still running (a zombie counts as gone)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def _children_of(pid: int) -> list[int]:
+    """PIDs of every process whose parent is pid."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_ctrl_c_stops_a_backup_whose_compressor_is_the_slow_part(env, pg_db, pg_admin, tmp_path):
+    """zstd level 19 on ~40 MB of incompressible rows: the compressor, not pg_dump, is what
+    the pipeline waits on. Ctrl-C to the whole process group ends the run within seconds."""
+    db = pg_db()
+    pg_admin.execute(
+        db,
+        "CREATE TABLE noise AS SELECT g, decode(string_agg(md5(g::text || ':' || i::text), ''),"
+        " 'hex') AS b FROM generate_series(1, 20000) g, generate_series(1, 128) i GROUP BY g",
+    )
+    server = f"pg-slowzstd-{uuid.uuid4().hex[:6]}"
+    PostgresServer(**PG, count_rows=False, backup_users=False, zstd_level=19).save(server)
+    workdir = tmp_path / "work"
+    argv = ["backup", server, "-d", db, "--storage", env.storage, "--encryption", env.encryption]
+    cli = subprocess.Popen(
+        [sys.executable, "-c", "from prefect_dbbackup.flows.cli import main; main()", *argv],
+        env=_child_env(workdir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell job is
+    )
+    try:
+        _wait_for(lambda: _pg_dumps_of(db), 180, "pg_dump to start")
+        time.sleep(3)  # well into the stream: pg_dump waits on the compressor by now
+        children = _children_of(cli.pid)
+        os.killpg(cli.pid, signal.SIGINT)
+        stopped = time.monotonic()
+        _, stderr = cli.communicate(timeout=60)
+        took = time.monotonic() - stopped
+    finally:
+        if cli.poll() is None:
+            os.killpg(cli.pid, signal.SIGKILL)
+            cli.wait()
+    print(f"exited {cli.returncode} {took:.1f} s after SIGINT")  # reported in the PR
+    assert cli.returncode == 130, stderr
+    assert took < 15, f"took {took:.1f} s to stop"
+    assert "stopping, killing the dump/restore clients" in stderr
+    assert "Traceback" not in stderr
+    assert not _pg_dumps_of(db)
+    assert not _descendants_gone(children), "a child process outlived the run"
+    assert load_storage(env.storage).list_keys(f"{server}/") == []
+    assert list(workdir.iterdir()) == []
+
