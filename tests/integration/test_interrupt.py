@@ -255,7 +255,10 @@ def test_ctrl_c_during_a_replacing_restore_keeps_the_existing_target(
             cli.kill()
     assert cli.returncode == 130, stderr
     last = [line for line in stderr.splitlines() if line.startswith("dbbackup: ")][-1]
-    assert last.startswith("dbbackup: interrupted by SIGINT: nothing was restored into")
+    assert (
+        last
+        == f"dbbackup: interrupted by SIGINT: nothing was restored into {target!r}: it is unchanged"
+    )
     assert pg_admin.table_fingerprints(target) == before
     assert not stalled()
     assert _staging(pg_admin, STAGING_PREFIX) <= staging_before, "a staging database was left"
@@ -333,3 +336,60 @@ def test_ctrl_c_stops_a_backup_whose_compressor_is_the_slow_part(env, pg_db, pg_
     assert load_storage(env.storage).list_keys(f"{server}/") == []
     assert list(workdir.iterdir()) == []
 
+
+@pytest.mark.parametrize("phase", ["first load", "second load"])
+def test_ctrl_c_during_a_mariadb_replace_says_what_exists_now(
+    env, my_db, my_admin, cleanup_my, tmp_path, phase
+):
+    """MariaDB --replace loads a staging copy, drops the target, loads it again. Ctrl-C in
+    either load: the last line says what exists now, checked against the server."""
+    from prefect_dbbackup.blocks.server import STAGING_PREFIX
+
+    db = my_db()
+    my_admin.execute(
+        db,
+        "CREATE TABLE t (id int PRIMARY KEY, v varchar(64))",
+        "INSERT INTO t SELECT seq, concat(md5(seq), md5(seq + 1)) FROM seq_1_to_300000",
+    )
+    assert env.cli("backup", env.my, "-d", db).exit_code == 0
+    target = my_db()
+    my_admin.execute(target, "CREATE TABLE keep (id int)", "INSERT INTO keep VALUES (1), (2)")
+    before = my_admin.table_fingerprints(target)
+    old = {n for (n,) in my_admin.query(None, "SHOW DATABASES") if n.startswith(STAGING_PREFIX)}
+
+    def loading() -> bool:
+        """True while the restore's client loads rows in the phase wanted."""
+        rows = my_admin.query(None, "SELECT DB, INFO FROM information_schema.PROCESSLIST")
+        into = {name for name, info in rows if name and info and info.startswith("INSERT")}
+        if phase == "first load":
+            return any(n.startswith(STAGING_PREFIX) and n not in old for n in into)
+        return target in into
+
+    argv = ["restore", env.my, db, "--into", target, "--replace"]
+    cli = _start([*argv, "--storage", env.storage, "--encryption", env.encryption], tmp_path)
+    try:
+        _wait_for(loading, 180, f"the {phase}")
+        cli.send_signal(signal.SIGINT)
+        _, stderr = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    staging = {n for (n,) in my_admin.query(None, "SHOW DATABASES") if n.startswith(STAGING_PREFIX)}
+    cleanup_my.extend(staging - old)
+    assert cli.returncode == 130, stderr
+    last = [line for line in stderr.splitlines() if line.startswith("dbbackup: ")][-1]
+    if phase == "first load":
+        assert (
+            last
+            == f"dbbackup: interrupted by SIGINT: nothing was restored into {target!r}: it is unchanged"
+        )
+        assert my_admin.table_fingerprints(target) == before
+        assert staging == old
+        return
+    [kept] = staging - old
+    assert last.startswith(
+        f"dbbackup: interrupted by SIGINT: {target!r} was dropped to be replaced and does not "
+        f"exist now; a complete restored copy is in {kept!r}"
+    ), last
+    assert not my_admin.exists(target)
+    assert my_admin.table_fingerprints(kept) == my_admin.table_fingerprints(db)
