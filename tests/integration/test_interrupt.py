@@ -393,3 +393,32 @@ def test_ctrl_c_during_a_mariadb_replace_says_what_exists_now(
     ), last
     assert not my_admin.exists(target)
     assert my_admin.table_fingerprints(kept) == my_admin.table_fingerprints(db)
+
+
+@pytest.mark.parametrize(
+    ("present", "says"),
+    [
+        ({"target", "staging"}, "{t} is unchanged; a complete restored copy is in {s}"),
+        ({"staging", "old"}, "{t} does not exist now: the old database is {o}, the complete"),
+        ({"target", "old"}, "{t} is the restored copy; the old database is left as {o}: drop it"),
+        ({"target"}, "{t} is replaced by the restored copy"),
+    ],
+)
+def test_a_stop_around_the_postgres_swap_describes_the_databases_as_they_are(
+    pg_admin, cleanup_pg, present, says
+):
+    """The renames of the swap are statements a signal does not interrupt, so the states
+    between them are made by hand here, on the real server the description reads."""
+    from prefect_dbbackup.blocks.server import STAGING_PREFIX
+    from prefect_dbbackup.tasks.restore import _StopState
+
+    tag = uuid.uuid4().hex[:8]
+    names = {"target": f"dbb_swap_{tag}", "staging": f"{STAGING_PREFIX}{tag}"}
+    names["old"] = names["staging"] + "_old"
+    for role, name in names.items():
+        cleanup_pg.append(name)
+        if role in present:
+            pg_admin.create(name)
+    state = _StopState(PostgresServer(**PG), names["target"], "ID", True, names["staging"], "swap")
+    expected = says.format(t=repr(names["target"]), s=repr(names["staging"]), o=repr(names["old"]))
+    assert state.describe().startswith(expected), state.describe()
