@@ -404,7 +404,6 @@ class MySQLServer(DatabaseServer):
     ) -> Iterator[ToolCommand]:
         # mariadb-dump takes its own snapshot (--single-transaction): none can be shared
         client = self.dump_client()
-        env = self.clean_env(("MYSQL", "MARIADB"))
         options = self.dump_options_for(database)
         _, gap = self._history_plan(database)
         if gap:
@@ -418,7 +417,7 @@ class MySQLServer(DatabaseServer):
         with self._defaults_file(workdir) as defaults:
             # no --databases: the dump has no CREATE DATABASE/USE and restores under any name
             argv = [client, defaults, *options, "--", database]
-            yield ToolCommand(argv, env, self.secrets(), trailer)
+            yield ToolCommand(argv, {}, self.secrets(), trailer)
 
     def _events(self, database: str) -> list[ShownEvent]:
         """SHOW CREATE EVENT of every event of database, the statement as stored bytes."""
@@ -451,7 +450,6 @@ class MySQLServer(DatabaseServer):
         client = (
             self.tool("mariadb", "mysql") if self._is_mariadb() else self.tool("mysql", "mariadb")
         )
-        env = self.clean_env(("MYSQL", "MARIADB"))
         with self._defaults_file(workdir) as defaults:
             # --comments keeps comments inside routine, trigger and event bodies
             argv = [client, defaults, "--binary-mode", "--comments", f"--database={database}"]
@@ -459,4 +457,4 @@ class MySQLServer(DatabaseServer):
                 # row_start/row_end of history rows are inserted as they were dumped
                 # (the dump sets it too, inside a /*M!101100 */ comment)
                 argv.insert(2, "--init-command=SET SESSION system_versioning_insert_history=1")
-            yield ToolCommand(argv, env, self.secrets())
+            yield ToolCommand(argv, {}, self.secrets())

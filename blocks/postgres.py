@@ -471,14 +471,13 @@ class PostgresServer(DatabaseServer):
 
     @contextlib.contextmanager
     def _credentials(self, workdir: Path) -> Iterator[dict[str, str]]:
-        env = self.clean_env(("PG",))
         secret = self.secret()
         if secret is None:
-            yield env
+            yield {}
             return
         line = f"*:*:*:{passfile_field(self.user)}:{passfile_field(secret)}\n"
         with private_file(workdir, "pgpass", line) as path:
-            yield {**env, "PGPASSFILE": str(path)}
+            yield {"PGPASSFILE": str(path)}
 
     @contextlib.contextmanager
     def dump_command(

@@ -11,11 +11,16 @@ and the steps fail with `Interrupted` instead of being retried. Each child also
 gets PR_SET_PDEATHSIG (through util-linux `setpriv`, else a prctl before exec):
 if this process is killed outright (SIGKILL), the kernel kills the client too,
 instead of leaving it waiting on a lock.
+
+Environment: a child gets only the allow-listed variables of this process (see
+child_env) plus the ones dbbackup sets for it (a credentials file, an application
+name): the worker's cloud credentials, API keys and tokens never reach a client.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import ctypes.util
 import fcntl
@@ -27,8 +32,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, wait
 from types import FrameType, TracebackType
+from typing import TypeVar
 
 from prefect_dbbackup.blocks.errors import Interrupted, ToolFailed, redact
 
@@ -47,6 +54,13 @@ CONNECTION_LOST = (
 )
 
 
+T = TypeVar("T")
+# what a client inherits from this process: finding programs and libraries, the locale,
+# time zone, temp dir, and HOME (the user's own client config, e.g. ~/.pgpass, ~/.my.cnf)
+INHERITED = frozenset(
+    {"PATH", "HOME", "TMPDIR", "TZ", "LANG", "LANGUAGE", "LC_ALL", "LD_LIBRARY_PATH"}
+)
+INHERITED_PREFIXES = ("LC_",)
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _prctl = _libc.prctl
@@ -55,6 +69,18 @@ _live_lock = threading.Lock()
 _stop_reason: str | None = None
 _scopes = 0  # nesting depth of stop_on_signals() in the main thread
 _before_stop: dict[int, Callable | int] = {}  # handlers replaced after a stop, until the next run
+_left: list[threading.Thread] = []  # threads of stopped steps, not waited for
+
+
+def child_env(own: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child: this process's allow-listed variables, then own (the
+    variables dbbackup sets for it). Nothing else is inherited."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if name in INHERITED or name.startswith(INHERITED_PREFIXES)
+    }
+    return {**inherited, **(own or {})}
 
 
 def _die_with_parent() -> None:
@@ -74,7 +100,7 @@ def _setpriv() -> str | None:
     return path if probe.returncode == 0 else None
 
 
-def _spawn(argv: list[str], env: dict[str, str] | None) -> tuple[list[str], Callable | None]:
+def _spawn(argv: list[str], env: dict[str, str]) -> tuple[list[str], Callable | None]:
     """The argv and preexec_fn that start a client with PR_SET_PDEATHSIG.
 
     Through setpriv, Python starts the child with vfork (about 1 ms); a preexec_fn
@@ -83,8 +109,7 @@ def _spawn(argv: list[str], env: dict[str, str] | None) -> tuple[list[str], Call
     runs in the child before exec.
     """
     setpriv = _setpriv()
-    path = env.get("PATH") if env is not None else None
-    client = shutil.which(argv[0], path=path) if setpriv else None
+    client = shutil.which(argv[0], path=env.get("PATH", os.defpath)) if setpriv else None
     if client is None:
         return argv, _die_with_parent
     return [setpriv, "--pdeathsig", "KILL", "--", client, *argv[1:]], None
@@ -99,6 +124,44 @@ def check_not_interrupted(what: str) -> None:
     """Raise Interrupted before a step starts once the run was told to stop."""
     if _stop_reason is not None:
         raise Interrupted(f"{_stop_reason}: {what} was not started")
+
+
+def check_stopped(what: str) -> None:
+    """Raise Interrupted once the run was told to stop: a step under way ends."""
+    if _stop_reason is not None:
+        raise Interrupted(f"{_stop_reason}: {what} was stopped")
+
+
+def until_stopped(work: Callable[[], T], what: str) -> T:
+    """work()'s result or error; a stop raises Interrupted at once instead.
+
+    work runs in a daemon thread of its own: a stream can sit in a compressor's C code
+    for tens of seconds (one zstd job at level 19), out of reach of any stop. The run
+    does not wait for it: the thread is left to end by itself (its next read fails,
+    see check_stopped) and is never joined, nor waited for at exit.
+    """
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    context = contextvars.copy_context()  # the run's logger and settings
+    thread = threading.Thread(target=context.run, args=(run,), name=what, daemon=True)
+    thread.start()
+    while not wait([future], timeout=0.1).done:
+        if _stop_reason is not None:
+            _left.append(thread)
+            check_stopped(what)
+    return future.result()
+
+
+def left_running() -> bool:
+    """True while a stopped step's thread (see until_stopped) has not ended yet: the
+    process must then end without the interpreter's shutdown, which would wait for it."""
+    return any(thread.is_alive() for thread in _left)
 
 
 def pause(seconds: float) -> None:
@@ -184,7 +247,9 @@ def _widen(fd: int) -> None:
 
 
 class ToolProcess:
-    """Context manager around one client process (pg_dump, mariadb, ...)."""
+    """Context manager around one client process (pg_dump, mariadb, ...).
+
+    env holds only the variables dbbackup sets for it: the rest comes from child_env."""
 
     def __init__(
         self,
@@ -198,7 +263,7 @@ class ToolProcess:
     ) -> None:
         self.argv = list(argv)
         self.name = os.path.basename(self.argv[0])
-        self._env = env
+        self._env = child_env(env)
         self._timeout = timeout
         self._want_stdin = stdin
         self._want_stdout = stdout

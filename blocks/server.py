@@ -21,6 +21,7 @@ from prefect.blocks.core import Block
 from prefect_dbbackup.blocks.bounds import MAX_CONNECT_SECONDS, MAX_DUMP_SECONDS
 from prefect_dbbackup.blocks.engines import Engine
 from prefect_dbbackup.blocks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
+from prefect_dbbackup.blocks.process import child_env
 from prefect_dbbackup.blocks.properties import DatabaseProperties
 from prefect_dbbackup.blocks.retention import RetentionPolicy
 from pydantic import Field, PrivateAttr, SecretStr
@@ -36,7 +37,7 @@ class ToolCommand:
     """A client invocation: argv and environment hold no secret, only file paths."""
 
     argv: list[str]
-    env: dict[str, str]
+    env: dict[str, str]  # only what dbbackup sets: the rest comes from process.child_env
     secrets: list[str] = field(default_factory=list)
     trailer: bytes = b""  # appended to the tool's output (what the tool itself cannot dump)
 
@@ -90,7 +91,7 @@ def private_file(directory: Path, name: str, content: str) -> Iterator[Path]:
 def _version_line(path: str, mtime_ns: int) -> str:
     """`path --version` (Debian's clients are Perl wrappers: ~0.1 s a call)."""
     return subprocess.run(
-        [path, "--version"], capture_output=True, text=True, check=False
+        [path, "--version"], capture_output=True, text=True, check=False, env=child_env()
     ).stdout.strip()
 
 
@@ -483,8 +484,3 @@ class DatabaseServer(Block, ABC):
     def client_version(path: str) -> str:
         """The version line a client tool prints, asked once per binary (until it changes)."""
         return _version_line(path, os.stat(path).st_mtime_ns)
-
-    @staticmethod
-    def clean_env(drop_prefixes: tuple[str, ...]) -> dict[str, str]:
-        """The current environment without variables the client would read credentials from."""
-        return {k: v for k, v in os.environ.items() if not k.startswith(drop_prefixes)}

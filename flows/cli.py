@@ -7,6 +7,7 @@ the restore failed, 3 configuration or usage error, 4 authentication/credentials
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -752,11 +753,28 @@ def main() -> None:
 
         _quiet_expected_tracebacks()
     if not os.environ.get("PREFECT_API_URL"):
-        sys.exit(_run_app())
+        _exit(_run_app())
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
-        sys.exit(_run_app())
+        _exit(_run_app())
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit with code. A stopped run can leave a stream's thread inside a compressor (see
+    process.until_stopped): then the run's logs are sent and the process ends at once,
+    without the interpreter's shutdown, which would wait for that thread or abort."""
+    from prefect_dbbackup.blocks.process import left_running
+
+    if left_running():
+        handlers = sys.modules.get("prefect.logging.handlers")
+        if handlers is not None:
+            with contextlib.suppress(Exception):
+                handlers.APILogWorker.drain_all(timeout=5)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _end_runs_of_killed_processes() -> None:

@@ -8,14 +8,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
-from prefect_dbbackup.blocks.errors import DbBackupError
-from prefect_dbbackup.blocks.process import interrupted, stop_on_signals
+from prefect_dbbackup.blocks.process import stop_on_signals
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
 from prefect_dbbackup.flows.artifacts import artifact_key
 from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.users import restore_users
 from prefect_dbbackup.tasks.catalog import find_backup
-from prefect_dbbackup.tasks.restore import RestoreResult, restore_task
+from prefect_dbbackup.tasks.restore import RestoreResult, RestoreStopped, restore_task
 from prefect_dbbackup.tasks.users import UsersPartlyRestored, UsersResult
 from prefect_dbbackup.tasks.workdir import private_workdir
 
@@ -117,15 +116,9 @@ def restore_database(
                 identity_file=identity_file,
                 jobs=jobs,
             )
-        except DbBackupError:
-            if not interrupted():
-                raise
-            message = (
-                f"{interrupted()}: nothing was restored into {target!r} (a partly restored "
-                "database was dropped; an existing one is unchanged)"
-            )
-            log.warning(message)
-            return Cancelled(message=message)
+        except RestoreStopped as exc:  # its message says what the databases hold now
+            log.warning(str(exc))
+            return Cancelled(message=str(exc))
     if not srv.users_before_database:
         accounts = users()
     report = RestoreReport(**result.model_dump(), users=accounts)

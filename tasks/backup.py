@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -12,7 +13,13 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.encryption import AgeEncryption
-from prefect_dbbackup.blocks.process import ToolProcess, check_not_interrupted, interrupted
+from prefect_dbbackup.blocks.process import (
+    ToolProcess,
+    check_not_interrupted,
+    check_stopped,
+    interrupted,
+    until_stopped,
+)
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.catalog import publish_manifest
@@ -105,19 +112,26 @@ def dump_database(
                 counter = server.dump_row_counter(snapshot.tables)
                 source = TrailedReader(proc.stdout, cmd.trailer) if cmd.trailer else proc.stdout
                 tap = counter.feed if counter else None
+                what = f"the dump of {database!r}"
+                check = functools.partial(check_stopped, what)
                 if chunks is None:
-                    stats = write_spool(
-                        source,
-                        spool,
-                        recipients,
-                        level=level,
-                        threads=threads,
-                        on_progress=progress,
-                        tap=tap,
+                    stats = until_stopped(
+                        lambda: write_spool(
+                            source,
+                            spool,
+                            recipients,
+                            level=level,
+                            threads=threads,
+                            on_progress=progress,
+                            tap=tap,
+                            check=check,
+                        ),
+                        what,
                     )
                     chunk_list = None
                 else:
-                    chunk_list = chunks.write(CountingReader(source, progress, tap=tap))
+                    counted = CountingReader(source, progress, tap=tap, check=check)
+                    chunk_list = chunks.write(counted)
                     stats = StreamStats(
                         raw_bytes=chunk_list.raw_bytes,
                         compressed_bytes=chunks.compressed_bytes,

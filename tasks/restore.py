@@ -6,6 +6,7 @@ import contextlib
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -24,7 +25,7 @@ from prefect_dbbackup.blocks.errors import (
     TargetExists,
     is_disk_full,
 )
-from prefect_dbbackup.blocks.process import ToolProcess
+from prefect_dbbackup.blocks.process import ToolProcess, interrupted
 from prefect_dbbackup.blocks.server import STAGING_PREFIX, DatabaseServer, ToolCommand
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.chunks import chunk_stream
@@ -155,7 +156,8 @@ def restore_backup(
         log.info(note)
     started = datetime.now(UTC)
     skipped: list[str] = []
-    with plaintext_feed(storage, manifest, workdir, what, identities) as feed:
+    state = _StopState(server, target, manifest.backup_id, exists)
+    with _stopped_says(state), plaintext_feed(storage, manifest, workdir, what, identities) as feed:
 
         def load(into: str) -> None:
             loader = _TargetLoader(server, into, manifest, workdir, log)
@@ -172,7 +174,7 @@ def restore_backup(
                 raise
 
         if exists:
-            _replace(server, target, load, log)
+            _replace(server, state, load, log)
         else:
             load(target)
     return RestoreResult(
@@ -274,17 +276,102 @@ class _TargetLoader:
                 self.log.error("could not drop the partial database %r: %s", self.target, exc)
 
 
-def _replace(server: DatabaseServer, target: str, load: Callable[[str], None], log: Logger) -> None:
+class RestoreStopped(Interrupted):
+    """A restore stopped by a signal; its message says what the databases hold now."""
+
+
+@dataclass
+class _StopState:
+    """Where a restore is, to tell what a stop leaves behind (the databases are looked at)."""
+
+    server: DatabaseServer
+    target: str
+    backup_id: str
+    replacing: bool
+    staging: str = field(default_factory=lambda: STAGING_PREFIX + secrets.token_hex(4))
+    phase: str = "staging"  # --replace: "staging", then "swap" or "reload", then "cleanup"
+
+    def describe(self) -> str:
+        """What exists now and what to do, checked against the server."""
+        exists = self.server.database_exists
+        target, staging = repr(self.target), repr(self.staging)
+        if not self.replacing:
+            if exists(self.target):
+                return f"{target} is only partly restored (dropping it failed): drop it"
+            return f"nothing was restored into {target} (the partly restored database was dropped)"
+        if self.phase == "staging":
+            left = exists(self.staging)
+            return f"nothing was restored into {target}: it is unchanged" + (
+                f"; a partial staging copy {staging} is left: drop it" if left else ""
+            )
+        if self.phase == "swap":
+            return self._describe_swap()
+        again = (
+            f"restore backup {self.backup_id} into {target} again (without --replace), "
+            f"then drop {staging}"
+        )
+        if self.phase == "reload" and exists(self.target):
+            return (
+                f"{target} was dropped to be replaced and is only partly restored; a complete "
+                f"restored copy is in {staging}. Drop {target}, then {again}"
+            )
+        if self.phase == "reload":
+            return (
+                f"{target} was dropped to be replaced and does not exist now; a complete restored "
+                f"copy is in {staging}: use it as it is, or {again}"
+            )
+        return f"{target} is restored; drop the staging copy {staging} left behind"
+
+    def _describe_swap(self) -> str:
+        exists = self.server.database_exists
+        target, staging, old = repr(self.target), repr(self.staging), repr(self.staging + "_old")
+        if exists(self.staging) and exists(self.target):
+            return (
+                f"{target} is unchanged; a complete restored copy is in {staging}: run the "
+                f"restore with --replace again, then drop {staging}"
+            )
+        if exists(self.staging):
+            return (
+                f"{target} does not exist now: the old database is {old}, the complete restored "
+                f"copy is {staging}; rename {staging} to {target}, then drop {old}"
+            )
+        if exists(self.staging + "_old"):
+            return f"{target} is the restored copy; the old database is left as {old}: drop it"
+        return f"{target} is replaced by the restored copy"
+
+
+@contextlib.contextmanager
+def _stopped_says(state: _StopState) -> Iterator[None]:
+    """A stop (Ctrl-C, SIGTERM) becomes a RestoreStopped saying what the databases hold."""
+    try:
+        yield
+    except DbBackupError as exc:
+        if (reason := interrupted()) is None:
+            raise
+        try:
+            now = state.describe()
+        except DbBackupError as unknown:
+            now = (
+                f"what {state.target!r} and {state.staging!r} hold now could not be checked "
+                f"({unknown}): look before using them"
+            )
+        raise RestoreStopped(f"{reason}: {now}") from exc
+
+
+def _replace(
+    server: DatabaseServer, state: _StopState, load: Callable[[str], None], log: Logger
+) -> None:
     """Replace an existing database only once the backup has restored completely.
 
     The backup goes into a staging database first; a failure there leaves the
     target untouched. PostgreSQL then swaps names; MySQL/MariaDB cannot rename
     a database, so the target is dropped and loaded a second time, and if that
-    fails the staging copy is kept and named in the error.
+    fails the staging copy is kept and named in the error. state follows the steps.
     """
-    staging = STAGING_PREFIX + secrets.token_hex(4)
+    target, staging = state.target, state.staging
     load(staging)
     if server.supports_rename:
+        state.phase = "swap"
         with _explained(
             log,
             f"the backup restored into {staging!r} but swapping it into {target!r} failed",
@@ -294,6 +381,7 @@ def _replace(server: DatabaseServer, target: str, load: Callable[[str], None], l
         log.info("replaced %r with the restored copy", target)
         return
     log.warning("dropping %r to replace it with the restored backup", target)
+    state.phase = "reload"
     server.drop_database(target)
     with _explained(
         log,
@@ -301,6 +389,7 @@ def _replace(server: DatabaseServer, target: str, load: Callable[[str], None], l
         f"A complete restored copy is in database {staging!r}",
     ):
         load(target)
+    state.phase = "cleanup"
     server.drop_database(staging)
 
 

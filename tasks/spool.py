@@ -52,8 +52,9 @@ def write_spool(
     threads: int,
     on_progress: Callable[[int], None] | None = None,
     tap: Callable[[memoryview], None] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> StreamStats:
-    """Compress and encrypt source into the spool file.
+    """Compress and encrypt source into the spool file (check: see encrypt_stream).
 
     No fsync: the spool is not a copy anyone keeps. The upload hashes the bytes it
     reads back and compares them with these stats, so a spool the disk damaged is
@@ -68,5 +69,6 @@ def write_spool(
             threads=threads,
             on_progress=on_progress,
             tap=tap,
+            check=check,
         )
     return stats

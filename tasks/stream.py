@@ -6,6 +6,7 @@ of the database. Plaintext exists only inside these pipes.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 from collections.abc import Callable, Sequence
@@ -23,7 +24,12 @@ class Writable(Protocol):
 
 
 class CountingReader(io.RawIOBase):
-    """A readable that counts the bytes passing through it and can report progress."""
+    """A readable that counts the bytes passing through it and can report progress.
+
+    check, if given, runs after every read and raises to end the stream (a stop): a
+    source that ends because its client was killed must not look like a complete one.
+    The exception it raised is kept in `stopped`.
+    """
 
     def __init__(
         self,
@@ -31,10 +37,13 @@ class CountingReader(io.RawIOBase):
         on_progress: Callable[[int], None] | None = None,
         every: int = 256 << 20,
         tap: Callable[[memoryview], None] | None = None,
+        check: Callable[[], None] | None = None,
     ) -> None:
         self.inner = inner
         self.count = 0
+        self.stopped: BaseException | None = None
         self._tap = tap
+        self._check = check
         self._on_progress = on_progress
         self._every = every
         self._next_report = every
@@ -42,14 +51,56 @@ class CountingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def _stop_if_told(self) -> None:
+        if self._check is not None:
+            try:
+                self._check()
+            except BaseException as exc:
+                self.stopped = exc
+                raise
+
     def readinto(self, buffer) -> int:  # type: ignore[override]
-        n = self.inner.readinto(buffer) or 0
+        try:
+            n = self.inner.readinto(buffer) or 0
+        except BaseException:
+            self._stop_if_told()  # a read that failed because of a stop (its pipe closed)
+            raise
+        self._stop_if_told()
         self.count += n
         if self._tap and n:
             self._tap(memoryview(buffer)[:n])
         if self._on_progress and self.count >= self._next_report:
             self._next_report += self._every
             self._on_progress(self.count)
+        return n
+
+
+class CompressingReader(io.RawIOBase):
+    """The zstd frame of source, read on demand.
+
+    Not zstandard's stream_reader: that one holds the GIL while it waits for its worker
+    threads, up to tens of seconds per job at level 19, and every other thread of the
+    run (a stop, the logs, the API) stands still. compressobj lets go of it.
+    """
+
+    def __init__(self, source: BinaryIO, compressor: zstandard.ZstdCompressor) -> None:
+        self._source = source
+        self._compressing = compressor.compressobj()
+        self._pending = memoryview(b"")
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while not self._pending and not self._ended:
+            block = self._source.read(READ_SIZE)
+            self._ended = not block
+            out = self._compressing.compress(block) if block else self._compressing.flush()
+            self._pending = memoryview(out)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
         return n
 
 
@@ -97,23 +148,38 @@ def encrypt_stream(
     threads: int = 2,
     on_progress: Callable[[int], None] | None = None,
     tap: Callable[[memoryview], None] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> StreamStats:
     """Compress (zstd) and encrypt (age) source into dest; return sizes and the sha256.
 
-    tap, if given, sees every plaintext chunk on its way (e.g. to count rows)."""
+    tap, if given, sees every plaintext chunk on its way (e.g. to count rows); check runs
+    after every read of source and raises to stop the stream (see CountingReader)."""
     if not recipients:
         raise ValueError("refusing to write a backup without an age recipient")
-    raw = CountingReader(source, on_progress, tap=tap)
+    raw = CountingReader(source, on_progress, tap=tap, check=check)
     compressor = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
-    compressed = CountingReader(compressor.stream_reader(raw, read_size=READ_SIZE))
+    compressed = CountingReader(CompressingReader(raw, compressor))
     out = HashingWriter(dest)
-    pyrage.encrypt_io(compressed, out, list(recipients))
+    try:
+        pyrage.encrypt_io(compressed, out, list(recipients))
+    except BaseException:
+        if raw.stopped is None:
+            raise
+        _never_free(compressor)
+        raise raw.stopped from None  # age wraps it in an EncryptError
     return StreamStats(
         raw_bytes=raw.count,
         compressed_bytes=compressed.count,
         stored_bytes=out.count,
         sha256=out.hexdigest(),
     )
+
+
+def _never_free(compressor: zstandard.ZstdCompressor) -> None:
+    """Leak a stopped stream's compressor on purpose: freeing it waits, with the GIL held,
+    until its worker threads finish the jobs they have (tens of seconds at level 19),
+    which would freeze every thread of the run. Process exit ends those workers."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(compressor))
 
 
 class _LazyDecompressingWriter:

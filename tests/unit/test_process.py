@@ -6,7 +6,7 @@ import time
 
 import pytest
 from prefect_dbbackup.blocks.errors import ToolFailed
-from prefect_dbbackup.blocks.process import PIPE_BYTES, ToolProcess
+from prefect_dbbackup.blocks.process import PIPE_BYTES, ToolProcess, child_env
 
 
 def test_non_zero_exit_raises_with_redacted_stderr():
@@ -122,3 +122,14 @@ def test_the_pipes_to_and_from_a_client_hold_a_mebibyte():
         proc.stdin.write(b"x" * 1000)
         proc.stdin.close()
         assert proc.stdout.read() == b"x" * 1000
+
+
+def test_a_child_gets_only_the_allow_listed_environment_and_its_own(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
+    monkeypatch.setenv("PGPASSWORD", "hunter2")
+    monkeypatch.setenv("LC_TIME", "C")
+    monkeypatch.setenv("PATH", "/opt/pg/bin:/usr/bin")
+    env = child_env({"PGPASSFILE": "/work/pgpass"})
+    assert env["PATH"] == "/opt/pg/bin:/usr/bin" and env["LC_TIME"] == "C"
+    assert env["PGPASSFILE"] == "/work/pgpass"
+    assert "AWS_SECRET_ACCESS_KEY" not in env and "PGPASSWORD" not in env
