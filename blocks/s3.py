@@ -437,14 +437,18 @@ class S3BackupStorage(BackupStorage):
             "(proxies, NICs) and read again"
         )
 
-    def stored_size(self, key: str) -> int | None:
+    def _head(self, key: str) -> dict | None:
+        """One HEAD of key: its metadata, or None when there is no such object."""
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._full(key))
+            return self.client.head_object(Bucket=self.bucket, Key=self._full(key))
         except S3_ERRORS as exc:
             if self._missing(exc):
                 return None
             raise self._error(exc, "check", key) from None
-        return int(head["ContentLength"])
+
+    def stored_size(self, key: str) -> int | None:
+        head = self._head(key)
+        return None if head is None else int(head["ContentLength"])
 
     def copy(self, source: str, target: str) -> None:
         """CopyObject (one request: objects up to 5 GiB, chunks and manifests), confirmed
@@ -527,27 +531,13 @@ class S3BackupStorage(BackupStorage):
         return {k: t for k, t in found.items() if is_safe_key(k)}
 
     def exists(self, key: str) -> bool:
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._full(key))
-        except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code")) in MISSING_CODES:
-                return False
-            raise self._error(exc, "check", key) from None
-        except S3_ERRORS as exc:
-            raise self._error(exc, "check", key) from None
-        return True
+        return self._head(key) is not None
 
     def locked_until(self, key: str) -> datetime | None:
         """The retain-until date of a locked object still in force (only asked when the
         block sets object lock: one HEAD)."""
-        if not self.object_lock_mode:
+        if not self.object_lock_mode or (head := self._head(key)) is None:
             return None
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._full(key))
-        except S3_ERRORS as exc:
-            if self._missing(exc):
-                return None
-            raise self._error(exc, "check", key) from None
         until = head.get("ObjectLockRetainUntilDate")
         return until if until is not None and until > datetime.now(UTC) else None
 
