@@ -49,6 +49,22 @@ def new_dedup_key() -> str:
     return secrets.token_hex(32)
 
 
+MAX_GC_HOURS = 24 * 366 * 10  # ten years: any longer grace or fence is a typo
+
+
+def check_gc_hours(grace: float, fence: float) -> None:
+    """ValueError unless (grace, fence) are usable chunk GC parameters (docs/dedup.md):
+    finite, positive, at most MAX_GC_HOURS, and the fence below the grace."""
+    for name, hours in (("dedup_grace_hours", grace), ("dedup_fence_hours", fence)):
+        if not isinstance(hours, int | float) or not 0 < hours <= MAX_GC_HOURS:
+            raise ValueError(f"{name} must be a number of hours in (0, {MAX_GC_HOURS}]")
+    if fence >= grace:
+        raise ValueError(
+            "dedup_fence_hours must be below dedup_grace_hours (docs/dedup.md): a chunk a "
+            "backup relies on could be deleted"
+        )
+
+
 class UnsafeKey(ConfigError):
     """A storage key outside the contract (see BackupStorage); no storage accepts it."""
 
@@ -150,23 +166,23 @@ class BackupStorage(Block, ABC):
     dedup_grace_hours: float = Field(
         default=24,
         gt=0,
+        le=MAX_GC_HOURS,
         description="Chunks a prune sets aside are deleted by a prune at least this long "
-        "after (docs/dedup.md, garbage collection). The same on every writer of a storage.",
+        "after (docs/dedup.md, garbage collection). Stored once in the storage by its first "
+        "writer: a block whose value differs gets a warning, the storage's value wins.",
     )
     dedup_fence_hours: float = Field(
         default=20,
         gt=0,
+        le=MAX_GC_HOURS,
         description="A backup that took longer than this between finding its chunks and "
-        "writing its manifest checks them again. Below dedup_grace_hours.",
+        "writing its manifest checks them again. Below dedup_grace_hours; stored once in "
+        "the storage, like it.",
     )
 
     @model_validator(mode="after")
     def _fence_below_grace(self) -> BackupStorage:
-        if self.dedup_fence_hours >= self.dedup_grace_hours:
-            raise ValueError(
-                "dedup_fence_hours must be below dedup_grace_hours (docs/dedup.md): a chunk a "
-                "backup relies on could be deleted"
-            )
+        check_gc_hours(self.dedup_grace_hours, self.dedup_fence_hours)
         return self
 
     def dedup_secret(self) -> bytes | None:
