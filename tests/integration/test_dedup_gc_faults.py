@@ -33,6 +33,13 @@ from tests.integration.test_dedup_gc import (
     _restore_equals,
 )
 
+BOTH = pytest.mark.parametrize("where", ["local", "s3"])
+
+
+def _dedup(env, request: pytest.FixtureRequest, where: str, **fields: object):  # noqa: ANN001, ANN202
+    """`env` with a deduplicating storage on local disk or on the real S3 server."""
+    return env.with_dedup(request.getfixturevalue("s3_server") if where == "s3" else None, **fields)
+
 
 class FrozenMark:
     """A prune (collect_chunks) in a thread, frozen inside the move of the first chunk of
@@ -72,13 +79,14 @@ class FrozenMark:
         return self.error
 
 
+@BOTH
 def test_a_mark_frozen_past_the_grace_leaves_the_chunks_a_new_backup_reuses(
-    env, pg_db, pg_admin, cleanup_pg, monkeypatch
+    env, pg_db, pg_admin, cleanup_pg, monkeypatch, request, where
 ):
     """Issue #23 case 4: a prune frozen mid-move for longer than the grace, while a backup
     reuses the chunk and another prune sweeps that mark; on thawing it must not take the
     chunk out of chunks/."""
-    env = env.with_dedup(dedup_grace_hours=10 / 3600, dedup_fence_hours=1 / 3600)
+    env = _dedup(env, request, where, dedup_grace_hours=10 / 3600, dedup_fence_hours=1 / 3600)
     x, y, storage, mx = _pair(pg_db, pg_admin, env)
     assert env.cli("backup", env.pg, "--database", y).exit_code == 0
     (my1,) = list_backups(storage, env.pg, y)
@@ -96,10 +104,13 @@ def test_a_mark_frozen_past_the_grace_leaves_the_chunks_a_new_backup_reuses(
     _restore_equals(env, pg_admin, cleanup_pg, y, "r")
 
 
-def test_fossils_of_a_swept_mark_go_back_to_chunks(env, pg_db, pg_admin, cleanup_pg):
+@BOTH
+def test_fossils_of_a_swept_mark_go_back_to_chunks(
+    env, pg_db, pg_admin, cleanup_pg, request, where
+):
     """A marker killed after its late move landed in a swept mark's fossils (no mark file
     any more): nothing deletes those fossils, the next prune puts them back."""
-    env = env.with_dedup()
+    env = _dedup(env, request, where)
     x, y, storage, mx = _pair(pg_db, pg_admin, env)
     first = mx.chunks.order[0][0]
     (key,) = [k for k in storage.list_keys(CHUNKS) if k.endswith(first)]
@@ -148,12 +159,13 @@ def test_a_clock_step_between_mark_and_sweep_deletes_no_chunk_a_backup_relies_on
     assert "a clock stepped; its sweep waits" in caplog.text
 
 
+@BOTH
 def test_blocks_with_a_shorter_grace_collect_with_the_storages_grace(
-    env, pg_db, pg_admin, cleanup_pg, monkeypatch, caplog
+    env, pg_db, pg_admin, cleanup_pg, monkeypatch, caplog, request, where
 ):
     """Issue #23 case 5: a second block on the same storage with a grace of seconds must not
     sweep chunks that a backup of the first block (grace 1 h) relies on."""
-    env = env.with_dedup(dedup_grace_hours=1, dedup_fence_hours=0.5)
+    env = _dedup(env, request, where, dedup_grace_hours=1, dedup_fence_hours=0.5)
     x, y, storage, mx = _pair(pg_db, pg_admin, env)
     hasty = storage.model_copy(
         update={"dedup_grace_hours": 2 / 3600, "dedup_fence_hours": 1 / 3600}
@@ -219,13 +231,14 @@ def test_prune_of_a_full_storage_sweeps_and_frees_space(env, pg_db, pg_admin, ti
     assert "this prune only sweeps earlier collections" in caplog.text  # the run's log
 
 
+@BOTH
 def test_a_backup_whose_reused_chunks_vanish_before_its_manifest_fails_naming_them(
-    env, pg_db, pg_admin, monkeypatch
+    env, pg_db, pg_admin, monkeypatch, request, where
 ):
     """No exit 0 for work not done: whatever removed the chunks a backup reused while it
     ran (a prune under a fault no rule above covers, a person), the backup checks them
     after writing its manifest and fails naming them."""
-    env = env.with_dedup()
+    env = _dedup(env, request, where)
     x, y, storage, mx = _pair(pg_db, pg_admin, env)
     paused = PausedBackup(env, y, monkeypatch)
     assert paused.writer.reused >= 1
