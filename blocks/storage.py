@@ -49,7 +49,7 @@ def new_dedup_key() -> str:
     return secrets.token_hex(32)
 
 
-MAX_GC_HOURS = 24 * 366 * 10  # ten years: any longer grace or fence is a typo
+MAX_GC_HOURS = 8760.0  # a year, as blocks/bounds.MAX_HOURS on main
 
 
 def check_gc_hours(grace: float, fence: float) -> None:
@@ -166,7 +166,6 @@ class BackupStorage(Block, ABC):
     dedup_grace_hours: float = Field(
         default=24,
         gt=0,
-        le=MAX_GC_HOURS,
         description="Chunks a prune sets aside are deleted by a prune at least this long "
         "after (docs/dedup.md, garbage collection). Stored once in the storage by its first "
         "writer: a block whose value differs gets a warning, the storage's value wins.",
@@ -174,7 +173,6 @@ class BackupStorage(Block, ABC):
     dedup_fence_hours: float = Field(
         default=20,
         gt=0,
-        le=MAX_GC_HOURS,
         description="A backup that took longer than this between finding its chunks and "
         "writing its manifest checks them again. Below dedup_grace_hours; stored once in "
         "the storage, like it.",
