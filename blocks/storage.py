@@ -21,7 +21,7 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from prefect.blocks.core import Block
 from prefect_dbbackup.blocks import signing
-from prefect_dbbackup.blocks.bounds import Hours
+from prefect_dbbackup.blocks.bounds import MAX_HOURS, Hours
 from prefect_dbbackup.blocks.errors import ConfigError, DiskFull, IntegrityError, StorageError
 from pydantic import Field, SecretStr, model_validator
 
@@ -50,6 +50,19 @@ MAX_KEY = 1024  # S3's limit on a whole key
 def new_dedup_key() -> str:
     """A new dedup key, as stored in a block or key file (64 hex digits)."""
     return secrets.token_hex(32)
+
+
+def check_gc_hours(grace: float, fence: float) -> None:
+    """ValueError unless (grace, fence) are usable chunk GC parameters (docs/dedup.md):
+    finite, positive, at most MAX_HOURS, and the fence below the grace."""
+    for name, hours in (("dedup_grace_hours", grace), ("dedup_fence_hours", fence)):
+        if not isinstance(hours, int | float) or not 0 < hours <= MAX_HOURS:
+            raise ValueError(f"{name} must be a number of hours in (0, {MAX_HOURS}]")
+    if fence >= grace:
+        raise ValueError(
+            "dedup_fence_hours must be below dedup_grace_hours (docs/dedup.md): a chunk a "
+            "backup relies on could be deleted"
+        )
 
 
 class UnsafeKey(ConfigError):
@@ -159,22 +172,20 @@ class BackupStorage(Block, ABC):
         default=24,
         gt=0,
         description="Chunks a prune sets aside are deleted by a prune at least this long "
-        "after (docs/dedup.md, garbage collection). The same on every writer of a storage.",
+        "after (docs/dedup.md, garbage collection). Stored once in the storage by its first "
+        "writer: a block whose value differs gets a warning, the storage's value wins.",
     )
     dedup_fence_hours: Hours = Field(
         default=20,
         gt=0,
         description="A backup that took longer than this between finding its chunks and "
-        "writing its manifest checks them again. Below dedup_grace_hours.",
+        "writing its manifest checks them again. Below dedup_grace_hours; stored once in "
+        "the storage, like it.",
     )
 
     @model_validator(mode="after")
     def _fence_below_grace(self) -> BackupStorage:
-        if self.dedup_fence_hours >= self.dedup_grace_hours:
-            raise ValueError(
-                "dedup_fence_hours must be below dedup_grace_hours (docs/dedup.md): a chunk a "
-                "backup relies on could be deleted"
-            )
+        check_gc_hours(self.dedup_grace_hours, self.dedup_fence_hours)
         return self
 
     def dedup_secret(self) -> bytes | None:

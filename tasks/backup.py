@@ -23,7 +23,12 @@ from prefect_dbbackup.blocks.process import (
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.catalog import publish_manifest
-from prefect_dbbackup.tasks.chunks import ChunkWriter, ensure_key_copy, writer_key
+from prefect_dbbackup.tasks.chunks import (
+    ChunkWriter,
+    ensure_key_copy,
+    gc_parameters,
+    writer_key,
+)
 from prefect_dbbackup.tasks.layout import backup_key
 from prefect_dbbackup.tasks.limits import dump_slot, host_slot
 from prefect_dbbackup.tasks.logs import run_logger
@@ -227,17 +232,19 @@ def back_up_chunked(
         series=(server_name, database),
     )
     ensure_key_copy(storage, writer.key, encryption)
+    fence = gc_parameters(storage).fence_hours * 3600  # the storage's, not this block's
     dump = dump_database(
         server, server_name, database, encryption, workdir, backup_id, chunks=writer
     )
     assert dump.manifest.chunks is not None
     check_not_interrupted(f"the manifest of {database!r}")
-    writer.fence(dump.manifest.chunks, storage.dedup_fence_hours * 3600)
+    writer.fence(dump.manifest.chunks, fence)
     key = retry_transient(
         lambda: publish_manifest(storage, dump.manifest),
         f"manifest of {database!r} to {storage.describe()}",
         UPLOAD_RETRY_DELAYS,
     )
+    writer.confirm(dump.manifest.chunks, f"backup {backup_id} of {database!r}")
     run_logger().info(
         "stored backup %s of %r as %d chunks (%d new) in %s",
         backup_id,

@@ -6,6 +6,7 @@ Layout under the storage root:
   _dedup/chunks/{rset}/{id[:2]}/{id}       one chunk: a zstd frame inside age
   _dedup/fossils/{mark}/{rset}/{id[:2]}/{id}  a chunk set aside by a prune (tasks/chunk_gc.py)
   _dedup/gc/{mark}.json                    one collection in progress
+  _dedup/gc-parameters.json                grace and fence, written once by the first writer
   _dedup/damaged/{rset}/{id[:2]}/{id}      a chunk `dbbackup check --read-data` found damaged
 `rset` names the recipient set: chunks are shared only between backups encrypted to the
 same recipients, so every backup is readable by exactly the identities its manifest names.
@@ -27,13 +28,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from pathlib import Path
 from typing import BinaryIO
 
 import pyrage
 import zstandard
 from prefect_dbbackup.blocks.encryption import AgeEncryption, recipient_fingerprint
-from prefect_dbbackup.blocks.errors import AuthError, ConfigError, IntegrityError
-from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound, ReadFault
+from prefect_dbbackup.blocks.errors import AuthError, ConfigError, DiskFull, IntegrityError
+from prefect_dbbackup.blocks.storage import (
+    BackupStorage,
+    ObjectNotFound,
+    ReadFault,
+    check_gc_hours,
+)
 from prefect_dbbackup.tasks.catalog import read_manifest, read_manifests, signature_key
 from prefect_dbbackup.tasks.layout import parse_manifest_key, series_prefix
 from prefect_dbbackup.tasks.logs import run_logger
@@ -45,6 +52,7 @@ DEDUP = "_dedup"
 KEYS, CHUNKS, FOSSILS, GC, DAMAGED = (
     f"{DEDUP}/{name}" for name in ("keys", "chunks", "fossils", "gc", "damaged")
 )
+GC_PARAMETERS = f"{DEDUP}/gc-parameters.json"
 MIN_SIZE, AVG_SIZE, MAX_SIZE = 256 << 10, 1 << 20, 4 << 20  # pyfastcdc: ~2 MiB mean
 CHUNKER: dict[str, str | int] = {
     "algorithm": "fastcdc2020",
@@ -72,6 +80,74 @@ def min_stored(recipients: int) -> int:
     stanza on top), nonce and one payload tag, around the smallest zstd frame (a chunk
     holds at least 1 byte). A stored chunk below it is not one: backups store it again."""
     return AGE_FIXED + recipients * X25519_STANZA + ZSTD_MIN
+
+
+def boot_id() -> str:
+    """This machine's boot (Linux): boottime values compare only within one boot."""
+    with contextlib.suppress(OSError):
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return ""
+
+
+@dataclass(frozen=True)
+class GcParameters:
+    """A storage's chunk GC parameters (docs/dedup.md, "Garbage collection")."""
+
+    grace_hours: float
+    fence_hours: float
+
+    @property
+    def budget_seconds(self) -> float:
+        """A mark's time budget: half of grace minus fence."""
+        return (self.grace_hours - self.fence_hours) * 3600 / 2
+
+
+def _parse_gc_parameters(storage: BackupStorage, raw: bytes) -> GcParameters:
+    try:
+        record = json.loads(raw)
+        found = GcParameters(float(record["grace_hours"]), float(record["fence_hours"]))
+        check_gc_hours(found.grace_hours, found.fence_hours)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(
+            f"{GC_PARAMETERS} in {storage.describe()} is damaged ({exc}): chunks are neither "
+            "collected nor relied on past a fence; restore it from a copy, or delete it (the "
+            "next writer stores its block's dedup_grace_hours and dedup_fence_hours)"
+        ) from None
+    return found
+
+
+def gc_parameters(storage: BackupStorage, *, write: bool = True) -> GcParameters:
+    """The storage's grace and fence: stored once by its first writer (with write), read by
+    every prune and backup. A block whose values differ gets a warning; the storage's win."""
+    own = GcParameters(storage.dedup_grace_hours, storage.dedup_fence_hours)
+    try:
+        raw = storage.get_bytes(GC_PARAMETERS)
+    except ObjectNotFound:
+        if not write:
+            return own
+        record = {"version": 1, "grace_hours": own.grace_hours, "fence_hours": own.fence_hours}
+        try:
+            storage.put_bytes(GC_PARAMETERS, json.dumps(record).encode())
+        except DiskFull:
+            run_logger().warning(
+                "cannot store %s (storage full): using this block's grace and fence",
+                GC_PARAMETERS,
+            )
+            return own
+        raw = storage.get_bytes(GC_PARAMETERS)  # a concurrent first writer may have won
+    stored = _parse_gc_parameters(storage, raw)
+    if stored != own:
+        run_logger().warning(
+            "storage %s collects chunks with dedup_grace_hours %g and dedup_fence_hours %g "
+            "(%s), not this block's %g and %g: the storage's values apply",
+            storage.describe(),
+            stored.grace_hours,
+            stored.fence_hours,
+            GC_PARAMETERS,
+            own.grace_hours,
+            own.fence_hours,
+        )
+    return stored
 
 
 def recipient_set(fingerprints: Sequence[str]) -> str:
@@ -390,26 +466,47 @@ class ChunkWriter:
             stored_sizes=[self.sizes[cid] for cid, _ in order],
         )
 
+    def missing(self, chunks: ChunkList) -> list[str]:
+        """The chunks of the list not in chunks/ (one HEAD each, IN_FLIGHT at once) after
+        copying back those a prune set aside: the ones that are gone."""
+        ids = list(dict.fromkeys(cid for cid, _ in chunks.order))
+        with ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="chunk-heads") as pool:
+            there = pool.map(lambda cid: self.storage.exists(chunk_key(self.rset, cid)), ids)
+            absent = [cid for cid, found in zip(ids, there, strict=True) if not found]
+        gone, marks = [], fossil_marks(self.storage) if absent else []
+        for cid in absent:
+            blob = find_fossil(self.storage, marks, self.rset, cid)
+            if blob is None:
+                gone.append(cid)
+            else:
+                self.storage.put_bytes(chunk_key(self.rset, cid), blob)
+        return gone
+
     def fence(self, chunks: ChunkList, fence_seconds: float) -> None:
         """Just before the manifest: a backup that took longer than the fence since it
         first asked for chunks makes sure each is still in chunks/ (a prune may have set
         it aside: it is copied back), else fails without a manifest."""
         if boottime() - self.started <= fence_seconds:
             return
-        marks = fossil_marks(self.storage)
-        for cid in dict.fromkeys(cid for cid, _ in chunks.order):
-            where = chunk_key(self.rset, cid)
-            if self.storage.exists(where):
-                continue
-            blob = find_fossil(self.storage, marks, self.rset, cid)
-            if blob is None:
-                raise IntegrityError(
-                    f"chunk {cid} vanished during the backup (a prune collected it while the "
-                    "backup ran longer than dedup_fence_hours): no manifest was written; run "
-                    "the backup again"
-                )
-            self.storage.put_bytes(where, blob)
+        if gone := self.missing(chunks):
+            raise IntegrityError(
+                f"chunk {gone[0]} vanished during the backup (a prune collected it while the "
+                "backup ran longer than dedup_fence_hours): no manifest was written; run "
+                "the backup again"
+            )
         self.started = boottime()
+
+    def confirm(self, chunks: ChunkList, what: str) -> None:
+        """After the manifest: every chunk it names is in chunks/ (those a prune set aside
+        are copied back), else IntegrityError naming them: no exit 0 for a backup that
+        cannot be restored."""
+        if gone := self.missing(chunks):
+            raise IntegrityError(
+                f"{what} was stored, but {len(gone)} of its chunks are no longer in the "
+                f"storage ({', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}): a prune "
+                "or someone else removed them while the backup ran; it cannot be restored. "
+                "Run the backup again (it stores them again) and `dbbackup check`"
+            )
 
 
 def recorded_sizes(
@@ -454,10 +551,16 @@ def fossil_marks(storage: BackupStorage) -> list[str]:
 
 
 def find_fossil(storage: BackupStorage, marks: list[str], rset: str, cid: str) -> bytes | None:
-    """A chunk set aside by one of the marks, or None."""
+    """A chunk set aside by one of the marks, else by a mark already swept (an orphan that
+    the next prune puts back: tasks/chunk_gc.py), or None."""
     for mark in marks:
         with contextlib.suppress(ObjectNotFound):
             return storage.get_bytes(fossil_key(mark, rset, cid), MAX_STORED)
+    tail = "/" + chunk_key(rset, cid).removeprefix(CHUNKS + "/")
+    for key in storage.list_keys(FOSSILS):
+        if key.endswith(tail) and key.split("/")[2] not in marks:
+            with contextlib.suppress(ObjectNotFound):
+                return storage.get_bytes(key, MAX_STORED)
     return None
 
 

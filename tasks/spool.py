@@ -35,7 +35,7 @@ def spooling(spool: Path, what: str) -> Iterator[Path]:
         yield spool
     except BaseException as exc:
         spool.unlink(missing_ok=True)
-        if is_disk_full(exc):
+        if is_disk_full(exc) and not isinstance(exc, DiskFull):  # else: it names the storage
             raise DiskFull(
                 f"the work dir {spool.parent.parent} is full while spooling {what}: set "
                 "DBBACKUP_WORK_DIR to a disk with room for the largest compressed dump"

@@ -119,8 +119,8 @@ def test_prune_sets_aside_then_deletes_unreferenced_chunks(env, pg_db, pg_admin,
 def test_backup_resumed_within_the_fence_survives_a_full_prune(
     env, pg_db, pg_admin, cleanup_pg, monkeypatch
 ):
-    """Resumed within the fence: the manifest is written at once; restores read the set-aside
-    chunks from fossils, and the sweep after the grace period puts them back."""
+    """Resumed within the fence: the manifest is written at once, then the backup copies
+    back the chunks set aside meanwhile; the sweep after the grace period finds them named."""
     env = env.with_dedup(dedup_grace_hours=40 / 3600, dedup_fence_hours=30 / 3600)
     x, y, storage, mx = _pair(pg_db, pg_admin, env)
     paused = PausedBackup(env, y, monkeypatch)
@@ -132,7 +132,7 @@ def test_backup_resumed_within_the_fence_survives_a_full_prune(
     (my,) = list_backups(storage, env.pg, y)
     # the chunks Y relies on were set aside while it ran: no manifest named them then
     assert set_aside & {c for c, _ in my.chunks.order}
-    _restore_equals(env, pg_admin, cleanup_pg, y, "r1")  # read from fossils
+    _restore_equals(env, pg_admin, cleanup_pg, y, "r1")
 
     time.sleep(41)
     assert env.cli("prune", env.pg).exit_code == 0  # the sweep finds Y's manifest
