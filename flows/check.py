@@ -20,12 +20,21 @@ class CheckFailed(DbBackupError):
 
     def __init__(self, report: CheckReport) -> None:
         self.report = report
-        broken = sorted({b for f in report.findings for b in f.backups})
+        stored = [f for f in report.findings if f.problem != "read fault"]
+        if not stored:
+            super().__init__(
+                f"{len(report.findings)} chunk read(s) from {report.storage} arrived damaged "
+                "and did not match the store's own checksum: nothing stored was found broken "
+                "and nothing was moved. Check what sits between worker and storage (proxies, "
+                "NICs), then run the check again"
+            )
+            return
+        broken = sorted({b for f in stored for b in f.backups})
         named = ", ".join(broken[:SHOWN]) + (
             f" and {len(broken) - SHOWN} more" if len(broken) > SHOWN else ""
         )
         super().__init__(
-            f"{len(report.findings)} problem(s) in {report.storage}, breaking {len(broken)} "
+            f"{len(stored)} problem(s) in {report.storage}, breaking {len(broken)} "
             f"backup(s): {named}. Restore those from an older backup; take a new backup now "
             "(it stores missing or damaged chunks again)"
         )
@@ -49,7 +58,7 @@ def summary_lines(r: CheckReport) -> list[str]:
         lines.append(f"{r.chunks_read} chunk(s) read, decrypted and matched against their ids")
     if r.in_fossils:
         lines.append(
-            f"{r.in_fossils} named chunk(s) set aside by a prune: its next sweep puts them back"
+            f"{r.in_fossils} named chunk(s) set aside by a prune: a later prune puts them back"
         )
     return lines
 

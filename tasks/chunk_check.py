@@ -70,7 +70,7 @@ class CheckReport(BaseModel):
     chunked: int = 0  # of them, deduplicated backups
     chunks_named: int = 0  # distinct chunks the checked backups name
     chunks_stored: int = 0  # in chunks/ (all servers)
-    in_fossils: int = 0  # named chunks a prune set aside: its next sweep puts them back
+    in_fossils: int = 0  # named chunks a prune set aside: a later prune puts them back
     unreferenced: int | None = None  # stored, named by no backup (only without a server)
     chunks_read: int = 0
     findings: list[Finding] = []

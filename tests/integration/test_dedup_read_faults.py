@@ -68,6 +68,7 @@ def test_reads_damaged_in_transit_are_read_faults_and_move_nothing(
         assert {f["problem"] for f in report["findings"]} == {"read fault"}
         assert len(report["findings"]) == report["chunks_named"]
         assert "nothing was moved" in report["findings"][0]["detail"]
+        assert "nothing stored was found broken" in output and "breaking" not in output
         assert storage.list_keys(CHUNKS) == stored
         assert storage.list_keys(DAMAGED) == []
         proxy.read_flips = 0
