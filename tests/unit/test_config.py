@@ -88,6 +88,8 @@ def test_missing_file_is_a_config_error(tmp_path):
         ("storage:\n  s: {type: local, path: /b, dedup_grace_hours: .inf}", "dedup_grace_hours"),
         ("storage:\n  s: {type: local, path: /b, dedup_grace_hours: .nan}", "dedup_grace_hours"),
         ("storage:\n  s: {type: local, path: /b, dedup_fence_hours: -.inf}", "dedup_fence_hours"),
+        ("storage:\n  s: {type: s3, bucket: backups-x, read_timeout: .inf}", "read_timeout"),
+        ("storage:\n  s: {type: s3, bucket: backups-x, connect_timeout: 1e9}", "connect_timeout"),
     ],
 )
 def test_numbers_out_of_their_documented_range_are_refused_naming_the_field(tmp_path, entry, field):
