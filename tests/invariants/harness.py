@@ -38,6 +38,14 @@ PLANTS = (
     "manifest-symlink",  # case 7: a manifest.json symlinked to the identity file (local)
 )
 SIGNALS = ("kill9", "sigstop")
+# faults of the S3 path (through the fault proxy), by the command they can hit
+S3_FAULTS = {
+    "backup": ("s3-write-flip", "s3-down", "s3-read-flip"),
+    "prune": ("s3-down",),
+    "verify": ("s3-read-flip",),
+    "check-read": ("s3-read-flip",),
+    "restore-latest": ("s3-read-flip",),
+}
 # Faults that break an invariant on today's code (issue #23): left out of the CI seeds
 # until their fix lands; `python3 -m tests.invariants --with-known-bugs` runs them.
 KNOWN_BUGS = {
@@ -46,6 +54,7 @@ KNOWN_BUGS = {
     "chunk-symlink": "case 7: GC copies a chunk-named symlink's target into the storage",
     "manifest-symlink": "case 7: a manifest.json symlink is followed out of the storage",
     "clock-prune-future": "case 3: a prune on a year-fast worker deletes the real newest backup",
+    "check-read-flip": "case 1: check --read-data through corrupting reads deletes good chunks",
 }
 
 
@@ -138,6 +147,10 @@ def plan(config: Config) -> list[Step]:
         roll = rng.random()
         if action != "restore-latest" and config.signals and roll < 0.25:
             fault = rng.choice(SIGNALS)
+        elif config.storage == "s3" and roll < 0.5 and action in S3_FAULTS:
+            fault = rng.choice(S3_FAULTS[action])
+            if fault == "s3-read-flip" and action == "check-read" and config.dedup:
+                fault = fault if config.known_bugs else "none"  # check-read-flip
         elif action in ("backup", "prune", "verify") and roll > 0.8:
             jump = rng.choice(CLOCK_JUMPS)
             if action == "prune" and jump > DAY and not config.known_bugs:
@@ -228,7 +241,19 @@ class Harness:
         clock = float(step.fault.split(":")[1]) if step.fault.startswith("clock:") else 0
         if step.fault in SIGNALS:
             return world.run_with_signal(argv, self.rng, step.fault)
-        return world.run(argv, clock)
+        proxy = world.proxy
+        if step.fault.startswith("s3-"):
+            if step.fault == "s3-write-flip":
+                proxy.flips = 1
+            elif step.fault == "s3-down":
+                proxy.puts_before_down = self.rng.randint(0, 3)
+            else:
+                proxy.read_flips = self.rng.randint(1, 3)
+        try:
+            return world.run(argv, clock)
+        finally:
+            if proxy is not None:
+                proxy.reset()
 
     # --- the model ---
     def alive(self, engine: str) -> list[Known]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.invariants.faults import FaultyS3Reads
 from tests.invariants.harness import Config, Harness
 from tests.invariants.world import Keys, World
 
@@ -20,18 +22,22 @@ def run_seed(
     """Run the seed's steps; raises InvariantBroken with the seed, steps and replay line."""
     started = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
-    world = World(
-        root=root, keys=Keys.make(root / "keys"), storage_kind=config.storage,
-        dedup=config.dedup, s3=s3,
-    )  # fmt: skip
-    log(f"seed {config.seed}: {config.storage}, dedup {'on' if config.dedup else 'off'}")
-    world.setup()
-    harness = Harness(world, config, log)
-    try:
-        harness.run()
-    finally:
-        world.teardown()
-        shutil.rmtree(root, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        proxy = None
+        if config.storage == "s3":
+            proxy = stack.enter_context(FaultyS3Reads(s3.endpoint))
+        world = World(
+            root=root, keys=Keys.make(root / "keys"), storage_kind=config.storage,
+            dedup=config.dedup, s3=s3, proxy=proxy,
+        )  # fmt: skip
+        log(f"seed {config.seed}: {config.storage}, dedup {'on' if config.dedup else 'off'}")
+        world.setup()
+        harness = Harness(world, config, log)
+        try:
+            harness.run()
+        finally:
+            world.teardown()
+            shutil.rmtree(root, ignore_errors=True)
     log(
         f"seed {config.seed}: {len(harness.done)} steps, {harness.restores} restores checked, "
         f"{time.monotonic() - started:.0f}s"

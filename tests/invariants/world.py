@@ -151,13 +151,13 @@ class World:
             "CREATE TABLE items (id int PRIMARY KEY, v text);"
             "CREATE TABLE big (id int PRIMARY KEY, v text);"
             "INSERT INTO big SELECT g, md5(g::text) || md5((g * 7)::text)"
-            " FROM generate_series(1, 20000) g;",
+            " FROM generate_series(1, 60000) g;",
         )
         self.my.execute(
             self.db,
             "CREATE TABLE items (id int PRIMARY KEY, v varchar(200))",
             "CREATE TABLE big (id int PRIMARY KEY, v varchar(200))",
-            "INSERT INTO big SELECT seq, concat(md5(seq), md5(seq * 7)) FROM seq_1_to_5000",
+            "INSERT INTO big SELECT seq, concat(md5(seq), md5(seq * 7)) FROM seq_1_to_30000",
         )
         # the password is a canary: trust auth ignores it, it must never be seen (I4)
         PostgresServer(
