@@ -15,6 +15,7 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+DISK_MB = 24  # every third round of local seeds: the storage on a tmpfs this small
 STORAGES = [("local", False), ("local", True), ("s3", False), ("s3", True)]
 
 
@@ -25,6 +26,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=16, help="steps per seed (default 16)")
     parser.add_argument("--storage", choices=["local", "s3"], help="default: drawn per seed")
     parser.add_argument("--dedup", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--disk-mb", type=int, help="local storage on a small tmpfs")
     parser.add_argument("--no-signals", action="store_true", help="no kill -9 / SIGSTOP")
     parser.add_argument(
         "--with-known-bugs", action="store_true", help="also draw the faults of open cases"
@@ -52,13 +54,18 @@ def main() -> int:
                 seed = first
                 while True:
                     storage, dedup = STORAGES[seed % len(STORAGES)]
+                    small = storage == "local" and (seed // len(STORAGES)) % 3 == 0
+                    drawn = args.storage is None and args.disk_mb is None
+                    disk_mb = (DISK_MB if small else 0) if drawn else (args.disk_mb or 0)
+                    storage = args.storage or storage
                     config = Config(
                         seed=seed,
-                        storage=args.storage or storage,
+                        storage=storage,
                         dedup=dedup if args.dedup is None else args.dedup,
                         steps=args.steps,
                         known_bugs=args.with_known_bugs,
                         signals=not args.no_signals,
+                        disk_mb=disk_mb,
                     )
                     try:
                         harness = run_seed(config, Path(tmp) / f"seed-{seed}", s3)

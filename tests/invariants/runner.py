@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.invariants.faults import FaultyS3Reads
-from tests.invariants.harness import Config, Harness
+from tests.invariants.harness import Config, Harness, say
 from tests.invariants.world import Keys, World
 
 
@@ -17,7 +17,7 @@ def run_seed(
     config: Config,
     root: Path,
     s3: object | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
 ) -> Harness:
     """Run the seed's steps; raises InvariantBroken with the seed, steps and replay line."""
     started = time.monotonic()
@@ -28,9 +28,10 @@ def run_seed(
             proxy = stack.enter_context(FaultyS3Reads(s3.endpoint))
         world = World(
             root=root, keys=Keys.make(root / "keys"), storage_kind=config.storage,
-            dedup=config.dedup, s3=s3, proxy=proxy,
+            dedup=config.dedup, s3=s3, proxy=proxy, disk_mb=config.disk_mb,
         )  # fmt: skip
-        log(f"seed {config.seed}: {config.storage}, dedup {'on' if config.dedup else 'off'}")
+        disk = f", on a {config.disk_mb} MB disk" if config.disk_mb else ""
+        log(f"seed {config.seed}: {config.storage}{disk}, dedup {'on' if config.dedup else 'off'}")
         world.setup()
         harness = Harness(world, config, log)
         try:

@@ -124,6 +124,7 @@ class World:
     dedup: bool
     s3: object | None = None  # tests.s3server.SeaweedFS
     proxy: object | None = None  # tests.invariants.faults.FaultyS3Reads in front of s3
+    disk_mb: int = 0  # local storage on a tmpfs of this size (a real full disk), 0: none
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     pg: PgAdmin = field(default_factory=PgAdmin)
     my: MyAdmin = field(default_factory=MyAdmin)
@@ -137,6 +138,8 @@ class World:
         self.workdir = self.root / "work"
         self.next_id = 1
         self.scratch: list[tuple[str, str]] = []
+        self._storage = None
+        self._seen: dict[str, tuple] = {}  # storage object -> version already scanned
 
     # --- setup and teardown ---
     def setup(self) -> None:
@@ -176,6 +179,13 @@ class World:
         AgeEncryption(
             recipients=[self.keys.recipient], identity_file=str(self.keys.identity_file)
         ).save(self.encryption)
+        if self.disk_mb:
+            self.storage_path.mkdir(parents=True)
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={self.disk_mb}m", "tmpfs",
+                 str(self.storage_path)],
+                check=True,
+            )  # fmt: skip
         self._save_storage()
         self.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -220,6 +230,8 @@ class World:
             admin.drop(self.db)
         for engine, name in self.scratch:
             self.admin(engine).drop(name)
+        if self.disk_mb:
+            subprocess.run(["umount", "-l", str(self.storage_path)], check=True)
 
     # --- data ---
     def admin(self, engine: str) -> PgAdmin | MyAdmin:
@@ -262,7 +274,9 @@ class World:
     def load_storage(self):  # noqa: ANN201
         from prefect_dbbackup.blocks.registry import load_storage
 
-        return load_storage(self.storage)
+        if self._storage is None:
+            self._storage = load_storage(self.storage)
+        return self._storage
 
     def listing(self, engine: str) -> dict[str, str]:
         """backup id -> trust of every manifest of the engine's series."""
@@ -279,24 +293,32 @@ class World:
                 return e.manifest
         return None
 
-    def stored_objects(self) -> dict[str, bytes]:
-        """Every regular object in storage (links not followed: they are not objects)."""
+    def changed_objects(self) -> dict[str, bytes]:
+        """Every regular object in storage that is new or changed since the last call
+        (links are not followed: they are not objects)."""
         if self.storage_kind == "local":
-            found = {}
-            for path in self.storage_path.rglob("*"):
-                if path.is_file() and not path.is_symlink():
-                    found[str(path.relative_to(self.storage_path))] = path.read_bytes()
-            return found
-        client = self.s3.client()
-        found = {}
-        prefix = f"inv-{self.tag}/"
-        for page in client.get_paginator("list_objects_v2").paginate(
-            Bucket="dbb-tests", Prefix=prefix
-        ):
-            for item in page.get("Contents", []):
-                body = client.get_object(Bucket="dbb-tests", Key=item["Key"])["Body"].read()
-                found[item["Key"][len(prefix) :]] = body
-        return found
+            listed = {
+                str(p.relative_to(self.storage_path)): (p, p.stat().st_size, p.stat().st_mtime_ns)
+                for p in self.storage_path.rglob("*")
+                if p.is_file() and not p.is_symlink()
+            }
+            read = lambda key: listed[key][0].read_bytes()  # noqa: E731
+            versions = {k: v[1:] for k, v in listed.items()}
+        else:
+            client, prefix = self.s3.client(), f"inv-{self.tag}/"
+            versions = {}
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket="dbb-tests", Prefix=prefix
+            ):
+                for item in page.get("Contents", []):
+                    versions[item["Key"][len(prefix) :]] = (item["ETag"], item["Size"])
+
+            def read(key: str) -> bytes:
+                return client.get_object(Bucket="dbb-tests", Key=prefix + key)["Body"].read()
+
+        changed = {k for k, v in versions.items() if self._seen.get(k) != v}
+        self._seen = versions
+        return {key: read(key) for key in changed}
 
     # --- commands ---
     def argv(self, command: str, *args: str) -> list[str]:
@@ -357,7 +379,7 @@ class World:
     ) -> Result:
         """Run as a subprocess; kill -9 it, or SIGSTOP/SIGCONT it, at a random moment."""
         process = self.spawn(argv, clock)
-        delay = rng.uniform(2.5, 10.0)  # the child needs ~4 s to import before it acts
+        delay = rng.uniform(2.5, 7.5)  # the child needs ~4 s to import before it acts
         fault = ""
         try:
             try:
