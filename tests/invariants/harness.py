@@ -27,6 +27,7 @@ from tests.invariants.world import ENGINES, Result, World
 
 DAY = 86400.0
 CLOCK_JUMPS = (-400 * DAY, -DAY, -2 * 3600.0, 2 * 3600.0, DAY, 365 * DAY)
+STORAGE_CLOCK_JUMPS = (-DAY, -3600.0, 3600.0, DAY)
 COMMANDS = ("backup", "prune", "verify", "check", "check-read", "restore-latest")
 PLANTS = (
     "foreign-file",  # a file of the operator's in a backup directory / the storage root
@@ -58,6 +59,7 @@ KNOWN_BUGS = {
     "manifest-symlink": "case 7: a manifest.json symlink is followed out of the storage",
     "clock-prune-future": "case 3: a prune on a year-fast worker deletes the real newest backup",
     "check-read-flip": "case 1: check --read-data through corrupting reads deletes good chunks",
+    "storage-clock": "case 5: the storage's clock stepping between mark and sweep",
 }
 
 
@@ -138,7 +140,7 @@ class Config:
 
 def plan(config: Config) -> list[Step]:
     """The step list of a seed: a backup of each engine first, then random steps."""
-    rng = random.Random(config.seed)
+    rng, storage_rng = random.Random(config.seed), random.Random(config.seed + 1_000_003)
     steps = [Step("backup", "pg"), Step("backup", "my")]
     plants = [
         p
@@ -168,8 +170,21 @@ def plan(config: Config) -> list[Step]:
             if action == "prune" and jump > DAY and not config.known_bugs:
                 jump = rng.choice([j for j in CLOCK_JUMPS if j <= DAY])  # clock-prune-future
             fault = f"clock:{jump:+.0f}"
+        if fault == "none" and action in ("backup", "prune"):
+            fault = _storage_clock(config, storage_rng)
         steps.append(Step(action, engine, fault))
     return steps
+
+
+def _storage_clock(config: Config, rng: random.Random) -> str:
+    """A storage clock that steps while the command runs (local dedup storage: the files
+    it writes are dated off), drawn from its own stream so that it leaves the other draws
+    of a seed alone; only with the known bugs (storage-clock, case 5)."""
+    if not (config.known_bugs and config.storage == "local" and config.dedup):
+        return "none"
+    if rng.random() > 0.25:
+        return "none"
+    return f"storage-clock:{rng.choice(STORAGE_CLOCK_JUMPS):+.0f}"
 
 
 @dataclass
@@ -266,11 +281,14 @@ class Harness:
                 proxy.puts_before_down = self.rng.randint(0, 3)
             else:
                 proxy.read_flips = self.rng.randint(1, 3)
+        started = time.time()
         try:
             return world.run(argv, clock)
         finally:
             if proxy is not None:
                 proxy.reset()
+            if step.fault.startswith("storage-clock:"):
+                world.redate_written_since(started - 1, float(step.fault.split(":")[1]))
 
     # --- the model ---
     def alive(self, engine: str) -> list[Known]:
@@ -307,7 +325,7 @@ class Harness:
                     f"I3 at step {number}: backup exited 0 reporting {backup_id} ok, but "
                     f"storage has it as {after.get(backup_id, 'missing')}"
                 )
-        protected = self.protected(engine, before, after)
+        protected = self.protected(engine, before, after, not step.fault.startswith("clock:"))
         for known in self.alive(engine):
             if after.get(known.backup_id) == "signed":
                 continue
@@ -326,16 +344,21 @@ class Harness:
             known.gone = f"pruned at step {number}"
 
     def protected(
-        self, engine: str, before: dict[str, str], after: dict[str, str]
+        self, engine: str, before: dict[str, str], after: dict[str, str], policy: bool
     ) -> dict[str, str]:
-        """Backup ids no prune may delete, and why: the newest 2 trusted, not future-dated
-        backups (keep_last 2, daily 1), the newest verified one, every future-dated one."""
+        """Backup ids no prune may delete, and why: the newest trusted, not future-dated
+        backup, the newest verified one, every future-dated one; and with `policy` (the
+        worker's clock is right) the 2 newest trusted (keep_last 2, daily 1). A worker
+        whose clock is off counts by its clock: only the guarantees hold for it."""
         horizon = datetime.now(UTC) + timedelta(hours=1)
         trusted = {i for i, t in (before | after).items() if t == "signed"}
         future = {i for i in trusted if backup_time(i) > horizon}
         why = {i: "future-dated: never deleted automatically" for i in future}
-        for i in sorted(trusted - future, key=backup_time, reverse=True)[:2]:
+        newest = sorted(trusted - future, key=backup_time, reverse=True)
+        for i in newest[:2] if policy else []:
             why[i] = "one of the 2 newest (keep_last 2)"
+        if newest:
+            why[newest[0]] = "the newest good backup"
         verified = [k for k in self.alive(engine) if k.verified]
         if verified:
             newest = max(verified, key=lambda k: k.time)
