@@ -91,6 +91,7 @@ class Known:
     step: int
     verified: bool = False
     damaged: str = ""  # a fault destroyed data it names: not expected to restore
+    chunks: frozenset[str] | None = None  # the chunk ids it names (dedup), read once
     gone: str = ""  # removed by a legal retention decision (at which step)
 
     @property
@@ -253,6 +254,7 @@ class Harness:
             self.check_reported(number, step, result, after[step.engine])
             self.check_secrets(number, result.text, f"the output of `{_shown(result.argv)}`")
         self.check_storage_secrets(number)  # first: a secret copied out is the worse break
+        self.check_chunks(number)
         self.check_foreign(number)
         if step.action in WRITERS or step.action.startswith("plant:"):
             self.check_restores(number, every=False)
@@ -280,7 +282,8 @@ class Harness:
             elif step.fault == "s3-down":
                 proxy.puts_before_down = self.rng.randint(0, 3)
             else:
-                proxy.read_flips = self.rng.randint(1, 3)
+                # a few reads, or every read (a path that corrupts consistently)
+                proxy.read_flips = self.rng.choice([1, 2, 3, 10**6])
         started = time.time()
         try:
             return world.run(argv, clock)
@@ -367,11 +370,9 @@ class Harness:
 
     # --- I3: what a command reported done is done ---
     def check_reported(self, number: int, step: Step, result: Result, listed: dict) -> None:
-        if result.code != 0 or result.killed:
-            return
-        data = _json(result.stdout)
+        data = _json(result.stdout) if not result.killed else None
         engine = step.engine
-        if step.action == "verify":
+        if step.action == "verify":  # every database it passed, even when another failed
             for outcome in (data or {}).get("databases", []):
                 if outcome.get("status") != "ok":
                     continue
@@ -384,7 +385,9 @@ class Harness:
                 known.verified = True
                 if not known.damaged:
                     self.restore_matches(number, known, f"verify passed it at step {number}")
-        elif step.action == "prune":
+        if result.code != 0 or result.killed:
+            return
+        if step.action == "prune":
             for item in data or []:
                 present = listed.get(item["backup_id"]) is not None
                 if (
@@ -431,6 +434,28 @@ class Harness:
             )
         for known in candidates:
             self.restore_matches(number, known, "end of run" if every else "sampled")
+
+    def check_chunks(self, number: int) -> None:
+        """I1, cheaply after every step on a dedup storage: every chunk a backup that must
+        restore names is stored (a sampled restore would miss one a later backup puts back)."""
+        if not self.world.dedup:
+            return
+        stored = self.world.chunk_ids()
+        for engine in ENGINES:
+            for known in self.alive(engine):
+                if known.damaged or known.fingerprint is None:
+                    continue
+                if known.chunks is None:
+                    manifest = self.world.manifest(engine, known.backup_id)
+                    order = manifest.chunks.order if manifest and manifest.chunks else []
+                    known.chunks = frozenset(c for c, _ in order)
+                missing = known.chunks - stored
+                if missing:
+                    raise InvariantBroken(
+                        f"I1 at step {number}: backup {known.backup_id} of {engine} (stored at "
+                        f"step {known.step}) names {len(missing)} chunk(s) no longer stored, "
+                        f"e.g. {min(missing)[:16]}"
+                    )
 
     def restore_matches(self, number: int, known: Known, why: str) -> None:
         world = self.world

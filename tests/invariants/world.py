@@ -293,6 +293,13 @@ class World:
                 return e.manifest
         return None
 
+    def chunk_ids(self) -> set[str]:
+        """Ids of the chunks stored in `chunks/` (not those set aside)."""
+        from prefect_dbbackup.tasks.chunks import CHUNKS, parse_chunk_key
+
+        keys = self.load_storage().list_keys(CHUNKS + "/")
+        return {parsed[1] for parsed in map(parse_chunk_key, keys) if parsed}
+
     def changed_objects(self) -> dict[str, bytes]:
         """Every regular object in storage that is new or changed since the last call
         (links are not followed: they are not objects)."""
