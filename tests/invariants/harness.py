@@ -57,7 +57,9 @@ KNOWN_BUGS = {
     "truncate-chunk": "case 6: a truncated chunk is reused by later backups at exit 0",
     "chunk-symlink": "case 7: GC copies a chunk-named symlink's target into the storage",
     "manifest-symlink": "case 7: a manifest.json symlink is followed out of the storage",
-    "clock-prune-future": "case 3: a prune on a year-fast worker deletes the real newest backup",
+    "clock-fast": "case 3: a worker whose clock is ahead by more than the tolerance counts "
+    "future-dated backups in its prune (the one after its backup too) and deletes the real "
+    "newest one",
     "check-read-flip": "case 1: check --read-data through corrupting reads deletes good chunks",
     "storage-clock": "case 5: the storage's clock stepping between mark and sweep",
 }
@@ -168,8 +170,8 @@ def plan(config: Config) -> list[Step]:
                 fault = fault if config.known_bugs else "none"  # check-read-flip
         elif action in ("backup", "prune", "verify") and roll > 0.8:
             jump = rng.choice(CLOCK_JUMPS)
-            if action == "prune" and jump > DAY and not config.known_bugs:
-                jump = rng.choice([j for j in CLOCK_JUMPS if j <= DAY])  # clock-prune-future
+            if action != "verify" and jump > 3600 and not config.known_bugs:
+                jump = -jump  # clock-fast (case 3); no other draw, the seed's others stay
             fault = f"clock:{jump:+.0f}"
         if fault == "none" and action in ("backup", "prune"):
             fault = _storage_clock(config, storage_rng)
