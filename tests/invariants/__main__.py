@@ -15,7 +15,7 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-DISK_MB = 24  # every third round of local seeds: the storage on a tmpfs this small
+DISK_MB = 8  # every third round of local seeds: the storage on a tmpfs this small (fills up)
 STORAGES = [("local", False), ("local", True), ("s3", False), ("s3", True)]
 
 
