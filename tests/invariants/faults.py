@@ -1,5 +1,6 @@
 """S3 faults beyond tests/faulty_s3.py: reads of dump data corrupted in transit (a flaky
-proxy or NIC), on top of its corrupted and refused writes."""
+proxy or NIC) and a store that comes back after a short outage, on top of its corrupted
+and refused writes."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class FaultyS3Reads(FaultyS3):
     """FaultyS3 that also corrupts the body of `read_flips` GETs of dump data."""
 
     def __init__(self, upstream: str) -> None:
+        self.outage: int | None = None  # once down, PUTs refused before it is back (None: never)
         self.read_flips = 0
         self.read_flipped: list[str] = []
         self._read_lock = threading.Lock()
@@ -40,7 +42,7 @@ class FaultyS3Reads(FaultyS3):
     def reset(self) -> None:
         """No fault left armed."""
         self.flips = self.read_flips = 0
-        self.puts_before_down = None
+        self.puts_before_down = self.outage = None
 
     def _take_read_flip(self, method: str, path: str) -> bool:
         key = urlsplit(path).path
@@ -57,6 +59,16 @@ class FaultyS3Reads(FaultyS3):
         proxy, base = self, super()._handler()
 
         class Handler(base):
+            def _down(self) -> bool:
+                """Down as in FaultyS3, and back up after `outage` refused PUTs."""
+                down = super()._down()
+                with proxy._read_lock:
+                    if down and proxy.outage is not None:
+                        proxy.outage -= 1
+                        if proxy.outage <= 0:
+                            proxy.puts_before_down = None
+                return down
+
             def _forward(self) -> None:
                 if not proxy._take_read_flip(self.command, self.path):
                     super()._forward()

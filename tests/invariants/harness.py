@@ -283,6 +283,9 @@ class Harness:
                 proxy.flips = 1
             elif step.fault == "s3-down":
                 proxy.puts_before_down = self.rng.randint(0, 3)
+                # mostly a short outage (the retries get through); down for good is slow:
+                # a backup then spends ~2 min in its retries
+                proxy.outage = self.rng.choice([1, 1, 3, 3, None])
             else:
                 # a few reads, or (always for check --read-data, which re-reads) every read:
                 # a path that corrupts consistently
