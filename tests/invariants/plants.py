@@ -12,6 +12,7 @@ import os
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def chunk_symlink(h: Harness, engine: str, listed: dict[str, str]) -> str:
 
 
 def manifest_symlink(h: Harness, engine: str, listed: dict[str, str]) -> str:
-    """Case 7: a backup whose manifest.json is a link to the identity file."""
+    """Case 7: a backup whose manifest.json is a link to the identity or dedup key file."""
     from prefect_dbbackup.tasks.layout import new_backup_id
 
     from tests.invariants.harness import backup_time
@@ -147,10 +148,10 @@ def manifest_symlink(h: Harness, engine: str, listed: dict[str, str]) -> str:
     planted = new_backup_id(backup_time(newest) + timedelta(minutes=2))
     folder = h.world.storage_path / _backup_prefix(h, engine, planted)
     folder.mkdir(parents=True, exist_ok=True)
-    target = str(h.world.keys.identity_file)
+    target = str(h.rng.choice([h.world.keys.identity_file, h.world.keys.dedup_key_file]))
     os.symlink(target, folder / "manifest.json")
     h.links[str(folder / "manifest.json")] = target
-    return f"linked {planted}/manifest.json -> identity file"
+    return f"linked {planted}/manifest.json -> {Path(target).name}"
 
 
 PLANTERS: dict[str, Callable[[Harness, str, dict[str, str]], str]] = {

@@ -40,6 +40,7 @@ class Keys:
     recipient: str
     signing_pem: str
     signing_key_file: Path  # a worker's signing key file: the target of planted links
+    dedup_key_file: Path  # a worker's dedup key file: another target
     dedup_key: str
     canary_password: str
 
@@ -57,13 +58,18 @@ class Keys:
         key_file = root / "signing.key"
         key_file.write_text(pem)
         key_file.chmod(0o600)
+        dedup_key = new_dedup_key()
+        dedup_file = root / "dedup.key"
+        dedup_file.write_text(dedup_key + "\n")
+        dedup_file.chmod(0o600)
         return cls(
             identity_file=identity_file,
             identity=str(identity),
             recipient=str(identity.to_public()),
             signing_pem=pem,
             signing_key_file=key_file,
-            dedup_key=new_dedup_key(),
+            dedup_key_file=dedup_file,
+            dedup_key=dedup_key,
             canary_password=f"inv-canary-{secrets.token_hex(8)}",
         )
 
