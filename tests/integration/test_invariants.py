@@ -10,9 +10,9 @@ from tests.invariants.harness import Config
 from tests.invariants.runner import run_seed
 
 # (seed, storage, dedup), chosen so that together they draw every fault kind of the CI set:
-# 10: kill -9, SIGSTOP, clocks -2 h and +1 y, a foreign dir, restore of latest, verify;
-# 5: dedup with kill -9, SIGSTOP, clock +2 h, check, chunk GC by prune;
-# 20: S3 dedup with SIGSTOP, kill -9, clock +1 d, store down, a write and reads corrupted
+# 10: kill -9, SIGSTOP, clocks -2 h and -1 y, a foreign dir, restore of latest, verify;
+# 5: dedup with kill -9, SIGSTOP, clock -2 h, check, chunk GC by prune;
+# 20: S3 dedup with SIGSTOP, kill -9, verify 1 d fast, store down, a write and reads corrupted
 CI_SEEDS = [
     (10, "local", False),
     (5, "local", True),
