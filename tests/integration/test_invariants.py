@@ -9,7 +9,8 @@ import pytest
 from tests.invariants.harness import Config
 from tests.invariants.runner import run_seed
 
-# (seed, storage, dedup), chosen so that together they draw every fault kind of the CI set:
+# (seed, storage, dedup), chosen for the faults they draw (a full disk, copy-backup,
+# foreign-file and check --read-data are left to the long mode):
 # 10: kill -9, SIGSTOP, clocks -2 h and -1 y, a foreign dir, restore of latest, verify;
 # 5: dedup with kill -9, SIGSTOP, clock -2 h, check, chunk GC by prune;
 # 20: S3 dedup with SIGSTOP, kill -9, verify 1 d fast, store down, a write and reads corrupted
