@@ -10,6 +10,7 @@ import random
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -74,6 +75,9 @@ def main() -> int:
                         print(exc, flush=True)
                         broken.append(f"seed {seed}: {config.replay()}")
                         steps += config.steps
+                    except Exception:  # noqa: BLE001 - the harness's own error: go on
+                        traceback.print_exc()
+                        broken.append(f"seed {seed} (harness error): {config.replay()}")
                     seeds += 1
                     seed += 1
                     if deadline is None or time.monotonic() > deadline:
