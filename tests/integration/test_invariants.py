@@ -1,6 +1,6 @@
 """The invariant harness in its bounded CI mode: a few fixed seeds, 10 steps each
-(docs/invariants.md). Faults that break an invariant on today's code are not drawn here
-(KNOWN_BUGS in tests/invariants/harness.py names each with its case of issue #23)."""
+(docs/invariants.md). Every fault is drawn (KNOWN_BUGS in tests/invariants/harness.py is
+empty since the fixes of issue #23 landed)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ CI_SEEDS = [
     (10, "local", False),
     (5, "local", True),
     (20, "s3", True),
+    (6, "s3", True),  # check --read-data through a path corrupting every read (case 1)
+    (22, "local", True),  # a chunk truncated to 0 bytes, then a backup (case 6)
 ]
 
 
