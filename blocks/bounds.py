@@ -23,6 +23,8 @@ MAX_DUMP_SECONDS = 30 * 24 * 3600
 Port = Annotated[int, Field(ge=1, le=65535, description="TCP port (1-65535).")]
 Hours = Annotated[float, Field(allow_inf_nan=False, le=MAX_HOURS)]
 KeepCount = Annotated[int, Field(ge=0, le=MAX_KEEP)]
+RequestSeconds = Annotated[float, Field(gt=0, le=MAX_CONNECT_SECONDS, allow_inf_nan=False)]
+"""A per-request network timeout: above 0, at most an hour, finite."""
 
 
 def validation_problems(exc: ValidationError, where: str = "") -> str:

@@ -24,7 +24,7 @@ from botocore.exceptions import (
     NoCredentialsError,
 )
 from prefect_aws import AwsCredentials
-from prefect_dbbackup.blocks.bounds import MAX_CONNECT_SECONDS
+from prefect_dbbackup.blocks.bounds import RequestSeconds
 from prefect_dbbackup.blocks.errors import (
     AuthError,
     ConfigError,
@@ -169,19 +169,11 @@ class S3BackupStorage(BackupStorage):
     )
     max_attempts: int = Field(default=5, ge=1, description="boto3 attempts per request.")
     max_concurrency: int = Field(default=8, ge=1, description="Parts uploaded in parallel.")
-    connect_timeout: float = Field(
-        default=10,
-        gt=0,
-        le=MAX_CONNECT_SECONDS,
-        allow_inf_nan=False,
-        description="Seconds to connect (at most an hour).",
+    connect_timeout: RequestSeconds = Field(
+        default=10, description="Seconds to connect (at most an hour)."
     )
-    read_timeout: float = Field(
-        default=60,
-        gt=0,
-        le=MAX_CONNECT_SECONDS,
-        allow_inf_nan=False,
-        description="Seconds to wait for a reply (at most an hour).",
+    read_timeout: RequestSeconds = Field(
+        default=60, description="Seconds to wait for a reply (at most an hour)."
     )
 
     _client: Any = PrivateAttr(default=None)
