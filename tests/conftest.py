@@ -24,6 +24,12 @@ from tests.pg_cluster import WHEELS, PrivateCluster  # noqa: E402
 from tests.s3server import SeaweedFS  # noqa: E402
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked slow first: on 4 workers, a minute-long test started last would be the
+    whole run's tail. The order is otherwise kept (xdist hands out tests in this order)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def pg_admin() -> PgAdmin:
     """Superuser access to the machine's PostgreSQL (127.0.0.1:5432)."""

@@ -1,6 +1,7 @@
-"""Twenty consecutive CLI commands while two busy loops keep both cores at 100%: all
-succeed. The commands run as a user runs them (child processes, no configured Prefect
-API), so they also exercise the local Prefect server starting and answering under load."""
+"""The commands of an incident, one after another, while two busy loops keep both cores at
+100%: all succeed. They run as a user runs them (child processes, no configured Prefect
+API), so they also exercise the local Prefect server starting and answering under load.
+One of each command proves it; repeating the cycle (twenty commands once) proved nothing more."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def busy_cores() -> Iterator[None]:
             loop.wait()
 
 
-@pytest.mark.timeout(1800)  # twenty commands on cores kept busy: slow by design
-def test_twenty_commands_under_full_cpu_load_all_succeed(
+@pytest.mark.timeout(900)  # commands on cores kept busy: slow by design
+def test_each_command_under_full_cpu_load_succeeds(
     tmp_path: Path, pg_db, pg_admin, cleanup_pg, identity_file: Path, busy_cores
 ) -> None:
     db = pg_db()
@@ -68,20 +69,20 @@ def test_twenty_commands_under_full_cpu_load_all_succeed(
         assert done.returncode == 0, f"dbbackup {' '.join(args)}:\n{done.stderr}"
         return done.stdout
 
-    cycle = [
+    commands = [
+        ("apply", str(config)),
         ("backup", "load-pg"),
-        ("list", "load-pg"),
+        ("backup", "load-pg"),
+        ("list", "load-pg", "--database", db),
         ("restore", "load-pg", db, "--into", target, "--replace"),
         ("verify", "load-pg", "--database", db),
+        ("apply", str(config)),  # again: idempotent with the server already running
     ]
-    commands = [("apply", str(config)), *cycle * 4, ("apply", str(config)), ("list", "load-pg")]
-    commands.append(("list", "load-pg", "--database", db))
-    assert len(commands) == 20
     try:
         outputs = [dbbackup(*command) for command in commands]
         assert pg_admin.table_fingerprints(target) == pg_admin.table_fingerprints(db)
-        # each backup of the cycle is listed: four of them
-        assert outputs[-1].count(db) == 4, outputs[-1]
+        # both backups are listed
+        assert outputs[3].count(db) == 2, outputs[3]
     finally:
         subprocess.run(
             [sys.executable, "-c", "from prefect_dbbackup.flows.cli import main; main()"]
