@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from prefect_dbbackup.blocks import PostgresServer
 from prefect_dbbackup.blocks.registry import load_storage
-from prefect_dbbackup.blocks.retention import BackupRef, RetentionPolicy, plan
-from prefect_dbbackup.tasks.layout import backup_key, new_backup_id
-from prefect_dbbackup.tasks.prune import backup_time
 
-from tests.helpers import plant_manifest
+from tests.dates import check_decisions, daily_policy, plant, plant_daily_series
 
 
 def _server_with(policy: dict) -> str:
@@ -22,50 +18,25 @@ def _server_with(policy: dict) -> str:
     return name
 
 
-def _plant(storage, server: str, database: str, when: datetime, complete: bool = True) -> str:
-    """A stored backup at a chosen time (prune reads keys and ids only, never the data)."""
-    backup_id = new_backup_id(when)
-    storage.put_bytes(backup_key(server, database, backup_id, "dump.pgc.zst.age"), b"x")
-    if complete:
-        plant_manifest(storage, server, database, backup_id)
-    return backup_id
-
-
 def _ids(storage, server: str, database: str) -> set[str]:
     return {k.split("/")[2] for k in storage.list_keys(f"{server}/{database}/")}
 
 
 def test_dry_run_shows_every_decision_then_prune_removes_exactly_those(any_env):
+    """The scenario tests/unit/test_dates.py also runs at DST changes and other dates."""
     env = any_env
-    policy = {"keep_daily": 7, "keep_weekly": 3, "timezone": "Europe/Berlin"}
-    server = _server_with(policy)
     storage = load_storage(env.storage)
-    now = datetime.now(UTC)
-    daily = [_plant(storage, server, "shop", now - timedelta(days=d, hours=1)) for d in range(30)]
-    old_garbage = _plant(storage, server, "shop", now - timedelta(days=3), complete=False)
-    fresh_garbage = _plant(storage, server, "shop", now - timedelta(minutes=5), complete=False)
-    other = [_plant(storage, server, "other", now - timedelta(days=d)) for d in range(10)]
+    server = _server_with(daily_policy())
+    series = plant_daily_series(storage, server, datetime.now(UTC))
     before = _ids(storage, server, "shop")
+    assert before == series.shop
 
     result = env.cli("prune", server, "--database", "shop", "--dry-run", "--json")
     assert result.exit_code == 0, result.output
     shown = {d["backup_id"]: d for d in json.loads(result.stdout)}
-    assert set(shown) == before
     assert _ids(storage, server, "shop") == before  # a dry run deletes nothing
-
-    refs = [BackupRef(b, backup_time(b)) for b in daily]
-    expected = {d.backup_id for d in plan(refs, RetentionPolicy(**policy), now) if d.keep}
-    assert set(daily[:7]) < expected  # 7 days, plus the newest of older ISO weeks
-    assert {b for b, d in shown.items() if d["keep"]} == expected | {fresh_garbage}
-    assert shown[daily[0]]["reasons"][0] == "newest"
-    weekly_only = expected - set(daily[:7])
-    # the ISO week each planted backup falls in, in the policy's zone (never today's year)
-    zone = ZoneInfo(policy["timezone"])
-    for b in weekly_only:
-        year, week, _ = backup_time(b).astimezone(zone).isocalendar()
-        assert shown[b]["reasons"][0] == f"weekly {year}-W{week:02d}", shown[b]
-    assert shown[old_garbage]["reasons"] == ["incomplete, older than 24h"]
-    assert {d["outcome"] for b, d in shown.items() if not d["keep"]} == {"would remove"}
+    check_decisions(shown, series)
+    assert {d["outcome"] for d in shown.values() if not d["keep"]} == {"would remove"}
 
     text = env.cli("prune", server, "--database", "shop", "--dry-run")
     assert text.exit_code == 0
@@ -73,12 +44,12 @@ def test_dry_run_shows_every_decision_then_prune_removes_exactly_those(any_env):
 
     result = env.cli("prune", server, "--database", "shop", "--json")
     assert result.exit_code == 0, result.output
-    assert _ids(storage, server, "shop") == expected | {fresh_garbage}
-    assert _ids(storage, server, "other") == set(other)  # outside the series: untouched
+    assert _ids(storage, server, "shop") == series.kept()
+    assert _ids(storage, server, "other") == set(series.other)  # outside the series: untouched
 
     again = env.cli("prune", server, "--database", "shop", "--json")
     assert [d["outcome"] for d in json.loads(again.stdout) if not d["keep"]] == []
-    assert _ids(storage, server, "shop") == expected | {fresh_garbage}
+    assert _ids(storage, server, "shop") == series.kept()
 
 
 def test_no_policy_removes_nothing(any_env):
@@ -86,8 +57,8 @@ def test_no_policy_removes_nothing(any_env):
     server = _server_with({})
     storage = load_storage(env.storage)
     now = datetime.now(UTC)
-    planted = {_plant(storage, server, "db", now - timedelta(days=d)) for d in range(5)}
-    planted.add(_plant(storage, server, "db", now - timedelta(days=9), complete=False))
+    planted = {plant(storage, server, "db", now - timedelta(days=d)) for d in range(5)}
+    planted.add(plant(storage, server, "db", now - timedelta(days=9), complete=False))
     result = env.cli("prune", server, "--json")
     assert result.exit_code == 0, result.output
     assert all(d["keep"] and d["reasons"] == ["no policy"] for d in json.loads(result.stdout))

@@ -14,7 +14,7 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 
 def _shifted(offset: timedelta) -> type[datetime]:
@@ -56,6 +56,13 @@ def shifted_clock(seconds: float) -> Iterator[None]:
     finally:
         for module in patched:
             module.datetime = datetime
+
+
+@contextlib.contextmanager
+def pinned_clock(instant: datetime) -> Iterator[None]:
+    """dbbackup's clock reads `instant` on entry, then runs on at the real pace."""
+    with shifted_clock((instant - datetime.now(UTC)).total_seconds() or 1e-6):
+        yield
 
 
 def install(seconds: float) -> None:
