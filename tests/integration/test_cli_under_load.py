@@ -30,6 +30,7 @@ def busy_cores() -> Iterator[None]:
             loop.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)  # commands on cores kept busy: slow by design
 def test_each_command_under_full_cpu_load_succeeds(
     tmp_path: Path, pg_db, pg_admin, cleanup_pg, identity_file: Path, busy_cores

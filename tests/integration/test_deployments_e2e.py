@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVER = "local-pg"  # the server the shipped deployments/prefect.yaml deploys
 PREFIX = f"dbb_e2e_{uuid.uuid4().hex[:6]}_"  # server blocks here see only this module's databases
 DEADLINE = 120.0
+# one server, pool and worker for the module: its tests stay on one xdist worker
+pytestmark = [pytest.mark.xdist_group("deployments_e2e"), pytest.mark.slow]
 
 
 def _free_port() -> int:
@@ -181,7 +183,7 @@ def real(tmp_path_factory: pytest.TempPathFactory, identity_file: Path, recipien
                 return httpx.get(f"{url}/health", timeout=2).status_code == 200
             return False
 
-        _wait_for("prefect server to answer", healthy, 60)
+        _wait_for("prefect server to answer", healthy)  # migrations: slow on a loaded machine
         storage_path = tmp / "backups"
         (tmp / "signing.key").write_text(session_signing_key())
         config = tmp / "dbbackup.yaml"
