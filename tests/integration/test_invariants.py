@@ -14,6 +14,8 @@ from tests.invariants.runner import run_seed
 # 10: kill -9, SIGSTOP, clocks -2 h and -1 y, a foreign dir, restore of latest, verify;
 # 5: dedup with kill -9, SIGSTOP, clock -2 h, check, chunk GC by prune;
 # 20: S3 dedup with SIGSTOP, kill -9, verify 1 d fast, store down, a write and reads corrupted
+pytestmark = pytest.mark.slow
+
 CI_SEEDS = [
     (10, "local", False),
     (5, "local", True),

@@ -137,6 +137,7 @@ def _apply_with_password(env: dict[str, str], tmp_path: Path, password: str):
     return _dbbackup(env, "apply", str(config))
 
 
+@pytest.mark.slow
 def test_first_use_starts_one_server_that_later_commands_reuse(home: Path) -> None:
     env = _env(home)
     assert _dbbackup(env, "server", "status").returncode == 1

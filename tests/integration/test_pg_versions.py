@@ -31,6 +31,8 @@ from tests.integration.test_postgres_roundtrip import (
 from tests.pg_cluster import DEBIAN_15, WHEELS, PrivateCluster
 
 VERSIONS = sorted(WHEELS)
+# one worker starts the private clusters (one per version per worker) for the whole module
+pytestmark = [pytest.mark.xdist_group("pg_versions"), pytest.mark.slow]
 
 
 def on_cluster(env: BlockEnv, cluster: PrivateCluster, **fields: object) -> BlockEnv:

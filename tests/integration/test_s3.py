@@ -90,6 +90,7 @@ def _stop_when_upload_starts(server: SeaweedFS, bucket: str, stopped: threading.
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_store_down_mid_upload_leaves_no_backup_and_a_later_run_succeeds(
     env, tmp_path, pg_db, pg_admin, cleanup_pg, monkeypatch
 ):
