@@ -41,7 +41,8 @@ def _kill_when(cli: subprocess.Popen, moment, what: str) -> None:  # noqa: ANN00
             time.sleep(0.005)
             os.kill(cli.pid, signal.SIGSTOP)
     finally:
-        os.kill(cli.pid, signal.SIGKILL)
+        if cli.poll() is None:
+            os.kill(cli.pid, signal.SIGKILL)
         cli.communicate()
     assert cli.returncode == -signal.SIGKILL
 
