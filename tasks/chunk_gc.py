@@ -161,16 +161,16 @@ class _Collector:
                         with contextlib.suppress(ObjectNotFound):  # another sweep was first
                             move_chunk(self.storage, key, chunk_key(rset, cid))
                     self.result.resurrected += 1
-                else:
-                    self.result.deleted += 1
                 if not self.dry_run:
                     self.storage.delete(key)
+                if cid not in named:  # counted once gone: a locked fossil is kept, not deleted
+                    self.result.deleted += 1
             except ObjectLocked as exc:
                 kept = True
                 self.result.locked.append(key)
                 self.log.info("kept %s: %s", key, exc)
         if not kept and not self.dry_run:
-            self.storage.delete(f"{GC}/{mark}.json")
+            delete_mark_file(self.storage, f"{GC}/{mark}.json")
         self.result.swept.append(mark)
 
     def restore_orphans(self, orphans: list[str], present: set[str]) -> None:
@@ -242,6 +242,15 @@ class _Collector:
     def _stop(self, mark: str, why: str) -> None:
         self.result.unfinished = True
         self.log.warning("chunk collection %s stopped %s: the next prune goes on", mark, why)
+
+
+def delete_mark_file(storage: BackupStorage, key: str) -> None:
+    """Delete a mark file; one under object lock stays until its lock expires (a later
+    prune finds the mark with nothing set aside, sweeps nothing and tries again)."""
+    try:
+        storage.delete(key)
+    except ObjectLocked as exc:
+        run_logger().info("kept %s: %s", key, exc)
 
 
 def _start_mark(storage: BackupStorage, mark_file: str, mark: str) -> bool:
@@ -317,7 +326,7 @@ def collect_chunks(storage: BackupStorage, *, dry_run: bool = False) -> ChunkCol
         collector.restore_orphans(orphans, set(chunks))
         collector.mark(mark, chunks, named, params.budget_seconds)
     if mark_file is not None and result.set_aside == 0:
-        storage.delete(mark_file)  # nothing set aside: no sweep needed
+        delete_mark_file(storage, mark_file)  # nothing set aside: no sweep needed
         result.mark = None
     collector.log.info(
         "chunks of %s: %d stored, %d named by backups; %s %d unreferenced; swept %d "

@@ -96,8 +96,12 @@ def _restore_equals(env, pg_admin, cleanup_pg, source: str, suffix: str) -> None
     assert pg_admin.table_fingerprints(target) == pg_admin.table_fingerprints(source)
 
 
-def test_prune_sets_aside_then_deletes_unreferenced_chunks(env, pg_db, pg_admin, cleanup_pg):
-    env = env.with_dedup(dedup_grace_hours=3 / 3600, dedup_fence_hours=1 / 3600)
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_prune_sets_aside_then_deletes_unreferenced_chunks(
+    env, pg_db, pg_admin, cleanup_pg, request, where
+):
+    s3 = request.getfixturevalue("s3_server") if where == "s3" else None
+    env = env.with_dedup(s3, dedup_grace_hours=3 / 3600, dedup_fence_hours=1 / 3600)
     x, y, storage, mx = _pair(pg_db, pg_admin, env)
     assert env.cli("backup", env.pg, "--database", y).exit_code == 0
     (my,) = list_backups(storage, env.pg, y)
