@@ -21,6 +21,8 @@ from prefect_dbbackup.tasks.chunk_gc import collect_chunks
 from prefect_dbbackup.tasks.chunks import CHUNKS, FOSSILS, parse_chunk_key
 from prefect_dbbackup.tasks.layout import MANIFEST_NAME, SIGNATURE_NAME, backup_key
 
+from tests.helpers import age_gc_marks
+
 ROWS = 40_000
 TABLE = (
     "CREATE TABLE t (id int PRIMARY KEY, v text);"
@@ -138,7 +140,7 @@ def test_backup_resumed_within_the_fence_survives_a_full_prune(
     assert set_aside & {c for c, _ in my.chunks.order}
     _restore_equals(env, pg_admin, cleanup_pg, y, "r1")
 
-    time.sleep(41)
+    age_gc_marks(env.storage_path, 41)  # past the grace by every clock, without waiting
     assert env.cli("prune", env.pg).exit_code == 0  # the sweep finds Y's manifest
     assert not _chunk_ids(storage, FOSSILS)
     assert {c for c, _ in my.chunks.order} <= _chunk_ids(storage, CHUNKS)
@@ -169,7 +171,7 @@ def test_backup_resumed_after_the_sweep_fails_without_a_manifest_and_the_retry_w
     paused = PausedBackup(env, y, monkeypatch)
     _remove_backup(storage, mx)
     collect_chunks(storage)  # mark
-    time.sleep(2.5)
+    time.sleep(2.5)  # real time: the paused backup's fence must pass too
     collect_chunks(storage)  # sweep: no manifest names them, so they are deleted
     assert not _chunk_ids(storage, FOSSILS)
     error = paused.resume()

@@ -25,6 +25,7 @@ from prefect_dbbackup.tasks.catalog import list_backups
 from prefect_dbbackup.tasks.chunk_gc import collect_chunks
 from prefect_dbbackup.tasks.chunks import CHUNKS, FOSSILS, GC, chunk_key, fossil_key
 
+from tests.helpers import age_gc_marks
 from tests.integration.test_dedup_gc import (
     PausedBackup,
     _chunk_ids,
@@ -211,7 +212,7 @@ def test_prune_of_a_full_storage_sweeps_and_frees_space(env, pg_db, pg_admin, ti
     (mx,) = list_backups(storage, env.pg, x)
     _remove_backup(storage, mx)
     assert collect_chunks(storage).set_aside
-    time.sleep(2.5)  # past the grace; then other writers fill the storage
+    age_gc_marks(path, 2.5)  # past the grace; then other writers fill the storage
     _fill(path)
 
     y = pg_db()
