@@ -6,7 +6,9 @@ import contextlib
 import contextvars
 import fnmatch
 import functools
+import hashlib
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -30,6 +32,19 @@ STAGING_PREFIX = "dbbackup_staging_"
 SCRATCH_PREFIX = "dbbackup_verify_"
 # databases dbbackup creates for itself: never discovered, never backed up
 INTERNAL_PREFIXES = (STAGING_PREFIX, SCRATCH_PREFIX)
+
+
+def staging_prefix(target: str) -> str:
+    """How the name of every staging database of a restore into target starts: the
+    prefix, then 8 hex digits of the target's name (its sha256), so which target a
+    staging database was for can be told from its name."""
+    return f"{STAGING_PREFIX}{hashlib.sha256(target.encode()).hexdigest()[:8]}_"
+
+
+def staging_name(target: str) -> str:
+    """A new staging database name for a restore into target: staging_prefix(target) and
+    8 random hex digits (34 characters; `_old` appended stays within both servers' limit)."""
+    return staging_prefix(target) + secrets.token_hex(4)
 
 
 @dataclass

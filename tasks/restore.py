@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -26,7 +25,7 @@ from prefect_dbbackup.blocks.errors import (
     is_disk_full,
 )
 from prefect_dbbackup.blocks.process import ToolProcess, interrupted
-from prefect_dbbackup.blocks.server import STAGING_PREFIX, DatabaseServer, ToolCommand
+from prefect_dbbackup.blocks.server import DatabaseServer, ToolCommand, staging_name
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.chunks import chunk_stream
 from prefect_dbbackup.tasks.layout import backup_key
@@ -288,8 +287,11 @@ class _StopState:
     target: str
     backup_id: str
     replacing: bool
-    staging: str = field(default_factory=lambda: STAGING_PREFIX + secrets.token_hex(4))
+    staging: str = ""  # staging_name(target) unless given
     phase: str = "staging"  # --replace: "staging", then "swap" or "reload", then "cleanup"
+
+    def __post_init__(self) -> None:
+        self.staging = self.staging or staging_name(self.target)
 
     def describe(self) -> str:
         """What exists now and what to do, checked against the server."""

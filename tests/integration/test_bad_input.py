@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyrage
 import pytest
+from prefect_dbbackup.blocks.server import staging_prefix
 
 from tests.helpers import PG, BlockEnv, flow_runs_of, stored_objects, task_runs_of
 from tests.integration.pg_auth import my_password_user, pg_password_server  # noqa: F401
@@ -703,22 +704,22 @@ def _my_replace_setup(env, my_db, my_admin, tmp_path, fail_on_call: int):  # noq
     return server, db, target
 
 
-def _staging_databases(my_admin) -> list[str]:  # noqa: ANN001
-    return [
-        r[0] for r in my_admin.query(None, "SHOW DATABASES") if r[0].startswith("dbbackup_staging_")
-    ]
+def _staging_databases(my_admin, target: str) -> set[str]:  # noqa: ANN001
+    """The staging databases of restores into target (not another test's)."""
+    own = staging_prefix(target)
+    return {r[0] for r in my_admin.query(None, "SHOW DATABASES") if r[0].startswith(own)}
 
 
 def test_mysql_replace_that_fails_keeps_the_existing_target(env, my_db, my_admin, tmp_path):
     """The first load goes into a staging database: its failure leaves the target as it was."""
     server, db, target = _my_replace_setup(env, my_db, my_admin, tmp_path, fail_on_call=1)
     before = my_admin.table_fingerprints(target)
-    staging_before = _staging_databases(my_admin)
+    assert _staging_databases(my_admin, target) == set()
     result = env.cli("restore", server, db, "--into", target, "--replace")
     assert result.exit_code == 2, result.output
     assert "The table is full" in result.stderr
     assert my_admin.table_fingerprints(target) == before
-    assert _staging_databases(my_admin) == staging_before
+    assert _staging_databases(my_admin, target) == set(), "a staging database was left"
 
 
 def test_mysql_replace_failing_on_the_second_load_keeps_a_complete_copy(
@@ -727,10 +728,10 @@ def test_mysql_replace_failing_on_the_second_load_keeps_a_complete_copy(
     """MariaDB cannot rename a database: if the reload into the target fails, the verified
     staging copy stays and the error names it."""
     server, db, target = _my_replace_setup(env, my_db, my_admin, tmp_path, fail_on_call=2)
-    staging_before = set(_staging_databases(my_admin))
+    assert _staging_databases(my_admin, target) == set()
     result = env.cli("restore", server, db, "--into", target, "--replace")
     assert result.exit_code == 2, result.output
-    [staging] = set(_staging_databases(my_admin)) - staging_before
+    [staging] = _staging_databases(my_admin, target)
     cleanup_my.append(staging)
     assert f"complete restored copy is in database '{staging}'" in result.stderr
     assert my_admin.table_fingerprints(staging) == my_admin.table_fingerprints(db)

@@ -69,8 +69,16 @@ def test_a_year_fast_clock_and_planted_future_backups_push_out_nothing(
     assert shown[planted]["reasons"][0].startswith("invalid manifest")
     newest = next(d for d in decisions if d["backup_id"] == normal[-1])
     assert newest["reasons"][:2] == ["newest", "last"]
-    events = wait_for_events(server, 2, prefix="dbbackup.backup.future-dated")
-    assert {e.payload["backup_id"] for e in events} <= {fast, planted}
+    # every prune (each run's, the dry run's) emits one event per future-dated backup
+    future = {fast, planted}
+    events = wait_for_events(
+        server,
+        2,
+        prefix="dbbackup.backup.future-dated",
+        until=lambda got: {e.payload["backup_id"] for e in got} >= future,
+    )
+    assert {e.payload["backup_id"] for e in events} == future
+    assert {e.resource["dbbackup.database"] for e in events} == {db}
 
     # `latest` is the newest real backup, not the one from the fast clock
     target = db + "_latest"

@@ -22,6 +22,9 @@ from tests.helpers import MY, PG
 from tests.s3server import ACCESS_KEY, SECRET_KEY
 
 RUNBOOK = Path(__file__).parents[2] / "docs" / "restore-runbook.md"
+# .ci/setup installs the aws CLI here (its own venv: its pinned botocore is not the project's)
+# when none is on PATH
+AWS_VENV = Path(__file__).parents[2] / ".ci" / "aws-cli"
 SECTION = "### A deduplicated backup (format chunks-v1)"
 ROWS = 100_000  # two md5s of random() per row: ~7 MB of dump, several chunks of ~1-2 MiB
 TOOLS = ("bash", "age", "age-keygen", "zstd", "openssl", "jq", "pg_restore", "createdb", "mariadb")
@@ -60,6 +63,14 @@ def backup(env, server: str, database: str) -> tuple[str, object]:  # noqa: ANN0
     return f"{encode_name(server)}/{encode_name(database)}/{manifest.backup_id}", manifest
 
 
+def aws_cli() -> str:
+    """The aws CLI the S3 variant runs: .ci/setup's, else one on PATH; none is a failure."""
+    own = AWS_VENV / "bin" / "aws"
+    found = str(own) if os.access(own, os.X_OK) else shutil.which("aws")
+    assert found, f"no aws CLI for the runbook's S3 restore: run .ci/setup (installs it in {own})"
+    return found
+
+
 def run(block: str, cwd: Path, env, replace: dict[str, str]) -> subprocess.CompletedProcess:  # noqa: ANN001
     """Run a runbook block under `set -euo pipefail`, its placeholders replaced, with the real
     binaries on PATH and only the environment the runbook sets."""
@@ -68,7 +79,9 @@ def run(block: str, cwd: Path, env, replace: dict[str, str]) -> subprocess.Compl
     (cwd / "dedup-restore.sh").write_text(script())
     (cwd / "restore.cnf").write_text(f"[client]\nhost={MY['host']}\nuser={MY['user']}\n")
     (cwd / "restore.cnf").chmod(0o600)
-    found = (shutil.which(tool) for tool in (*TOOLS, "aws"))
+    found = [shutil.which(tool) for tool in TOOLS]
+    if env.bucket:
+        found.append(aws_cli())
     path = os.pathsep.join(dict.fromkeys(str(Path(f).parent) for f in found if f))
     variables = {"PATH": path, "HOME": str(cwd), "LC_ALL": "C.UTF-8"}
     if env.bucket:  # what an operator sets for an S3 that is not AWS
@@ -126,8 +139,8 @@ def _pg_source(pg_db, pg_admin) -> str:  # noqa: ANN001
 def by_hand_env(request: pytest.FixtureRequest, env):  # noqa: ANN001, ANN201
     """A deduplicating storage, local then S3 (the S3 case needs the `aws` CLI)."""
     if request.param == "s3":
-        if shutil.which("aws") is None:
-            pytest.skip("no aws CLI on this machine: the runbook's S3 variant cannot run")
+        version = subprocess.run([aws_cli(), "--version"], capture_output=True, text=True)
+        assert version.returncode == 0, f"the aws CLI does not run: {version.stderr}"
         return env.with_dedup(request.getfixturevalue("s3_server"))
     return env.with_dedup()
 

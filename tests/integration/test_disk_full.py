@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from prefect_dbbackup.blocks import LocalBackupStorage, PostgresServer
+from prefect_dbbackup.blocks.server import staging_prefix
 from prefect_dbbackup.flows import backup as backup_flow
 from prefect_dbbackup.tasks import backup as backup_tasks
 
@@ -97,8 +98,9 @@ def test_full_work_dir_during_restore_keeps_the_existing_target(
     target = pg_db()
     pg_admin.execute(target, "CREATE TABLE keep AS SELECT g FROM generate_series(1, 300) g")
     before = pg_admin.table_fingerprints(target)
+    own = staging_prefix(target)  # this restore's staging databases, not another test's
     databases = "SELECT datname FROM pg_database"
-    all_before = set(pg_admin.query("postgres", databases))
+    assert not [d for (d,) in pg_admin.query("postgres", databases) if d.startswith(own)]
     monkeypatch.setenv("DBBACKUP_WORK_DIR", str(tiny_disk))
     extra = ["--jobs", "2"] if where.startswith("local") else []
     result = env.cli("restore", env.pg, db, "--into", target, "--replace", *extra)
@@ -108,6 +110,6 @@ def test_full_work_dir_during_restore_keeps_the_existing_target(
     assert "work dir" in result.stderr and "DBBACKUP_WORK_DIR" in result.stderr, result.stderr
     assert "endpoint reachable" not in result.stderr
     assert pg_admin.table_fingerprints(target) == before
-    staging = {d for (d,) in set(pg_admin.query("postgres", databases)) - all_before}
-    assert not {d for d in staging if d.startswith("dbbackup_staging_")}
+    left = [d for (d,) in pg_admin.query("postgres", databases) if d.startswith(own)]
+    assert left == [], "a staging database was left"
     assert list(tiny_disk.iterdir()) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -28,14 +29,28 @@ async def _read_events(server: str, prefix: str) -> list:
 
 
 def wait_for_events(
-    server: str, count: int, prefix: str = "dbbackup.", deadline: float = 30.0
+    server: str,
+    count: int,
+    prefix: str = "dbbackup.",
+    deadline: float = 60.0,
+    until: Callable[[list], bool] | None = None,
 ) -> list:
-    """The events of server named prefix* once `count` have arrived (they are written async)."""
+    """The events of server named prefix* once `count` have arrived (they are written
+    async) and, if given, `until(events)` holds. Fails at the deadline, saying what came."""
     stop = time.monotonic() + deadline
     while True:
-        events = asyncio.run(_read_events(server, prefix))
-        if len(events) >= count or time.monotonic() > stop:
-            return sorted(events, key=lambda e: (e.resource["dbbackup.database"], e.event))
+        events = sorted(
+            asyncio.run(_read_events(server, prefix)),
+            key=lambda e: (e.resource["dbbackup.database"], e.event),
+        )
+        if len(events) >= count and (until is None or until(events)):
+            return events
+        if time.monotonic() > stop:
+            seen = [(e.event, e.payload.get("backup_id")) for e in events]
+            raise AssertionError(
+                f"waited {deadline:.0f} s for {count} event(s) {prefix}* of server {server!r}"
+                f"{' matching the condition' if until else ''}; {len(events)} arrived: {seen}"
+            )
         time.sleep(0.3)
 
 

@@ -60,3 +60,50 @@ def test_the_rule_counts_databases_not_the_users_row():
     assert BackupFailed(named_like_users).exit_code == 2
     everything_failed = _report(("a", "database", "failed"), ("_globals", "globals", "failed"))
     assert BackupFailed(everything_failed).exit_code == 2
+
+
+def test_a_storage_without_a_signing_key_fails_the_run_before_any_dump(
+    env, pg_db, pg_admin, tmp_path
+):
+    """docs/security.md: a writer without a signing key fails closed before any dump. The
+    table is locked: a dump that started would wait on it, in plain sight, until killed."""
+    import threading
+    import time
+    import uuid
+
+    import psycopg
+    from prefect_dbbackup.blocks import LocalBackupStorage, PostgresServer
+
+    from tests.helpers import PG
+
+    tag = uuid.uuid4().hex[:8]
+    bare, server = f"unsigned-{tag}", f"pg-unsigned-{tag}"
+    root = tmp_path / "unsigned"
+    LocalBackupStorage(path=str(root)).save(bare)  # no manifest signing key
+    PostgresServer(**PG, backup_users=False, dump_timeout=30).save(server)
+    db = pg_db()
+    pg_admin.execute(db, "CREATE TABLE t AS SELECT g FROM generate_series(1, 100) g")
+    sessions: list[tuple] = []
+    done = threading.Event()
+
+    def watch() -> None:  # every session on db while the run lasts (none is this test's)
+        query = "SELECT pid, application_name FROM pg_stat_activity WHERE datname = %s"
+        while not done.is_set():
+            sessions.extend(pg_admin.query("postgres", query, (db,)))
+            time.sleep(0.02)
+
+    with psycopg.connect(**PG, dbname=db) as holder:
+        holder.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")  # held until the run ends
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            result = env.cli("backup", server, "-d", db, "--storage", bare)
+        finally:
+            done.set()
+            watcher.join()
+        sessions = [s for s in sessions if s[0] != holder.info.backend_pid]
+    assert result.exit_code == 3, result.output
+    assert "has no manifest signing key: refusing to write an unsigned backup" in result.stderr
+    assert "dbbackup signing-keygen" in result.stderr
+    assert sessions == [], f"the refused run connected to the database: {set(sessions)}"
+    assert not root.exists() or [p for p in root.rglob("*") if p.is_file()] == []

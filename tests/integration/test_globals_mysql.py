@@ -63,6 +63,21 @@ class Accounts:
                 cur.execute(f"DROP USER IF EXISTS `{u}`@`{h}`")
             cur.execute(f"DROP ROLE IF EXISTS `{self.role}`")
 
+    def drop_all(self) -> None:
+        """Drop every account and role named with this test's prefix, however made (by the
+        test, by a restore, half-made by a setup that failed)."""
+        pattern = self.prefix.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "%"
+        rows = self.admin.query(
+            None, "SELECT User, Host, is_role FROM mysql.user WHERE User LIKE %s", (pattern,)
+        )
+        with self.admin.connect() as conn, conn.cursor() as cur:
+            for user, host, is_role in rows:
+                if is_role == "Y":
+                    cur.execute(f"DROP ROLE IF EXISTS `{user}`")
+                else:
+                    cur.execute(f"DROP USER IF EXISTS `{user}`@`{host}`")
+        assert not self.exists(), f"accounts named {self.prefix}* are left"
+
     def exists(self) -> bool:
         rows = self.admin.query(
             None, "SELECT count(*) FROM mysql.user WHERE User LIKE %s", (self.prefix + "%",)
@@ -99,6 +114,14 @@ def accounts(env, my_db, my_admin) -> Iterator[Accounts]:
     )
     acc = Accounts(prefix, block, db, password, my_admin)
     app, ro, role = f"`{prefix}app`@`%`", f"`{prefix}ro`@`10.0.0.%`", f"`{acc.role}`"
+    try:
+        _create_accounts(my_admin, db, app, ro, role, password)
+        yield acc
+    finally:
+        acc.drop_all()
+
+
+def _create_accounts(my_admin, db: str, app: str, ro: str, role: str, password: str) -> None:  # noqa: ANN001
     with my_admin.connect() as conn, conn.cursor() as cur:
         cur.execute(f"CREATE ROLE {role}")
         cur.execute(f"GRANT SELECT ON `{db}`.* TO {role}")
@@ -112,8 +135,6 @@ def accounts(env, my_db, my_admin) -> Iterator[Accounts]:
         cur.execute(f"SET DEFAULT ROLE {role} FOR {app}")
         cur.execute(f"CREATE USER {ro} IDENTIFIED BY 'other-{uuid.uuid4().hex}' ACCOUNT LOCK")
         cur.execute(f"GRANT SELECT (c) ON `{db}`.`t` TO {ro}")
-    yield acc
-    acc.drop()
 
 
 def _users(env, *args: str):
@@ -212,12 +233,12 @@ def test_a_globals_failure_fails_the_run(env, my_db, my_admin):
     db = my_db()
     my_admin.execute(db, "CREATE TABLE t (a int)")
     user = f"dbbg{uuid.uuid4().hex[:6]}_dumper"
-    with my_admin.connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE USER `{user}`@`%` IDENTIFIED BY 'x-{user}'")
-        cur.execute(
-            f"GRANT SELECT, LOCK TABLES, SHOW VIEW, EVENT, TRIGGER ON `{db}`.* TO `{user}`@`%`"
-        )
-    try:
+    try:  # from its creation on: a failing GRANT leaves no account behind either
+        with my_admin.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE USER `{user}`@`%` IDENTIFIED BY 'x-{user}'")
+            cur.execute(
+                f"GRANT SELECT, LOCK TABLES, SHOW VIEW, EVENT, TRIGGER ON `{db}`.* TO `{user}`@`%`"
+            )
         block = f"my-dumper-{uuid.uuid4().hex[:8]}"
         MySQLServer(host=MY["host"], user=user, password=f"x-{user}").save(block)
         result = env.cli("backup", block, "-d", db, "--json")

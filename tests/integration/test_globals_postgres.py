@@ -103,13 +103,28 @@ class Roles:
                 )
             for name in reversed(self.names):
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+        drop_roles_named(self.admin, self.prefix)
+
+
+def drop_roles_named(admin: PgAdmin, prefix: str) -> None:
+    """Drop every role whose name starts with prefix (a test's own), however it was made;
+    fail if one is left."""
+    with admin.connect() as conn:
+        rows = conn.execute("SELECT rolname FROM pg_roles").fetchall()
+        for (name,) in rows:
+            if name.startswith(prefix):
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+        left = [n for (n,) in conn.execute("SELECT rolname FROM pg_roles") if n.startswith(prefix)]
+    assert left == [], f"roles left behind: {left}"
 
 
 @pytest.fixture
 def roles(pg_admin: PgAdmin) -> Iterator[Roles]:
     r = Roles(f"dbbg_{uuid.uuid4().hex[:8]}_", pg_admin, f"pw'\\:{uuid.uuid4().hex}")
-    yield r
-    r.drop()
+    try:
+        yield r
+    finally:
+        r.drop()
 
 
 def _block(prefix: str, **fields) -> str:
@@ -177,18 +192,6 @@ def test_passwords_work_after_restore_and_a_non_superuser_backs_up_without_them(
     prefix = f"dbbg_{uuid.uuid4().hex[:8]}_"
     app, backup_login, password = prefix + "app", prefix + "backup", f"pw:{uuid.uuid4().hex}"
     db = f"dbb_{uuid.uuid4().hex[:10]}"
-    srv.create(db)
-    with srv.connect() as conn:
-        conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(app), sql.Literal(password)
-            )
-        )
-        conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(backup_login), sql.Literal("b-" + password)
-            )
-        )
     admin_fields = {"host": srv.host, "port": srv.port, "user": srv.user, "password": srv.password}
 
     def login() -> str:
@@ -201,7 +204,19 @@ def test_passwords_work_after_restore_and_a_non_superuser_backs_up_without_them(
         with srv.connect() as conn:
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(app)))
 
-    try:
+    try:  # from the first CREATE on: a failure half-way leaves nothing behind either
+        srv.create(db)
+        with srv.connect() as conn:
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(app), sql.Literal(password)
+                )
+            )
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(backup_login), sql.Literal("b-" + password)
+                )
+            )
         superuser = _block(prefix + "app", **admin_fields)
         assert env.cli("backup", superuser, "-d", db).exit_code == 0
         drop_app()

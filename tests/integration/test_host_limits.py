@@ -18,6 +18,7 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 from prefect.concurrency.sync import concurrency
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
 from prefect_dbbackup.blocks import PostgresServer
+from prefect_dbbackup.blocks.postgres import DUMP_APPLICATION
 from prefect_dbbackup.flows.backup import backup_server
 
 from tests.helpers import stored_objects
@@ -112,17 +113,36 @@ def test_a_dump_waits_for_a_free_slot_of_its_host(env, pg_db, pg_admin, localhos
             )
         return bool(runs) and runs[0].state is not None and runs[0].state.is_running()
 
-    def pg_dump_sessions() -> int:
-        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'pg_dump'"
-        return pg_admin.query("postgres", query, (db,))[0][0]
+    def sessions(application: str) -> int:
+        """Sessions on db whose application_name is LIKE `application` (\\ escapes)."""
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+            "AND application_name LIKE %s ESCAPE '\\' AND pid <> pg_backend_pid()"
+        )
+        return pg_admin.query("postgres", query, (db, application))[0][0]
+
+    # pg_dump runs as `dbbackup-dump-<random>` (DUMP_APPLICATION); `_` is a LIKE wildcard
+    dump_session = (
+        DUMP_APPLICATION.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "%"
+    )
 
     with concurrency(LIMIT, occupy=1):  # another dump of that host holds the only slot
         backup = threading.Thread(target=run)
         backup.start()
         _poll("the dump task to start", dump_running)
-        time.sleep(3)  # generous: a dump that did not wait would have connected by now
+        # the task's own connection to db (it reads the database's options, then waits
+        # for the slot): from here a dump that did not wait starts within milliseconds
+        _poll("the dump task's connection to the database", lambda: sessions("%") > 0)
+        seen: list[int] = []
+        watch_until = time.monotonic() + 3
+        while time.monotonic() < watch_until:  # a fixed window: what must NOT happen
+            seen.append(sessions(dump_session))
+            if seen[-1] or dumps_of(db):
+                break
+            time.sleep(0.1)
         assert backup.is_alive() and dump_running()
-        assert pg_dump_sessions() == 0 and not dumps_of(db)
+        assert max(seen) == 0, f"pg_dump connected while the host's only slot was taken: {seen}"
+        assert not dumps_of(db)
     backup.join(timeout=120)
     assert not backup.is_alive()
     assert outcome and outcome[0].outcomes[0].status == "ok"

@@ -17,18 +17,19 @@ from pathlib import Path
 
 import pyrage
 import pytest
-from prefect_dbbackup.blocks.server import STAGING_PREFIX
+from prefect_dbbackup.blocks.server import STAGING_PREFIX, staging_prefix
 
 from tests.helpers import BlockEnv, MyAdmin, PgAdmin, stored_objects
 
 
-def _staging(admin: PgAdmin | MyAdmin) -> set[str]:
-    """Staging databases that exist right now (other tests' restores may have some)."""
+def _staging(admin: PgAdmin | MyAdmin, target: str) -> set[str]:
+    """The staging databases of restores into target that exist now (only this test's:
+    other tests' restores have staging databases of their own targets)."""
     if isinstance(admin, PgAdmin):
         rows = admin.query("postgres", "SELECT datname FROM pg_database")
     else:
         rows = admin.query(None, "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA")
-    return {r[0] for r in rows if r[0].startswith(STAGING_PREFIX)}
+    return {r[0] for r in rows if r[0].startswith(staging_prefix(target))}
 
 
 def _existing_target(admin: PgAdmin | MyAdmin, make_db: Callable[[], str]) -> str:
@@ -53,13 +54,14 @@ def _failed_replace_left_target_alone(
     env: BlockEnv, admin: PgAdmin | MyAdmin, server: str, db: str, target: str, *extra: str
 ) -> str:
     """Run `restore --replace` expected to fail; check the target and staging; return stderr."""
-    before, staging_before = admin.table_fingerprints(target), _staging(admin)
+    before = admin.table_fingerprints(target)
+    assert _staging(admin, target) == set()
     assert [rows for rows, _ in before.values()] == [300]  # the target's own table
     result = env.cli("restore", server, db, "--into", target, "--replace", *extra)
     assert result.exit_code != 0, result.output
     assert admin.exists(target)
     assert admin.table_fingerprints(target) == before
-    assert _staging(admin) - staging_before == set(), "a staging database was left behind"
+    assert _staging(admin, target) == set(), "a staging database was left behind"
     return result.stderr
 
 
@@ -138,7 +140,7 @@ def test_pg_restore_session_terminated_by_the_server_keeps_the_existing_target(
     )
     assert env.cli("backup", env.pg, "-d", db).exit_code == 0
     target = _existing_target(pg_admin, pg_db)
-    staging_before = _staging(pg_admin)
+    own = staging_prefix(target)  # this restore's staging database, not another test's
 
     def restoring() -> list[int]:
         rows = pg_admin.query(
@@ -146,11 +148,7 @@ def test_pg_restore_session_terminated_by_the_server_keeps_the_existing_target(
             "SELECT pid, datname FROM pg_stat_activity WHERE application_name = 'pg_restore' "
             "AND query LIKE 'CREATE INDEX%%'",
         )
-        return [
-            pid
-            for pid, name in rows
-            if name.startswith(STAGING_PREFIX) and name not in staging_before
-        ]
+        return [pid for pid, name in rows if name.startswith(own)]
 
     def terminate(pid: int) -> None:
         pg_admin.query("postgres", "SELECT pg_terminate_backend(%s)", (pid,))
@@ -179,15 +177,11 @@ def test_mariadb_restore_session_killed_by_the_server_keeps_the_existing_target(
     )
     assert env.cli("backup", env.my, "-d", db).exit_code == 0
     target = _existing_target(my_admin, my_db)
-    staging_before = _staging(my_admin)
+    own = staging_prefix(target)  # this restore's staging database, not another test's
 
     def restoring() -> list[int]:
         rows = my_admin.query(None, "SELECT ID, DB FROM information_schema.PROCESSLIST")
-        return [
-            i
-            for i, name in rows
-            if name and name.startswith(STAGING_PREFIX) and name not in staging_before
-        ]
+        return [i for i, name in rows if name and name.startswith(own)]
 
     def kill(connection: int) -> None:
         my_admin.execute(None, f"KILL CONNECTION {int(connection)}")

@@ -427,7 +427,13 @@ def test_a_put_interrupted_midway_leaves_no_object_and_no_garbage(store, tmp_pat
     watcher.start()
     with pytest.raises(_Stop):
         s.put_file(key, source)
-        time.sleep(30)  # the put ended before the watcher saw it: the signal still lands
+        # the put ended without the stop landing in it. A signal sent while it was in
+        # flight is handled at this thread's next bytecode, so here at the latest: the
+        # watcher never saw the put in flight (it was starved under load). Say so, instead
+        # of sleeping and then failing on the stored object.
+        fired.set()
+        watcher.join()
+        pytest.fail("the put finished before the watcher saw it in flight: no stop was sent")
     fired.set()
     watcher.join()
     assert s.get_bytes(key) == b"previous"

@@ -2,7 +2,7 @@
 
 import httpx
 import pytest
-from prefect_dbbackup.flows.cli import UsageError, api_unreachable
+from prefect_dbbackup.flows.cli import api_unreachable
 from typer.testing import CliRunner
 
 
@@ -33,9 +33,22 @@ def test_other_errors_are_not_taken_for_an_unreachable_api(exc):
     assert not api_unreachable(exc)
 
 
-def test_a_usage_error_exits_3_not_clicks_2():
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--no-such-option"], "No such option: --no-such-option"),  # the group's own
+        (["backup", "--no-such-option"], "No such option: --no-such-option"),  # a command's
+        (["restore"], "Missing argument 'server'"),
+        (["restore", "srv", "db", "--jobs", "many"], "Invalid value for '--jobs'"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+    ],
+)
+def test_a_usage_error_exits_3_not_clicks_2(argv, says):
+    """Before any block is loaded or API reached: the usage and the error, exit 3."""
     from prefect_dbbackup.flows.cli import app
 
-    assert UsageError.__name__ == "UsageError"
-    result = CliRunner().invoke(app, ["backup", "--no-such-option"])
+    result = CliRunner().invoke(app, argv)
     assert result.exit_code == 3, result.output
+    assert says in result.output
+    assert "Usage: dbbackup" in result.output
+    assert isinstance(result.exception, SystemExit)  # click's own exit, not a traceback
