@@ -4,6 +4,10 @@ next prune finishes; no chunk a kept backup names is lost meanwhile, and the gar
 A real `dbbackup prune` process is run in short steps (SIGSTOP/SIGCONT) and killed with
 SIGKILL at the moment the storage shows its mark (or sweep) half done. The setup is
 test_dedup_gc's: X's backup removed (its chunks are garbage), Y's kept.
+
+Also docs/dedup.md, "Garbage collection": a mark stops after its time budget and the next
+prune goes on. A real prune is held (SIGSTOP) mid-mark past the storage's budget, then let
+go: it stops, exits 0 (every backup is whole) saying so, and the next prune goes on.
 """
 
 from __future__ import annotations
