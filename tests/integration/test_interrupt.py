@@ -18,6 +18,7 @@ from prefect_dbbackup.blocks.registry import load_storage
 from prefect_dbbackup.tasks.workdir import private_workdir
 
 from tests.helpers import PG, flow_runs_of
+from tests.integration.cli_process import child_env
 
 # the stop bounds docs/operations.md states: signal to clients killed, signal to exit
 CLIENTS_GONE_S = 1.0
@@ -44,24 +45,14 @@ def _start_backup(
 
 
 def _child_env(workdir: Path, home: Path | None = None) -> dict[str, str]:
-    from prefect.settings import PREFECT_API_URL
-
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    child_env.update(
-        PREFECT_API_URL=str(PREFECT_API_URL.value()),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        DBBACKUP_WORK_DIR=str(workdir),
-    )
-    if home is not None:
-        child_env["PREFECT_HOME"] = str(home)
-    return child_env
+    return child_env(workdir, **({"PREFECT_HOME": str(home)} if home is not None else {}))
 
 
 def _start(argv: list[str], workdir: Path, home: Path | None = None) -> subprocess.Popen[str]:
-    child_env = _child_env(workdir, home)
+    env = _child_env(workdir, home)
     return subprocess.Popen(
         [sys.executable, "-c", "from prefect_dbbackup.flows.cli import main; main()", *argv],
-        env=child_env,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
