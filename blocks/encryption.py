@@ -13,6 +13,7 @@ from pathlib import Path
 import pyrage
 from prefect.blocks.core import Block
 from prefect_dbbackup.blocks.errors import ConfigError
+from prefect_dbbackup.blocks.schema_cache import CachedSchema
 from pydantic import Field, SecretStr
 
 AGE_HEADERS = (b"age-encryption.org/", b"-----BEGIN AGE ENCRYPTED FILE-----")
@@ -148,7 +149,7 @@ def write_identity_file(path: str | Path, *, force: bool = False) -> str:
     return recipient
 
 
-class AgeEncryption(Block):
+class AgeEncryption(CachedSchema, Block):
     """age (age-encryption.org) keys. Backups need only the public recipients;
     restore and verify need an identity (private key), inline or as a file path."""
 

@@ -26,6 +26,7 @@ from prefect_dbbackup.blocks.errors import ConfigError, DatabaseNotFound, DbBack
 from prefect_dbbackup.blocks.process import child_env
 from prefect_dbbackup.blocks.properties import DatabaseProperties
 from prefect_dbbackup.blocks.retention import RetentionPolicy
+from prefect_dbbackup.blocks.schema_cache import CachedSchema
 from pydantic import Field, PrivateAttr, SecretStr
 
 STAGING_PREFIX = "dbbackup_staging_"
@@ -140,7 +141,7 @@ class RowCounter(Protocol):
     def finish(self) -> dict[str, int] | None: ...
 
 
-class DatabaseServer(Block, ABC):
+class DatabaseServer(CachedSchema, Block, ABC):
     """A database server to back up. Subclasses know one engine."""
 
     engine: ClassVar[Engine]

@@ -23,6 +23,7 @@ from prefect.blocks.core import Block
 from prefect_dbbackup.blocks import signing
 from prefect_dbbackup.blocks.bounds import MAX_HOURS, Hours
 from prefect_dbbackup.blocks.errors import ConfigError, DiskFull, IntegrityError, StorageError
+from prefect_dbbackup.blocks.schema_cache import CachedSchema
 from pydantic import Field, SecretStr, model_validator
 
 CHUNK = 1 << 20
@@ -123,7 +124,7 @@ def list_prefix(prefix: str) -> str:
     return "" if prefix == "" else check_key(prefix) + "/"
 
 
-class BackupStorage(Block, ABC):
+class BackupStorage(CachedSchema, Block, ABC):
     """What every storage offers (the contract tests/integration/test_storage_contract.py
     runs against each storage).
 
