@@ -14,6 +14,16 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
+# No test speaks TLS through Python's ssl module (the Prefect APIs and S3 are plain http on
+# 127.0.0.1, MariaDB here has no TLS), yet every Prefect client and every PyMySQL connection
+# builds an SSL context from the machine's ~140 trusted CAs: 20-70 ms of CPU each, 15-40 %
+# of a test worker's CPU (py-spy, #24). The tests trust one certificate that signs nothing,
+# for themselves and for every child process they start.
+_TRUST_ANCHOR = str(Path(__file__).with_name("trust_anchor.pem"))
+_NO_CERTS = Path(__file__).with_name("trust_anchor.d")
+for _name in ("SSL_CERT_FILE", "PREFECT_API_SSL_CERT_FILE"):
+    os.environ.setdefault(_name, _TRUST_ANCHOR)
+os.environ.setdefault("SSL_CERT_DIR", str(_NO_CERTS))
 
 # Prefect configures logging (dictConfig, replacing the root handlers) on first import of
 # prefect.main: do it before any test, so that caplog's handler is never swept away later
