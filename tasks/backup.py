@@ -7,7 +7,7 @@ import functools
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from prefect import task
@@ -57,10 +57,10 @@ class StoredBackup(BaseModel):
 
 
 def tool_version() -> str:
-    """Version of this package."""
+    """Version of this package (its distribution is `prefect-dbbackup`), for the manifest."""
     try:
-        return version("dbbackup")
-    except Exception:
+        return version("prefect-dbbackup")
+    except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
 
 

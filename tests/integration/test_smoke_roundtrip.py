@@ -100,3 +100,18 @@ def test_restore_a_backup_of_another_server(env, pg_db, pg_admin, cleanup_pg):
     assert (
         env.cli("restore", replacement, db, "--into", target + "x").exit_code == 3
     )  # no own backups
+
+
+def test_every_manifest_names_the_dbbackup_version_that_made_it(env, pg_db, pg_admin):
+    """The version an operator reads in a manifest is the installed distribution's."""
+    from importlib.metadata import version
+
+    from prefect_dbbackup.tasks.layout import MANIFEST_NAME
+
+    db = pg_db()
+    pg_admin.execute(db, "CREATE TABLE t (id int)")
+    assert env.cli("backup", env.pg, "-d", db).exit_code == 0
+    manifests = sorted(env.storage_path.rglob(MANIFEST_NAME))
+    assert len(manifests) == 2  # the database and the users/roles (_globals)
+    for path in manifests:
+        assert json.loads(path.read_text())["tool_version"] == version("prefect-dbbackup")
