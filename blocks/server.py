@@ -353,12 +353,15 @@ class DatabaseServer(CachedSchema, Block, ABC):
         when the statement was applied, or why it was skipped (_tolerated, _denied)."""
         with self.connect() as conn:
             dbapi = conn.connection  # no bind-parameter parsing of ':' or '%' in the text
+            # only what the server or its driver reports is classified: anything else is a
+            # bug in dbbackup, raised as it is (never retried as a lost connection)
+            server_error = conn.dialect.loaded_dbapi.Error
 
             def run(statement: str) -> str | None:
                 cursor = dbapi.cursor()
                 try:
                     cursor.execute(statement)
-                except Exception as exc:
+                except server_error as exc:
                     if (reason := self._tolerated(statement, exc)) is not None:
                         return Skip(reason)
                     if (reason := self._denied(statement, exc)) is not None:
