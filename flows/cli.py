@@ -124,7 +124,7 @@ def _even_if_partly(run: Callable[..., Any], **kwargs: Any) -> tuple[Any, DbBack
     try:
         return run(**kwargs), None
     except UsersPartlyRestored as exc:
-        return exc.result, exc
+        return exc.report, exc
 
 
 def _emit(data: object) -> None:
@@ -636,7 +636,7 @@ def fleet(
         runs = asyncio.run(backup_fleet(servers=server or None, max_parallel=max_parallel))
         code = 0
     except FleetFailed as exc:
-        runs, code = exc.runs, 1
+        runs, code = exc.report, 1
     for r in runs:
         message = printable(r.message or "")
         line = f"{r.state:10} {printable(r.server)}  {r.flow_run or ''}  {message}"

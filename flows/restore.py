@@ -100,7 +100,7 @@ def restore_database(
             )
         except UsersPartlyRestored as exc:
             incomplete.append(exc)
-            return exc.result
+            return exc.report
 
     accounts = users() if srv.users_before_database else None
     with stop_on_signals(), private_workdir() as workdir:

@@ -25,6 +25,7 @@ from prefect_dbbackup.blocks.errors import (
     BackupNotFound,
     ConfigError,
     DbBackupError,
+    ReportedFailure,
     redact,
 )
 from prefect_dbbackup.blocks.server import DatabaseServer, Skip
@@ -179,20 +180,13 @@ class UsersResult(BaseModel):
     note: str | None = None
 
 
-class UsersPartlyRestored(DbBackupError):
+class UsersPartlyRestored(ReportedFailure):
     """Some users/roles statements were refused to the restoring login; the rest applied.
 
-    `result` is the report of what did happen (the users restore's, or the whole restore's
-    when it ran with --with-users), so that it can still be shown."""
+    `report` is what did happen (the users restore's result, or the whole restore's when it
+    ran with --with-users), so that it can still be shown."""
 
     exit_code = 1
-
-    def __init__(self, message: str, result: BaseModel) -> None:
-        super().__init__(message)
-        self.result = result
-
-    def __reduce__(self):  # noqa: ANN204
-        return (UsersPartlyRestored, (str(self), self.result))
 
 
 def read_users(
