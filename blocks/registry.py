@@ -8,7 +8,6 @@ a database server block is loaded.
 from __future__ import annotations
 
 import difflib
-from importlib import import_module
 from typing import TYPE_CHECKING
 
 import httpx
@@ -17,6 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from prefect_dbbackup.blocks.bounds import validation_problems
 from prefect_dbbackup.blocks.errors import ConfigError
+from prefect_dbbackup.blocks.kinds import BlockKind, Role, by_slug
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
@@ -24,28 +24,12 @@ if TYPE_CHECKING:
     from prefect_dbbackup.blocks.server import DatabaseServer
     from prefect_dbbackup.blocks.storage import BackupStorage
 
-# block type slug -> "module:class", imported on first use
-SERVER_TYPES = {
-    "postgres-server": "prefect_dbbackup.blocks.postgres:PostgresServer",
-    "mysql-server": "prefect_dbbackup.blocks.mysql:MySQLServer",
-}
-STORAGE_TYPES = {
-    "local-backup-storage": "prefect_dbbackup.blocks.storage:LocalBackupStorage",
-    "s3-backup-storage": "prefect_dbbackup.blocks.s3:S3BackupStorage",
-}
-ENCRYPTION_TYPES = {"age-encryption": "prefect_dbbackup.blocks.encryption:AgeEncryption"}
 
-
-def block_class(path: str) -> type[Block]:
-    """The block class at "module:class" (importing its module)."""
-    module, _, name = path.partition(":")
-    return getattr(import_module(module), name)
-
-
-def _load_one_of(name: str, types: dict[str, str], what: str) -> Block:
+def _load_one_of(name: str, role: Role, what: str) -> Block:
+    types = by_slug(role)
     with get_client(sync_client=True) as client:
         found = [slug for slug in types if _exists(client, name, slug)]
-    slugs = " or ".join(types)
+    slugs = " or ".join(slug for slug, kind in types.items() if kind.exported)
     if not found:
         close = difflib.get_close_matches(name, _names_of(types), n=3)
         hint = f"did you mean {' or '.join(map(repr, close))}? Otherwise c" if close else "C"
@@ -56,7 +40,7 @@ def _load_one_of(name: str, types: dict[str, str], what: str) -> Block:
     if len(found) > 1:
         raise ConfigError(f"{name!r} names several {what} blocks ({slugs}): rename one")
     try:
-        return block_class(types[found[0]]).load(name)
+        return types[found[0]].block_class().load(name)
     except RuntimeError as exc:  # Prefect's wrapper of a ValidationError
         if not isinstance(exc.__cause__, ValidationError):
             raise
@@ -76,7 +60,7 @@ def _exists(client: object, name: str, slug: str) -> bool:
     return True
 
 
-def _names_of(slugs: dict[str, str]) -> list[str]:
+def _names_of(slugs: dict[str, BlockKind]) -> list[str]:
     """The names of the existing blocks of these types (for a 'did you mean')."""
     names: list[str] = []
     with get_client(sync_client=True) as client:
@@ -91,14 +75,14 @@ def _names_of(slugs: dict[str, str]) -> list[str]:
 
 def load_server(name: str) -> DatabaseServer:
     """The postgres-server or mysql-server block with this name."""
-    return _load_one_of(name, SERVER_TYPES, "database server")  # type: ignore[return-value]
+    return _load_one_of(name, "server", "database server")  # type: ignore[return-value]
 
 
 def load_storage(name: str) -> BackupStorage:
     """The backup storage block with this name."""
-    return _load_one_of(name, STORAGE_TYPES, "backup storage")  # type: ignore[return-value]
+    return _load_one_of(name, "storage", "backup storage")  # type: ignore[return-value]
 
 
 def load_encryption(name: str) -> AgeEncryption:
     """The age-encryption block with this name."""
-    return _load_one_of(name, ENCRYPTION_TYPES, "age-encryption")  # type: ignore[return-value]
+    return _load_one_of(name, "encryption", "age-encryption")  # type: ignore[return-value]
