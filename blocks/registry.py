@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 from prefect.blocks.core import Block
-from prefect.client.orchestration import get_client
-from prefect.exceptions import ObjectNotFound
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect_dbbackup.blocks.bounds import validation_problems
 from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.blocks.kinds import BlockKind, Role, by_slug
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
 def _load_one_of(name: str, role: Role, what: str) -> Block:
     types = by_slug(role)
     with get_client(sync_client=True) as client:
-        found = [slug for slug in types if _exists(client, name, slug)]
+        found = sorted(set(_slugs_named(client, name, types)))
     slugs = " or ".join(slug for slug, kind in types.items() if kind.exported)
     if not found:
         close = difflib.get_close_matches(name, _names_of(types), n=3)
@@ -38,7 +37,9 @@ def _load_one_of(name: str, role: Role, what: str) -> Block:
             "`dbbackup apply CONFIG` or in the Prefect UI"
         )
     if len(found) > 1:
-        raise ConfigError(f"{name!r} names several {what} blocks ({slugs}): rename one")
+        raise ConfigError(
+            f"{name!r} names several {what} blocks ({' and '.join(found)}): rename one"
+        )
     try:
         return types[found[0]].block_class().load(name)
     except RuntimeError as exc:  # Prefect's wrapper of a ValidationError
@@ -51,13 +52,20 @@ def _load_one_of(name: str, role: Role, what: str) -> Block:
         ) from None
 
 
-def _exists(client: object, name: str, slug: str) -> bool:
-    """True when a block of this type has this name (secrets are not fetched)."""
-    try:
-        client.read_block_document_by_name(name, slug, include_secrets=False)  # type: ignore[attr-defined]
-    except ObjectNotFound:
-        return False
-    return True
+def _slugs_named(client: SyncPrefectClient, name: str, types: dict[str, BlockKind]) -> list[str]:
+    """The types among these that have a block with this name: one request for all of
+    them (secrets are not fetched)."""
+    response = client.request(
+        "POST",
+        "/block_documents/filter",
+        json={
+            "block_documents": {"name": {"any_": [name]}, "is_anonymous": {"eq_": False}},
+            "block_types": {"slug": {"any_": list(types)}},
+            "include_secrets": False,
+        },
+    )
+    response.raise_for_status()
+    return [doc["block_type"]["slug"] for doc in response.json() if doc.get("block_type")]
 
 
 def _names_of(slugs: dict[str, BlockKind]) -> list[str]:
