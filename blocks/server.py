@@ -142,7 +142,19 @@ class RowCounter(Protocol):
 
 
 class DatabaseServer(CachedSchema, Block, ABC):
-    """A database server to back up. Subclasses know one engine."""
+    """A database server to back up. Subclasses know one engine; its facts are in
+    `engine` (blocks/engines.py), its behaviour in these methods.
+
+    An engine must implement (abstract): _url, _classify, _all_database_names,
+    _table_refs, quote, database_options, create_database, drop_database,
+    dump_client, dump_command, restore_command, users_script, _tolerated.
+
+    It may override (defaults suit an engine without the feature): check_clients,
+    dump_options_for, dump_snapshot, dump_row_counter, table_row_counts,
+    database_properties, apply_database_properties, restore_rewrite, swap_database
+    (required when engine.supports_rename), account_statements, _denied; for block
+    settings of its own, list_databases and tool. The rest is shared.
+    """
 
     engine: ClassVar[Engine]  # every fact about the engine (blocks/engines.py)
 
