@@ -102,7 +102,7 @@ def restore_database(
             incomplete.append(exc)
             return exc.report
 
-    accounts = users() if srv.users_before_database else None
+    accounts = users() if srv.engine.users_before_database else None
     with stop_on_signals(), private_workdir() as workdir:
         try:
             result = restore_task(
@@ -119,7 +119,7 @@ def restore_database(
         except RestoreStopped as exc:  # its message says what the databases hold now
             log.warning(str(exc))
             return Cancelled(message=str(exc))
-    if not srv.users_before_database:
+    if not srv.engine.users_before_database:
         accounts = users()
     report = RestoreReport(**result.model_dump(), users=accounts)
     create_markdown_artifact(
