@@ -6,8 +6,11 @@ except that while `flips` is above zero, each PUT of dump data (a multipart part
 whole object, key ending in `.age`, or a chunk of a deduplicating storage) gets one byte
 of its body inverted, and `flips` goes down by one; likewise while `read_flips` is above
 zero (`math.inf`: always), each GET of a chunk gets one byte of its reply inverted (the
-headers, the store's ETag and checksum, pass unchanged); and once `puts_before_down` PUTs have
-passed (when it is set), every further PUT is answered 503 as by a store that went down.
+headers, the store's ETag and checksum, pass unchanged); once `puts_before_down` PUTs have
+passed (when it is set), every further PUT is answered 503 as by a store that went down; and
+once `parts_before_hold` multipart parts have passed (when it is set), every further part is
+held (`holding` is set) until `release` is set, then answered 503: a put provably in the
+middle of its upload, which can never complete.
 Bodies are read whole: fine for test objects of a few MiB.
 """
 
@@ -32,6 +35,9 @@ class FaultyS3:
         self.read_flipped: list[str] = []  # paths of the GETs whose replies were damaged
         self.puts_before_down: int | None = None
         self.refused = 0  # PUTs answered 503
+        self.parts_before_hold: int | None = None
+        self.holding = threading.Event()  # a part is held (parts_before_hold)
+        self.release = threading.Event()  # held parts are answered 503 once set
         self.flipped: list[str] = []  # paths of the requests that were damaged
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self._lock = threading.Lock()
@@ -98,10 +104,29 @@ class FaultyS3:
                     proxy.refused += 1
                     return True
 
+            def _held(self) -> bool:
+                """Whether this request is a multipart part to hold (parts_before_hold)."""
+                with proxy._lock:
+                    if self.command != "PUT" or "partNumber=" not in self.path:
+                        return False
+                    if proxy.parts_before_hold is None:
+                        return False
+                    if proxy.parts_before_hold > 0:
+                        proxy.parts_before_hold -= 1
+                        return False
+                    return True
+
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 if self._down():
+                    self.send_response(503, "Service Unavailable")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if self._held():
+                    proxy.holding.set()
+                    proxy.release.wait(120)
                     self.send_response(503, "Service Unavailable")
                     self.send_header("Content-Length", "0")
                     self.end_headers()

@@ -8,6 +8,7 @@ fixture's, never the tests'.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -16,6 +17,7 @@ import time
 import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,9 +35,20 @@ from prefect_dbbackup.blocks.storage import (
 )
 from prefect_dbbackup.tasks.prune import OWN_NAMES
 
+from tests.faulty_s3 import FaultyS3
 from tests.s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
 DUMP = "dump.pgc.zst.age"
+
+
+@dataclass
+class HeldPut:
+    storage: BackupStorage  # the store as the put reaches it (S3: through a holding proxy)
+    source: Path
+    midway: threading.Event
+    # makes what is held fail, once the stop was sent (S3: boto3 waits for its part
+    # uploads before it lets the stop out of put_file)
+    release: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -45,7 +58,9 @@ class Store:
     storage: BackupStorage
     down: Callable[[], BackupStorage] | None  # the same kind of storage, unreachable
     plant_raw: Callable[[str, bytes], None] | None  # write an object behind the storage's back
-    in_flight: Callable[[], bool] | None  # whether a put has started and not finished
+    # a put held in its middle: (storage, source) -> (the source to put, an event set once
+    # the put is provably writing); the put may go on when the context exits
+    held_put: Callable[[BackupStorage, bytes], AbstractContextManager[HeldPut]] | None
     leftovers: Callable[[], list[str]]  # traces of unfinished puts (temp files, uploads)
     keeps_objects_in_memory: bool = False
     plant_link: Callable[[str, Path], None] | None = None  # a symbolic link behind its back
@@ -67,17 +82,43 @@ def _local(tmp_path: Path) -> Store:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).symlink_to(target)
 
+    @contextlib.contextmanager
+    def held(storage: BackupStorage, data: bytes) -> Iterator[HeldPut]:
+        """The source is a FIFO: its first MiB is written, then nothing until the context
+        exits, so the put waits in a read with its temp file open."""
+        fifo = tmp_path / "spool.fifo"
+        os.mkfifo(fifo)
+        midway, done = threading.Event(), threading.Event()
+
+        def feed() -> None:
+            with open(fifo, "wb") as pipe:  # opens once put_file opens the other end
+                pipe.write(data[:MiB])
+                pipe.flush()
+                deadline = time.monotonic() + 60
+                while not temps() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                midway.set()
+                done.wait(120)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        try:
+            yield HeldPut(storage, fifo, midway)
+        finally:
+            done.set()
+            feeder.join(10)
+
     return Store(
         storage=LocalBackupStorage(path=str(root)),
         down=lambda: LocalBackupStorage(path=str(blocker / "backups")),
         plant_raw=plant,
-        in_flight=lambda: bool(temps()),
+        held_put=held,
         leftovers=temps,
         plant_link=link,
     )
 
 
-def _s3(server: SeaweedFS) -> Store:
+def _s3(server: SeaweedFS, tmp_path: Path) -> Store:
     from prefect_aws import AwsCredentials
 
     bucket = server.make_bucket("dbb-tests")
@@ -99,13 +140,29 @@ def _s3(server: SeaweedFS) -> Store:
     def uploads() -> list[str]:
         return server.incomplete_uploads(bucket, prefix + "/")
 
+    @contextlib.contextmanager
+    def held(storage: BackupStorage, data: bytes) -> Iterator[HeldPut]:
+        """The put goes through a proxy that lets its first part pass and holds the others:
+        the upload is provably begun, and cannot finish (held parts are answered 503)."""
+        source = tmp_path / "spool.age"
+        source.write_bytes(data)
+        with FaultyS3(server.endpoint) as proxy:
+            proxy.parts_before_hold = 1
+            through = S3BackupStorage(
+                **fields, endpoint_url=proxy.endpoint, credentials=credentials
+            )
+            try:
+                yield HeldPut(through, source, proxy.holding, proxy.release.set)
+            finally:
+                proxy.release.set()
+
     return Store(
         storage=S3BackupStorage(**fields, endpoint_url=server.endpoint, credentials=credentials),
         down=down,
         plant_raw=lambda name, data: client.put_object(
             Bucket=bucket, Key=f"{prefix}/{name}", Body=data
         ),
-        in_flight=lambda: bool(uploads()),
+        held_put=held,
         leftovers=uploads,
     )
 
@@ -124,7 +181,7 @@ def _memory() -> Store:
         storage=MemoryBackupStorage(space=uuid.uuid4().hex),
         down=None,  # process memory cannot be unreachable
         plant_raw=None,  # nothing can write into it but the storage
-        in_flight=None,  # a put is one assignment: nothing shows while it runs
+        held_put=None,  # a put is one assignment: it cannot stop midway
         leftovers=list,
         keeps_objects_in_memory=True,
     )
@@ -133,7 +190,7 @@ def _memory() -> Store:
 @pytest.fixture(params=["local", "s3", "memory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "s3":
-        return _s3(request.getfixturevalue("s3_server"))
+        return _s3(request.getfixturevalue("s3_server"), tmp_path)
     return _local(tmp_path) if request.param == "local" else _memory()
 
 
@@ -404,38 +461,27 @@ def stop_signal() -> Iterator[Callable[[], None]]:
     signal.signal(signal.SIGUSR1, previous)
 
 
-def test_a_put_interrupted_midway_leaves_no_object_and_no_garbage(store, tmp_path, stop_signal):
+def test_a_put_interrupted_midway_leaves_no_object_and_no_garbage(store, stop_signal):
     """The run stops while put_file is writing: no object (not even a part) is visible under
-    the key, the previous one stays, and collect_garbage removes what the put left behind."""
-    if store.in_flight is None:
-        pytest.skip("nothing of a put in progress is visible in this storage")
+    the key, the previous one stays, and collect_garbage removes what the put left behind.
+    The put is held in its middle (the Store's held_put), so the stop always lands in it."""
+    if store.held_put is None:
+        pytest.skip("a put to this storage cannot be stopped midway")
     s, key = store.storage, f"srv/db/1/{DUMP}"
     s.put_bytes(key, b"previous")
-    source = _file(tmp_path, os.urandom(3 * MIN_PART_SIZE + MiB))
-    fired = threading.Event()
+    with store.held_put(s, os.urandom(3 * MIN_PART_SIZE + MiB)) as held:
 
-    def watch() -> None:
-        deadline = time.monotonic() + 60
-        while not fired.is_set() and time.monotonic() < deadline:
-            if store.in_flight():
-                fired.set()
+        def stop_once_midway() -> None:
+            if held.midway.wait(60):
                 stop_signal()
-                return
-            time.sleep(0.001)
+                time.sleep(1)
+                held.release()
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    with pytest.raises(_Stop):
-        s.put_file(key, source)
-        # the put ended without the stop landing in it. A signal sent while it was in
-        # flight is handled at this thread's next bytecode, so here at the latest: the
-        # watcher never saw the put in flight (it was starved under load). Say so, instead
-        # of sleeping and then failing on the stored object.
-        fired.set()
+        watcher = threading.Thread(target=stop_once_midway, daemon=True)
+        watcher.start()
+        with pytest.raises(_Stop):
+            held.storage.put_file(key, held.source)
         watcher.join()
-        pytest.fail("the put finished before the watcher saw it in flight: no stop was sent")
-    fired.set()
-    watcher.join()
     assert s.get_bytes(key) == b"previous"
     assert s.list_keys("srv") == [key]
     s.collect_garbage("srv", datetime.now(UTC) + timedelta(days=1), OWN_NAMES)
