@@ -9,7 +9,6 @@ is the one place a backup's manifest is built.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -142,6 +141,20 @@ class DumpSource:
     client_version: str
 
 
+@dataclass(frozen=True)
+class DumpStream:
+    """A dump client's output on its way into a sink, and what reads along."""
+
+    source: BinaryIO
+    what: str  # "the dump of 'db'": names it when a stop ends it
+    on_progress: Callable[[int], None]  # bytes read so far, now and then
+    tap: Callable[[memoryview], None] | None  # sees every plaintext byte (a row counter)
+
+    def check(self) -> None:
+        """Raise Interrupted once the run was told to stop (called after every read)."""
+        check_stopped(self.what)
+
+
 class DumpSink(Protocol):
     """Where a dump stream goes, chosen once per database: a SpoolSink (one encrypted
     object, stored after the dump) or a ChunkSink (a deduplicating storage's chunks,
@@ -153,15 +166,8 @@ class DumpSink(Protocol):
         """Wraps the whole dump: removes what a failure leaves, names a full work dir."""
         ...
 
-    def write(
-        self,
-        source: BinaryIO,
-        what: str,
-        on_progress: Callable[[int], None],
-        tap: Callable[[memoryview], None] | None,
-    ) -> StreamStats:
-        """Take source to its end (a stop ends it: see check_stopped); its byte counts and
-        hash. tap sees every plaintext byte (a row counter)."""
+    def write(self, stream: DumpStream) -> StreamStats:
+        """Take the stream to its end (a stop ends it); its byte counts and hash."""
         ...
 
     def store(self, manifest: Manifest) -> StoredBackup:
@@ -184,26 +190,20 @@ class SpoolSink:
         """The spool is removed if the dump fails."""
         return spooling(self.path, repr(self.database))
 
-    def write(
-        self,
-        source: BinaryIO,
-        what: str,
-        on_progress: Callable[[int], None],
-        tap: Callable[[memoryview], None] | None,
-    ) -> StreamStats:
-        """Compress and encrypt source into the spool (a stop returns at once)."""
+    def write(self, stream: DumpStream) -> StreamStats:
+        """Compress and encrypt the stream into the spool (a stop returns at once)."""
         return until_stopped(
             lambda: write_spool(
-                source,
+                stream.source,
                 self.path,
                 self.recipients,
                 level=self.run.zstd_level,
                 threads=self.run.threads,
-                on_progress=on_progress,
-                tap=tap,
-                check=functools.partial(check_stopped, what),
+                on_progress=stream.on_progress,
+                tap=stream.tap,
+                check=stream.check,
             ),
-            what,
+            stream.what,
         )
 
     def store(self, manifest: Manifest) -> StoredBackup:
@@ -236,16 +236,12 @@ class ChunkSink:
         """Nothing is spooled: only a full work dir (the client's option files) is named."""
         return work_dir_full(self.run.workdir, repr(self.database))
 
-    def write(
-        self,
-        source: BinaryIO,
-        what: str,
-        on_progress: Callable[[int], None],
-        tap: Callable[[memoryview], None] | None,
-    ) -> StreamStats:
-        """Chunk source to its end, storing the new chunks."""
-        check = functools.partial(check_stopped, what)
-        self.chunks = self.writer.write(CountingReader(source, on_progress, tap=tap, check=check))
+    def write(self, stream: DumpStream) -> StreamStats:
+        """Chunk the stream to its end, storing the new chunks."""
+        counted = CountingReader(
+            stream.source, stream.on_progress, tap=stream.tap, check=stream.check
+        )
+        self.chunks = self.writer.write(counted)
         return StreamStats(
             raw_bytes=self.chunks.raw_bytes,
             compressed_bytes=self.writer.compressed_bytes,
@@ -338,7 +334,7 @@ def _stream_dump(
         counter = server.dump_row_counter(snapshot.tables)
         source = TrailedReader(proc.stdout, cmd.trailer) if cmd.trailer else proc.stdout
         tap = counter.feed if counter else None
-        stats = sink.write(source, f"the dump of {database!r}", progress, tap)
+        stats = sink.write(DumpStream(source, f"the dump of {database!r}", progress, tap))
     return stats, counter
 
 
