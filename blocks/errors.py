@@ -13,6 +13,26 @@ class DbBackupError(Exception):
     retryable = False
 
 
+class ReportedFailure(DbBackupError):
+    """A run that ended with a report of what did and did not happen: the CLI prints
+    `report` before the error line. Pickled with its report and exit code (Prefect keeps a
+    failed run's exception), without calling the subclass's constructor again."""
+
+    def __init__(self, message: str, report: object) -> None:
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(cls: type[ReportedFailure], args: tuple, state: dict) -> ReportedFailure:
+    failure = cls.__new__(cls)
+    Exception.__init__(failure, *args)
+    failure.__dict__.update(state)
+    return failure
+
+
 class ConfigError(DbBackupError):
     """Bad configuration or usage: unknown block, bad config file, missing key."""
 

@@ -1,7 +1,9 @@
 """In-memory backup storage: objects in a dict of this process, for fast tests of flows.
 
-Not exported from `prefect_dbbackup.blocks`, so `prefect block register` does not offer
-it: nothing it holds survives the process (docs/architecture.md, "Storage contract").
+A storage kind of blocks/kinds.py, so a saved one loads by name like any storage; but not
+exported from `prefect_dbbackup.blocks` (`prefect block register` does not offer it) and no
+`dbbackup apply` kind: nothing it holds survives the process (docs/architecture.md,
+"Memory storage").
 """
 
 from __future__ import annotations

@@ -30,22 +30,10 @@ from prefect_dbbackup.blocks.users_sql import (
     backtick,
     mysql_script,
     mysql_text,
-    split_statements,
 )
 from pydantic import Field, PrivateAttr
 
 log = logging.getLogger("dbbackup")
-
-DUMP_OPTIONS: list[str] = [
-    "--single-transaction",
-    "--quick",
-    "--routines",
-    "--triggers",
-    "--skip-events",  # appended from SHOW CREATE EVENT instead (blocks/mysql_events.py)
-    "--hex-blob",
-    "--default-character-set=utf8mb4",
-]
-
 
 # accounts the server creates for itself; PUBLIC is MariaDB 10.11's grants-to-everyone holder
 SYSTEM_ACCOUNTS = ("mariadb.sys", "mysql.sys", "mysql.session", "mysql.infoschema", "PUBLIC")
@@ -85,13 +73,6 @@ class MySQLServer(DatabaseServer):
     _description = "A MySQL or MariaDB server to back up; credentials stay in this block."
 
     engine: ClassVar[Engine] = MYSQL
-    system_databases: ClassVar[frozenset[str]] = frozenset(
-        {"mysql", "information_schema", "performance_schema", "sys"}
-    )
-    dump_options: ClassVar[list[str]] = DUMP_OPTIONS
-    row_counts_note: ClassVar[str] = (
-        "exact, counted in the dump stream; system-versioned tables with their history"
-    )
 
     port: Port = Field(default=3306)
     user: str = Field(default="root", description="Login used for dumps and restores.")
@@ -157,9 +138,6 @@ class MySQLServer(DatabaseServer):
         history = {"SYSTEM VERSIONED": " FOR SYSTEM_TIME ALL"}
         return [(name, self.quote(name) + history.get(kind, "")) for name, kind in rows]
 
-    def _version_query(self) -> str:
-        return "SELECT VERSION()"
-
     def database_options(self, conn: sa.Connection, database: str) -> dict[str, str]:
         row = conn.execute(
             sa.text(
@@ -214,9 +192,6 @@ class MySQLServer(DatabaseServer):
         with self.connect() as conn:
             self.run_sql(conn, f"DROP DATABASE IF EXISTS {self.quote(database)}")
 
-    def _login_query(self) -> str:
-        return "SELECT CURRENT_USER()"
-
     def users_script(self, workdir: Path) -> UsersDump:
         """SHOW CREATE USER (password hash and plugin) and SHOW GRANTS of every selected
         account and role, read as bytes so that binary hashes survive (as hex literals)."""
@@ -245,7 +220,7 @@ class MySQLServer(DatabaseServer):
                 raise error from None
             log.warning("%s; every statement is replayed", error)
             return set()
-        return set(split_statements(mysql_script(accounts), "mysql"))
+        return set(self.engine.users_sql.split_statements(mysql_script(accounts)))
 
     def _read_accounts(self, selected: Callable[[str], bool]) -> list[MySQLAccount]:
         """The selected accounts' SHOW output; raises pymysql's error as it is."""
@@ -311,9 +286,10 @@ class MySQLServer(DatabaseServer):
         return DumpRowCounter(tables)
 
     def dump_options_for(self, database: str) -> list[str]:
-        """DUMP_OPTIONS, and --dump-history when the history can be dumped (_history_plan)."""
+        """The engine's dump options, and --dump-history when the history can be dumped
+        (_history_plan)."""
         history, _ = self._history_plan(database)
-        return [*DUMP_OPTIONS, *(["--dump-history"] if history else [])]
+        return [*self.engine.dump_options, *(["--dump-history"] if history else [])]
 
     def _history_plan(self, database: str) -> tuple[bool, str | None]:
         """(whether to dump with --dump-history, why history is lost if it is), decided once

@@ -52,8 +52,6 @@ AUTH_MARKERS = (
 # privilege), object state (a setting that cannot be set per database), unsupported
 REFUSED_STATEMENT = frozenset({"22", "42", "55", "0A"})
 
-NAME_BYTES = 63  # PostgreSQL's identifier limit (NAMEDATALEN - 1)
-
 # Tables pg_dump writes data for: ordinary tables, which include the leaf partitions
 # (a partitioned parent holds no rows itself), unlogged ones too; not temporary
 # tables, views, materialized views (refreshed on restore), foreign tables, the
@@ -87,11 +85,6 @@ class PostgresServer(DatabaseServer):
     _description = "A PostgreSQL server to back up with pg_dump; credentials stay in this block."
 
     engine: ClassVar[Engine] = POSTGRES
-    system_databases: ClassVar[frozenset[str]] = frozenset({"template0", "template1", "postgres"})
-    dump_options: ClassVar[list[str]] = ["--format=custom", "--compress=0"]
-    supports_rename: ClassVar[bool] = True
-    users_before_database: ClassVar[bool] = True
-    parallel_restore: ClassVar[bool] = True
 
     port: Port = Field(default=5432)
     user: str = Field(default="postgres", description="Login used for dumps and restores.")
@@ -247,9 +240,6 @@ class PostgresServer(DatabaseServer):
             )
             return self._count_rows(conn, self._table_refs(conn, database))
 
-    def _version_query(self) -> str:
-        return "SHOW server_version"
-
     def _server_major(self) -> int:
         return int(re.match(r"\d+", self.server_version()).group())
 
@@ -309,12 +299,13 @@ class PostgresServer(DatabaseServer):
     def quote(self, name: str) -> str:
         """psycopg's identifier quoting; a name PostgreSQL would truncate is refused.
 
-        PostgreSQL cuts identifiers to 63 bytes with only a notice: `DROP DATABASE`
-        of a longer name would drop the database its first 63 bytes name.
+        PostgreSQL cuts identifiers to 63 bytes (engine.name_limit) with only a notice:
+        `DROP DATABASE` of a longer name would drop the database its first 63 bytes name.
         """
-        if "\0" in name or len(name.encode()) > NAME_BYTES:
+        limit = self.engine.name_limit
+        if "\0" in name or len(name.encode()) > limit:
             raise ConfigError(
-                f"database name {name!r} is not valid on PostgreSQL: at most {NAME_BYTES} bytes "
+                f"database name {name!r} is not valid on PostgreSQL: at most {limit} bytes "
                 "(UTF-8), no NUL character"
             )
         return pgsql.Identifier(name).as_string()
@@ -417,9 +408,6 @@ class PostgresServer(DatabaseServer):
     def dump_client(self, name: str = "pg_dump") -> str:
         return self.tool(name)
 
-    def _login_query(self) -> str:
-        return "SELECT current_user"
-
     def users_script(self, workdir: Path) -> UsersDump:
         """pg_dumpall --roles-only (--globals-only with tablespaces); without superuser,
         --no-role-passwords, because only a superuser may read password hashes."""
@@ -485,7 +473,7 @@ class PostgresServer(DatabaseServer):
     ) -> Iterator[ToolCommand]:
         """pg_dump under a unique application_name: if the dump fails (killed at dump_timeout,
         say), its server session is terminated too, or it would wait on a lock for hours."""
-        argv = [self.dump_client(), *self.dump_options, "--no-password"]
+        argv = [self.dump_client(), *self.dump_options_for(database), "--no-password"]
         if snapshot:
             argv.append(f"--snapshot={snapshot}")
         app = f"{DUMP_APPLICATION}{secrets.token_hex(6)}"

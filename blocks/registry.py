@@ -8,15 +8,14 @@ a database server block is loaded.
 from __future__ import annotations
 
 import difflib
-from importlib import import_module
 from typing import TYPE_CHECKING
 
 import httpx
 from prefect.blocks.core import Block
-from prefect.client.orchestration import get_client
-from prefect.exceptions import ObjectNotFound
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect_dbbackup.blocks.bounds import validation_problems
 from prefect_dbbackup.blocks.errors import ConfigError
+from prefect_dbbackup.blocks.kinds import BlockKind, Role, by_slug
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
@@ -24,28 +23,12 @@ if TYPE_CHECKING:
     from prefect_dbbackup.blocks.server import DatabaseServer
     from prefect_dbbackup.blocks.storage import BackupStorage
 
-# block type slug -> "module:class", imported on first use
-SERVER_TYPES = {
-    "postgres-server": "prefect_dbbackup.blocks.postgres:PostgresServer",
-    "mysql-server": "prefect_dbbackup.blocks.mysql:MySQLServer",
-}
-STORAGE_TYPES = {
-    "local-backup-storage": "prefect_dbbackup.blocks.storage:LocalBackupStorage",
-    "s3-backup-storage": "prefect_dbbackup.blocks.s3:S3BackupStorage",
-}
-ENCRYPTION_TYPES = {"age-encryption": "prefect_dbbackup.blocks.encryption:AgeEncryption"}
 
-
-def block_class(path: str) -> type[Block]:
-    """The block class at "module:class" (importing its module)."""
-    module, _, name = path.partition(":")
-    return getattr(import_module(module), name)
-
-
-def _load_one_of(name: str, types: dict[str, str], what: str) -> Block:
+def _load_one_of(name: str, role: Role, what: str) -> Block:
+    types = by_slug(role)
     with get_client(sync_client=True) as client:
-        found = [slug for slug in types if _exists(client, name, slug)]
-    slugs = " or ".join(types)
+        found = sorted(set(_slugs_named(client, name, types)))
+    slugs = " or ".join(slug for slug, kind in types.items() if kind.exported)
     if not found:
         close = difflib.get_close_matches(name, _names_of(types), n=3)
         hint = f"did you mean {' or '.join(map(repr, close))}? Otherwise c" if close else "C"
@@ -54,9 +37,11 @@ def _load_one_of(name: str, types: dict[str, str], what: str) -> Block:
             "`dbbackup apply CONFIG` or in the Prefect UI"
         )
     if len(found) > 1:
-        raise ConfigError(f"{name!r} names several {what} blocks ({slugs}): rename one")
+        raise ConfigError(
+            f"{name!r} names several {what} blocks ({' and '.join(found)}): rename one"
+        )
     try:
-        return block_class(types[found[0]]).load(name)
+        return types[found[0]].block_class().load(name)
     except RuntimeError as exc:  # Prefect's wrapper of a ValidationError
         if not isinstance(exc.__cause__, ValidationError):
             raise
@@ -67,16 +52,23 @@ def _load_one_of(name: str, types: dict[str, str], what: str) -> Block:
         ) from None
 
 
-def _exists(client: object, name: str, slug: str) -> bool:
-    """True when a block of this type has this name (secrets are not fetched)."""
-    try:
-        client.read_block_document_by_name(name, slug, include_secrets=False)  # type: ignore[attr-defined]
-    except ObjectNotFound:
-        return False
-    return True
+def _slugs_named(client: SyncPrefectClient, name: str, types: dict[str, BlockKind]) -> list[str]:
+    """The types among these that have a block with this name: one request for all of
+    them (secrets are not fetched)."""
+    response = client.request(
+        "POST",
+        "/block_documents/filter",
+        json={
+            "block_documents": {"name": {"any_": [name]}, "is_anonymous": {"eq_": False}},
+            "block_types": {"slug": {"any_": list(types)}},
+            "include_secrets": False,
+        },
+    )
+    response.raise_for_status()
+    return [doc["block_type"]["slug"] for doc in response.json() if doc.get("block_type")]
 
 
-def _names_of(slugs: dict[str, str]) -> list[str]:
+def _names_of(slugs: dict[str, BlockKind]) -> list[str]:
     """The names of the existing blocks of these types (for a 'did you mean')."""
     names: list[str] = []
     with get_client(sync_client=True) as client:
@@ -91,14 +83,14 @@ def _names_of(slugs: dict[str, str]) -> list[str]:
 
 def load_server(name: str) -> DatabaseServer:
     """The postgres-server or mysql-server block with this name."""
-    return _load_one_of(name, SERVER_TYPES, "database server")  # type: ignore[return-value]
+    return _load_one_of(name, "server", "database server")  # type: ignore[return-value]
 
 
 def load_storage(name: str) -> BackupStorage:
     """The backup storage block with this name."""
-    return _load_one_of(name, STORAGE_TYPES, "backup storage")  # type: ignore[return-value]
+    return _load_one_of(name, "storage", "backup storage")  # type: ignore[return-value]
 
 
 def load_encryption(name: str) -> AgeEncryption:
     """The age-encryption block with this name."""
-    return _load_one_of(name, ENCRYPTION_TYPES, "age-encryption")  # type: ignore[return-value]
+    return _load_one_of(name, "encryption", "age-encryption")  # type: ignore[return-value]

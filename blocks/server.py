@@ -142,24 +142,21 @@ class RowCounter(Protocol):
 
 
 class DatabaseServer(CachedSchema, Block, ABC):
-    """A database server to back up. Subclasses know one engine."""
+    """A database server to back up. Subclasses know one engine; its facts are in
+    `engine` (blocks/engines.py), its behaviour in these methods.
 
-    engine: ClassVar[Engine]
-    system_databases: ClassVar[frozenset[str]]
-    dump_options: ClassVar[list[str]]
-    supports_rename: ClassVar[bool] = False
-    # how the manifest's row counts were taken (said in verify's log)
-    row_counts_note: ClassVar[str] = "exact, taken in the dump's own snapshot"
-    # restore --with-users: roles first (PostgreSQL: the database's grants and owners name
-    # them), or after the database (MySQL: table grants need the tables)
-    users_before_database: ClassVar[bool] = False
-    # restore --jobs N: the client restores an archive file in parallel
-    parallel_restore: ClassVar[bool] = False
+    An engine must implement (abstract): _url, _classify, _all_database_names,
+    _table_refs, quote, database_options, create_database, drop_database,
+    dump_client, dump_command, restore_command, users_script, _tolerated.
 
-    @property
-    def server_type(self) -> str:
-        """The engine's name, as manifests record it."""
-        return self.engine.name
+    It may override (defaults suit an engine without the feature): check_clients,
+    dump_options_for, dump_snapshot, dump_row_counter, table_row_counts,
+    database_properties, apply_database_properties, restore_rewrite, swap_database
+    (required when engine.supports_rename), account_statements, _denied; for block
+    settings of its own, list_databases and tool. The rest is shared.
+    """
+
+    engine: ClassVar[Engine]  # every fact about the engine (blocks/engines.py)
 
     def checked_create_options(self, options: dict[str, str]) -> dict[str, str]:
         """The manifest's create options, checked before they are inlined in CREATE DATABASE."""
@@ -233,14 +230,6 @@ class DatabaseServer(CachedSchema, Block, ABC):
         """(name as the manifest records it, SQL reference) of each table a dump has data of."""
 
     @abstractmethod
-    def _version_query(self) -> str:
-        """SQL returning the server's version string."""
-
-    @abstractmethod
-    def _login_query(self) -> str:
-        """SQL returning the login as the server sees it (a role, or user@host)."""
-
-    @abstractmethod
     def users_script(self, workdir: Path) -> UsersDump:
         """Users/roles, memberships and server-wide grants as a replayable SQL script."""
 
@@ -301,7 +290,7 @@ class DatabaseServer(CachedSchema, Block, ABC):
 
     def dump_options_for(self, database: str) -> list[str]:
         """The options a dump of database runs with (recorded in its manifest)."""
-        return list(self.dump_options)
+        return list(self.engine.dump_options)
 
     def swap_database(self, replacement: str, target: str) -> None:
         """Put replacement in target's place and drop the old target (engines that rename)."""
@@ -333,13 +322,13 @@ class DatabaseServer(CachedSchema, Block, ABC):
         """The server's version string, asked once per block instance."""
         if self._server_version is None:
             with self.connect() as conn:
-                self._server_version = conn.execute(sa.text(self._version_query())).scalar_one()
+                self._server_version = conn.execute(sa.text(self.engine.version_query)).scalar_one()
         return self._server_version
 
     def current_login(self) -> str:
         """The account this block logs in as (a replay leaves it alone)."""
         with self.connect() as conn:
-            return conn.execute(sa.text(self._login_query())).scalar_one()
+            return conn.execute(sa.text(self.engine.login_query)).scalar_one()
 
     def account_selected(self, name: str) -> bool:
         """Whether a user/role name matches account_include and not account_exclude."""
@@ -353,12 +342,15 @@ class DatabaseServer(CachedSchema, Block, ABC):
         when the statement was applied, or why it was skipped (_tolerated, _denied)."""
         with self.connect() as conn:
             dbapi = conn.connection  # no bind-parameter parsing of ':' or '%' in the text
+            # only what the server or its driver reports is classified: anything else is a
+            # bug in dbbackup, raised as it is (never retried as a lost connection)
+            server_error = conn.dialect.loaded_dbapi.Error
 
             def run(statement: str) -> str | None:
                 cursor = dbapi.cursor()
                 try:
                     cursor.execute(statement)
-                except Exception as exc:
+                except server_error as exc:
                     if (reason := self._tolerated(statement, exc)) is not None:
                         return Skip(reason)
                     if (reason := self._denied(statement, exc)) is not None:
@@ -416,7 +408,7 @@ class DatabaseServer(CachedSchema, Block, ABC):
         return [
             n
             for n in names
-            if n not in self.system_databases
+            if n not in self.engine.system_databases
             and not n.startswith(INTERNAL_PREFIXES)
             and any(fnmatch.fnmatchcase(n, p) for p in self.include)
             and not any(fnmatch.fnmatchcase(n, p) for p in self.exclude)

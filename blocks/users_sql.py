@@ -1,20 +1,21 @@
 """The SQL text of a users/roles backup: split, attribute to accounts, filter, mask.
 
-Pure functions, no server needed. A globals script is a list of statements;
+Pure code, no server needed. A globals script is a list of statements;
 each belongs to one account (a PostgreSQL role, a MySQL `user@host` or role),
 to the session (`SET ...`), or to the server (PostgreSQL tablespaces). The
 scanner knows just enough SQL lexing (quotes, comments, psql meta lines) to
-find statement ends and the account a statement is about.
+find statement ends and the account a statement is about. Where the engines'
+dialects differ, one `UsersSql` object per engine (`Engine.users_sql`) knows.
 """
 
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
-Engine = Literal["postgres", "mysql"]
 Scope = Literal["session", "account", "server"]
 
 MASK = "'***'"
@@ -51,100 +52,11 @@ def _closing(text: str, start: int, quote: str, backslash: bool) -> int:
     return len(text)
 
 
-def scan(text: str, engine: Engine) -> Iterator[tuple[str, str]]:
-    """(kind, text) tokens: space, comment, meta, string, ident, hex, word, punct."""
-    mysql = engine == "mysql"
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch.isspace():
-            j = i
-            while j < n and text[j].isspace():
-                j += 1
-            yield "space", text[i:j]
-        elif text.startswith("--", i) or (mysql and ch == "#"):
-            j = text.find("\n", i)
-            j = n if j < 0 else j
-            yield "comment", text[i:j]
-        elif text.startswith("/*", i):
-            j = text.find("*/", i + 2)
-            j = n if j < 0 else j + 2
-            yield "comment", text[i:j]
-        elif ch == "\\" and not mysql and (i == 0 or text[i - 1] == "\n"):
-            j = text.find("\n", i)  # psql meta-command such as \restrict (pg_dumpall 15.14+)
-            j = n if j < 0 else j
-            yield "meta", text[i:j]
-        elif ch in "'\"`":
-            string = ch == "'" or (mysql and ch == '"')
-            j = _closing(text, i, ch, backslash=mysql and ch != "`")
-            yield ("string" if string else "ident"), text[i:j]
-        elif match := _WORD.match(text, i):
-            j = match.end()
-            word = text[i:j]
-            yield ("hex" if re.fullmatch(r"0x[0-9A-Fa-f]+", word) else "word"), word
-        else:
-            j = i + 1
-            yield "punct", ch
-        i = j
-
-
-def split_statements(script: str, engine: Engine) -> list[str]:
-    """The statements of a script, without their ';' and without comments before them."""
-    statements: list[str] = []
-    current: list[str] = []
-    for kind, text in scan(script, engine):
-        if kind == "punct" and text == ";":
-            if stmt := "".join(current).strip():
-                statements.append(stmt)
-            current = []
-        elif kind in ("comment", "meta") and not "".join(current).strip():
-            current = []
-        else:
-            current.append(text)
-    if stmt := "".join(current).strip():
-        statements.append(stmt)
-    return statements
-
-
-def unquote(token: str, engine: Engine) -> str:
-    """The name or value a quoted identifier or string literal stands for."""
-    if not token or token[0] not in "'\"`":
-        return token
-    quote, body = token[0], token[1:-1]
-    if quote == "`":
-        return body.replace("``", "`")
-    out, i = [], 0
-    while i < len(body):
-        ch = body[i]
-        if ch == "\\" and engine == "mysql" and quote != "`" and i + 1 < len(body):
-            out.append(_ESCAPES.get(body[i + 1], body[i + 1]))
-            i += 2
-            continue
-        if ch == quote and body[i + 1 : i + 2] == quote:
-            i += 1
-        out.append(ch)
-        i += 1
-    return "".join(out)
-
-
-def _significant(stmt: str, engine: Engine) -> list[tuple[str, str]]:
-    return [t for t in scan(stmt, engine) if t[0] not in ("space", "comment")]
-
-
 Account = tuple[str, str]  # (subject, user)
+Token = tuple[str, str]  # (kind, text), see UsersSql.scan
 
 
-def _account_at(tokens: list[tuple[str, str]], i: int, engine: Engine) -> Account | None:
-    """The account named at tokens[i]: `name` or `user`@`host`."""
-    if i >= len(tokens) or tokens[i][0] not in ("word", "ident", "string"):
-        return None
-    name = unquote(tokens[i][1], engine)
-    if i + 2 < len(tokens) and tokens[i + 1] == ("punct", "@"):
-        return f"{name}@{unquote(tokens[i + 2][1], engine)}", name
-    return name, name
-
-
-def _after(tokens: list[tuple[str, str]], words: tuple[str, ...], last: bool = False) -> int | None:
+def _after(tokens: list[Token], words: tuple[str, ...], last: bool = False) -> int | None:
     """Index just after the (first or last) run of keywords `words` among tokens."""
     found = None
     for i in range(len(tokens) - len(words) + 1):
@@ -158,86 +70,194 @@ def _after(tokens: list[tuple[str, str]], words: tuple[str, ...], last: bool = F
     return found
 
 
-def classify(stmt: str, engine: Engine) -> Statement:
-    """Attribute one statement to an account, the session or the server."""
-    tokens = _significant(stmt, engine)
-    head = [t[1].upper() for t in tokens[:3] if t[0] == "word"]
-    if head[:1] == ["SET"] and head[1:3] != ["DEFAULT", "ROLE"]:
-        return Statement(stmt, "session")
-    find = _pg_subject if engine == "postgres" else _mysql_subject
-    account = find(tokens, head)
-    if account is None:
-        return Statement(stmt, "server")
-    return Statement(stmt, "account", *account)
+class UsersSql(ABC):
+    """One engine's SQL dialect as its globals scripts are written: how statements are
+    lexed, which account a statement is about, where passwords are. One instance per
+    engine (`Engine.users_sql`): callers ask it, never test the engine's name."""
 
+    hash_comments: ClassVar[bool] = False  # `#` starts a comment
+    backslash_escapes: ClassVar[bool] = False  # `\` escapes in '...' and "..." literals
+    double_quoted_strings: ClassVar[bool] = False  # "..." is a string, not an identifier
+    meta_lines: ClassVar[bool] = False  # a line starting with `\` is a psql meta-command
 
-def _pg_subject(tokens: list[tuple[str, str]], head: list[str]) -> Account | None:
-    if head[:1] == ["GRANT"]:
-        if _after(tokens, ("ON",)) is not None:
-            return None  # a privilege on a tablespace
-        i = _after(tokens, ("TO",))
-        return _account_at(tokens, i, "postgres") if i is not None else None
-    for i, (kind, text) in enumerate(tokens[:6]):
-        if kind == "word" and text.upper() == "TABLESPACE":
+    @abstractmethod
+    def _subject(self, tokens: list[Token], head: list[str]) -> Account | None:
+        """The account a (non-session) statement is about, or None: it is the server's."""
+
+    def scan(self, text: str) -> Iterator[Token]:
+        """(kind, text) tokens: space, comment, meta, string, ident, hex, word, punct."""
+        i, n = 0, len(text)
+        while i < n:
+            ch = text[i]
+            if ch.isspace():
+                j = i
+                while j < n and text[j].isspace():
+                    j += 1
+                yield "space", text[i:j]
+            elif text.startswith("--", i) or (self.hash_comments and ch == "#"):
+                j = text.find("\n", i)
+                j = n if j < 0 else j
+                yield "comment", text[i:j]
+            elif text.startswith("/*", i):
+                j = text.find("*/", i + 2)
+                j = n if j < 0 else j + 2
+                yield "comment", text[i:j]
+            elif ch == "\\" and self.meta_lines and (i == 0 or text[i - 1] == "\n"):
+                j = text.find("\n", i)  # psql meta-command such as \restrict (pg_dumpall 15.14+)
+                j = n if j < 0 else j
+                yield "meta", text[i:j]
+            elif ch in "'\"`":
+                string = ch == "'" or (self.double_quoted_strings and ch == '"')
+                j = _closing(text, i, ch, backslash=self.backslash_escapes and ch != "`")
+                yield ("string" if string else "ident"), text[i:j]
+            elif match := _WORD.match(text, i):
+                j = match.end()
+                word = text[i:j]
+                yield ("hex" if re.fullmatch(r"0x[0-9A-Fa-f]+", word) else "word"), word
+            else:
+                j = i + 1
+                yield "punct", ch
+            i = j
+
+    def split_statements(self, script: str) -> list[str]:
+        """The statements of a script, without their ';' and without comments before them."""
+        statements: list[str] = []
+        current: list[str] = []
+        for kind, text in self.scan(script):
+            if kind == "punct" and text == ";":
+                if stmt := "".join(current).strip():
+                    statements.append(stmt)
+                current = []
+            elif kind in ("comment", "meta") and not "".join(current).strip():
+                current = []
+            else:
+                current.append(text)
+        if stmt := "".join(current).strip():
+            statements.append(stmt)
+        return statements
+
+    def unquote(self, token: str) -> str:
+        """The name or value a quoted identifier or string literal stands for."""
+        if not token or token[0] not in "'\"`":
+            return token
+        quote, body = token[0], token[1:-1]
+        if quote == "`":
+            return body.replace("``", "`")
+        out, i = [], 0
+        while i < len(body):
+            ch = body[i]
+            if ch == "\\" and self.backslash_escapes and i + 1 < len(body):
+                out.append(_ESCAPES.get(body[i + 1], body[i + 1]))
+                i += 2
+                continue
+            if ch == quote and body[i + 1 : i + 2] == quote:
+                i += 1
+            out.append(ch)
+            i += 1
+        return "".join(out)
+
+    def _account_at(self, tokens: list[Token], i: int) -> Account | None:
+        """The account named at tokens[i]: `name` or `user`@`host`."""
+        if i >= len(tokens) or tokens[i][0] not in ("word", "ident", "string"):
             return None
-        if kind == "word" and text.upper() == "ROLE":
-            return _account_at(tokens, i + 1, "postgres")
-    return None
+        name = self.unquote(tokens[i][1])
+        if i + 2 < len(tokens) and tokens[i + 1] == ("punct", "@"):
+            return f"{name}@{self.unquote(tokens[i + 2][1])}", name
+        return name, name
+
+    def classify(self, stmt: str) -> Statement:
+        """Attribute one statement to an account, the session or the server."""
+        tokens = [t for t in self.scan(stmt) if t[0] not in ("space", "comment")]
+        head = [t[1].upper() for t in tokens[:3] if t[0] == "word"]
+        if head[:1] == ["SET"] and head[1:3] != ["DEFAULT", "ROLE"]:
+            return Statement(stmt, "session")
+        account = self._subject(tokens, head)
+        if account is None:
+            return Statement(stmt, "server")
+        return Statement(stmt, "account", *account)
+
+    def parse_script(self, script: str) -> list[Statement]:
+        """Every statement of a stored globals script, classified."""
+        return [self.classify(s) for s in self.split_statements(script)]
+
+    def _secret_tokens(self, stmt: str) -> list[int]:
+        """Indexes (in scan order) of the literals that hold a password or hash."""
+        found, words = [], ["", ""]
+        for i, (kind, text) in enumerate(self.scan(stmt)):
+            if kind in ("space", "comment") or (kind == "punct" and text == "("):
+                continue
+            if kind in ("string", "hex") and (
+                words[-1] in SECRET_AFTER or words[-2:] == ["IDENTIFIED", "BY"]
+            ):
+                found.append(i)
+            words.append(text.upper() if kind == "word" else "")
+        return found
+
+    def mask(self, stmt: str) -> str:
+        """The statement with every password and hash replaced by '***'."""
+        hidden = set(self._secret_tokens(stmt))
+        tokens = enumerate(self.scan(stmt))
+        return "".join(MASK if i in hidden else text for i, (_, text) in tokens)
+
+    def secrets_of(self, stmt: str) -> list[str]:
+        """The passwords and hashes in a statement (to redact them from error messages)."""
+        tokens = list(self.scan(stmt))
+        found = []
+        for i in self._secret_tokens(stmt):
+            text = tokens[i][1]
+            found += [text, self.unquote(text)] if tokens[i][0] == "string" else [text]
+        return [s for s in found if s.strip("'\"")]
 
 
-def _mysql_subject(tokens: list[tuple[str, str]], head: list[str]) -> Account | None:
-    if head[:1] == ["GRANT"]:
-        i = _after(tokens, ("TO",), last=True)
-    elif head[:3] == ["SET", "DEFAULT", "ROLE"]:
-        i = _after(tokens, ("FOR",), last=True)
-    elif head[:1] in (["CREATE"], ["ALTER"]):
-        i = 2
-        for words in (("IF", "NOT", "EXISTS"), ("IF", "EXISTS")):
-            if _after(tokens[2 : 2 + len(words)], words) is not None:
-                i = 2 + len(words)
-    else:
+class PostgresUsersSql(UsersSql):
+    """pg_dumpall's roles script: standard strings, "..." identifiers, psql meta lines."""
+
+    meta_lines = True
+
+    def _subject(self, tokens: list[Token], head: list[str]) -> Account | None:
+        if head[:1] == ["GRANT"]:
+            if _after(tokens, ("ON",)) is not None:
+                return None  # a privilege on a tablespace
+            i = _after(tokens, ("TO",))
+            return self._account_at(tokens, i) if i is not None else None
+        for i, (kind, text) in enumerate(tokens[:6]):
+            if kind == "word" and text.upper() == "TABLESPACE":
+                return None
+            if kind == "word" and text.upper() == "ROLE":
+                return self._account_at(tokens, i + 1)
         return None
-    return _account_at(tokens, i, "mysql") if i is not None else None
 
 
-def parse_script(script: str, engine: Engine) -> list[Statement]:
-    """Every statement of a stored globals script, classified."""
-    return [classify(s, engine) for s in split_statements(script, engine)]
+class MySQLUsersSql(UsersSql):
+    """SHOW CREATE USER / SHOW GRANTS statements: `#` comments, backslash escapes,
+    "..." strings, accounts as `user`@`host`."""
+
+    hash_comments = True
+    backslash_escapes = True
+    double_quoted_strings = True
+
+    def _subject(self, tokens: list[Token], head: list[str]) -> Account | None:
+        if head[:1] == ["GRANT"]:
+            i = _after(tokens, ("TO",), last=True)
+        elif head[:3] == ["SET", "DEFAULT", "ROLE"]:
+            i = _after(tokens, ("FOR",), last=True)
+        elif head[:1] in (["CREATE"], ["ALTER"]):
+            i = 2
+            for words in (("IF", "NOT", "EXISTS"), ("IF", "EXISTS")):
+                if _after(tokens[2 : 2 + len(words)], words) is not None:
+                    i = 2 + len(words)
+        else:
+            return None
+        return self._account_at(tokens, i) if i is not None else None
+
+
+POSTGRES_SQL = PostgresUsersSql()
+MYSQL_SQL = MySQLUsersSql()
 
 
 def render(statements: list[Statement], header: str) -> str:
     """A replayable script: a comment line, then one statement per entry."""
     return f"-- {header}\n" + "".join(f"{s.text};\n" for s in statements)
-
-
-def _secret_tokens(stmt: str, engine: Engine) -> list[int]:
-    """Indexes (in scan order) of the literals that hold a password or hash."""
-    found, words = [], ["", ""]
-    for i, (kind, text) in enumerate(scan(stmt, engine)):
-        if kind in ("space", "comment") or (kind == "punct" and text == "("):
-            continue
-        if kind in ("string", "hex") and (
-            words[-1] in SECRET_AFTER or words[-2:] == ["IDENTIFIED", "BY"]
-        ):
-            found.append(i)
-        words.append(text.upper() if kind == "word" else "")
-    return found
-
-
-def mask(stmt: str, engine: Engine) -> str:
-    """The statement with every password and hash replaced by '***'."""
-    hidden = set(_secret_tokens(stmt, engine))
-    return "".join(MASK if i in hidden else text for i, (_, text) in enumerate(scan(stmt, engine)))
-
-
-def secrets_of(stmt: str, engine: Engine) -> list[str]:
-    """The passwords and hashes in a statement (to redact them from error messages)."""
-    tokens = list(scan(stmt, engine))
-    found = []
-    for i in _secret_tokens(stmt, engine):
-        text = tokens[i][1]
-        found += [text, unquote(text, engine)] if tokens[i][0] == "string" else [text]
-    return [s for s in found if s.strip("'\"")]
 
 
 def matches(statement: Statement, names: list[str]) -> bool:
@@ -277,9 +297,9 @@ def mysql_text(raw: bytes) -> str:
     except UnicodeDecodeError:
         pass
     out = []
-    for kind, token in scan(raw.decode("latin-1"), "mysql"):
+    for kind, token in MYSQL_SQL.scan(raw.decode("latin-1")):
         if kind == "string":
-            value = unquote(token, "mysql").encode("latin-1")
+            value = MYSQL_SQL.unquote(token).encode("latin-1")
             try:
                 printable = value.decode().isprintable()
             except UnicodeDecodeError:

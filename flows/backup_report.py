@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect_dbbackup.blocks.errors import DbBackupError
+from prefect_dbbackup.blocks.errors import ReportedFailure
 from prefect_dbbackup.flows.artifacts import artifact_key, first_line, md, size
 from prefect_dbbackup.tasks.events import emit_backup_event
 from prefect_dbbackup.tasks.manifest import Manifest
@@ -180,21 +181,22 @@ def failure_exit_code(outcomes: list[BaseModel]) -> int:
     return 2 if all(o.status != "ok" for o in databases) else 1
 
 
-class BackupFailed(DbBackupError):
-    """Some (exit 1) or all (exit 2) requested databases of a run failed (see
-    failure_exit_code)."""
+class DatabasesFailed(ReportedFailure):
+    """Some (exit 1) or all (exit 2) databases of a run failed (see failure_exit_code);
+    `report` has the server, the outcomes and the failed ones."""
 
-    def __init__(self, report: BackupReport) -> None:
-        self.report = report
+    def __init__(self, report: Any) -> None:  # a BackupReport or a VerifyReport
         failed = report.failed
-        self.exit_code = failure_exit_code(report.outcomes)
         details = "; ".join(
             f"{o.database!r}: {first_line(o.error)}" for o in failed[:NAMED_FAILURES]
         )
         if len(failed) > NAMED_FAILURES:
             details += f"; and {len(failed) - NAMED_FAILURES} more (see the run's artifacts)"
         total = len(report.outcomes)
-        super().__init__(f"{len(failed)} of {total} databases of {report.server} failed: {details}")
+        message = f"{len(failed)} of {total} databases of {report.server} failed: {details}"
+        super().__init__(message, report)
+        self.exit_code = failure_exit_code(report.outcomes)
 
-    def __reduce__(self):  # noqa: ANN204
-        return (BackupFailed, (self.report,))
+
+class BackupFailed(DatabasesFailed):
+    """Some or all requested databases of a backup run failed."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect_dbbackup.blocks.errors import DbBackupError
+from prefect_dbbackup.blocks.errors import ReportedFailure
 from prefect_dbbackup.blocks.registry import load_encryption, load_storage
 from prefect_dbbackup.flows.artifacts import artifact_key, md
 from prefect_dbbackup.flows.crashed_runs import recorded_run
@@ -13,20 +13,20 @@ from prefect_dbbackup.tasks.chunk_check import CheckReport, check_storage_task
 SHOWN = 50  # findings listed in the artifact and the error message; the rest are counted
 
 
-class CheckFailed(DbBackupError):
+class CheckFailed(ReportedFailure):
     """The check found missing or damaged data (exit 1): the message names the backups."""
 
     exit_code = 1
 
     def __init__(self, report: CheckReport) -> None:
-        self.report = report
         stored = [f for f in report.findings if f.problem != "read fault"]
         if not stored:
             super().__init__(
                 f"{len(report.findings)} chunk read(s) from {report.storage} arrived damaged "
                 "and did not match the store's own checksum: nothing stored was found broken "
                 "and nothing was moved. Check what sits between worker and storage (proxies, "
-                "NICs), then run the check again"
+                "NICs), then run the check again",
+                report,
             )
             return
         broken = sorted({b for f in stored for b in f.backups})
@@ -36,11 +36,9 @@ class CheckFailed(DbBackupError):
         super().__init__(
             f"{len(stored)} problem(s) in {report.storage}, breaking {len(broken)} "
             f"backup(s): {named}. Restore those from an older backup; take a new backup now "
-            "(it stores missing or damaged chunks again)"
+            "(it stores missing or damaged chunks again)",
+            report,
         )
-
-    def __reduce__(self):  # noqa: ANN204
-        return (CheckFailed, (self.report,))
 
 
 def summary_lines(r: CheckReport) -> list[str]:

@@ -94,6 +94,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# what each command declares with @needs_api, by its function (see command_needs)
+_API_NEEDS: dict[Callable[..., Any], bool] = {}
+
+
+def needs_api(api: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare whether a command talks to the Prefect API: one that does not (making a key
+    file, managing the local server) runs without starting the local Prefect server.
+    Write it under the command's `@app.command`; a test fails for a command without it."""
+
+    def declare(command: Callable[..., Any]) -> Callable[..., Any]:
+        _API_NEEDS[command] = api
+        return command
+
+    return declare
+
+
 StorageOpt = Annotated[str, typer.Option("--storage", help="Backup storage block name.")]
 EncryptionOpt = Annotated[str, typer.Option("--encryption", help="age-encryption block name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
@@ -124,7 +140,7 @@ def _even_if_partly(run: Callable[..., Any], **kwargs: Any) -> tuple[Any, DbBack
     try:
         return run(**kwargs), None
     except UsersPartlyRestored as exc:
-        return exc.result, exc
+        return exc.report, exc
 
 
 def _emit(data: object) -> None:
@@ -152,6 +168,7 @@ def _show_outcomes(
 
 
 @app.command()
+@needs_api(False)
 def keygen(
     output: Annotated[Path, typer.Option("--output", "-o", help="Identity file to write (0600).")],
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
@@ -165,6 +182,7 @@ def keygen(
 
 
 @app.command("signing-keygen")
+@needs_api(False)
 def signing_keygen(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Signing key file to write (0600).")
@@ -184,6 +202,7 @@ def signing_keygen(
 
 
 @app.command("dedup-keygen")
+@needs_api(False)
 def dedup_keygen(
     output: Annotated[Path, typer.Option("--output", "-o", help="Dedup key file to write (0600).")],
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
@@ -201,6 +220,7 @@ def dedup_keygen(
 
 
 @app.command()
+@needs_api(True)
 def apply(
     config: Annotated[Path, typer.Argument(help="dbbackup.yaml")],
     identity_file: Annotated[
@@ -225,6 +245,7 @@ def apply(
 
 
 @app.command()
+@needs_api(True)
 def backup(
     server: Annotated[str, typer.Argument(help="postgres-server or mysql-server block name.")],
     database: Annotated[
@@ -261,6 +282,7 @@ def backup(
 
 
 @app.command("list")
+@needs_api(True)
 def list_cmd(
     server: Annotated[str, typer.Argument(help="Server block name (the series to list).")],
     database: Annotated[str | None, typer.Option("--database", "-d")] = None,
@@ -318,6 +340,7 @@ def _listed(e: Any) -> dict[str, Any]:
 
 
 @app.command()
+@needs_api(True)
 def restore(
     server: Annotated[
         str,
@@ -406,6 +429,7 @@ def _echo_users(result: UsersResult) -> None:
 
 
 @app.command("restore-users")
+@needs_api(True)
 def restore_users_cmd(
     server: Annotated[str, typer.Argument(help="Server block to restore the users/roles into.")],
     backup_id: Annotated[
@@ -458,6 +482,7 @@ def restore_users_cmd(
 
 
 @app.command()
+@needs_api(True)
 def prune(
     server: Annotated[str, typer.Argument(help="Server block name (the series to prune).")],
     database: Annotated[
@@ -488,6 +513,7 @@ def prune(
 
 
 @app.command()
+@needs_api(True)
 def verify(
     server: Annotated[str, typer.Argument(help="Server block whose backups to verify.")],
     database: Annotated[
@@ -522,6 +548,7 @@ def verify(
 
 
 @app.command()
+@needs_api(True)
 def check(
     server: Annotated[
         str | None, typer.Argument(help="Only the backups of this server (default: all).")
@@ -576,6 +603,7 @@ app.add_typer(automations_app, name="automations")
 
 
 @app.command()
+@needs_api(True)
 def serve(config: ConfigOpt = Path("dbbackup.yaml")) -> None:
     """Run the scheduled backup, verify and prune deployments of CONFIG in this process."""
     from prefect_dbbackup.flows.operations import serve as serve_config
@@ -584,6 +612,7 @@ def serve(config: ConfigOpt = Path("dbbackup.yaml")) -> None:
 
 
 @limits_app.command("apply")
+@needs_api(True)
 def limits_apply(config: ConfigOpt = Path("dbbackup.yaml")) -> None:
     """Create or update the dbbackup-host-HOST limits of CONFIG's `limits` section."""
     from prefect_dbbackup.flows.operations import host_limits, read_operations
@@ -597,6 +626,7 @@ def limits_apply(config: ConfigOpt = Path("dbbackup.yaml")) -> None:
 
 
 @automations_app.command("apply")
+@needs_api(True)
 def automations_apply(
     notify: Annotated[
         str, typer.Option("--notify", help="Notification block as TYPE/NAME (slack-webhook/ops).")
@@ -621,6 +651,7 @@ def automations_apply(
 
 
 @app.command()
+@needs_api(True)
 def fleet(
     server: Annotated[
         list[str] | None, typer.Option("--server", "-s", help="Only these servers.")
@@ -636,7 +667,7 @@ def fleet(
         runs = asyncio.run(backup_fleet(servers=server or None, max_parallel=max_parallel))
         code = 0
     except FleetFailed as exc:
-        runs, code = exc.runs, 1
+        runs, code = exc.report, 1
     for r in runs:
         message = printable(r.message or "")
         line = f"{r.state:10} {printable(r.server)}  {r.flow_run or ''}  {message}"
@@ -659,6 +690,7 @@ def _print_server(state: Any) -> None:
 
 
 @server_app.command("start")
+@needs_api(False)
 def server_start() -> None:
     """Start the local Prefect server (if it is not running) and show where it is."""
     from prefect_dbbackup.flows import local_server
@@ -668,6 +700,7 @@ def server_start() -> None:
 
 
 @server_app.command("stop")
+@needs_api(False)
 def server_stop() -> None:
     """Stop the local Prefect server."""
     from prefect_dbbackup.flows import local_server
@@ -677,6 +710,7 @@ def server_stop() -> None:
 
 
 @server_app.command("status")
+@needs_api(False)
 def server_status() -> None:
     """Show the local Prefect server (URL, PID, version, uptime); exit 1 when it is down."""
     from prefect_dbbackup.flows import local_server
@@ -688,15 +722,31 @@ def server_status() -> None:
     _print_server(state)
 
 
-# commands that never talk to the Prefect API: they must not start a server
-_NO_API_COMMANDS = {"keygen", "signing-keygen", "server"}
+def command_needs(group: typer.Typer = app) -> dict[tuple[str, ...], bool | None]:
+    """Each command's words (`("server", "start")`) and its declared need of the Prefect
+    API (None: not declared)."""
+    needs: dict[tuple[str, ...], bool | None] = {}
+    for info in group.registered_commands:
+        name = info.name or typer.main.get_command_name(info.callback.__name__)
+        needs[(name,)] = _API_NEEDS.get(info.callback)
+    for sub in group.registered_groups:
+        for words, need in command_needs(sub.typer_instance).items():
+            needs[(sub.name, *words)] = need
+    return needs
 
 
 def _needs_api(argv: list[str]) -> bool:
-    words = [a for a in argv if not a.startswith("-")]
-    if not words or "--help" in argv or "-h" in argv:
+    """Whether the command argv names talks to the Prefect API (as it declares; an
+    undeclared one is taken to). No command, a group alone, an unknown command or --help:
+    typer answers without the API."""
+    words = tuple(a for a in argv if not a.startswith("-"))
+    if "--help" in argv or "-h" in argv:
         return False
-    return words[0] not in _NO_API_COMMANDS
+    needs = command_needs()
+    for length in range(1, len(words) + 1):
+        if words[:length] in needs:
+            return needs[words[:length]] is not False
+    return False
 
 
 def _use_local_server(argv: list[str]) -> None:

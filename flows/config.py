@@ -20,17 +20,11 @@ from prefect.client.schemas.objects import BlockDocument
 from prefect_dbbackup.blocks.bounds import validation_problems
 from prefect_dbbackup.blocks.encryption import AgeEncryption, read_identity_file
 from prefect_dbbackup.blocks.errors import ConfigError, StorageError
-from prefect_dbbackup.blocks.registry import SERVER_TYPES, STORAGE_TYPES, block_class
+from prefect_dbbackup.blocks.kinds import BlockKind, by_config_name, by_slug
 from prefect_dbbackup.blocks.signing import public_key_text
 from prefect_dbbackup.blocks.storage import BackupStorage, new_dedup_key
 from pydantic import SecretStr, ValidationError
 
-# config `type:` -> block class path; only the kinds a config uses are imported
-SERVER_KINDS = {"postgres": SERVER_TYPES["postgres-server"], "mysql": SERVER_TYPES["mysql-server"]}
-STORAGE_KINDS = {
-    "local": STORAGE_TYPES["local-backup-storage"],
-    "s3": STORAGE_TYPES["s3-backup-storage"],
-}
 PATH_FIELDS = {
     "path",
     "identity_file",
@@ -160,14 +154,16 @@ def _entries(config: dict[str, Any], section: str) -> dict[str, dict[str, Any]]:
     return entries
 
 
-def _typed(entries: dict, kinds: dict[str, str], section: str, base: Path) -> list:
+def _typed(entries: dict, kinds: dict[str, BlockKind], section: str, base: Path) -> list:
+    """(name, block) of each entry of a section, built as the kind its `type:` names; only
+    the kinds a config uses are imported."""
     blocks = []
     for name, raw in entries.items():
         fields = expand_env(dict(raw), f"{section}.{name}")
         kind_name = fields.pop("type", None)
         if kind_name not in kinds:
             raise ConfigError(f"{section}.{name}: type must be one of {', '.join(kinds)}")
-        kind = block_class(kinds[kind_name])
+        kind = kinds[kind_name].block_class()
         blocks.append((str(name), _build(kind, fields, f"{section}.{name}", base)))
     return blocks
 
@@ -181,8 +177,8 @@ def load_config(path: Path) -> list[tuple[str, Block]]:
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}")
     base = path.parent.resolve()
-    blocks = _typed(_entries(config, "servers"), SERVER_KINDS, "servers", base)
-    storages = _typed(_entries(config, "storage"), STORAGE_KINDS, "storage", base)
+    blocks = _typed(_entries(config, "servers"), by_config_name("server"), "servers", base)
+    storages = _typed(_entries(config, "storage"), by_config_name("storage"), "storage", base)
     for name, block in storages:
         _check_signing(block, f"storage.{name}")
     blocks += storages
@@ -275,11 +271,12 @@ def _check_server_names(
     blocks: list[tuple[str, Block]], existing: dict[str, dict[str, BlockDocument]]
 ) -> None:
     """Refuse a server name already used by a block of the other engine (before saving any)."""
+    servers = by_slug("server")
     for name, block in blocks:
         slug = block.get_block_type_slug()
-        if slug not in SERVER_TYPES:
+        if slug not in servers:
             continue
-        for other in SERVER_TYPES:
+        for other in servers:
             if other != slug and name in existing[other]:
                 raise ConfigError(
                     f"servers.{name}: a {other} block is already named "
@@ -382,7 +379,7 @@ def apply_config(
     recovered (a dedup key, from the storage) is appended to `notes`.
     """
     blocks = load_config(path)
-    existing = _existing({b.get_block_type_slug() for _, b in blocks} | set(SERVER_TYPES))
+    existing = _existing({b.get_block_type_slug() for _, b in blocks} | set(by_slug("server")))
     _check_server_names(blocks, existing)
     identities = _identities(blocks, identity_file)
     plan = []

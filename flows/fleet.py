@@ -16,7 +16,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
-from prefect_dbbackup.blocks.errors import DbBackupError
+from prefect_dbbackup.blocks.errors import DbBackupError, ReportedFailure
 from prefect_dbbackup.flows.artifacts import first_line
 from prefect_dbbackup.flows.operations import FLOWS
 from pydantic import BaseModel
@@ -37,17 +37,16 @@ class ServerRun(BaseModel):
         return self.state == "Completed"
 
 
-class FleetFailed(DbBackupError):
-    """Some servers' backup runs did not complete."""
+class FleetFailed(ReportedFailure):
+    """Some servers' backup runs did not complete; `report` is every server's run."""
+
+    report: list[ServerRun]
 
     def __init__(self, runs: list[ServerRun]) -> None:
-        self.runs = runs
         failed = [r for r in runs if not r.ok]
         details = "; ".join(f"{r.server}: {r.state} {first_line(r.message)}" for r in failed)
-        super().__init__(f"{len(failed)} of {len(runs)} server backups did not complete: {details}")
-
-    def __reduce__(self):  # noqa: ANN204
-        return (FleetFailed, (self.runs,))
+        message = f"{len(failed)} of {len(runs)} server backups did not complete: {details}"
+        super().__init__(message, runs)
 
 
 async def backup_deployment_servers(page: int = 200) -> list[str]:

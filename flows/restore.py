@@ -54,7 +54,7 @@ class _UsersRestore:
             return restore_users(**self.params)
         except UsersPartlyRestored as exc:
             self.incomplete = exc
-            return exc.result
+            return exc.report
 
 
 def _announce(manifest: Manifest, target: str, srv: DatabaseServer) -> None:
@@ -153,13 +153,13 @@ def restore_database(
         for_database=database,
         allow_unsigned=allow_unsigned,
     )
-    accounts = users.run() if srv.users_before_database else None
+    accounts = users.run() if srv.engine.users_before_database else None
     result = _restore_or_cancelled(
         srv, sto, enc, manifest, target, replace=replace, identity_file=identity_file, jobs=jobs
     )
     if isinstance(result, State):
         return result
-    if not srv.users_before_database:
+    if not srv.engine.users_before_database:
         accounts = users.run()
     report = RestoreReport(**result.model_dump(), users=accounts)
     _publish_artifact(result, server, sto, srv)

@@ -10,7 +10,7 @@ from prefect.runtime import flow_run
 from prefect_dbbackup.blocks.errors import DbBackupError
 from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
 from prefect_dbbackup.flows.artifacts import artifact_key, first_line
-from prefect_dbbackup.flows.backup_report import BackupFailed
+from prefect_dbbackup.flows.backup_report import DatabasesFailed
 from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.tasks.catalog import refused_latest
 from prefect_dbbackup.tasks.events import emit_verify_event
@@ -79,11 +79,8 @@ class VerifyReport(BaseModel):
             )
 
 
-class VerifyRunFailed(BackupFailed):
+class VerifyRunFailed(DatabasesFailed):
     """Some (exit 1) or all (exit 2) verifications of a run failed."""
-
-    def __reduce__(self):  # noqa: ANN204
-        return (VerifyRunFailed, (self.report,))
 
 
 def _run_name() -> str:

@@ -13,14 +13,14 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.encryption import AgeEncryption
-from prefect_dbbackup.blocks.engines import BackupKind
+from prefect_dbbackup.blocks.engines import BackupKind, DumpFormat
 from prefect_dbbackup.blocks.process import (
     ToolProcess,
     check_not_interrupted,
@@ -65,10 +65,10 @@ class StoredBackup(BaseModel):
 
 
 def tool_version() -> str:
-    """Version of this package."""
+    """Version of this package (its distribution is `prefect-dbbackup`), for the manifest."""
     try:
-        return version("dbbackup")
-    except Exception:
+        return version("prefect-dbbackup")
+    except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
 
 
@@ -98,16 +98,15 @@ class BackupRun:
         source: DumpSource,
         stats: StreamStats,
         *,
-        dump_format: str,
+        dump_format: DumpFormat,
         dump_options: list[str],
         kind: BackupKind = "database",
         chunks: ChunkList | None = None,
         **contents: Any,
     ) -> Manifest:
         """The manifest of a finished dump of the series (server_name, database): the one
-        place a backup's manifest is built. dump_format is a Manifest.dump_format value;
-        contents what a database backup records of the database (create_options, tables,
-        row_counts, database_properties)."""
+        place a backup's manifest is built. contents: what a database backup records of
+        the database (create_options, tables, row_counts, database_properties)."""
         return Manifest(
             tool_version=tool_version(),
             server=self.server_name,

@@ -136,11 +136,7 @@ def restore_backup(
     """Restore one backup into target. Nothing touches target until the backup checks out."""
     log = run_logger()
     what = f"backup {manifest.backup_id} of {manifest.database!r} ({manifest.server})"
-    if manifest.server_type != server.engine.name:
-        raise ConfigError(
-            f"{what} is a {manifest.server_type} dump; it cannot be restored into a "
-            f"{server.engine.name} server"
-        )
+    server.engine.check_restorable(manifest)
     identities = encryption.identities(identity_file)
     exists = _check_target(server, manifest, target, replace, jobs)
     started = datetime.now(UTC)
@@ -179,7 +175,7 @@ def _check_target(
             f"database {target!r} already exists on {server.describe()}: restore with "
             "--into NEW_NAME, or pass --replace to drop and replace it"
         )
-    if jobs > 1 and not server.parallel_restore:
+    if jobs > 1 and not server.engine.parallel_restore:
         raise ConfigError(f"--jobs: {server.engine.name} restores run one client, not in parallel")
     # a client fit for the target and the backup, before the target is touched
     if note := server.check_clients(manifest.client_version):
@@ -394,7 +390,7 @@ def _replace(
     """
     target, staging = state.target, state.staging
     load(staging)
-    if server.supports_rename:
+    if server.engine.supports_rename:
         state.phase = "swap"
         with _explained(
             log,

@@ -23,20 +23,17 @@ from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.errors import (
     BackupNotFound,
-    ConfigError,
     DbBackupError,
+    ReportedFailure,
     redact,
 )
 from prefect_dbbackup.blocks.server import DatabaseServer, Skip
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.blocks.users_sql import (
-    Engine,
     Statement,
-    mask,
+    UsersSql,
     matches,
-    parse_script,
     render,
-    secrets_of,
     select_statements,
 )
 from prefect_dbbackup.tasks.backup import (
@@ -83,8 +80,9 @@ def dump_users(
     recipients = encryption.recipient_keys()
     started = datetime.now(UTC)
     dump = server.users_script(workdir)
-    engine = server.engine.name
-    statements = select_statements(parse_script(dump.script, engine), None, server.account_selected)
+    statements = select_statements(
+        server.engine.users_sql.parse_script(dump.script), None, server.account_selected
+    )
     accounts = sorted({s.subject for s in statements if s.subject})
     script = render(
         statements, f"users/roles of {server_name} ({server.server_version()}), {backup_id}"
@@ -105,7 +103,7 @@ def dump_users(
     manifest = Manifest(
         tool_version=tool_version(),
         server=server_name,
-        server_type=engine,
+        server_type=server.engine.name,
         server_version=server.server_version(),
         client=os.path.basename(dump.client),
         client_version=dump.client_version,
@@ -179,20 +177,13 @@ class UsersResult(BaseModel):
     note: str | None = None
 
 
-class UsersPartlyRestored(DbBackupError):
+class UsersPartlyRestored(ReportedFailure):
     """Some users/roles statements were refused to the restoring login; the rest applied.
 
-    `result` is the report of what did happen (the users restore's, or the whole restore's
-    when it ran with --with-users), so that it can still be shown."""
+    `report` is what did happen (the users restore's result, or the whole restore's when it
+    ran with --with-users), so that it can still be shown."""
 
     exit_code = 1
-
-    def __init__(self, message: str, result: BaseModel) -> None:
-        super().__init__(message)
-        self.result = result
-
-    def __reduce__(self):  # noqa: ANN204
-        return (UsersPartlyRestored, (str(self), self.result))
 
 
 def read_users(
@@ -231,14 +222,10 @@ def replay_users(
     are added, never revoked. The login the restore runs as is left alone.
     """
     log = run_logger()
-    engine = server.engine.name
-    if manifest.server_type != engine:
-        raise ConfigError(
-            f"users/roles backup {manifest.backup_id} is from a {manifest.server_type} server; "
-            f"it cannot be restored into a {engine} server"
-        )
+    server.engine.check_restorable(manifest)
+    sql = server.engine.users_sql
     script = read_users(storage, encryption, manifest, workdir, identity_file)
-    statements = select_statements(parse_script(script, engine), users, lambda _: True)
+    statements = select_statements(sql.parse_script(script), users, lambda _: True)
     accounts = sorted({s.subject for s in statements if s.subject})
     missing = [u for u in users or [] if not any(matches(s, [u]) for s in statements)]
     if missing:
@@ -256,12 +243,12 @@ def replay_users(
         backup_id=manifest.backup_id,
         dry_run=dry_run,
         accounts=accounts,
-        statements=[mask(s.text, engine) for s in statements],
+        statements=[sql.mask(s.text) for s in statements],
         note=users_note(manifest),
     )
     if dry_run:
         return result
-    _replay(server, statements, engine, result)
+    _replay(server, statements, sql, result)
     for line in result.skipped:
         (log.warning if line in result.refused else log.info)("skipped %s", line)
     summary = (
@@ -283,7 +270,7 @@ def replay_users(
 
 
 def _replay(
-    server: DatabaseServer, statements: list[Statement], engine: Engine, result: UsersResult
+    server: DatabaseServer, statements: list[Statement], sql: UsersSql, result: UsersResult
 ) -> None:
     """Run the statements not already in force; a refused one is skipped, and so are the
     later failures of its account (a user whose CREATE was refused cannot be granted to)."""
@@ -297,26 +284,26 @@ def _replay(
             try:
                 skip = run(s.text)
             except DbBackupError as exc:
-                message = redact(str(exc), secrets_of(s.text, engine))
+                message = redact(str(exc), sql.secrets_of(s.text))
                 if s.subject is None or s.subject not in refused_accounts:
                     raise type(exc)(
                         f"statement {i + 1} of {len(statements)} "
-                        f"({first_words(s.text, engine)}) failed: {message}"
+                        f"({first_words(s.text, sql)}) failed: {message}"
                     ) from None
                 skip = Skip(f"an earlier statement of {s.subject} was refused: {message}", True)
             if skip is None:
                 result.applied += 1
                 continue
-            line = f"{first_words(s.text, engine)}: {skip.reason}"
+            line = f"{first_words(s.text, sql)}: {skip.reason}"
             result.skipped.append(line)
             if skip.denied:
                 result.refused.append(line)
                 refused_accounts.add(s.subject)
 
 
-def first_words(statement: str, engine: str, limit: int = 80) -> str:
+def first_words(statement: str, sql: UsersSql, limit: int = 80) -> str:
     """A short, masked form of a statement for messages."""
-    text = " ".join(mask(statement, engine).split())  # type: ignore[arg-type]
+    text = " ".join(sql.mask(statement).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

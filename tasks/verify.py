@@ -5,8 +5,9 @@ A backup that passed is marked with a signed `verified.json` next to its manifes
 has a valid one).
 
 Scratch databases are named `dbbackup_verify_<UTC yyyymmddHHMMSS>_<8 hex>_<database>`
-(at most 63 characters). Discovery never sees them; the timestamp lets a later
-run tell a scratch database abandoned by a killed run from one a live run uses.
+(at most the engine's name limit: 63 characters on PostgreSQL, 64 on MySQL/MariaDB).
+Discovery never sees them; the timestamp lets a later run tell a scratch database
+abandoned by a killed run from one a live run uses.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from prefect_dbbackup.tasks.restore import restore_backup
 from prefect_dbbackup.tasks.verify_record import write_record
 from pydantic import BaseModel
 
-NAME_LIMIT = 63  # PostgreSQL's identifier limit (MariaDB allows 64)
 STAMP_FORMAT = "%Y%m%d%H%M%S"
 SCRATCH_NAME = re.compile(rf"{SCRATCH_PREFIX}(\d{{14}})_[0-9a-f]{{8}}(_.*)?", re.DOTALL)
 MAX_LISTED = 5
@@ -64,12 +64,13 @@ class VerifyResult(BaseModel):
     seconds: float
 
 
-def scratch_name(database: str, now: datetime | None = None) -> str:
-    """A unique scratch database name carrying its creation time (UTC)."""
+def scratch_name(database: str, limit: int, now: datetime | None = None) -> str:
+    """A unique scratch database name carrying its creation time (UTC), at most limit
+    characters (the engine's name_limit; the name is ASCII)."""
     stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime(STAMP_FORMAT)
     name = f"{SCRATCH_PREFIX}{stamp}_{secrets.token_hex(4)}"
     readable = re.sub(r"[^a-z0-9]+", "_", database.lower()).strip("_")
-    return f"{name}_{readable}"[:NAME_LIMIT].rstrip("_") if readable else name
+    return f"{name}_{readable}"[:limit].rstrip("_") if readable else name
 
 
 def scratch_created_at(name: str) -> datetime | None:
@@ -178,7 +179,7 @@ def verify_backup(
 ) -> VerifyResult:
     """Restore one backup into a fresh scratch database, count its rows, drop it, compare."""
     log = run_logger()
-    scratch = scratch_name(manifest.database)
+    scratch = scratch_name(manifest.database, server.engine.name_limit)
     started = datetime.now(UTC)
     log.info("verifying backup %s of %r in %r", manifest.backup_id, manifest.database, scratch)
     try:
@@ -204,7 +205,7 @@ def verify_backup(
         tables,
         rows,
         checked,
-        f": {server.row_counts_note}" if checked == "row counts" else "",
+        f": {server.engine.row_counts_note}" if checked == "row counts" else "",
     )
     result = VerifyResult(
         database=manifest.database,

@@ -276,6 +276,15 @@ class BlockEnv:
         LocalBackupStorage(path=str(path), **self.signing_fields(), **fields).save(f"dedup-{tag}")
         return replace(self, storage=f"dedup-{tag}", storage_path=path)
 
+    def in_memory(self) -> BlockEnv:
+        """This env with its storage block a new memory storage (blocks/memory.py), saved
+        by name like the others: for flow tests where the kind of storage does not matter."""
+        from prefect_dbbackup.blocks.memory import MemoryBackupStorage
+
+        tag = uuid.uuid4().hex[:8]
+        MemoryBackupStorage(space=tag, **self.signing_fields()).save(f"mem-{tag}")
+        return replace(self, storage=f"mem-{tag}")
+
     def cli(self, *args: str) -> CliResult:
         """Run `dbbackup ARGS` in-process with this env's storage and encryption blocks."""
         from prefect_dbbackup.flows.cli import app

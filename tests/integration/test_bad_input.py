@@ -231,6 +231,29 @@ def test_restore_of_missing_backup_exits_3(env, pg_db, pg_admin):
     assert not pg_admin.exists(never)
 
 
+def test_backup_of_another_engine_exits_3_and_creates_no_target(env, pg_db, pg_admin, my_admin):
+    """A PostgreSQL backup (database and users/roles) is refused by a MySQL server, named."""
+    db = pg_backup(env, pg_db, pg_admin)
+    [backup_id] = [b["backup_id"] for b in listed(env, env.pg) if b["database"] == db]
+    target = f"dbb_other_{uuid.uuid4().hex[:8]}"
+    result = env.cli("restore", env.my, db, "--from-server", env.pg, "--into", target)
+    assert result.exit_code == 3, result.output
+    assert (
+        f"backup {backup_id} of {db!r} ({env.pg}) is a postgres dump; it cannot be restored "
+        "into a mysql server"
+    ) in " ".join(result.stderr.split())
+    assert not my_admin.exists(target)
+
+    result = env.cli(
+        "restore-users", env.my, "--from-server", env.pg, "--dry-run",
+        "--storage", env.storage, "--encryption", env.encryption,
+    )  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert "is from a postgres server; it cannot be restored into a mysql server" in " ".join(
+        result.stderr.split()
+    )
+
+
 # --- dbbackup apply ------------------------------------------------------------
 APPLY_CASES = {
     "invalid-yaml": ("servers: [unclosed\n  x: {{", "not valid YAML"),

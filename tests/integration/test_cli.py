@@ -138,3 +138,17 @@ def test_a_block_name_typo_suggests_the_closest_names(env):
     assert "did you mean" in result.stderr and repr(env.pg) in result.stderr
     far = env.cli("backup", "zzzzzzzzzzzzzzzzzzzz")
     assert far.exit_code == 3 and "did you mean" not in far.stderr
+
+
+def test_a_name_two_server_blocks_share_is_refused_naming_both_types(env, pg_db):
+    """Possible through the Prefect UI (apply refuses it): neither block is guessed."""
+    from prefect_dbbackup.blocks import MySQLServer, PostgresServer
+
+    name = f"twin-{uuid.uuid4().hex[:6]}"
+    PostgresServer(host="127.0.0.1", user="postgres").save(name)
+    MySQLServer(host="127.0.0.1", user="root").save(name)
+    result = env.cli("backup", name, "-d", pg_db())
+    assert result.exit_code == 3, result.output
+    assert f"{name!r} names several database server blocks" in result.stderr
+    assert "mysql-server and postgres-server" in result.stderr
+    assert not env.storage_path.exists() or not list(env.storage_path.rglob("*"))

@@ -458,7 +458,7 @@ def test_the_fleet_runs_each_server_deployment_and_names_the_ones_that_failed(
 
     with real.api(), pytest.raises(FleetFailed) as failed:
         asyncio.run(backup_fleet(servers=[SERVER, "no-such-server"], max_parallel=2))
-    runs = {r.server: r for r in failed.value.runs}
+    runs = {r.server: r for r in failed.value.report}
     assert runs[SERVER].state == "Completed", runs[SERVER]
     assert runs[SERVER].flow_run.startswith(f"backup-{SERVER}-")
     assert runs["no-such-server"].state == "NotStarted"

@@ -121,7 +121,7 @@ def test_ddl_reaches_the_server_with_the_exact_name(engine: Engine) -> None:
             assert block.database_exists(name)
             engine.add_table(name, suffix, "payload")  # a hostile table name too
             assert block.table_row_counts(name) == {_recorded(engine, suffix): 1}
-            if block.supports_rename:
+            if block.engine.supports_rename:
                 target = prefix + "t" + suffix
                 engine.admin.create(target)
                 block.swap_database(name, target)

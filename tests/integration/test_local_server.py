@@ -188,6 +188,18 @@ def test_first_use_starts_one_server_that_later_commands_reuse(home: Path) -> No
     assert _dbbackup(env, "server", "status").returncode == 1
 
 
+@pytest.mark.parametrize("command", ["keygen", "signing-keygen", "dedup-keygen"])
+def test_a_key_command_starts_no_server(home: Path, tmp_path: Path, command: str) -> None:
+    """Making a key file needs no Prefect API (its command says so, @needs_api): with no API
+    configured, no local server is started for it."""
+    key = tmp_path / "key"
+    done = _dbbackup(_env(home), command, "-o", str(key))
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_size > 0
+    assert STARTED not in done.stderr
+    assert not (home / "dbbackup-server").exists(), f"{command} started a server"
+
+
 def test_stale_and_outdated_servers_are_replaced(home: Path) -> None:
     env = _env(home)
     (home / "dbbackup-server").mkdir(parents=True)

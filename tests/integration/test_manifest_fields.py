@@ -86,7 +86,7 @@ def test_a_postgres_run_records_every_manifest_field(env, dedup, pg_db, pg_admin
         assert m["chunks"] is None
         [stored] = env.storage_path.rglob("dump.pgc.zst.age")
         assert stored.stat().st_size == m["stats"]["stored_bytes"]
-    assert m["dump_options"] == PostgresServer.dump_options
+    assert m["dump_options"] == list(PostgresServer.engine.dump_options)
     assert set(m["create_options"]) >= {"encoding", "lc_collate", "lc_ctype"}
     assert m["tables"] == ["public.t"]
     assert m["row_counts"] == {"public.t": 300}

@@ -450,6 +450,59 @@ def test_garbage_collection_of_a_clean_storage_removes_nothing(store):
     assert store.storage.list_keys() == [f"srv/db/1/{DUMP}"]
 
 
+# store times and locks (what chunk garbage collection and prune decide on)
+
+
+def test_list_modified_lists_what_list_keys_lists_with_the_stores_own_times(store):
+    s = store.storage
+    keys = ["srv/db/1/manifest.json", "srv/db/2/manifest.json", "srv2/db/1/manifest.json"]
+    for key in keys:
+        s.put_bytes(key, b"x")
+    now = s.clock()  # an empty local storage has no clock yet: asked after the puts
+    for prefix in ("", "srv", "srv/", "srv/db/1", "sr", "nothing"):
+        listed = s.list_modified(prefix)
+        assert sorted(listed) == s.list_keys(prefix), prefix
+    times = s.list_modified()
+    # the store's clock, at its resolution (S3: whole seconds), not a worker's: written
+    # in the last minute of the store's time, not after it
+    slack = timedelta(seconds=1)
+    assert all(t.tzinfo and now - timedelta(minutes=1) <= t <= now + slack for t in times.values())
+
+
+def test_an_object_no_lock_keeps_is_not_locked(store):
+    s = store.storage
+    s.put_bytes("srv/db/1/manifest.json", b"x")
+    assert s.locked_until("srv/db/1/manifest.json") is None
+    assert s.locked_until("srv/db/2/manifest.json") is None  # missing: nothing keeps it
+
+
+def test_an_object_lock_keeps_an_object_until_its_date_and_delete_says_so(s3_server):
+    """Object lock (S3 only): the retain-until date is reported until it passes, and a
+    delete of the object is refused with ObjectLocked, which names the key."""
+    from prefect_aws import AwsCredentials
+    from prefect_dbbackup.blocks.errors import ObjectLocked
+
+    s = S3BackupStorage(
+        bucket=s3_server.make_bucket("dbb-locked", object_lock=True),
+        prefix=f"contract-{uuid.uuid4().hex[:8]}",
+        region="us-east-1",
+        endpoint_url=s3_server.endpoint,
+        path_style=True,
+        credentials=AwsCredentials(aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY),
+        object_lock_mode="GOVERNANCE",
+        object_lock_days=1,
+    )
+    key = "srv/db/1/manifest.json"
+    s.put_bytes(key, b"x")
+    until = s.locked_until(key)
+    assert until is not None
+    assert timedelta(hours=23) < until - s.clock() <= timedelta(days=1, minutes=5)
+    assert s.locked_until("srv/db/2/manifest.json") is None
+    with pytest.raises(ObjectLocked, match="manifest.json"):
+        s.delete(key)
+    assert s.get_bytes(key) == b"x"
+
+
 # large objects
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 from prefect_dbbackup.blocks import MySQLServer, PostgresServer
+from prefect_dbbackup.blocks.engines import MYSQL, POSTGRES
 from prefect_dbbackup.blocks.server import SCRATCH_PREFIX
 from prefect_dbbackup.flows.backup import backup_server
 from prefect_dbbackup.flows.backup_report import BackupFailed
@@ -255,8 +256,9 @@ def test_stale_scratch_databases_are_dropped_and_live_ones_kept(
     db = make()
     admin.execute(db, "CREATE TABLE t (x INT)")
     backup_server(server=server, storage=env.storage, encryption=env.encryption, databases=[db])
-    killed = scratch_name(db, datetime(2020, 1, 1, tzinfo=UTC))  # a run killed long ago
-    live = scratch_name(db)  # another verify run working right now
+    limit = (POSTGRES if engine == "pg" else MYSQL).name_limit
+    killed = scratch_name(db, limit, datetime(2020, 1, 1, tzinfo=UTC))  # a run killed long ago
+    live = scratch_name(db, limit)  # another verify run working right now
     for name in (killed, live):
         cleanup.append(name)
         admin.create(name)

@@ -12,6 +12,7 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
+from prefect_dbbackup.blocks.engines import POSTGRES
 from prefect_dbbackup.blocks.memory import MemoryBackupStorage
 from prefect_dbbackup.blocks.retention import RetentionPolicy
 from prefect_dbbackup.tasks.prune import prune
@@ -43,10 +44,10 @@ def test_the_clock_is_pinned_and_the_zone_set():
     """The check below can fail: dbbackup really reads the pinned instant, in that zone."""
     instant = INSTANTS["berlin-dst-ends"]
     with dbbackup_at(instant, "America/New_York"):
-        name = scratch_name("db")
+        name = scratch_name("db", POSTGRES.name_limit)
         assert datetime.now().astimezone().tzname() in ("EST", "EDT")  # noqa: DTZ005
     assert name.startswith("dbbackup_verify_202610252330"), name
-    assert not scratch_name("db").startswith("dbbackup_verify_202610252330")
+    assert not scratch_name("db", POSTGRES.name_limit).startswith("dbbackup_verify_202610252330")
 
 
 @AT
@@ -97,8 +98,10 @@ def test_stale_scratch_databases_by_age_at_any_date(instant: datetime):
     max_age = timedelta(hours=6)
     for process_zone in PROCESS_ZONES:
         with dbbackup_at(instant, process_zone):
-            fresh = scratch_name("db")
-            old = scratch_name("db", instant - max_age - timedelta(minutes=1))
-            young = scratch_name("db", instant - max_age + timedelta(minutes=1))
+            fresh = scratch_name("db", POSTGRES.name_limit)
+            old = scratch_name("db", POSTGRES.name_limit, instant - max_age - timedelta(minutes=1))
+            young = scratch_name(
+                "db", POSTGRES.name_limit, instant - max_age + timedelta(minutes=1)
+            )
             pinned = instant + timedelta(seconds=5)
             assert stale_scratch_names([fresh, old, young], pinned, max_age) == [old]

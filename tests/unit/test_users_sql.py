@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from prefect_dbbackup.blocks.users_sql import (
+    MYSQL_SQL,
+    POSTGRES_SQL,
     MySQLAccount,
-    mask,
     mysql_script,
     mysql_text,
-    parse_script,
-    secrets_of,
     select_statements,
-    split_statements,
 )
 
 PG_DUMPALL = """--
@@ -37,7 +35,7 @@ GRANT "odd;name" TO app WITH ADMIN OPTION GRANTED BY postgres;
 
 
 def test_pg_dumpall_output_splits_into_attributed_statements():
-    statements = parse_script(PG_DUMPALL, "postgres")
+    statements = POSTGRES_SQL.parse_script(PG_DUMPALL)
     got = [(s.scope, s.subject, s.text.split()[0]) for s in statements]
     assert got == [
         ("session", None, "SET"),
@@ -55,7 +53,7 @@ def test_pg_dumpall_output_splits_into_attributed_statements():
 
 
 def test_user_filter_keeps_session_statements_and_drops_tablespaces():
-    statements = parse_script(PG_DUMPALL, "postgres")
+    statements = POSTGRES_SQL.parse_script(PG_DUMPALL)
     chosen = select_statements(statements, ["odd;name"], lambda _: True)
     assert [s.subject for s in chosen] == [None, None, "odd;name", "odd;name"]
     everything = select_statements(statements, None, lambda name: name != "app")
@@ -64,10 +62,10 @@ def test_user_filter_keeps_session_statements_and_drops_tablespaces():
 
 def test_passwords_and_hashes_are_masked():
     pg = "ALTER ROLE app WITH LOGIN PASSWORD 'SCRAM-SHA-256$4096:x$y:z' VALID UNTIL 'infinity'"
-    assert mask(pg, "postgres") == (
+    assert POSTGRES_SQL.mask(pg) == (
         "ALTER ROLE app WITH LOGIN PASSWORD '***' VALID UNTIL 'infinity'"
     )
-    assert "SCRAM-SHA-256$4096:x$y:z" in secrets_of(pg, "postgres")
+    assert "SCRAM-SHA-256$4096:x$y:z" in POSTGRES_SQL.secrets_of(pg)
     cases = {
         "CREATE USER `u`@`%` IDENTIFIED BY PASSWORD '*AB12'": "IDENTIFIED BY PASSWORD '***'",
         "ALTER USER `u`@`%` IDENTIFIED VIA ed25519 USING 'x\\'y' OR unix_socket": "USING '***'",
@@ -76,8 +74,8 @@ def test_passwords_and_hashes_are_masked():
         "SET PASSWORD FOR u = PASSWORD('plain')": "PASSWORD('***')",
     }
     for statement, masked in cases.items():
-        assert masked in mask(statement, "mysql"), statement
-    assert mask("GRANT SELECT ON `db`.* TO `u`@`%`", "mysql") == (
+        assert masked in MYSQL_SQL.mask(statement), statement
+    assert MYSQL_SQL.mask("GRANT SELECT ON `db`.* TO `u`@`%`") == (
         "GRANT SELECT ON `db`.* TO `u`@`%`"
     )
 
@@ -99,7 +97,7 @@ def test_mysql_statements_belong_to_the_grantee():
             ),
         ]
     )
-    statements = parse_script(script, "mysql")
+    statements = MYSQL_SQL.parse_script(script)
     assert [(s.text.split(" ", 2)[:2], s.subject, s.user) for s in statements] == [
         (["CREATE", "ROLE"], "r", "r"),
         (["CREATE", "USER"], "u@x@%", "u@x"),
@@ -126,4 +124,4 @@ def test_binary_hash_becomes_a_hex_literal():
 
 def test_split_ignores_semicolons_in_quotes_and_comments():
     script = "-- a; comment\nGRANT `a;b` TO `u`@`%`; # x;\nCREATE ROLE 'r;'"
-    assert split_statements(script, "mysql") == ["GRANT `a;b` TO `u`@`%`", "CREATE ROLE 'r;'"]
+    assert MYSQL_SQL.split_statements(script) == ["GRANT `a;b` TO `u`@`%`", "CREATE ROLE 'r;'"]
