@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed
@@ -19,7 +18,7 @@ from prefect_dbbackup.flows.backup_report import BackupFailed, BackupReport, Dat
 from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.prune import report_prune
 from prefect_dbbackup.flows.retries import transient_retries_only
-from prefect_dbbackup.tasks.backup import StoredBackup, backup_task
+from prefect_dbbackup.tasks.backup import BackupRun, StoredBackup, backup_task
 from prefect_dbbackup.tasks.chunk_gc import collect_chunks_task, uses_chunks
 from prefect_dbbackup.tasks.chunks import writer_key
 from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, new_backup_id
@@ -41,18 +40,13 @@ def _outcome(future: PrefectFuture) -> tuple[object, str | None]:
     return value, None
 
 
-def _submit_users(
-    srv: DatabaseServer,
-    server: str,
-    enc: AgeEncryption,
-    sto: BackupStorage,
-    workdir: Path,
-    backup_id: str,
-) -> PrefectFuture | None:
+def _submit_users(run: BackupRun) -> PrefectFuture | None:
     """Start the users/roles backup next to the database dumps (unless the block opts out)."""
-    if not srv.backup_users:
+    if not run.server.backup_users:
         return None
-    return back_up_users_task.submit(srv, server, enc, sto, workdir, backup_id)
+    return back_up_users_task.submit(
+        run.server, run.server_name, run.encryption, run.storage, run.workdir, run.backup_id
+    )
 
 
 def _row(database: str, future: PrefectFuture, kind: str = "database") -> DatabaseOutcome:
@@ -76,6 +70,91 @@ def _cancelled(report: BackupReport) -> State:
     return Cancelled(message=message)
 
 
+def _checked_blocks(
+    server: str, storage: str, encryption: str, databases: list[str] | None, concurrency: int
+) -> tuple[DatabaseServer, BackupStorage, AgeEncryption, list[str]]:
+    """The run's blocks and the databases it backs up, once everything a dump needs checks
+    out: nothing is dumped for a backup that cannot be encrypted, signed or stored."""
+    log = get_run_logger()
+    srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
+    enc.recipient_keys()  # fail closed before touching anything
+    sto.check()  # wrong S3 keys or a missing bucket fail here, not after every dump
+    sto.manifest_signer()  # no signing key: fail closed before any dump (docs/security.md)
+    if sto.dedup:
+        writer_key(sto)  # a deduplicating storage without its key: fail before any dump
+    names = srv.select_databases(databases)
+    if note := srv.check_clients():  # no client fits the server: fail before any dump
+        log.info(note)
+    log.info(
+        "backing up %d database(s) of %s (%s) to %s, %d at a time",
+        len(names),
+        server,
+        srv.describe(),
+        sto.describe(),
+        max(1, concurrency),
+    )
+    return srv, sto, enc, names
+
+
+def _back_up_databases(run: BackupRun, names: list[str], concurrency: int) -> list[DatabaseOutcome]:
+    """One backup task run per database, `concurrency` dumping at once; a row per database,
+    in the order of names (after a stop signal, the ones not started say so)."""
+    outcomes: dict[str, DatabaseOutcome] = {}
+    slots = DumpSlots(concurrency)
+    running: dict[PrefectFuture, str] = {}
+    with slots.registered():
+        for db in names:
+            if not slots.wait_to_start(db):  # a stop signal: start nothing new
+                break
+            future = backup_task.submit(run, db)
+            future.add_done_callback(lambda _, db=db: slots.dump_ended(db))
+            running[future] = db
+        for future in as_completed(list(running)):
+            outcomes[running[future]] = _row(running[future], future)
+    for db in names:
+        outcomes.setdefault(db, DatabaseOutcome(database=db, status="failed", error="not started"))
+    return [outcomes[n] for n in names]
+
+
+def _publish(report: BackupReport) -> None:
+    """The run's artifacts and events; BackupFailed, naming them, if any backup failed."""
+    report.publish()
+    report.publish_summary()
+    report.emit_events()
+    for o in report.failed:
+        get_run_logger().error("backup of %r failed: %s", o.database, o.error)
+    if report.failed:
+        raise BackupFailed(report)
+
+
+def _prune_written(
+    storage: BackupStorage,
+    server: str,
+    policy: RetentionPolicy,
+    report: BackupReport,
+    backup_id: str,
+) -> None:
+    """Prune the series the run wrote (then collect unreferenced chunks); a failure is
+    logged with how to prune by hand, since the backups themselves are safe."""
+    pruned = prune_task.submit(
+        storage,
+        server,
+        policy,
+        databases=[o.database for o in report.outcomes],
+        written=[backup_id],  # never delete what this run just stored
+    )
+    items, error = _outcome(pruned)
+    collection = None
+    if error is None and uses_chunks(storage):
+        collection, error = _outcome(collect_chunks_task.submit(storage, wait_for=[pruned]))
+    if error is not None:  # the backups are safe: say so, and how to prune by hand
+        get_run_logger().error(
+            "all backups stored, but pruning failed: %s; run `dbbackup prune %s`", error, server
+        )
+    else:
+        report_prune(server, items, collection=collection)
+
+
 @flow(name="backup-server", flow_run_name=_run_name, validate_parameters=True)
 @recorded_run
 @transient_retries_only
@@ -97,87 +176,20 @@ def backup_server(
     When every backup succeeded, the series it wrote are pruned with `retention`
     (default: the server block's policy; none keeps everything).
     """
-    log = get_run_logger()
-    srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
-    enc.recipient_keys()  # fail closed before touching anything
-    sto.check()  # wrong S3 keys or a missing bucket fail here, not after every dump
-    sto.manifest_signer()  # no signing key: fail closed before any dump (docs/security.md)
-    if sto.dedup:
-        writer_key(sto)  # a deduplicating storage without its key: fail before any dump
-    names = srv.select_databases(databases)
-    if note := srv.check_clients():  # no client fits the server: fail before any dump
-        log.info(note)
-    log.info(
-        "backing up %d database(s) of %s (%s) to %s, %d at a time",
-        len(names),
-        server,
-        srv.describe(),
-        sto.describe(),
-        max(1, concurrency),
-    )
+    srv, sto, enc, names = _checked_blocks(server, storage, encryption, databases, concurrency)
     backup_id = new_backup_id()
     started = datetime.now(UTC)
-    outcomes: dict[str, DatabaseOutcome] = {}
     with stop_on_signals(), private_workdir() as workdir:
-        users_run = _submit_users(srv, server, enc, sto, workdir, backup_id)
-        slots = DumpSlots(concurrency)
-        running: dict[PrefectFuture, str] = {}
-        with slots.registered():
-            for db in names:
-                if not slots.wait_to_start(db):  # a stop signal: start nothing new
-                    break
-                future = backup_task.submit(
-                    srv,
-                    server,
-                    db,
-                    enc,
-                    sto,
-                    workdir,
-                    backup_id,
-                    level=zstd_level,
-                    threads=zstd_threads,
-                )
-                future.add_done_callback(lambda _, db=db: slots.dump_ended(db))
-                running[future] = db
-            for future in as_completed(list(running)):
-                outcomes[running[future]] = _row(running[future], future)
-        for db in names:
-            outcomes.setdefault(
-                db, DatabaseOutcome(database=db, status="failed", error="not started")
-            )
+        run = BackupRun(srv, server, enc, sto, workdir, backup_id, zstd_level, zstd_threads)
+        users_run = _submit_users(run)
+        outcomes = _back_up_databases(run, names, concurrency)
         users_row = [_row(GLOBALS_SEGMENT, users_run, "globals")] if users_run else []
-    report = BackupReport(
-        server=server,
-        storage=sto.describe(),
-        outcomes=[outcomes[n] for n in names] + users_row,
-    )
+    report = BackupReport(server=server, storage=sto.describe(), outcomes=outcomes + users_row)
     report.started_at, report.finished_at = started, datetime.now(UTC)
     if interrupted():
         return _cancelled(report)
-    report.publish()
-    report.publish_summary()
-    report.emit_events()
-    for o in report.failed:
-        log.error("backup of %r failed: %s", o.database, o.error)
-    if report.failed:
-        raise BackupFailed(report)
+    _publish(report)
     policy = retention or srv.retention
     if policy is not None and not policy.is_empty:
-        pruned = prune_task.submit(
-            sto,
-            server,
-            policy,
-            databases=[o.database for o in report.outcomes],
-            written=[backup_id],  # never delete what this run just stored
-        )
-        items, error = _outcome(pruned)
-        collection = None
-        if error is None and uses_chunks(sto):
-            collection, error = _outcome(collect_chunks_task.submit(sto, wait_for=[pruned]))
-        if error is not None:  # the backups are safe: say so, and how to prune by hand
-            log.error(
-                "all backups stored, but pruning failed: %s; run `dbbackup prune %s`", error, server
-            )
-        else:
-            report_prune(server, items, collection=collection)
+        _prune_written(sto, server, policy, report, backup_id)
     return report

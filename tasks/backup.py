@@ -1,18 +1,26 @@
-"""Backing up one database: dump -> zstd -> age -> spool, then upload and manifest."""
+"""Backing up one database: dump -> zstd -> age -> spool (or chunks), then upload and manifest.
+
+The steps of one backup run share a BackupRun. A dump streams into one of two sinks,
+chosen once per database: a SpoolSink (one encrypted object, stored after the dump) or a
+ChunkSink (a deduplicating storage's chunks, stored while the dump runs). BackupRun.manifest
+is the one place a backup's manifest is built.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any, BinaryIO, Protocol
 
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.engines import BackupKind, DumpFormat
 from prefect_dbbackup.blocks.process import (
     ToolProcess,
     check_not_interrupted,
@@ -20,7 +28,7 @@ from prefect_dbbackup.blocks.process import (
     interrupted,
     until_stopped,
 )
-from prefect_dbbackup.blocks.server import DatabaseServer
+from prefect_dbbackup.blocks.server import DatabaseServer, DumpSnapshot, RowCounter, ToolCommand
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.catalog import publish_manifest
 from prefect_dbbackup.tasks.chunks import (
@@ -32,9 +40,9 @@ from prefect_dbbackup.tasks.chunks import (
 from prefect_dbbackup.tasks.layout import backup_key
 from prefect_dbbackup.tasks.limits import dump_slot, host_slot
 from prefect_dbbackup.tasks.logs import run_logger
-from prefect_dbbackup.tasks.manifest import Manifest, StreamStats
+from prefect_dbbackup.tasks.manifest import ChunkList, Manifest, StreamStats
 from prefect_dbbackup.tasks.retrying import retry_transient
-from prefect_dbbackup.tasks.spool import spool_path, spooling, write_spool
+from prefect_dbbackup.tasks.spool import spool_path, spooling, work_dir_full, write_spool
 from prefect_dbbackup.tasks.stream import CountingReader, TrailedReader
 from pydantic import BaseModel
 
@@ -64,6 +72,205 @@ def tool_version() -> str:
         return "unknown"
 
 
+@dataclass(frozen=True)
+class BackupRun:
+    """What the steps of one backup run share: the blocks (as they are passed to tasks
+    today: names and SecretStr fields, never a plain secret), the server block's name,
+    the private work dir, the backup id and the zstd settings."""
+
+    server: DatabaseServer
+    server_name: str
+    encryption: AgeEncryption
+    storage: BackupStorage
+    workdir: Path
+    backup_id: str
+    level: int | None = None  # zstd level; None takes the server block's
+    threads: int = 2  # zstd threads of a spooled dump
+
+    @property
+    def zstd_level(self) -> int:
+        """The zstd level the run's dumps are compressed with."""
+        return self.server.zstd_level if self.level is None else self.level
+
+    def manifest(
+        self,
+        database: str,
+        source: DumpSource,
+        stats: StreamStats,
+        *,
+        dump_format: DumpFormat,
+        dump_options: list[str],
+        kind: BackupKind = "database",
+        chunks: ChunkList | None = None,
+        **contents: Any,
+    ) -> Manifest:
+        """The manifest of a finished dump of the series (server_name, database): the one
+        place a backup's manifest is built. contents: what a database backup records of
+        the database (create_options, tables, row_counts, database_properties)."""
+        return Manifest(
+            tool_version=tool_version(),
+            server=self.server_name,
+            server_type=self.server.engine.name,
+            server_version=source.server_version,
+            client=os.path.basename(source.client),
+            client_version=source.client_version,
+            database=database,
+            backup_id=self.backup_id,
+            kind=kind,
+            started_at=source.started_at,
+            finished_at=datetime.now(UTC),
+            object_name=self.server.engine.object_name(kind),
+            dump_format=dump_format,
+            format="object" if chunks is None else "chunks-v1",
+            chunks=chunks,
+            stats=stats,
+            recipients=self.encryption.fingerprints(),
+            dump_options=dump_options,
+            **contents,
+        )
+
+
+@dataclass(frozen=True)
+class DumpSource:
+    """Who made a dump and when, as its manifest records it."""
+
+    started_at: datetime
+    server_version: str
+    client: str  # the client binary (its path: the manifest keeps the base name)
+    client_version: str
+
+
+@dataclass(frozen=True)
+class DumpStream:
+    """A dump client's output on its way into a sink, and what reads along."""
+
+    source: BinaryIO
+    what: str  # "the dump of 'db'": names it when a stop ends it
+    on_progress: Callable[[int], None]  # bytes read so far, now and then
+    tap: Callable[[memoryview], None] | None  # sees every plaintext byte (a row counter)
+
+    def check(self) -> None:
+        """Raise Interrupted once the run was told to stop (called after every read)."""
+        check_stopped(self.what)
+
+
+class DumpSink(Protocol):
+    """Where a dump stream goes, chosen once per database: a SpoolSink (one encrypted
+    object, stored after the dump) or a ChunkSink (a deduplicating storage's chunks,
+    stored while the dump runs)."""
+
+    chunks: ChunkList | None  # after write: the chunks the stream was stored as, if any
+
+    def guard(self) -> contextlib.AbstractContextManager[object]:
+        """Wraps the whole dump: removes what a failure leaves, names a full work dir."""
+        ...
+
+    def write(self, stream: DumpStream) -> StreamStats:
+        """Take the stream to its end (a stop ends it); its byte counts and hash."""
+        ...
+
+    def store(self, manifest: Manifest) -> StoredBackup:
+        """Make the dumped backup exist: whatever is not stored yet, then the manifest."""
+        ...
+
+
+class SpoolSink:
+    """The dump compressed and encrypted into a spool file of the work dir, uploaded once
+    complete (retried on its own, without dumping again)."""
+
+    chunks: ChunkList | None = None
+
+    def __init__(self, run: BackupRun, database: str) -> None:
+        self.run, self.database = run, database
+        self.recipients = run.encryption.recipient_keys()
+        self.path = spool_path(run.workdir, "database", database, run.backup_id)
+
+    def guard(self) -> contextlib.AbstractContextManager[object]:
+        """The spool is removed if the dump fails."""
+        return spooling(self.path, repr(self.database))
+
+    def write(self, stream: DumpStream) -> StreamStats:
+        """Compress and encrypt the stream into the spool (a stop returns at once)."""
+        return until_stopped(
+            lambda: write_spool(
+                stream.source,
+                self.path,
+                self.recipients,
+                level=self.run.zstd_level,
+                threads=self.run.threads,
+                on_progress=stream.on_progress,
+                tap=stream.tap,
+                check=stream.check,
+            ),
+            stream.what,
+        )
+
+    def store(self, manifest: Manifest) -> StoredBackup:
+        """Upload the spool, then the manifest (store_with_retries)."""
+        return store_with_retries(
+            self.run.storage, DumpResult(spool=str(self.path), manifest=manifest)
+        )
+
+
+class ChunkSink:
+    """The dump cut into chunks while it runs; chunks the storage lacks are stored at once,
+    the manifest after the fence check of docs/dedup.md."""
+
+    def __init__(self, run: BackupRun, database: str) -> None:
+        self.run, self.database = run, database
+        self.chunks: ChunkList | None = None
+        storage = run.storage
+        self.writer = ChunkWriter(
+            storage,
+            writer_key(storage),
+            run.encryption,
+            level=run.zstd_level,
+            retry_delays=UPLOAD_RETRY_DELAYS,
+            series=(run.server_name, database),
+        )
+        ensure_key_copy(storage, self.writer.key, run.encryption)
+        self.fence_seconds = gc_parameters(storage).fence_hours * 3600  # the storage's
+
+    def guard(self) -> contextlib.AbstractContextManager[object]:
+        """Nothing is spooled: only a full work dir (the client's option files) is named."""
+        return work_dir_full(self.run.workdir, repr(self.database))
+
+    def write(self, stream: DumpStream) -> StreamStats:
+        """Chunk the stream to its end, storing the new chunks."""
+        counted = CountingReader(
+            stream.source, stream.on_progress, tap=stream.tap, check=stream.check
+        )
+        self.chunks = self.writer.write(counted)
+        return StreamStats(
+            raw_bytes=self.chunks.raw_bytes,
+            compressed_bytes=self.writer.compressed_bytes,
+            stored_bytes=self.chunks.new_stored_bytes,
+            sha256=self.chunks.stream_hmac,
+        )
+
+    def store(self, manifest: Manifest) -> StoredBackup:
+        """The fence check, then the manifest (retried), then the chunks confirmed."""
+        storage, database, chunks = self.run.storage, self.database, manifest.chunks
+        assert chunks is not None
+        check_not_interrupted(f"the manifest of {database!r}")
+        self.writer.fence(chunks, self.fence_seconds)
+        key = retry_transient(
+            lambda: publish_manifest(storage, manifest),
+            f"manifest of {database!r} to {storage.describe()}",
+            UPLOAD_RETRY_DELAYS,
+        )
+        self.writer.confirm(chunks, f"backup {manifest.backup_id} of {database!r}")
+        run_logger().info(
+            "stored backup %s of %r as %d chunks (%d new) in %s",
+            manifest.backup_id,
+            database,
+            len(chunks.order),
+            chunks.new,
+            storage.describe(),
+        )
+        return StoredBackup(key=key, manifest=manifest)
+
+
 @contextlib.contextmanager
 def _dump_gate(server: DatabaseServer, database: str) -> Iterator[None]:
     """What a dump waits for before reading the server: a slot of its flow run and one of
@@ -72,112 +279,77 @@ def _dump_gate(server: DatabaseServer, database: str) -> Iterator[None]:
         yield
 
 
-def dump_database(
-    server: DatabaseServer,
-    server_name: str,
-    database: str,
-    encryption: AgeEncryption,
-    workdir: Path,
-    backup_id: str,
-    *,
-    level: int | None = None,
-    threads: int = 2,
-    chunks: ChunkWriter | None = None,
-) -> DumpResult:
-    """Dump one database into an encrypted spool file; nothing is stored yet. With `chunks`
-    the stream goes to the storage as deduplicated chunks instead, and no spool is written.
-
-    `level` is the zstd level; None takes the server block's.
-    """
-    log = run_logger()
-    level = server.zstd_level if level is None else level
-    recipients = encryption.recipient_keys()
+def dump_database(run: BackupRun, database: str, sink: DumpSink) -> Manifest:
+    """Dump one database into sink, in the snapshot the server block takes; the manifest
+    to publish once sink.store has stored what it has not yet."""
+    server = run.server
     started = datetime.now(UTC)
     server_version = server.server_version()
-    spool = spool_path(workdir, "database", database, backup_id)
-
-    def progress(nbytes: int) -> None:
-        log.info("dump of %r: %.0f MiB read so far", database, nbytes / 2**20)
-
-    with spooling(spool, repr(database)):
+    with sink.guard():
         with (
             server.dump_snapshot(database, _dump_gate(server, database)) as snapshot,
-            server.dump_command(database, workdir, snapshot.snapshot_id) as cmd,
+            server.dump_command(database, run.workdir, snapshot.snapshot_id) as cmd,
         ):
             client = cmd.argv[0]
-            client_version = server.client_version(client)
-            with ToolProcess(
-                cmd.argv,
-                env=cmd.env,
-                timeout=server.dump_timeout,
-                stdout=True,
-                secrets=cmd.secrets,
-            ) as proc:
-                assert proc.stdout is not None
-                counter = server.dump_row_counter(snapshot.tables)
-                source = TrailedReader(proc.stdout, cmd.trailer) if cmd.trailer else proc.stdout
-                tap = counter.feed if counter else None
-                what = f"the dump of {database!r}"
-                check = functools.partial(check_stopped, what)
-                if chunks is None:
-                    stats = until_stopped(
-                        lambda: write_spool(
-                            source,
-                            spool,
-                            recipients,
-                            level=level,
-                            threads=threads,
-                            on_progress=progress,
-                            tap=tap,
-                            check=check,
-                        ),
-                        what,
-                    )
-                    chunk_list = None
-                else:
-                    counted = CountingReader(source, progress, tap=tap, check=check)
-                    chunk_list = chunks.write(counted)
-                    stats = StreamStats(
-                        raw_bytes=chunk_list.raw_bytes,
-                        compressed_bytes=chunks.compressed_bytes,
-                        stored_bytes=chunk_list.new_stored_bytes,
-                        sha256=chunk_list.stream_hmac,
-                    )
-        manifest = Manifest(
-            tool_version=tool_version(),
-            server=server_name,
-            server_type=server.engine.name,
-            server_version=server_version,
-            client=os.path.basename(client),
-            client_version=client_version,
-            database=database,
-            backup_id=backup_id,
-            started_at=started,
-            finished_at=datetime.now(UTC),
-            object_name=server.engine.database_object,
+            source = DumpSource(started, server_version, client, server.client_version(client))
+            stats, counter = _stream_dump(server, database, cmd, snapshot, sink)
+        manifest = run.manifest(
+            database,
+            source,
+            stats,
             dump_format=server.engine.dump_format,
-            format="object" if chunk_list is None else "chunks-v1",
-            chunks=chunk_list,
-            stats=stats,
-            recipients=encryption.fingerprints(),
             dump_options=server.dump_options_for(database),
+            chunks=sink.chunks,
             create_options=snapshot.options,
             tables=snapshot.tables,
             row_counts=counter.finish() if counter else snapshot.row_counts,
             database_properties=snapshot.properties,
         )
-    st = manifest.stats
-    log.info(
+    _log_dumped(manifest)
+    return manifest
+
+
+def _stream_dump(
+    server: DatabaseServer,
+    database: str,
+    cmd: ToolCommand,
+    snapshot: DumpSnapshot,
+    sink: DumpSink,
+) -> tuple[StreamStats, RowCounter | None]:
+    """Run the dump client into sink; the stream's stats and the row counter it fed."""
+    log = run_logger()
+
+    def progress(nbytes: int) -> None:
+        log.info("dump of %r: %.0f MiB read so far", database, nbytes / 2**20)
+
+    with ToolProcess(
+        cmd.argv,
+        env=cmd.env,
+        timeout=server.dump_timeout,
+        stdout=True,
+        secrets=cmd.secrets,
+    ) as proc:
+        assert proc.stdout is not None
+        counter = server.dump_row_counter(snapshot.tables)
+        source = TrailedReader(proc.stdout, cmd.trailer) if cmd.trailer else proc.stdout
+        tap = counter.feed if counter else None
+        stats = sink.write(DumpStream(source, f"the dump of {database!r}", progress, tap))
+    return stats, counter
+
+
+def _log_dumped(manifest: Manifest) -> None:
+    """The log line of a finished dump: sizes, ratio, speed (and chunks reused)."""
+    st, chunks = manifest.stats, manifest.chunks
+    run_logger().info(
         "dumped %r: %.1f MB raw -> %.1f MB stored (%.1fx) in %.1f s (%.0f MB/s)%s",
-        database,
+        manifest.database,
         st.raw_bytes / 1e6,
         st.stored_bytes / 1e6,
         st.raw_bytes / max(st.stored_bytes, 1),
         manifest.seconds,
         st.raw_bytes / 1e6 / max(manifest.seconds, 1e-3),
-        f"; chunks: {chunk_list.new} new, {chunk_list.reused} already stored" if chunk_list else "",
+        f"; chunks: {chunks.new} new, {chunks.reused} already stored" if chunks else "",
     )
-    return DumpResult(spool=str(spool), manifest=manifest)
 
 
 def store_backup(storage: BackupStorage, dump: DumpResult) -> str:
@@ -211,73 +383,11 @@ def store_with_retries(storage: BackupStorage, dump: DumpResult) -> StoredBackup
     return StoredBackup(key=key, manifest=dump.manifest)
 
 
-def back_up_chunked(
-    server: DatabaseServer,
-    server_name: str,
-    database: str,
-    encryption: AgeEncryption,
-    storage: BackupStorage,
-    workdir: Path,
-    backup_id: str,
-    level: int | None,
-) -> StoredBackup:
-    """Dump one database into a deduplicating storage: chunks while dumping, then the
-    manifest (after the fence check of docs/dedup.md)."""
-    writer = ChunkWriter(
-        storage,
-        writer_key(storage),
-        encryption,
-        level=server.zstd_level if level is None else level,
-        retry_delays=UPLOAD_RETRY_DELAYS,
-        series=(server_name, database),
-    )
-    ensure_key_copy(storage, writer.key, encryption)
-    fence = gc_parameters(storage).fence_hours * 3600  # the storage's, not this block's
-    dump = dump_database(
-        server, server_name, database, encryption, workdir, backup_id, chunks=writer
-    )
-    assert dump.manifest.chunks is not None
-    check_not_interrupted(f"the manifest of {database!r}")
-    writer.fence(dump.manifest.chunks, fence)
-    key = retry_transient(
-        lambda: publish_manifest(storage, dump.manifest),
-        f"manifest of {database!r} to {storage.describe()}",
-        UPLOAD_RETRY_DELAYS,
-    )
-    writer.confirm(dump.manifest.chunks, f"backup {backup_id} of {database!r}")
-    run_logger().info(
-        "stored backup %s of %r as %d chunks (%d new) in %s",
-        backup_id,
-        database,
-        len(dump.manifest.chunks.order),
-        dump.manifest.chunks.new,
-        storage.describe(),
-    )
-    return StoredBackup(key=key, manifest=dump.manifest)
-
-
-def back_up_database(
-    server: DatabaseServer,
-    server_name: str,
-    database: str,
-    encryption: AgeEncryption,
-    storage: BackupStorage,
-    workdir: Path,
-    backup_id: str,
-    *,
-    level: int | None = None,
-    threads: int = 2,
-) -> StoredBackup:
+def back_up_database(run: BackupRun, database: str) -> StoredBackup:
     """Dump one database, then store it (object, then manifest): one task run per database.
     A deduplicating storage takes the chunks while the dump runs."""
-    if storage.dedup:
-        return back_up_chunked(
-            server, server_name, database, encryption, storage, workdir, backup_id, level
-        )
-    dump = dump_database(
-        server, server_name, database, encryption, workdir, backup_id, level=level, threads=threads
-    )
-    return store_with_retries(storage, dump)
+    sink: DumpSink = ChunkSink(run, database) if run.storage.dedup else SpoolSink(run, database)
+    return sink.store(dump_database(run, database, sink))
 
 
 def _retry_if_transient(task, task_run, state) -> bool:  # noqa: ANN001

@@ -138,17 +138,7 @@ def restore_backup(
     what = f"backup {manifest.backup_id} of {manifest.database!r} ({manifest.server})"
     server.engine.check_restorable(manifest)
     identities = encryption.identities(identity_file)
-    exists = server.database_exists(target)
-    if exists and not replace:
-        raise TargetExists(
-            f"database {target!r} already exists on {server.describe()}: restore with "
-            "--into NEW_NAME, or pass --replace to drop and replace it"
-        )
-    if jobs > 1 and not server.engine.parallel_restore:
-        raise ConfigError(f"--jobs: {server.engine.name} restores run one client, not in parallel")
-    # a client fit for the target and the backup, before the target is touched
-    if note := server.check_clients(manifest.client_version):
-        log.info(note)
+    exists = _check_target(server, manifest, target, replace, jobs)
     started = datetime.now(UTC)
     skipped: list[str] = []
     state = _StopState(server, target, manifest.backup_id, exists)
@@ -156,17 +146,7 @@ def restore_backup(
 
         def load(into: str) -> None:
             loader = _TargetLoader(server, into, manifest, workdir, log)
-            try:
-                with decrypt_errors(what, manifest, identities):
-                    if jobs > 1:
-                        _restore_from_archive(feed, loader, workdir, jobs)
-                    else:
-                        with contextlib.ExitStack() as stack:
-                            feed(lambda: loader.open_stream(stack))
-                skipped[:] = loader.apply_properties()
-            except BaseException:  # Ctrl-C and cancellation too: cleaned up, re-raised as is
-                loader.drop_if_created()
-                raise
+            skipped[:] = _load(loader, feed, what, identities, jobs)
 
         if exists:
             _replace(server, state, load, log)
@@ -182,6 +162,48 @@ def restore_backup(
         seconds=(datetime.now(UTC) - started).total_seconds(),
         skipped=skipped,
     )
+
+
+def _check_target(
+    server: DatabaseServer, manifest: Manifest, target: str, replace: bool, jobs: int
+) -> bool:
+    """Whether target exists, once the restore may go on: replace for an existing target,
+    jobs the engine can run, a client fit for the target and the backup."""
+    exists = server.database_exists(target)
+    if exists and not replace:
+        raise TargetExists(
+            f"database {target!r} already exists on {server.describe()}: restore with "
+            "--into NEW_NAME, or pass --replace to drop and replace it"
+        )
+    if jobs > 1 and not server.engine.parallel_restore:
+        raise ConfigError(f"--jobs: {server.engine.name} restores run one client, not in parallel")
+    # a client fit for the target and the backup, before the target is touched
+    if note := server.check_clients(manifest.client_version):
+        run_logger().info(note)
+    return exists
+
+
+def _load(
+    loader: _TargetLoader,
+    feed: Feed,
+    what: str,
+    identities: list[pyrage.x25519.Identity],
+    jobs: int,
+) -> list[str]:
+    """Load the backup into the loader's target, then its database properties; what the
+    target did not take. A failure (Ctrl-C and cancellation too) drops a target it created
+    and is re-raised as is."""
+    try:
+        with decrypt_errors(what, loader.manifest, identities):
+            if jobs > 1:
+                _restore_from_archive(feed, loader, loader.workdir, jobs)
+            else:
+                with contextlib.ExitStack() as stack:
+                    feed(lambda: loader.open_stream(stack))
+        return loader.apply_properties()
+    except BaseException:  # Ctrl-C and cancellation too: cleaned up, re-raised as is
+        loader.drop_if_created()
+        raise
 
 
 @contextlib.contextmanager

@@ -28,18 +28,29 @@ def spool_path(workdir: Path, kind: BackupKind, series: str, backup_id: str) -> 
 
 
 @contextlib.contextmanager
-def spooling(spool: Path, what: str) -> Iterator[Path]:
-    """Remove the spool if anything inside fails (a failing dump client, a stop, a bug);
-    a full disk becomes DiskFull saying where room is needed."""
+def work_dir_full(workdir: Path, what: str) -> Iterator[None]:
+    """A full disk inside becomes DiskFull saying where room is needed (a DiskFull raised
+    inside already names its place, e.g. the storage)."""
     try:
-        yield spool
+        yield
     except BaseException as exc:
-        spool.unlink(missing_ok=True)
-        if is_disk_full(exc) and not isinstance(exc, DiskFull):  # else: it names the storage
+        if is_disk_full(exc) and not isinstance(exc, DiskFull):
             raise DiskFull(
-                f"the work dir {spool.parent.parent} is full while spooling {what}: set "
+                f"the work dir {workdir.parent} is full while spooling {what}: set "
                 "DBBACKUP_WORK_DIR to a disk with room for the largest compressed dump"
             ) from None
+        raise
+
+
+@contextlib.contextmanager
+def spooling(spool: Path, what: str) -> Iterator[Path]:
+    """Remove the spool if anything inside fails (a failing dump client, a stop, a bug);
+    a full disk becomes DiskFull (work_dir_full)."""
+    try:
+        with work_dir_full(spool.parent, what):
+            yield spool
+    except BaseException:
+        spool.unlink(missing_ok=True)
         raise
 
 

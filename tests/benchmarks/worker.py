@@ -53,7 +53,7 @@ def backup(args: argparse.Namespace) -> dict[str, Any]:
     """back_up_database (the backup task's function) into a local storage; with
     --dedup-key-file the storage deduplicates (chunks) under that key."""
     from prefect_dbbackup.blocks import AgeEncryption, LocalBackupStorage
-    from prefect_dbbackup.tasks.backup import back_up_database
+    from prefect_dbbackup.tasks.backup import BackupRun, back_up_database
     from prefect_dbbackup.tasks.layout import new_backup_id
     from prefect_dbbackup.tasks.workdir import private_workdir
 
@@ -65,16 +65,10 @@ def backup(args: argparse.Namespace) -> dict[str, Any]:
     rss_before = _rss_mb()
     started = time.perf_counter()
     with private_workdir() as workdir:
-        stored = back_up_database(
-            server,
-            SERVER_NAME,
-            args.database,
-            encryption,
-            storage,
-            workdir,
-            new_backup_id(),
-            **tuning,
+        run = BackupRun(
+            server, SERVER_NAME, encryption, storage, workdir, new_backup_id(), **tuning
         )
+        stored = back_up_database(run, args.database)
     seconds = time.perf_counter() - started
     manifest = stored.manifest
     result = {
