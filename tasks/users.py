@@ -14,7 +14,6 @@ time, idempotently. Passwords and hashes are masked in everything shown.
 from __future__ import annotations
 
 import io
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,11 +36,12 @@ from prefect_dbbackup.blocks.users_sql import (
     select_statements,
 )
 from prefect_dbbackup.tasks.backup import (
+    BackupRun,
     DumpResult,
+    DumpSource,
     StoredBackup,
     _retry_if_transient,
     store_with_retries,
-    tool_version,
 )
 from prefect_dbbackup.tasks.catalog import (
     find_backup,
@@ -64,33 +64,28 @@ def users_note(manifest: Manifest) -> str | None:
     return None
 
 
-def dump_users(
-    server: DatabaseServer,
-    server_name: str,
-    encryption: AgeEncryption,
-    workdir: Path,
-    backup_id: str,
-    *,
-    level: int | None = None,
-    threads: int = 2,
-) -> DumpResult:
+def dump_users(run: BackupRun) -> DumpResult:
     """Write the server's selected users/roles and grants into an encrypted spool file."""
-    level = server.zstd_level if level is None else level
+    server, server_name = run.server, run.server_name
     log = run_logger()
-    recipients = encryption.recipient_keys()
+    recipients = run.encryption.recipient_keys()
     started = datetime.now(UTC)
-    dump = server.users_script(workdir)
+    dump = server.users_script(run.workdir)
     statements = select_statements(
         server.engine.users_sql.parse_script(dump.script), None, server.account_selected
     )
     accounts = sorted({s.subject for s in statements if s.subject})
     script = render(
-        statements, f"users/roles of {server_name} ({server.server_version()}), {backup_id}"
+        statements, f"users/roles of {server_name} ({server.server_version()}), {run.backup_id}"
     )
-    spool = spool_path(workdir, "globals", GLOBALS_SEGMENT, backup_id)
+    spool = spool_path(run.workdir, "globals", GLOBALS_SEGMENT, run.backup_id)
     with spooling(spool, "the users/roles"):
         stats = write_spool(
-            io.BytesIO(script.encode()), spool, recipients, level=level, threads=threads
+            io.BytesIO(script.encode()),
+            spool,
+            recipients,
+            level=run.zstd_level,
+            threads=run.threads,
         )
     if dump.note:
         log.warning("users/roles of %s: %s", server_name, dump.note)
@@ -100,22 +95,13 @@ def dump_users(
         server_name,
         len(statements),
     )
-    manifest = Manifest(
-        tool_version=tool_version(),
-        server=server_name,
-        server_type=server.engine.name,
-        server_version=server.server_version(),
-        client=os.path.basename(dump.client),
-        client_version=dump.client_version,
-        database=GLOBALS_SEGMENT,
-        backup_id=backup_id,
+    source = DumpSource(started, server.server_version(), dump.client, dump.client_version)
+    manifest = run.manifest(
+        GLOBALS_SEGMENT,
+        source,
+        stats,
         kind="globals",
-        started_at=started,
-        finished_at=datetime.now(UTC),
-        object_name=server.engine.users_object,
         dump_format="sql",
-        stats=stats,
-        recipients=encryption.fingerprints(),
         dump_options=dump.options,
     )
     return DumpResult(spool=str(spool), manifest=manifest)
@@ -317,8 +303,8 @@ def back_up_users(
 ) -> StoredBackup:
     """Dump the server's users/roles and grants, then store them (one task run; the
     script is small: the block's zstd level, one thread)."""
-    dump = dump_users(server, server_name, encryption, workdir, backup_id, threads=1)
-    return store_with_retries(storage, dump)
+    run = BackupRun(server, server_name, encryption, storage, workdir, backup_id, threads=1)
+    return store_with_retries(storage, dump_users(run))
 
 
 back_up_users_task = task(
