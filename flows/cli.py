@@ -126,7 +126,7 @@ def dedup_keygen(
 ) -> None:
     """Create a dedup key file for a deduplicating storage (docs/dedup.md)."""
     from prefect_dbbackup.blocks.encryption import write_secret_file
-    from prefect_dbbackup.blocks.storage import new_dedup_key
+    from prefect_dbbackup.blocks.storage_keys import new_dedup_key
 
     write_secret_file(output, new_dedup_key() + "\n", force=force)
     typer.echo(
