@@ -13,10 +13,10 @@ from prefect_dbbackup.blocks.kinds import exported_modules
 
 if TYPE_CHECKING:  # for type checkers only; a unit test keeps it equal to the table
     from prefect_dbbackup.blocks.encryption import AgeEncryption as AgeEncryption
+    from prefect_dbbackup.blocks.local_storage import LocalBackupStorage as LocalBackupStorage
     from prefect_dbbackup.blocks.mysql import MySQLServer as MySQLServer
     from prefect_dbbackup.blocks.postgres import PostgresServer as PostgresServer
     from prefect_dbbackup.blocks.s3 import S3BackupStorage as S3BackupStorage
-    from prefect_dbbackup.blocks.storage import LocalBackupStorage as LocalBackupStorage
 
 _MODULES = exported_modules()
 

@@ -39,7 +39,7 @@ class BlockKind:
 KINDS: tuple[BlockKind, ...] = (
     BlockKind("server", "postgres-server", "postgres", "PostgresServer", "postgres"),
     BlockKind("server", "mysql-server", "mysql", "MySQLServer", "mysql"),
-    BlockKind("storage", "local-backup-storage", "storage", "LocalBackupStorage", "local"),
+    BlockKind("storage", "local-backup-storage", "local_storage", "LocalBackupStorage", "local"),
     BlockKind("storage", "s3-backup-storage", "s3", "S3BackupStorage", "s3"),
     # fast tests only: loadable by name, but neither exported nor a config kind, since
     # nothing it holds outlives the process (docs/architecture.md, "Memory storage")

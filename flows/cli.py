@@ -3,112 +3,34 @@
 Exit codes: 0 success, 1 some databases failed, 2 every requested database
 failed (the users/roles row does not count; see flows/backup_report.failure_exit_code) or
 the restore failed, 3 configuration or usage error, 4 authentication/credentials error.
+The process around the commands (the local Prefect server, errors to exit codes, the
+console log filter) is flows/cli_runtime.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import httpx
 import typer
-from prefect_dbbackup.blocks.errors import ConfigError, DbBackupError, Interrupted
+from prefect_dbbackup.blocks.errors import ConfigError, DbBackupError
+from prefect_dbbackup.flows.cli_runtime import DbBackupGroup, fail, needs_api, run_cli
 from prefect_dbbackup.flows.text import printable
-from typer import Context
-from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from prefect_dbbackup.tasks.users import UsersResult
 
-# click's UsageError as typer vendors it, reached through typer's public BadParameter
-UsageError: type[Exception] = typer.BadParameter.__mro__[1]
-
-
-def api_unreachable(exc: BaseException) -> bool:
-    """True when exc is, or was raised from, a failure to talk to the Prefect API over HTTP
-    (Prefect wraps a refused connection in a RuntimeError raised from the httpx error)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, httpx.HTTPError):
-            return True
-        seen = seen.__cause__
-    return False
-
-
-class _DbBackupGroup(TyperGroup):
-    """Usage errors exit 3 (not click's 2, which means 'all failed' here); an unreachable
-    Prefect API is a configuration error with a message instead of a traceback; a run
-    stopped by Ctrl-C/SIGTERM (Cancelled) exits 130 with one line."""
-
-    def make_context(self, *args, **kwargs) -> Context:  # noqa: ANN002, ANN003
-        try:
-            return super().make_context(*args, **kwargs)
-        except UsageError as exc:
-            exc.exit_code = ConfigError.exit_code
-            raise
-
-    def invoke(self, ctx: Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except UsageError as exc:
-            exc.exit_code = ConfigError.exit_code
-            raise
-        except DbBackupError as exc:  # expected: one line, its exit code, no traceback
-            _fail(exc)
-        except Exception as exc:
-            if type(exc).__name__ == "CancelledRun":  # prefect.exceptions: not imported for --help
-                typer.echo(f"dbbackup: {exc}", err=True)
-                raise typer.Exit(Interrupted.exit_code) from None
-            if not api_unreachable(exc):
-                raise
-            from prefect.settings import PREFECT_API_URL
-            from prefect_dbbackup.flows import local_server
-
-            url = PREFECT_API_URL.value()
-            state = local_server.read_state()
-            if url and state is not None and url == state.api_url:
-                advice = "the local Prefect server stopped: `dbbackup server start` starts it"
-            elif url:
-                advice = "start that server, or point PREFECT_API_URL at a running one"
-            else:
-                url, advice = "Prefect's temporary API", "unset DBBACKUP_PREFECT_SERVER"
-            typer.echo(
-                f"dbbackup: error: cannot reach the Prefect API at {url}: {exc}; {advice}", err=True
-            )
-            raise typer.Exit(ConfigError.exit_code) from None
-
-
 app = typer.Typer(
-    cls=_DbBackupGroup,
+    cls=DbBackupGroup,
     name="dbbackup",
     help="Encrypted PostgreSQL and MySQL/MariaDB backups, run as Prefect flows.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-# what each command declares with @needs_api, by its function (see command_needs)
-_API_NEEDS: dict[Callable[..., Any], bool] = {}
-
-
-def needs_api(api: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declare whether a command talks to the Prefect API: one that does not (making a key
-    file, managing the local server) runs without starting the local Prefect server.
-    Write it under the command's `@app.command`; a test fails for a command without it."""
-
-    def declare(command: Callable[..., Any]) -> Callable[..., Any]:
-        _API_NEEDS[command] = api
-        return command
-
-    return declare
-
 
 StorageOpt = Annotated[str, typer.Option("--storage", help="Backup storage block name.")]
 EncryptionOpt = Annotated[str, typer.Option("--encryption", help="age-encryption block name.")]
@@ -125,11 +47,6 @@ AllowUnsignedOpt = Annotated[
         "or a manifest that does not match its location.",
     ),
 ]
-
-
-def _fail(exc: DbBackupError) -> NoReturn:
-    typer.echo(f"dbbackup: error: {exc}", err=True)
-    raise typer.Exit(exc.exit_code)
 
 
 def _even_if_partly(run: Callable[..., Any], **kwargs: Any) -> tuple[Any, DbBackupError | None]:
@@ -209,7 +126,7 @@ def dedup_keygen(
 ) -> None:
     """Create a dedup key file for a deduplicating storage (docs/dedup.md)."""
     from prefect_dbbackup.blocks.encryption import write_secret_file
-    from prefect_dbbackup.blocks.storage import new_dedup_key
+    from prefect_dbbackup.blocks.storage_keys import new_dedup_key
 
     write_secret_file(output, new_dedup_key() + "\n", force=force)
     typer.echo(
@@ -413,7 +330,7 @@ def restore(
         for line in result.skipped:  # database properties the target did not take
             typer.echo(f"  skipped {printable(line)}")
     if partly is not None:
-        _fail(partly)
+        fail(partly)
 
 
 def _echo_users(result: UsersResult) -> None:
@@ -478,7 +395,7 @@ def restore_users_cmd(
                 typer.echo(f"{statement};")
         _echo_users(result)
     if partly is not None:
-        _fail(partly)
+        fail(partly)
 
 
 @app.command()
@@ -592,12 +509,12 @@ def check(
                 f"{', '.join(printable(b) for b in f.backups)}"
             )
     if error is not None:
-        _fail(error)
+        fail(error)
 
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="dbbackup.yaml")]
-limits_app = typer.Typer(cls=_DbBackupGroup, help="Per-database-host concurrency limits.")
-automations_app = typer.Typer(cls=_DbBackupGroup, help="Prefect automations (alerts).")
+limits_app = typer.Typer(cls=DbBackupGroup, help="Per-database-host concurrency limits.")
+automations_app = typer.Typer(cls=DbBackupGroup, help="Prefect automations (alerts).")
 app.add_typer(limits_app, name="limits")
 app.add_typer(automations_app, name="automations")
 
@@ -675,7 +592,7 @@ def fleet(
     raise typer.Exit(code)
 
 
-server_app = typer.Typer(cls=_DbBackupGroup, help="The local Prefect server dbbackup uses.")
+server_app = typer.Typer(cls=DbBackupGroup, help="The local Prefect server dbbackup uses.")
 app.add_typer(server_app, name="server")
 
 
@@ -722,138 +639,6 @@ def server_status() -> None:
     _print_server(state)
 
 
-def command_needs(group: typer.Typer = app) -> dict[tuple[str, ...], bool | None]:
-    """Each command's words (`("server", "start")`) and its declared need of the Prefect
-    API (None: not declared)."""
-    needs: dict[tuple[str, ...], bool | None] = {}
-    for info in group.registered_commands:
-        name = info.name or typer.main.get_command_name(info.callback.__name__)
-        needs[(name,)] = _API_NEEDS.get(info.callback)
-    for sub in group.registered_groups:
-        for words, need in command_needs(sub.typer_instance).items():
-            needs[(sub.name, *words)] = need
-    return needs
-
-
-def _needs_api(argv: list[str]) -> bool:
-    """Whether the command argv names talks to the Prefect API (as it declares; an
-    undeclared one is taken to). No command, a group alone, an unknown command or --help:
-    typer answers without the API."""
-    words = tuple(a for a in argv if not a.startswith("-"))
-    if "--help" in argv or "-h" in argv:
-        return False
-    needs = command_needs()
-    for length in range(1, len(words) + 1):
-        if words[:length] in needs:
-            return needs[words[:length]] is not False
-    return False
-
-
-def _use_local_server(argv: list[str]) -> None:
-    """Point this process (and its children) at the local Prefect server when no API is
-    configured; start the server on first use."""
-    from prefect_dbbackup.flows import local_server
-
-    if os.environ.get(local_server.OPT_OUT_VARIABLE) == "ephemeral" or not _needs_api(argv):
-        return
-    if os.environ.get("PREFECT_API_URL") or local_server.configured_api_url():
-        return
-    state, started = local_server.ensure_running()
-    if started:
-        typer.echo(
-            f"dbbackup: started a local Prefect server, UI at {state.ui_url} "
-            "(`dbbackup server stop` stops it)",
-            err=True,
-        )
-    os.environ.update(local_server.client_environment(state))
-
-
-class _ExpectedErrorsOnce(logging.Filter):
-    """Console only: an expected error (the DbBackupError family) is said once, by
-    dbbackup's own last line, without a traceback; the Prefect UI keeps the full record.
-    The note that events are still being sent at exit is left out too."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], DbBackupError):
-            return False
-        # the events of the run are being sent before exit (_run_app drains them): not news
-        return not str(record.msg).startswith("Still processing items")
-
-
-def _quiet_expected_tracebacks() -> None:
-    """Add the filter to the console handlers Prefect has set up (not to its API handler)."""
-    for handler in logging.getLogger().handlers:
-        if type(handler).__name__ == "PrefectConsoleHandler":
-            handler.addFilter(_ExpectedErrorsOnce())
-
-
 def main() -> None:
-    """Console script entry point. `--debug` (anywhere) keeps Prefect's tracebacks of
-    expected errors on the console."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    debug = "--debug" in sys.argv[1:]
-    sys.argv = [a for a in sys.argv if a != "--debug"]
-    try:
-        _use_local_server(sys.argv[1:])
-    except DbBackupError as exc:
-        typer.echo(f"dbbackup: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    if not debug and _needs_api(sys.argv[1:]):
-        import prefect.main  # noqa: F401 (sets up logging, the console handler included)
-
-        _quiet_expected_tracebacks()
-    if not os.environ.get("PREFECT_API_URL"):
-        _exit(_run_app())
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
-        _exit(_run_app())
-
-
-def _exit(code: int) -> NoReturn:
-    """Exit with code. A stopped run can leave a stream's thread inside a compressor (see
-    process.until_stopped): then the run's logs are sent and the process ends at once,
-    without the interpreter's shutdown, which would wait for that thread or abort."""
-    from prefect_dbbackup.blocks.process import left_running
-
-    if left_running():
-        handlers = sys.modules.get("prefect.logging.handlers")
-        if handlers is not None:
-            with contextlib.suppress(Exception):
-                handlers.APILogWorker.drain_all(timeout=5)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
-
-
-def _end_runs_of_killed_processes() -> None:
-    """Runs left Running by a killed dbbackup process end Crashed before this command
-    (a restarted `serve` would otherwise skip schedules: their concurrency slot is taken)."""
-    from prefect_dbbackup.flows.crashed_runs import mark_dead_runs_crashed
-
-    try:
-        names = mark_dead_runs_crashed()
-    except httpx.HTTPError:
-        return  # the command itself reports an unreachable API
-    for name in names:
-        typer.echo(
-            f"dbbackup: run {printable(name)} was left running by a killed process: marked Crashed",
-            err=True,
-        )
-
-
-def _run_app() -> int:
-    """Run the command (typer exits with its code), then send the events it emitted
-    before the process ends."""
-    try:
-        if _needs_api(sys.argv[1:]):
-            _end_runs_of_killed_processes()
-        app()
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
-    finally:
-        events = sys.modules.get("prefect.events.worker")
-        if events is not None:
-            events.EventsWorker.drain_all(timeout=10)
-    return 0
+    """Console script entry point: the commands above, run by flows/cli_runtime.run_cli."""
+    run_cli(app)

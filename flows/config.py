@@ -22,7 +22,8 @@ from prefect_dbbackup.blocks.encryption import AgeEncryption, read_identity_file
 from prefect_dbbackup.blocks.errors import ConfigError, StorageError
 from prefect_dbbackup.blocks.kinds import BlockKind, by_config_name, by_slug
 from prefect_dbbackup.blocks.signing import public_key_text
-from prefect_dbbackup.blocks.storage import BackupStorage, new_dedup_key
+from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.blocks.storage_keys import new_dedup_key
 from pydantic import SecretStr, ValidationError
 
 PATH_FIELDS = {

@@ -35,12 +35,8 @@ import pyrage
 import zstandard
 from prefect_dbbackup.blocks.encryption import AgeEncryption, recipient_fingerprint
 from prefect_dbbackup.blocks.errors import AuthError, ConfigError, DiskFull, IntegrityError
-from prefect_dbbackup.blocks.storage import (
-    BackupStorage,
-    ObjectNotFound,
-    ReadFault,
-    check_gc_hours,
-)
+from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound, ReadFault
+from prefect_dbbackup.blocks.storage_keys import check_gc_hours
 from prefect_dbbackup.tasks.catalog import read_manifest, read_manifests, signature_key
 from prefect_dbbackup.tasks.layout import parse_manifest_key, series_prefix
 from prefect_dbbackup.tasks.logs import run_logger

@@ -266,7 +266,7 @@ class BlockEnv:
         """This env with a deduplicating storage block (a new local dir, or a new S3 prefix)
         and a fresh dedup key."""
         from prefect_dbbackup.blocks import LocalBackupStorage
-        from prefect_dbbackup.blocks.storage import new_dedup_key
+        from prefect_dbbackup.blocks.storage_keys import new_dedup_key
 
         fields = {"dedup": True, "dedup_key": new_dedup_key(), **fields}
         if s3 is not None:

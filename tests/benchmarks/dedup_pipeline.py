@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pyrage
-from prefect_dbbackup.blocks.storage import new_dedup_key
+from prefect_dbbackup.blocks.storage_keys import new_dedup_key
 
 from tests.benchmarks import cases, data, run
 from tests.benchmarks.daily import PATTERNS, MyChain, PgChain, Restic, make_chain, tree_bytes

@@ -144,7 +144,7 @@ def test_a_replaced_key_copy_is_reported_and_the_block_key_still_reads(env, pg_d
     """A key copy planted over the real one (encrypted to the public recipient, holding
     another key) is named; the chunks are still read with the block's own key."""
     import pyrage
-    from prefect_dbbackup.blocks.storage import new_dedup_key
+    from prefect_dbbackup.blocks.storage_keys import new_dedup_key
     from prefect_dbbackup.tasks.chunks import key_copy_key
 
     env = env.with_dedup()

@@ -13,7 +13,7 @@ import zstandard
 from prefect_aws import AwsCredentials
 from prefect_dbbackup.blocks import LocalBackupStorage, S3BackupStorage
 from prefect_dbbackup.blocks.registry import load_storage
-from prefect_dbbackup.blocks.storage import new_dedup_key
+from prefect_dbbackup.blocks.storage_keys import new_dedup_key
 from prefect_dbbackup.flows import backup as backup_flow
 from prefect_dbbackup.tasks import backup as backup_tasks
 from prefect_dbbackup.tasks.catalog import list_backups

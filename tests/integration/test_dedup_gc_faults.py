@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 import pytest
 from prefect_dbbackup.blocks import LocalBackupStorage
 from prefect_dbbackup.blocks.registry import load_storage
-from prefect_dbbackup.blocks.storage import new_dedup_key
+from prefect_dbbackup.blocks.storage_keys import new_dedup_key
 from prefect_dbbackup.flows.backup_report import BackupFailed
 from prefect_dbbackup.tasks import chunk_gc
 from prefect_dbbackup.tasks.catalog import list_backups

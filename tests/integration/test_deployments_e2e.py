@@ -452,7 +452,7 @@ def test_the_verify_deployment_passes_then_fails_on_a_corrupted_backup(
 def test_the_fleet_runs_each_server_deployment_and_names_the_ones_that_failed(
     real: Real, backup: Backup
 ) -> None:
-    from prefect_dbbackup.blocks.storage import LocalBackupStorage
+    from prefect_dbbackup.blocks.local_storage import LocalBackupStorage
     from prefect_dbbackup.flows.fleet import FleetFailed, backup_deployment_servers, backup_fleet
     from prefect_dbbackup.tasks.catalog import list_backups
 
@@ -477,7 +477,7 @@ def test_serve_runs_the_schedules_of_the_config_without_a_work_pool(
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
-    from prefect_dbbackup.blocks.storage import LocalBackupStorage
+    from prefect_dbbackup.blocks.local_storage import LocalBackupStorage
     from prefect_dbbackup.tasks.catalog import list_backups
 
     config = real.tmp / "serve.yaml"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyrage
 from prefect_dbbackup.blocks import LocalBackupStorage
-from prefect_dbbackup.blocks.storage import new_dedup_key
+from prefect_dbbackup.blocks.storage_keys import new_dedup_key
 from prefect_dbbackup.tasks.chunks import CHUNKS, KEYS, DedupKey, key_copy_key
 from typer.testing import CliRunner
 

@@ -24,15 +24,10 @@ from pathlib import Path
 
 import pytest
 from prefect_dbbackup.blocks.errors import IntegrityError, StorageError
+from prefect_dbbackup.blocks.local_storage import ForeignLink, LocalBackupStorage
 from prefect_dbbackup.blocks.memory import MemoryBackupStorage
 from prefect_dbbackup.blocks.s3 import MIN_PART_SIZE, MiB, S3BackupStorage
-from prefect_dbbackup.blocks.storage import (
-    BackupStorage,
-    ForeignLink,
-    LocalBackupStorage,
-    ObjectNotFound,
-    UnsafeKey,
-)
+from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound, UnsafeKey
 from prefect_dbbackup.tasks.prune import OWN_NAMES
 
 from tests.faulty_s3 import FaultyS3

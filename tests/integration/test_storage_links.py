@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from prefect_dbbackup.blocks.registry import load_storage
-from prefect_dbbackup.blocks.storage import new_dedup_key
+from prefect_dbbackup.blocks.storage_keys import new_dedup_key
 from prefect_dbbackup.tasks.catalog import list_backups
 from prefect_dbbackup.tasks.chunks import CHUNKS, parse_chunk_key
 from prefect_dbbackup.tasks.layout import MANIFEST_NAME, backup_key

@@ -111,7 +111,7 @@ def test_a_spool_damaged_on_the_worker_is_refused_before_upload(s3_server, tmp_p
 
 @pytest.fixture(params=["local", "s3"])
 def any_store(request):
-    from prefect_dbbackup.blocks.storage import LocalBackupStorage
+    from prefect_dbbackup.blocks.local_storage import LocalBackupStorage
 
     def make(s3_server, tmp_path: Path):
         if request.param == "s3":

@@ -47,7 +47,7 @@ class Keys:
     @classmethod
     def make(cls, root: Path) -> Keys:
         from prefect_dbbackup.blocks import signing
-        from prefect_dbbackup.blocks.storage import new_dedup_key
+        from prefect_dbbackup.blocks.storage_keys import new_dedup_key
 
         root.mkdir(parents=True, exist_ok=True)
         identity = pyrage.x25519.Identity.generate()

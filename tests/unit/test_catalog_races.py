@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 from prefect_dbbackup.blocks.errors import BackupNotFound
-from prefect_dbbackup.blocks.storage import LocalBackupStorage
+from prefect_dbbackup.blocks.local_storage import LocalBackupStorage
 from prefect_dbbackup.tasks.catalog import find_backup, scan_backups
 from prefect_dbbackup.tasks.layout import MANIFEST_NAME, SIGNATURE_NAME, backup_key
 

@@ -2,7 +2,7 @@
 
 import httpx
 import pytest
-from prefect_dbbackup.flows.cli import api_unreachable
+from prefect_dbbackup.flows.cli_runtime import api_unreachable
 from typer.testing import CliRunner
 
 

@@ -1,11 +1,12 @@
-"""Each command declares whether it talks to the Prefect API (flows/cli.py, @needs_api):
-what starts the local Prefect server derives from those declarations, not from a list
-kept beside the commands."""
+"""Each command declares whether it talks to the Prefect API (flows/cli.py, @needs_api
+from flows/cli_runtime.py): what starts the local Prefect server derives from those
+declarations, not from a list kept beside the commands."""
 
 from __future__ import annotations
 
 import pytest
-from prefect_dbbackup.flows.cli import _needs_api, command_needs
+from prefect_dbbackup.flows.cli import app
+from prefect_dbbackup.flows.cli_runtime import api_needed, command_needs
 
 OFFLINE = {
     ("keygen",),
@@ -19,7 +20,7 @@ OFFLINE = {
 
 def test_every_command_declares_its_need() -> None:
     """A new command without @needs_api fails here (and would start a server)."""
-    needs = command_needs()
+    needs = command_needs(app)
     undeclared = sorted(" ".join(words) for words, need in needs.items() if need is None)
     assert undeclared == [], f"commands without @needs_api: {undeclared}"
     assert {words for words, need in needs.items() if need is False} == OFFLINE
@@ -43,4 +44,4 @@ def test_every_command_declares_its_need() -> None:
     ],
 )
 def test_the_command_in_argv_decides(argv: list[str], needed: bool) -> None:
-    assert _needs_api(argv) is needed
+    assert api_needed(argv, app) is needed

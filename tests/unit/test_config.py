@@ -122,7 +122,7 @@ def test_a_lost_or_different_dedup_key_is_recovered_from_the_storage_never_made_
     database) -> the storage's key again, said so."""
     from types import SimpleNamespace
 
-    from prefect_dbbackup.blocks.storage import new_dedup_key
+    from prefect_dbbackup.blocks.storage_keys import new_dedup_key
     from prefect_dbbackup.flows.config import _give_dedup_key, _identities
     from prefect_dbbackup.tasks.chunks import DedupKey, ensure_key_copy
 

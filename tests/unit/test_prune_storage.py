@@ -8,8 +8,8 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prefect_dbbackup.blocks.local_storage import LocalBackupStorage
 from prefect_dbbackup.blocks.retention import RetentionPolicy
-from prefect_dbbackup.blocks.storage import LocalBackupStorage
 from prefect_dbbackup.tasks.layout import (
     GLOBALS_SEGMENT,
     MANIFEST_NAME,

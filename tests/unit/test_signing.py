@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from prefect_dbbackup.blocks import signing
 from prefect_dbbackup.blocks.errors import BackupNotFound, ConfigError, IntegrityError
+from prefect_dbbackup.blocks.local_storage import LocalBackupStorage
 from prefect_dbbackup.blocks.retention import RetentionPolicy
-from prefect_dbbackup.blocks.storage import LocalBackupStorage
 from prefect_dbbackup.tasks import catalog
 from prefect_dbbackup.tasks.catalog import (
     find_backup,
