@@ -58,6 +58,8 @@ class Engine:
     users_before_database: bool = False
     # restore --jobs N: the client restores an archive file in parallel
     parallel_restore: bool = False
+    # accounts the server creates for itself: a server block's default account_exclude
+    system_accounts: tuple[str, ...] = ()
     # how the manifest's row counts were taken (said in verify's log)
     row_counts_note: str = "exact, taken in the dump's own snapshot"
 
@@ -122,6 +124,8 @@ MYSQL = Engine(
     database_object="dump.sql.zst.age",
     users_object="globals.sql.zst.age",
     system_databases=frozenset({"mysql", "information_schema", "performance_schema", "sys"}),
+    # PUBLIC is MariaDB 10.11's holder of grants to everyone
+    system_accounts=("mariadb.sys", "mysql.sys", "mysql.session", "mysql.infoschema", "PUBLIC"),
     dump_options=(
         "--single-transaction",
         "--quick",

@@ -35,8 +35,6 @@ from pydantic import Field, PrivateAttr
 
 log = logging.getLogger("dbbackup")
 
-# accounts the server creates for itself; PUBLIC is MariaDB 10.11's grants-to-everyone holder
-SYSTEM_ACCOUNTS = ("mariadb.sys", "mysql.sys", "mysql.session", "mysql.infoschema", "PUBLIC")
 ACCOUNT_GONE = (1133, 1141, 1396)  # no such user / grant: dropped while we listed
 MISSING_OBJECT = (1146, 1054, 1305)  # no such table / column / routine
 NO_BACKSLASH_ESCAPES = "CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')"
@@ -84,7 +82,7 @@ class MySQLServer(DatabaseServer):
         "whole core and SQL text at level 1 keeps pace with it (docs/performance.md).",
     )
     account_exclude: list[str] = Field(
-        default_factory=lambda: list(SYSTEM_ACCOUNTS),
+        default_factory=lambda: list(MYSQL.system_accounts),
         description="Glob patterns of users/roles to skip (default: the server's own accounts).",
     )
     _history_plans: dict[str, tuple[bool, str | None]] = PrivateAttr(default_factory=dict)

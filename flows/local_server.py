@@ -52,6 +52,7 @@ from prefect_dbbackup.flows import procfs
 OPT_OUT_VARIABLE = "DBBACKUP_PREFECT_SERVER"
 START_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 15.0
+PORT_ATTEMPTS = 3  # starts on another free port when a program takes the chosen one first
 SERVER_AUTH_SETTING = "PREFECT_SERVER_API_AUTH_STRING"
 
 
@@ -288,7 +289,13 @@ def _forget(state: ServerState) -> None:
     (state_dir() / "server.json").unlink(missing_ok=True)
 
 
+class PortTaken(ConfigError):
+    """The port chosen for the server was taken by another program before it bound it."""
+
+
 def _spawn(port: int, secret: str) -> ServerState:
+    """Start the server on port and wait until it is proven ours and healthy. PortTaken
+    when another program took the port between its probe and the server's bind."""
     home = _this_home()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(
@@ -298,6 +305,7 @@ def _spawn(port: int, secret: str) -> ServerState:
         **{SERVER_AUTH_SETTING: secret},
     )
     log = open(state_dir() / "server.log", "ab")  # noqa: SIM115 (handed to the child)
+    start = log.tell()  # this start's output begins here
     with log:
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start"]
@@ -313,7 +321,12 @@ def _spawn(port: int, secret: str) -> ServerState:
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            tail = (state_dir() / "server.log").read_text(errors="replace")[-1500:]
+            with open(state_dir() / "server.log", "rb") as output:
+                output.seek(start)
+                tail = output.read().decode(errors="replace")[-1500:]
+            # Prefect's own check ("Port N is already in use") or uvicorn's bind (errno 98)
+            if "already in use" in tail.lower():
+                raise PortTaken(f"port {port} was taken before the local Prefect server bound it")
             raise ConfigError(
                 f"the local Prefect server did not start (exit {process.returncode}); "
                 f"its log {state_dir() / 'server.log'} ends with:\n{tail}"
@@ -346,7 +359,12 @@ def ensure_running() -> tuple[ServerState, bool]:
             return state, False
         if state is not None:
             _forget(state)  # stale, foreign, unhealthy, outdated: signalled only if ours
-        return _spawn(_port(state.port if state else None), secret), True
+        preferred = state.port if state else None
+        for _attempt in range(PORT_ATTEMPTS - 1):
+            with contextlib.suppress(PortTaken):  # another program won the race: another port
+                return _spawn(_port(preferred), secret), True
+            preferred = None
+        return _spawn(_port(None), secret), True
 
 
 def stop() -> ServerState | None:

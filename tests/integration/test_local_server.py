@@ -369,3 +369,37 @@ def _answers(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_port_another_program_takes_before_the_server_binds_it_is_given_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The free port dbbackup picks can be taken before the server binds it (a neighbour
+    starting at the same moment): the server is started on another port, not reported as
+    'did not start'. The race is forced: the first port handed out is one held open here."""
+    from prefect_dbbackup.flows import local_server
+
+    for name in [n for n in os.environ if n.startswith("PREFECT_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        held = taken.getsockname()[1]
+        handed = []
+        free = local_server._port
+
+        def first_the_held_port(preferred: int | None) -> int:
+            handed.append(held if not handed else free(preferred))
+            return handed[-1]
+
+        monkeypatch.setattr(local_server, "_port", first_the_held_port)
+        try:
+            state, started = local_server.ensure_running()
+            assert started and handed[0] == held and state.port == handed[-1] != held
+            assert local_server.healthy(state)
+            log = (tmp_path / "prefect-home" / "dbbackup-server" / "server.log").read_text()
+            assert f"Port {held} is already in use" in log  # the first start met the held port
+        finally:
+            local_server.stop()
