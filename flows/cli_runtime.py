@@ -124,8 +124,28 @@ def api_needed(argv: list[str], app: typer.Typer) -> bool:
     needs = command_needs(app)
     for length in range(1, len(words) + 1):
         if words[:length] in needs:
-            return needs[words[:length]] is not False
+            return needs[words[:length]] is not False and _parses(argv, app)
     return False
+
+
+def _parses(argv: list[str], app: typer.Typer) -> bool:
+    """Whether argv is a valid command line of app (arguments and options as declared):
+    a usage error (a missing argument, an unknown option) is answered without the API.
+    Parsed as the run will parse it (typer's own click), nothing invoked."""
+
+    def rest(ctx: Any) -> list[str]:  # a group's words after its own options
+        protected = getattr(ctx, "_protected_args", None) or getattr(ctx, "protected_args", [])
+        return [*protected, *ctx.args]
+
+    command: Any = typer.main.get_command(app)
+    try:
+        ctx = command.make_context("dbbackup", list(argv))
+        while hasattr(command, "resolve_command") and rest(ctx):  # a group: its subcommand
+            _, command, args = command.resolve_command(ctx, rest(ctx))
+            ctx = command.make_context(command.name, args, parent=ctx)
+    except Exception:  # noqa: BLE001 (any refusal of the parser: the run reports it itself)
+        return False
+    return True
 
 
 def _use_local_server(argv: list[str], app: typer.Typer) -> None:

@@ -200,6 +200,26 @@ def test_a_key_command_starts_no_server(home: Path, tmp_path: Path, command: str
     assert not (home / "dbbackup-server").exists(), f"{command} started a server"
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["backup"], "Missing argument 'server'"),
+        (["backup", "srv", "--no-such-option"], "No such option: --no-such-option"),
+        (["restore", "srv"], "Missing argument 'database'"),
+    ],
+)
+def test_a_usage_error_is_answered_without_starting_a_server(
+    home: Path, argv: list[str], said: str
+) -> None:
+    """A command line that does not parse is a usage error (exit 3), said at once: no local
+    server is started for it (it took 6 s), no Prefect API is asked."""
+    done = _dbbackup(_env(home), *argv)
+    assert done.returncode == 3, done.stderr
+    assert said in done.stderr
+    assert STARTED not in done.stderr
+    assert not (home / "dbbackup-server").exists(), f"{argv} started a server"
+
+
 def test_stale_and_outdated_servers_are_replaced(home: Path) -> None:
     env = _env(home)
     (home / "dbbackup-server").mkdir(parents=True)

@@ -37,10 +37,14 @@ def test_every_command_declares_its_need() -> None:
         (["backup", "srv", "-d", "db"], True),
         (["list", "keygen"], True),  # a server named like a command is an argument
         (["limits", "apply", "--config", "c.yaml"], True),
-        (["automations", "apply"], True),
+        (["automations", "apply", "--notify", "slack-webhook/ops"], True),
         ([], False),
         (["backup", "--help"], False),
         (["no-such-command"], False),  # a usage error, said without the API
+        (["backup"], False),  # a missing argument: a usage error too
+        (["backup", "srv", "--no-such-option"], False),
+        (["restore", "srv"], False),
+        (["automations", "apply"], False),  # --notify is required
     ],
 )
 def test_the_command_in_argv_decides(argv: list[str], needed: bool) -> None:
