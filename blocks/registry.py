@@ -81,6 +81,21 @@ def _names_of(slugs: dict[str, BlockKind]) -> list[str]:
     return names
 
 
+def server_names() -> list[str]:
+    """The names of the database server blocks (of every engine)."""
+    return _names_of(by_slug("server"))
+
+
+def unknown_server(name: str, suggestions: list[str]) -> ConfigError:
+    """The error for a server name that is neither a server block nor a series in storage."""
+    close = difflib.get_close_matches(name, suggestions, n=3)
+    hint = f"Did you mean {' or '.join(map(repr, close))}? " if close else ""
+    return ConfigError(
+        f"{name!r} is no server: no server block and no backups of that name. {hint}"
+        "`dbbackup list` takes a server block's name (a series in the storage)"
+    )
+
+
 def load_server(name: str) -> DatabaseServer:
     """The postgres-server or mysql-server block with this name."""
     return _load_one_of(name, "server", "database server")  # type: ignore[return-value]

@@ -207,10 +207,16 @@ def list_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """List the backups of SERVER, oldest first, with their signature status."""
-    from prefect_dbbackup.blocks.registry import load_storage
+    from prefect_dbbackup.blocks.registry import load_storage, server_names, unknown_server
     from prefect_dbbackup.tasks.catalog import scan_backups
+    from prefect_dbbackup.tasks.layout import series_prefix
 
-    entries = scan_backups(load_storage(storage), server, database)
+    sto = load_storage(storage)
+    entries = scan_backups(sto, server, database)
+    if not entries and not sto.list_keys(series_prefix(server)):
+        names = server_names()  # a series without objects: is it a server at all?
+        if server not in names:
+            fail(unknown_server(server, names))
     if as_json:
         _emit([_listed(e) for e in entries])
         return

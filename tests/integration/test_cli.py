@@ -152,3 +152,26 @@ def test_a_name_two_server_blocks_share_is_refused_naming_both_types(env, pg_db)
     assert f"{name!r} names several database server blocks" in result.stderr
     assert "mysql-server and postgres-server" in result.stderr
     assert not env.storage_path.exists() or not list(env.storage_path.rglob("*"))
+
+
+def test_list_of_an_unknown_server_exits_3_with_a_did_you_mean(env, pg_db, pg_admin):
+    """A typo is not an empty series; a server never backed up is; a series whose server
+    block is gone (the server was lost) still lists its backups."""
+    from prefect_dbbackup.blocks import PostgresServer
+
+    typo = env.cli("list", env.pg + "x")
+    assert typo.exit_code == 3, typo.output
+    assert f"{env.pg + 'x'!r} is no server" in typo.stderr and repr(env.pg) in typo.stderr
+    never = env.cli("list", env.pg)
+    assert never.exit_code == 0 and f"no complete backups of {env.pg}" in never.stderr
+    assert json.loads(env.cli("list", env.pg, "--json").stdout) == []
+
+    lost = f"lost-{uuid.uuid4().hex[:6]}"
+    PostgresServer(host="127.0.0.1", user="postgres", backup_users=False).save(lost)
+    db = pg_db()
+    pg_admin.execute(db, "CREATE TABLE t (id int)")
+    assert env.cli("backup", lost, "-d", db).exit_code == 0
+    PostgresServer.delete(lost)
+    listed = env.cli("list", lost, "--json")
+    assert listed.exit_code == 0, listed.output
+    assert [row["database"] for row in json.loads(listed.stdout)] == [db]
