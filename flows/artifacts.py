@@ -15,14 +15,6 @@ def md(text: str) -> str:
     return re.sub(r"([\\`*\[\]<>|])", r"\\\1", text.replace("\n", " "))
 
 
-def size(nbytes: int) -> str:
-    """A byte count for people: 950 B, 12.3 kB, 4.5 MB, 1.20 GB."""
-    for unit, scale, digits in (("GB", 1e9, 2), ("MB", 1e6, 1), ("kB", 1e3, 1)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.{digits}f} {unit}"
-    return f"{nbytes} B"
-
-
 def first_line(text: str | None) -> str:
     """The first line of an error message ('' for none)."""
     lines = (text or "").strip().splitlines()

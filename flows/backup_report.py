@@ -7,9 +7,10 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect_dbbackup.blocks.errors import ReportedFailure
-from prefect_dbbackup.flows.artifacts import artifact_key, first_line, md, size
+from prefect_dbbackup.flows.artifacts import artifact_key, first_line, md
 from prefect_dbbackup.tasks.events import emit_backup_event
 from prefect_dbbackup.tasks.manifest import Manifest
+from prefect_dbbackup.tasks.sizes import size
 from pydantic import BaseModel
 
 SUMMARY_ROWS = 50  # rows of succeeded databases in the markdown summary (all failures are shown)

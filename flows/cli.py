@@ -19,6 +19,7 @@ import typer
 from prefect_dbbackup.blocks.errors import ConfigError, DbBackupError
 from prefect_dbbackup.flows.cli_runtime import DbBackupGroup, fail, needs_api, run_cli
 from prefect_dbbackup.flows.text import printable
+from prefect_dbbackup.tasks.sizes import size
 
 if TYPE_CHECKING:
     from prefect_dbbackup.tasks.users import UsersResult
@@ -192,8 +193,8 @@ def backup(
 
     def detail(o: Any) -> str:
         ok = o.status == "ok"
-        size = f"{o.raw_bytes / 1e6:.1f} MB -> {o.stored_bytes / 1e6:.1f} MB" if ok else ""
-        return f"{size}  {printable(o.error or o.note or '')}"
+        sizes = f"{size(o.raw_bytes)} -> {size(o.stored_bytes)}" if ok else ""
+        return f"{sizes}  {printable(o.error or o.note or '')}"
 
     _show_outcomes(server, report, code, as_json, detail)
 
@@ -233,7 +234,7 @@ def list_cmd(
         name = printable(m.database) + ("" if m.kind == "database" else " (users/roles)")
         typer.echo(
             f"{name:30} {m.backup_id}  {m.finished_at:%Y-%m-%d %H:%M:%S}Z  "
-            f"{m.stats.raw_bytes / 1e6:10.1f} MB raw {m.stats.stored_bytes / 1e6:10.1f} MB stored"
+            f"{size(m.stats.raw_bytes):>10} raw {size(m.stats.stored_bytes):>10} stored"
             f"  {trust}"
         )
 

@@ -20,6 +20,7 @@ from prefect_dbbackup.flows.users import restore_users
 from prefect_dbbackup.tasks.catalog import find_backup
 from prefect_dbbackup.tasks.manifest import Manifest
 from prefect_dbbackup.tasks.restore import RestoreResult, RestoreStopped, restore_task
+from prefect_dbbackup.tasks.sizes import size
 from prefect_dbbackup.tasks.users import UsersPartlyRestored, UsersResult
 from prefect_dbbackup.tasks.workdir import private_workdir
 
@@ -60,10 +61,10 @@ class _UsersRestore:
 def _announce(manifest: Manifest, target: str, srv: DatabaseServer) -> None:
     """The run's first log line: which backup goes where."""
     get_run_logger().info(
-        "restoring backup %s of %r (%.1f MB stored) into %r on %s",
+        "restoring backup %s of %r (%s stored) into %r on %s",
         manifest.backup_id,
         manifest.database,
-        manifest.stats.stored_bytes / 1e6,
+        size(manifest.stats.stored_bytes),
         target,
         srv.describe(),
     )

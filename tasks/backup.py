@@ -42,6 +42,7 @@ from prefect_dbbackup.tasks.limits import dump_slot, host_slot
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import ChunkList, Manifest, StreamStats
 from prefect_dbbackup.tasks.retrying import retry_transient
+from prefect_dbbackup.tasks.sizes import size
 from prefect_dbbackup.tasks.spool import spool_path, spooling, work_dir_full, write_spool
 from prefect_dbbackup.tasks.stream import CountingReader, TrailedReader
 from pydantic import BaseModel
@@ -341,10 +342,10 @@ def _log_dumped(manifest: Manifest) -> None:
     """The log line of a finished dump: sizes, ratio, speed (and chunks reused)."""
     st, chunks = manifest.stats, manifest.chunks
     run_logger().info(
-        "dumped %r: %.1f MB raw -> %.1f MB stored (%.1fx) in %.1f s (%.0f MB/s)%s",
+        "dumped %r: %s raw -> %s stored (%.1fx) in %.1f s (%.0f MB/s)%s",
         manifest.database,
-        st.raw_bytes / 1e6,
-        st.stored_bytes / 1e6,
+        size(st.raw_bytes),
+        size(st.stored_bytes),
         st.raw_bytes / max(st.stored_bytes, 1),
         manifest.seconds,
         st.raw_bytes / 1e6 / max(manifest.seconds, 1e-3),
