@@ -72,6 +72,10 @@ class BackupReport(BaseModel):
     def failed(self) -> list[DatabaseOutcome]:
         return [o for o in self.outcomes if o.status != "ok"]
 
+    def counted(self) -> str:
+        """'N of M databases ok', the users/roles backup said apart (it is no database)."""
+        return counted(self.outcomes)
+
     def failures_first(self) -> list[DatabaseOutcome]:
         """The outcomes, failed ones first (a 1,000-database run shows what needs action)."""
         return self.failed + [o for o in self.outcomes if o.status == "ok"]
@@ -99,12 +103,10 @@ class BackupReport(BaseModel):
 
     def publish(self) -> None:
         """Create the table artifact of this run in Prefect."""
-        ok = len(self.outcomes) - len(self.failed)
         create_table_artifact(
             key=artifact_key("backup", self.server),
             table=self.table(),
-            description=f"{ok}/{len(self.outcomes)} databases of {self.server} backed up to "
-            f"{self.storage}",
+            description=f"{self.server} to {self.storage}: {self.counted()}",
         )
 
     def summary(self) -> str:
@@ -118,7 +120,7 @@ class BackupReport(BaseModel):
             else "n/a"
         )
         lines = [
-            f"## Backup of {md(self.server)}: {len(ok)} of {len(self.outcomes)} databases ok",
+            f"## Backup of {md(self.server)}: {self.counted()}",
             "",
             f"- **Where:** {md(self.storage)}" + (f", backup id {', '.join(ids)}" if ids else ""),
             f"- **Size:** {size(raw)} raw, {size(stored)} stored",
@@ -178,8 +180,21 @@ def failure_exit_code(outcomes: list[BaseModel]) -> int:
     database failed exits 2 even though `_globals` succeeded, and a run where only
     `_globals` failed exits 1.
     """
-    databases = [o for o in outcomes if getattr(o, "kind", "database") != "globals"]
+    databases = [o for o in outcomes if _is_database(o)]
     return 2 if all(o.status != "ok" for o in databases) else 1
+
+
+def _is_database(outcome: BaseModel) -> bool:
+    return getattr(outcome, "kind", "database") != "globals"
+
+
+def counted(outcomes: list[Any]) -> str:
+    """'1 of 2 databases ok' (+ '; users/roles ok' or 'failed' when the run had them)."""
+    databases = [o for o in outcomes if _is_database(o)]
+    ok = sum(o.status == "ok" for o in databases)
+    users = [o.status for o in outcomes if not _is_database(o)]
+    said = f"{ok} of {len(databases)} database{'s' * (len(databases) != 1)} ok"
+    return said + (f"; users/roles {'ok' if users == ['ok'] else 'failed'}" if users else "")
 
 
 class DatabasesFailed(ReportedFailure):
@@ -187,14 +202,18 @@ class DatabasesFailed(ReportedFailure):
     `report` has the server, the outcomes and the failed ones."""
 
     def __init__(self, report: Any) -> None:  # a BackupReport or a VerifyReport
-        failed = report.failed
-        details = "; ".join(
-            f"{o.database!r}: {first_line(o.error)}" for o in failed[:NAMED_FAILURES]
-        )
+        failed = [o for o in report.failed if _is_database(o)]
+        named = [f"{o.database!r}: {first_line(o.error)}" for o in failed[:NAMED_FAILURES]]
         if len(failed) > NAMED_FAILURES:
-            details += f"; and {len(failed) - NAMED_FAILURES} more (see the run's artifacts)"
-        total = len(report.outcomes)
-        message = f"{len(failed)} of {total} databases of {report.server} failed: {details}"
+            named.append(f"and {len(failed) - NAMED_FAILURES} more (see the run's artifacts)")
+        users = [first_line(o.error) for o in report.failed if not _is_database(o)]
+        total = sum(_is_database(o) for o in report.outcomes)
+        if failed:
+            named += [f"the users/roles backup: {error}" for error in users]
+            message = f"{len(failed)} of {total} databases of {report.server} failed: "
+            message += "; ".join(named)
+        else:
+            message = f"the users/roles backup of {report.server} failed: {'; '.join(users)}"
         super().__init__(message, report)
         self.exit_code = failure_exit_code(report.outcomes)
 

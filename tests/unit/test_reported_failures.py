@@ -67,6 +67,15 @@ def test_the_exit_codes_and_messages_say_what_failed() -> None:
     backup, verify, check, fleet, users = _failures()
     assert (backup.exit_code, verify.exit_code, check.exit_code, users.exit_code) == (1, 2, 1, 1)
     assert "1 of 2 databases of srv failed: 'a': disk full" in str(backup)
+    users = BackupReport(
+        server="srv",
+        storage="x",
+        outcomes=[
+            DatabaseOutcome(database="a", kind="database", status="ok"),
+            DatabaseOutcome(database="_globals", kind="globals", status="failed", error="denied"),
+        ],
+    )
+    assert str(BackupFailed(users)).startswith("the users/roles backup of srv failed: denied")
     assert "1 of 2 server backups did not complete: s1: Failed boom" in str(fleet)
 
 
