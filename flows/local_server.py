@@ -2,7 +2,10 @@
 
 Without `PREFECT_API_URL` (in the environment or the active Prefect profile), the
 first command starts one `prefect server start` in the background on 127.0.0.1
-and a free port, and every later command reuses it: a command pays its imports
+(port 4200 when free, else a free one; the port is kept in `dbbackup-server/port`, so
+the UI's address stays the same across restarts; `DBBACKUP_SERVER_PORT` names another,
+or 0 for any free one), and every later command reuses it: a
+command pays its imports
 and API calls, not a server start. The server keeps its SQLite database under
 `PREFECT_HOME` (made 0700: the database holds the key that decrypts the secret
 blocks). Its state lives in `PREFECT_HOME/dbbackup-server/`: `server.json`
@@ -52,6 +55,8 @@ from prefect_dbbackup.flows import procfs
 OPT_OUT_VARIABLE = "DBBACKUP_PREFECT_SERVER"
 START_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 15.0
+DEFAULT_PORT = 4200  # Prefect's own: the UI address people know
+PORT_VARIABLE = "DBBACKUP_SERVER_PORT"
 PORT_ATTEMPTS = 3  # starts on another free port when a program takes the chosen one first
 SERVER_AUTH_SETTING = "PREFECT_SERVER_API_AUTH_STRING"
 
@@ -117,6 +122,37 @@ def read_state() -> ServerState | None:
         return ServerState(**data)
     except (OSError, ValueError, TypeError):
         return None
+
+
+def _port_setting() -> int | None:
+    """DBBACKUP_SERVER_PORT: a port (it wins), 0 (any free port), unset (None)."""
+    raw = os.environ.get(PORT_VARIABLE, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not (int(raw) == 0 or 1024 <= int(raw) <= 65535):
+        raise ConfigError(f"{PORT_VARIABLE}={raw!r}: a port from 1024 to 65535, or 0 for any")
+    return int(raw)
+
+
+def _remembered_port() -> int | None:
+    """The port to start on: DBBACKUP_SERVER_PORT when it names one; else the port this
+    home's server had last (kept across stops); else 4200 (None with the setting 0: any
+    free port). Only ever a port to start on: what answers there is proven ours before use."""
+    setting = _port_setting()
+    if setting:
+        return setting
+    try:
+        port = int((state_dir() / "port").read_text().strip())
+    except (OSError, ValueError):
+        return DEFAULT_PORT if setting is None else None
+    return port if 1024 <= port <= 65535 else DEFAULT_PORT
+
+
+def _remember_port(port: int) -> None:
+    path = state_dir() / "port"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, path)
 
 
 def _write_state(state: ServerState) -> None:
@@ -333,6 +369,7 @@ def _spawn(port: int, secret: str) -> ServerState:
             )
         if _listener_is(process.pid, port) and healthy(state):
             _write_state(state)
+            _remember_port(port)
             secure_home(prefect_home())
             return state
         time.sleep(0.25)
@@ -359,7 +396,7 @@ def ensure_running() -> tuple[ServerState, bool]:
             return state, False
         if state is not None:
             _forget(state)  # stale, foreign, unhealthy, outdated: signalled only if ours
-        preferred = state.port if state else None
+        preferred = state.port if state else _remembered_port()
         for _attempt in range(PORT_ATTEMPTS - 1):
             with contextlib.suppress(PortTaken):  # another program won the race: another port
                 return _spawn(_port(preferred), secret), True

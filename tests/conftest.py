@@ -24,6 +24,9 @@ _NO_CERTS = Path(__file__).with_name("trust_anchor.d")
 for _name in ("SSL_CERT_FILE", "PREFECT_API_SSL_CERT_FILE"):
     os.environ.setdefault(_name, _TRUST_ANCHOR)
 os.environ.setdefault("SSL_CERT_DIR", str(_NO_CERTS))
+# Each test's PREFECT_HOME starts its local server on any free port, not on 4200 (the
+# default): dozens of homes in parallel would race for it (test_local_server.py tests 4200).
+os.environ.setdefault("DBBACKUP_SERVER_PORT", "0")
 
 # Prefect configures logging (dictConfig, replacing the root handlers) on first import of
 # prefect.main: do it before any test, so that caplog's handler is never swept away later

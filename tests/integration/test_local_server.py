@@ -220,6 +220,41 @@ def test_a_usage_error_is_answered_without_starting_a_server(
     assert not (home / "dbbackup-server").exists(), f"{argv} started a server"
 
 
+def test_a_new_homes_server_takes_4200_when_it_is_free(home: Path) -> None:
+    """Prefect's own port by default (no DBBACKUP_SERVER_PORT); when another program holds
+    it, a free port, which is kept from then on. No other test uses 4200 (conftest)."""
+    env = _env(home)
+    env.pop("DBBACKUP_SERVER_PORT")
+    with socket.socket() as probe:
+        free = probe.connect_ex(("127.0.0.1", 4200)) != 0
+    assert _dbbackup(env, "server", "start").returncode == 0
+    port = _state(home)["port"]
+    assert (port == 4200) is free, f"4200 {'free' if free else 'taken'}, server on {port}"
+    assert (home / "dbbackup-server" / "port").read_text().strip() == str(port)
+
+
+@pytest.mark.parametrize("value", ["http", "80", "70000"])
+def test_a_port_setting_that_is_no_port_is_refused_before_any_start(home: Path, value: str) -> None:
+    done = _dbbackup({**_env(home), "DBBACKUP_SERVER_PORT": value}, "server", "start")
+    assert done.returncode == 3, done.stderr
+    assert f"DBBACKUP_SERVER_PORT={value!r}: a port from 1024 to 65535, or 0" in done.stderr
+    assert not (home / "dbbackup-server" / "server.json").exists()
+
+
+def test_a_restarted_server_keeps_its_port(home: Path) -> None:
+    """The UI's address stays the same across a stop and a start (4200 when it was free at
+    the first start, else the port chosen then), and `server status` prints it."""
+    env = _env(home)
+    assert _dbbackup(env, "server", "start").returncode == 0
+    first = _state(home)["port"]
+    assert (home / "dbbackup-server" / "port").read_text().strip() == str(first)
+    assert _dbbackup(env, "server", "stop").stdout.strip() == "stopped"
+    assert _dbbackup(env, "server", "start").returncode == 0
+    assert _state(home)["port"] == first
+    status = _dbbackup(env, "server", "status")
+    assert status.returncode == 0 and f"http://127.0.0.1:{first}" in status.stdout
+
+
 def test_stale_and_outdated_servers_are_replaced(home: Path) -> None:
     env = _env(home)
     (home / "dbbackup-server").mkdir(parents=True)
