@@ -27,6 +27,13 @@ def test_wheel_installs_only_the_namespace_and_ships_automations(tmp_path: Path)
     assert top == {"prefect_dbbackup"}
     assert "prefect_dbbackup/deployments/automations/backup-failed.yaml" in names
     assert "prefect_dbbackup/deployments/prefect.yaml" in names
+    # every module of the tree, subpackages included (pyproject lists packages one by one)
+    modules = {
+        f"prefect_dbbackup/{path.relative_to(ROOT).as_posix()}"
+        for package in ("blocks", "tasks", "flows", "deployments")
+        for path in (ROOT / package).rglob("*.py")
+    }
+    assert sorted(modules - set(names)) == [], "modules missing from the wheel"
 
     # a venv that sees the machine's dependencies but not the editable checkout
     env_dir = tmp_path / "venv"

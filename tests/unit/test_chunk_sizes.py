@@ -8,7 +8,7 @@ import subprocess
 import pyrage
 import pytest
 import zstandard
-from prefect_dbbackup.tasks.chunks import min_stored
+from prefect_dbbackup.tasks.dedup.layout import min_stored
 
 SMALLEST = zstandard.ZstdCompressor(write_checksum=True).compress(b"\0")  # a 1-byte chunk
 
