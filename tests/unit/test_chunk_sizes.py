@@ -1,4 +1,4 @@
-"""The smallest stored chunk (tasks/chunks.min_stored): exactly what the age CLI writes for
+"""The smallest stored chunk (tasks/dedup/layout.min_stored): exactly what the age CLI writes for
 the smallest chunk, and never above what dbbackup's own encryption writes."""
 
 from __future__ import annotations
