@@ -19,8 +19,8 @@ from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.prune import report_prune
 from prefect_dbbackup.flows.retries import transient_retries_only
 from prefect_dbbackup.tasks.backup import BackupRun, StoredBackup, backup_task
-from prefect_dbbackup.tasks.chunk_gc import collect_chunks_task, uses_chunks
-from prefect_dbbackup.tasks.chunks import writer_key
+from prefect_dbbackup.tasks.dedup.gc import collect_chunks_task, uses_chunks
+from prefect_dbbackup.tasks.dedup.keys import writer_key
 from prefect_dbbackup.tasks.layout import GLOBALS_SEGMENT, new_backup_id
 from prefect_dbbackup.tasks.limits import DumpSlots
 from prefect_dbbackup.tasks.prune import prune_task

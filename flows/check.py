@@ -8,7 +8,7 @@ from prefect_dbbackup.blocks.errors import ReportedFailure
 from prefect_dbbackup.blocks.registry import load_encryption, load_storage
 from prefect_dbbackup.flows.artifacts import artifact_key, md
 from prefect_dbbackup.flows.crashed_runs import recorded_run
-from prefect_dbbackup.tasks.chunk_check import CheckReport, check_storage_task
+from prefect_dbbackup.tasks.dedup.check import CheckReport, check_storage_task
 
 SHOWN = 50  # findings listed in the artifact and the error message; the rest are counted
 

@@ -223,7 +223,7 @@ def _give_dedup_key(
     """
     if not storage.dedup or storage.dedup_key is not None or storage.dedup_key_file:
         return None
-    from prefect_dbbackup.tasks.chunks import DedupKey, key_copies, recover_key
+    from prefect_dbbackup.tasks.dedup.keys import DedupKey, key_copies, recover_key
 
     stored = (document.data if document is not None else {}).get("dedup_key")
     if isinstance(stored, SecretStr):

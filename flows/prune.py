@@ -9,7 +9,7 @@ from prefect_dbbackup.blocks.registry import load_server, load_storage
 from prefect_dbbackup.blocks.retention import RetentionPolicy
 from prefect_dbbackup.flows.artifacts import artifact_key, md
 from prefect_dbbackup.flows.crashed_runs import recorded_run
-from prefect_dbbackup.tasks.chunk_gc import ChunkCollection, collect_chunks_task, uses_chunks
+from prefect_dbbackup.tasks.dedup.gc import ChunkCollection, collect_chunks_task, uses_chunks
 from prefect_dbbackup.tasks.events import database_resource, server_related
 from prefect_dbbackup.tasks.prune import PruneItem, prune_task
 

@@ -31,12 +31,9 @@ from prefect_dbbackup.blocks.process import (
 from prefect_dbbackup.blocks.server import DatabaseServer, DumpSnapshot, RowCounter, ToolCommand
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.catalog import publish_manifest
-from prefect_dbbackup.tasks.chunks import (
-    ChunkWriter,
-    ensure_key_copy,
-    gc_parameters,
-    writer_key,
-)
+from prefect_dbbackup.tasks.dedup.keys import ensure_key_copy, writer_key
+from prefect_dbbackup.tasks.dedup.layout import gc_parameters
+from prefect_dbbackup.tasks.dedup.writer import ChunkWriter
 from prefect_dbbackup.tasks.layout import backup_key
 from prefect_dbbackup.tasks.limits import dump_slot, host_slot
 from prefect_dbbackup.tasks.logs import run_logger

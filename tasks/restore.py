@@ -27,7 +27,7 @@ from prefect_dbbackup.blocks.errors import (
 from prefect_dbbackup.blocks.process import ToolProcess, interrupted
 from prefect_dbbackup.blocks.server import DatabaseServer, ToolCommand, staging_name
 from prefect_dbbackup.blocks.storage import BackupStorage
-from prefect_dbbackup.tasks.chunks import chunk_stream
+from prefect_dbbackup.tasks.dedup.reader import chunk_stream
 from prefect_dbbackup.tasks.layout import backup_key
 from prefect_dbbackup.tasks.logs import Logger, run_logger
 from prefect_dbbackup.tasks.manifest import Manifest

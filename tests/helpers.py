@@ -314,7 +314,7 @@ class CliResult:
 
 def age_gc_marks(storage_root: Path, seconds: float) -> None:
     """Make the chunk collections marked on a local storage `seconds` older by every clock a
-    sweep reads (tasks/chunk_gc._Collector.age): the mark file's store time (mtime) and the
+    sweep reads (tasks/dedup/gc._Collector.age): the mark file's store time (mtime) and the
     marker's wall clock and boottime in it. Instead of sleeping through a grace period."""
     marks = sorted((storage_root / "_dedup" / "gc").glob("*.json"))
     assert marks, f"no chunk collection is marked under {storage_root}"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prefect_dbbackup.blocks.registry import load_storage
 from prefect_dbbackup.tasks.catalog import list_backups
-from prefect_dbbackup.tasks.chunks import FOSSILS, chunk_key, recipient_set
+from prefect_dbbackup.tasks.dedup.layout import FOSSILS, chunk_key, recipient_set
 from prefect_dbbackup.tasks.layout import encode_name
 
 from tests.helpers import MY, PG

@@ -8,7 +8,7 @@ import json
 
 from prefect_dbbackup.blocks.registry import load_storage
 from prefect_dbbackup.tasks.catalog import list_backups
-from prefect_dbbackup.tasks.chunks import (
+from prefect_dbbackup.tasks.dedup.layout import (
     GC,
     chunk_key,
     damaged_key,
@@ -145,7 +145,7 @@ def test_a_replaced_key_copy_is_reported_and_the_block_key_still_reads(env, pg_d
     another key) is named; the chunks are still read with the block's own key."""
     import pyrage
     from prefect_dbbackup.blocks.storage_keys import new_dedup_key
-    from prefect_dbbackup.tasks.chunks import key_copy_key
+    from prefect_dbbackup.tasks.dedup.keys import key_copy_key
 
     env = env.with_dedup()
     _, storage, (one, _), _ = _two_backups(env, pg_db, pg_admin)

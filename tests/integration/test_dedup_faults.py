@@ -17,7 +17,7 @@ from prefect_dbbackup.blocks.storage_keys import new_dedup_key
 from prefect_dbbackup.flows import backup as backup_flow
 from prefect_dbbackup.tasks import backup as backup_tasks
 from prefect_dbbackup.tasks.catalog import list_backups
-from prefect_dbbackup.tasks.chunks import CHUNKS
+from prefect_dbbackup.tasks.dedup.layout import CHUNKS
 
 from tests.faulty_s3 import FaultyS3
 from tests.s3server import ACCESS_KEY, SECRET_KEY

@@ -15,10 +15,10 @@ import pytest
 from prefect_dbbackup.blocks.registry import load_storage
 from prefect_dbbackup.flows.backup import backup_server
 from prefect_dbbackup.flows.backup_report import BackupFailed
-from prefect_dbbackup.tasks import chunks as chunk_module
 from prefect_dbbackup.tasks.catalog import list_backups
-from prefect_dbbackup.tasks.chunk_gc import collect_chunks
-from prefect_dbbackup.tasks.chunks import CHUNKS, FOSSILS, parse_chunk_key
+from prefect_dbbackup.tasks.dedup.gc import collect_chunks
+from prefect_dbbackup.tasks.dedup.layout import CHUNKS, FOSSILS, parse_chunk_key
+from prefect_dbbackup.tasks.dedup.writer import ChunkWriter
 from prefect_dbbackup.tasks.layout import MANIFEST_NAME, SIGNATURE_NAME, backup_key
 
 from tests.helpers import age_gc_marks
@@ -50,7 +50,7 @@ class PausedBackup:
         self.reached, self.go = threading.Event(), threading.Event()
         self.writer = None
         self.error: BaseException | None = None
-        original = chunk_module.ChunkWriter.fence
+        original = ChunkWriter.fence
 
         def paused_fence(writer, chunks, fence_seconds):  # noqa: ANN001, ANN202
             self.writer = writer
@@ -58,7 +58,7 @@ class PausedBackup:
             assert self.go.wait(120)
             return original(writer, chunks, fence_seconds)
 
-        monkeypatch.setattr(chunk_module.ChunkWriter, "fence", paused_fence)
+        monkeypatch.setattr(ChunkWriter, "fence", paused_fence)
 
         def run() -> None:
             try:

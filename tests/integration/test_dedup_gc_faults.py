@@ -20,10 +20,10 @@ from prefect_dbbackup.blocks import LocalBackupStorage
 from prefect_dbbackup.blocks.registry import load_storage
 from prefect_dbbackup.blocks.storage_keys import new_dedup_key
 from prefect_dbbackup.flows.backup_report import BackupFailed
-from prefect_dbbackup.tasks import chunk_gc
 from prefect_dbbackup.tasks.catalog import list_backups
-from prefect_dbbackup.tasks.chunk_gc import collect_chunks
-from prefect_dbbackup.tasks.chunks import CHUNKS, FOSSILS, GC, chunk_key, fossil_key
+from prefect_dbbackup.tasks.dedup import gc as dedup_gc
+from prefect_dbbackup.tasks.dedup.gc import collect_chunks
+from prefect_dbbackup.tasks.dedup.layout import CHUNKS, FOSSILS, GC, chunk_key, fossil_key
 
 from tests.helpers import age_gc_marks
 from tests.integration.test_dedup_gc import (
@@ -134,7 +134,7 @@ def _shift_clock(monkeypatch: pytest.MonkeyPatch, by: timedelta) -> None:
         def now(cls, tz=None):  # noqa: ANN001, ANN206
             return datetime.now(tz) + by
 
-    monkeypatch.setattr(chunk_gc, "datetime", Shifted)
+    monkeypatch.setattr(dedup_gc, "datetime", Shifted)
 
 
 def test_a_clock_step_between_mark_and_sweep_deletes_no_chunk_a_backup_relies_on(

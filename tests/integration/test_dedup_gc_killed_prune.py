@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from prefect_dbbackup.blocks.registry import load_storage
 from prefect_dbbackup.tasks.catalog import list_backups
-from prefect_dbbackup.tasks.chunks import CHUNKS, FOSSILS, GC, boottime, gc_parameters
+from prefect_dbbackup.tasks.dedup.layout import CHUNKS, FOSSILS, GC, boottime, gc_parameters
 
 from tests.helpers import age_gc_marks
 from tests.integration.cli_process import start_cli, storage_args, wait_for

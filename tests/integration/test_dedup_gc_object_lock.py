@@ -19,8 +19,8 @@ from prefect.client.schemas.sorting import ArtifactSort
 from prefect_dbbackup.blocks.registry import load_storage
 from prefect_dbbackup.flows.artifacts import artifact_key
 from prefect_dbbackup.tasks.catalog import list_backups
-from prefect_dbbackup.tasks.chunk_gc import collect_chunks
-from prefect_dbbackup.tasks.chunks import CHUNKS, FOSSILS, GC, parse_chunk_key
+from prefect_dbbackup.tasks.dedup.gc import collect_chunks
+from prefect_dbbackup.tasks.dedup.layout import CHUNKS, FOSSILS, GC, parse_chunk_key
 from prefect_dbbackup.tasks.layout import MANIFEST_NAME, SIGNATURE_NAME, backup_key
 
 from tests.integration.cli_process import wait_for

@@ -11,7 +11,13 @@ import math
 import pytest
 from prefect_dbbackup.blocks.registry import load_storage
 from prefect_dbbackup.tasks.catalog import list_backups
-from prefect_dbbackup.tasks.chunks import CHUNKS, DAMAGED, chunk_key, damaged_key, recipient_set
+from prefect_dbbackup.tasks.dedup.layout import (
+    CHUNKS,
+    DAMAGED,
+    chunk_key,
+    damaged_key,
+    recipient_set,
+)
 
 from tests.faulty_s3 import FaultyS3
 from tests.integration.test_dedup_faults import _dedup_s3_behind

@@ -8,7 +8,7 @@ import os
 
 from prefect_dbbackup.blocks.registry import load_storage
 from prefect_dbbackup.tasks.catalog import list_backups
-from prefect_dbbackup.tasks.chunks import chunk_key, recipient_set
+from prefect_dbbackup.tasks.dedup.layout import chunk_key, recipient_set
 
 TABLE = (
     "CREATE TABLE t (id int PRIMARY KEY, v text);"

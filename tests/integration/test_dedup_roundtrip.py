@@ -8,7 +8,7 @@ import json
 from prefect_dbbackup.blocks import LocalBackupStorage
 from prefect_dbbackup.blocks.registry import load_storage
 from prefect_dbbackup.tasks.catalog import list_backups
-from prefect_dbbackup.tasks.chunks import CHUNKS, KEYS
+from prefect_dbbackup.tasks.dedup.layout import CHUNKS, KEYS
 
 ROWS = 60_000  # ~10 MB of dump: several chunks
 

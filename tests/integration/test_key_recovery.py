@@ -11,7 +11,8 @@ from pathlib import Path
 import pyrage
 from prefect_dbbackup.blocks import LocalBackupStorage
 from prefect_dbbackup.blocks.storage_keys import new_dedup_key
-from prefect_dbbackup.tasks.chunks import CHUNKS, KEYS, DedupKey, key_copy_key
+from prefect_dbbackup.tasks.dedup.keys import DedupKey, key_copy_key
+from prefect_dbbackup.tasks.dedup.layout import CHUNKS, KEYS
 from typer.testing import CliRunner
 
 from tests.helpers import CliResult

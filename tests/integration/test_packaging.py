@@ -4,6 +4,7 @@ the `dbbackup` script, and carries the shipped automations and prefect.yaml."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -11,12 +12,27 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("blocks", "tasks", "flows", "deployments")
+
+
+def clean_source(target: Path) -> Path:
+    """The files a wheel is built from, copied without the checkout's build/ and egg-info:
+    setuptools would reuse a package left in build/ by an earlier build."""
+    target.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, target / name)
+    for package in PACKAGES:
+        shutil.copytree(
+            ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return target
 
 
 def test_wheel_installs_only_the_namespace_and_ships_automations(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q"] + ["-w", str(wheels), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q"]
+        + ["-w", str(wheels), str(clean_source(tmp_path / "src"))],
         check=True,
         capture_output=True,
     )
@@ -27,6 +43,13 @@ def test_wheel_installs_only_the_namespace_and_ships_automations(tmp_path: Path)
     assert top == {"prefect_dbbackup"}
     assert "prefect_dbbackup/deployments/automations/backup-failed.yaml" in names
     assert "prefect_dbbackup/deployments/prefect.yaml" in names
+    # every module of the tree, subpackages included (pyproject lists packages one by one)
+    modules = {
+        f"prefect_dbbackup/{path.relative_to(ROOT).as_posix()}"
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+    }
+    assert sorted(modules - set(names)) == [], "modules missing from the wheel"
 
     # a venv that sees the machine's dependencies but not the editable checkout
     env_dir = tmp_path / "venv"

@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect_dbbackup.blocks.registry import load_storage
 from prefect_dbbackup.blocks.storage_keys import new_dedup_key
 from prefect_dbbackup.tasks.catalog import list_backups
-from prefect_dbbackup.tasks.chunks import CHUNKS, parse_chunk_key
+from prefect_dbbackup.tasks.dedup.layout import CHUNKS, parse_chunk_key
 from prefect_dbbackup.tasks.layout import MANIFEST_NAME, backup_key
 
 PLANTED = "20991231T000000Z-0001"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prefect_dbbackup.blocks.registry import load_storage
 from prefect_dbbackup.tasks.catalog import list_backups
-from prefect_dbbackup.tasks.chunks import CHUNKS, FOSSILS, GC, KEYS
+from prefect_dbbackup.tasks.dedup.layout import CHUNKS, FOSSILS, GC, KEYS
 from prefect_dbbackup.tasks.layout import MANIFEST_NAME, SIGNATURE_NAME, backup_key
 
 from tests.integration.cli_process import run_cli, storage_args

@@ -97,7 +97,7 @@ def verified_copy(h: Harness, engine: str, listed: dict[str, str]) -> str:
 
 def truncate_chunk(h: Harness, engine: str, listed: dict[str, str]) -> str:
     """Case 6: one chunk of the newest backup truncated to 0 bytes."""
-    from prefect_dbbackup.tasks.chunks import CHUNKS, parse_chunk_key
+    from prefect_dbbackup.tasks.dedup.layout import CHUNKS, parse_chunk_key
 
     newest = _newest_signed(listed)
     manifest = h.world.manifest(engine, newest) if newest else None
@@ -120,7 +120,7 @@ def truncate_chunk(h: Harness, engine: str, listed: dict[str, str]) -> str:
 
 def chunk_symlink(h: Harness, engine: str, listed: dict[str, str]) -> str:
     """Case 7: a link named like a chunk, pointing at the worker's signing key file."""
-    from prefect_dbbackup.tasks.chunks import CHUNKS, parse_chunk_key
+    from prefect_dbbackup.tasks.dedup.layout import CHUNKS, parse_chunk_key
 
     storage = h.world.load_storage()
     chunks = [k for k in storage.list_keys(CHUNKS + "/") if parse_chunk_key(k)]

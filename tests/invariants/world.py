@@ -301,7 +301,7 @@ class World:
 
     def chunk_ids(self) -> set[str]:
         """Ids of the chunks stored in `chunks/` (not those set aside)."""
-        from prefect_dbbackup.tasks.chunks import CHUNKS, parse_chunk_key
+        from prefect_dbbackup.tasks.dedup.layout import CHUNKS, parse_chunk_key
 
         keys = self.load_storage().list_keys(CHUNKS + "/")
         return {parsed[1] for parsed in map(parse_chunk_key, keys) if parsed}

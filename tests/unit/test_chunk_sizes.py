@@ -1,4 +1,4 @@
-"""The smallest stored chunk (tasks/chunks.min_stored): exactly what the age CLI writes for
+"""The smallest stored chunk (tasks/dedup/layout.min_stored): exactly what the age CLI writes for
 the smallest chunk, and never above what dbbackup's own encryption writes."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import subprocess
 import pyrage
 import pytest
 import zstandard
-from prefect_dbbackup.tasks.chunks import min_stored
+from prefect_dbbackup.tasks.dedup.layout import min_stored
 
 SMALLEST = zstandard.ZstdCompressor(write_checksum=True).compress(b"\0")  # a 1-byte chunk
 

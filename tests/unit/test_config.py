@@ -124,7 +124,7 @@ def test_a_lost_or_different_dedup_key_is_recovered_from_the_storage_never_made_
 
     from prefect_dbbackup.blocks.storage_keys import new_dedup_key
     from prefect_dbbackup.flows.config import _give_dedup_key, _identities
-    from prefect_dbbackup.tasks.chunks import DedupKey, ensure_key_copy
+    from prefect_dbbackup.tasks.dedup.keys import DedupKey, ensure_key_copy
 
     identity = pyrage.x25519.Identity.generate()
     (tmp_path / "id.txt").write_text(f"{identity}\n")

@@ -12,7 +12,7 @@ from prefect_dbbackup.flows.backup_report import BackupFailed, BackupReport, Dat
 from prefect_dbbackup.flows.check import CheckFailed
 from prefect_dbbackup.flows.fleet import FleetFailed, ServerRun
 from prefect_dbbackup.flows.verify import VerifyOutcome, VerifyReport, VerifyRunFailed
-from prefect_dbbackup.tasks.chunk_check import CheckReport, Finding
+from prefect_dbbackup.tasks.dedup.check import CheckReport, Finding
 from prefect_dbbackup.tasks.users import UsersPartlyRestored, UsersResult
 
 

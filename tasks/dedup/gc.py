@@ -10,9 +10,9 @@ names any more go, in two phases and without a lock (docs/dedup.md, "Garbage col
   read every manifest again; a fossil one of them names is copied back to chunks/, the
   others are deleted. Only sweeps delete chunk data. Fossils whose mark file is gone go
   back to chunks/.
-Grace and fence are the storage's own (tasks/chunks.gc_parameters). A backup that relied
-on a chunk writes its manifest within the fence or checks its chunks again
-(tasks/chunks.ChunkWriter.fence), and checks them once more after its manifest; the grace
+Grace and fence are the storage's own (tasks/dedup/layout.gc_parameters). A backup that
+relied on a chunk writes its manifest within the fence or checks its chunks again
+(tasks/dedup/writer.ChunkWriter.fence), and checks them once more after its manifest; the grace
 exceeds fence plus the mark's own time budget, so a sweep always sees the manifest of
 every backup relying on a fossil.
 """
@@ -31,7 +31,7 @@ from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.errors import DiskFull, ObjectLocked, StorageError
 from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound
 from prefect_dbbackup.tasks.catalog import READERS
-from prefect_dbbackup.tasks.chunks import (
+from prefect_dbbackup.tasks.dedup.layout import (
     CHUNKS,
     GC,
     KEYS,
@@ -41,7 +41,6 @@ from prefect_dbbackup.tasks.chunks import (
     chunk_key,
     fossil_key,
     gc_parameters,
-    move_chunk,
     parse_chunk_key,
 )
 from prefect_dbbackup.tasks.layout import parse_manifest_key
@@ -95,6 +94,13 @@ def named_chunks(storage: BackupStorage, manifest_keys: list[str]) -> set[str]:
 
     with ThreadPoolExecutor(READERS, thread_name_prefix="gc-manifests") as pool:
         return {cid for found in pool.map(ids, manifest_keys) for cid in found}
+
+
+def move_chunk(storage: BackupStorage, source: str, target: str) -> None:
+    """Copy a stored chunk, then delete the source (every store accepts this; a kill in
+    between leaves two copies, never none)."""
+    storage.put_bytes(target, storage.get_bytes(source, MAX_STORED))
+    storage.delete(source)
 
 
 def _mark_name() -> str:

@@ -25,22 +25,17 @@ from prefect_dbbackup.blocks.encryption import AgeEncryption, recipient_fingerpr
 from prefect_dbbackup.blocks.errors import DbBackupError, IntegrityError
 from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound, ReadFault
 from prefect_dbbackup.tasks.catalog import read_manifests, signature_key
-from prefect_dbbackup.tasks.chunks import (
+from prefect_dbbackup.tasks.dedup.keys import DedupKey, key_copy_key, open_key_copy, reader_key
+from prefect_dbbackup.tasks.dedup.layout import (
     CHUNKS,
     IN_FLIGHT,
     MAX_STORED,
-    DedupKey,
     chunk_key,
     damaged_key,
-    fetch_checked,
-    fossil_marks,
-    key_copy_key,
-    open_chunk,
-    open_key_copy,
     parse_chunk_key,
-    reader_key,
     recipient_set,
 )
+from prefect_dbbackup.tasks.dedup.reader import fetch_checked, fossil_marks, open_chunk
 from prefect_dbbackup.tasks.layout import backup_key, parse_manifest_key
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import Manifest
