@@ -24,7 +24,45 @@ if TYPE_CHECKING:
     from prefect_dbbackup.blocks.storage import BackupStorage
 
 
-def _load_one_of(name: str, role: Role, what: str) -> Block:
+WHAT: dict[Role, str] = {
+    "server": "database server",
+    "storage": "backup storage",
+    "encryption": "age-encryption",
+}
+
+
+def check_names(
+    *, server: str | None = None, storage: str | None = None, encryption: str | None = None
+) -> None:
+    """ConfigError (with a did-you-mean) unless each block named here exists, is of its
+    role and is the only one of that name: one request per role, no secret fetched. A
+    command checks its blocks this way before any flow run exists (no Failed run for a
+    typo)."""
+    named: dict[Role, str | None] = {"server": server, "storage": storage, "encryption": encryption}
+    for role, name in named.items():
+        if name is not None:
+            _slug_of(name, role)
+
+
+def _load_one_of(name: str, role: Role) -> Block:
+    what = WHAT[role]
+    types = by_slug(role)
+    try:
+        return types[_slug_of(name, role)].block_class().load(name)
+    except RuntimeError as exc:  # Prefect's wrapper of a ValidationError
+        if not isinstance(exc.__cause__, ValidationError):
+            raise
+        raise ConfigError(
+            f"the {what} block {name!r} holds a setting dbbackup refuses "
+            f"({validation_problems(exc.__cause__)}): correct it in dbbackup.yaml and run "
+            "`dbbackup apply` (docs/configuration.md, bounds)"
+        ) from None
+
+
+def _slug_of(name: str, role: Role) -> str:
+    """The block type of the one block of this role with this name; ConfigError when there
+    is none (with the closest names) or several."""
+    what = WHAT[role]
     types = by_slug(role)
     with get_client(sync_client=True) as client:
         found = sorted(set(_slugs_named(client, name, types)))
@@ -40,16 +78,7 @@ def _load_one_of(name: str, role: Role, what: str) -> Block:
         raise ConfigError(
             f"{name!r} names several {what} blocks ({' and '.join(found)}): rename one"
         )
-    try:
-        return types[found[0]].block_class().load(name)
-    except RuntimeError as exc:  # Prefect's wrapper of a ValidationError
-        if not isinstance(exc.__cause__, ValidationError):
-            raise
-        raise ConfigError(
-            f"the {what} block {name!r} holds a setting dbbackup refuses "
-            f"({validation_problems(exc.__cause__)}): correct it in dbbackup.yaml and run "
-            "`dbbackup apply` (docs/configuration.md, bounds)"
-        ) from None
+    return found[0]
 
 
 def _slugs_named(client: SyncPrefectClient, name: str, types: dict[str, BlockKind]) -> list[str]:
@@ -98,14 +127,14 @@ def unknown_server(name: str, suggestions: list[str]) -> ConfigError:
 
 def load_server(name: str) -> DatabaseServer:
     """The postgres-server or mysql-server block with this name."""
-    return _load_one_of(name, "server", "database server")  # type: ignore[return-value]
+    return _load_one_of(name, "server")  # type: ignore[return-value]
 
 
 def load_storage(name: str) -> BackupStorage:
     """The backup storage block with this name."""
-    return _load_one_of(name, "storage", "backup storage")  # type: ignore[return-value]
+    return _load_one_of(name, "storage")  # type: ignore[return-value]
 
 
 def load_encryption(name: str) -> AgeEncryption:
     """The age-encryption block with this name."""
-    return _load_one_of(name, "encryption", "age-encryption")  # type: ignore[return-value]
+    return _load_one_of(name, "encryption")  # type: ignore[return-value]

@@ -61,6 +61,14 @@ def _even_if_partly(run: Callable[..., Any], **kwargs: Any) -> tuple[Any, DbBack
         return exc.report, exc
 
 
+def _blocks_exist(**names: str | None) -> None:
+    """The command's blocks exist (else the error, with a did-you-mean, and exit 3) before
+    its flow runs: a typo makes no Failed run in the UI."""
+    from prefect_dbbackup.blocks.registry import check_names
+
+    check_names(**names)  # its ConfigError is said in one line by the command group
+
+
 def _emit(data: object) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
@@ -178,6 +186,7 @@ def backup(
     from prefect_dbbackup.flows.backup import backup_server
     from prefect_dbbackup.flows.backup_report import BackupFailed
 
+    _blocks_exist(server=server, storage=storage, encryption=encryption)
     try:
         report = backup_server(
             server=server,
@@ -309,6 +318,7 @@ def restore(
     """Restore a backup of DATABASE (the latest signed one unless --backup-id) into SERVER."""
     from prefect_dbbackup.flows.restore import restore_database
 
+    _blocks_exist(server=server, storage=storage, encryption=encryption)
     result, partly = _even_if_partly(
         restore_database,
         server=server,
@@ -382,6 +392,7 @@ def restore_users_cmd(
     updated, grants added; the login the restore runs as is left alone)."""
     from prefect_dbbackup.flows.users import restore_users
 
+    _blocks_exist(server=server, storage=storage, encryption=encryption)
     result, partly = _even_if_partly(
         restore_users,
         server=server,
@@ -421,6 +432,7 @@ def prune(
     """Apply SERVER's retention policy to its backups (see docs/retention.md)."""
     from prefect_dbbackup.flows.prune import prune_backups
 
+    _blocks_exist(server=server, storage=storage)
     items = prune_backups(server=server, storage=storage, database=database, dry_run=dry_run)
     if as_json:
         _emit([i.model_dump(exclude={"objects"}) for i in items])
@@ -451,6 +463,7 @@ def verify(
     """Restore the latest backups of SERVER into scratch databases, check them, drop them."""
     from prefect_dbbackup.flows.verify import VerifyRunFailed, verify_backups
 
+    _blocks_exist(server=server, storage=storage, encryption=encryption)
     try:
         report = verify_backups(
             server=server,
@@ -492,6 +505,7 @@ def check(
     naming the broken backups (see docs/dedup.md)."""
     from prefect_dbbackup.flows.check import CheckFailed, check_backups, summary_lines
 
+    _blocks_exist(storage=storage, encryption=encryption if read_data else None)
     try:
         report, error = (
             check_backups(

@@ -175,3 +175,31 @@ def test_list_of_an_unknown_server_exits_3_with_a_did_you_mean(env, pg_db, pg_ad
     listed = env.cli("list", lost, "--json")
     assert listed.exit_code == 0, listed.output
     assert [row["database"] for row in json.loads(listed.stdout)] == [db]
+
+
+def test_a_misspelled_block_makes_no_flow_run(env, pg_db):
+    """Input errors are caught before a flow run exists: nothing Failed in the UI for a typo
+    (read from the Prefect API), exit 3 with a did-you-mean."""
+    from tests.helpers import flow_runs_of
+
+    db = pg_db()
+    typo = env.pg + "x"
+    cases = {
+        "backup-server": (["backup", typo, "-d", db], {"server": typo}),
+        "restore-database": (["restore", typo, db, "--into", db + "_r"], {"server": typo}),
+        "verify-backups": (["verify", typo], {"server": typo}),
+        "prune-backups": (["prune", typo], {"server": typo}),
+        "restore-users": (["restore-users", typo], {"server": typo}),
+    }
+    for flow_name, (argv, parameters) in cases.items():
+        result = env.cli(*argv)
+        assert result.exit_code == 3, (argv, result.output)
+        assert f"no database server block named {typo!r}" in result.stderr
+        assert repr(env.pg) in result.stderr  # did you mean
+        assert flow_runs_of(flow_name, **parameters) == [], f"{argv} created a flow run"
+    storage_typo = env.cli("backup", env.pg, "-d", db, "--storage", env.storage + "x")
+    assert storage_typo.exit_code == 3 and "no backup storage block named" in storage_typo.stderr
+    assert flow_runs_of("backup-server", storage=env.storage + "x") == []
+    keys_typo = env.cli("backup", env.pg, "-d", db, "--encryption", env.encryption + "x")
+    assert keys_typo.exit_code == 3 and "no age-encryption block named" in keys_typo.stderr
+    assert flow_runs_of("backup-server", encryption=env.encryption + "x") == []
