@@ -36,8 +36,21 @@ app = typer.Typer(
 StorageOpt = Annotated[str, typer.Option("--storage", help="Backup storage block name.")]
 EncryptionOpt = Annotated[str, typer.Option("--encryption", help="age-encryption block name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+def _readable_identity(path: Path | None) -> Path | None:
+    """An --identity-file that is no readable age identity file is refused (exit 3, naming
+    it) while the command line is read: before any flow run."""
+    if path is not None:
+        from prefect_dbbackup.blocks.encryption import read_identity_file
+
+        read_identity_file(path)
+    return path
+
+
 IdentityOpt = Annotated[
-    Path | None, typer.Option("--identity-file", "-i", help="age identity file.")
+    Path | None,
+    typer.Option("--identity-file", "-i", help="age identity file.", callback=_readable_identity),
 ]
 AllowUnsignedOpt = Annotated[
     bool,

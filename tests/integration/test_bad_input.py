@@ -384,6 +384,8 @@ def test_identity_file_that_is_not_an_identity_exits_3(env, pg_db, pg_admin, cle
     assert result.exit_code == 3, result.output
     assert str(missing) in result.stderr
     assert not pg_admin.exists(target)
+    # both refused while the command line was read: no Failed run in the UI
+    assert flow_runs_of("restore-database", target_database=target) == []
 
 
 def test_missing_identity_exits_3(env, pg_db, pg_admin, cleanup_pg):
