@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import session_signing_key
+
 STARTED = "started a local Prefect server"
 NO_STORAGE = "no backup storage block named 'default'"
 
@@ -138,7 +140,9 @@ def _apply_with_password(env: dict[str, str], tmp_path: Path, password: str):
 
 
 @pytest.mark.slow
-def test_first_use_starts_one_server_that_later_commands_reuse(home: Path) -> None:
+def test_first_use_starts_one_server_that_later_commands_reuse(
+    home: Path, tmp_path: Path, identity_file: Path
+) -> None:
     env = _env(home)
     assert _dbbackup(env, "server", "status").returncode == 1
     assert _dbbackup(env, "keygen", "--help").returncode == 0
@@ -172,10 +176,26 @@ def test_first_use_starts_one_server_that_later_commands_reuse(home: Path) -> No
         "Prefect UI"
     ]
     assert "Traceback" not in failed.stderr
-    assert "Still processing items" not in failed.stderr
-    assert "Finished in state Failed" in failed.stderr  # Prefect's own lines stay
-    debug = _dbbackup(env, "backup", "no-such-server", "--debug")
-    assert debug.returncode == 3 and "Traceback" in debug.stderr
+    assert "Finished in state" not in failed.stderr  # refused before any flow run
+    # an expected error inside a run: one line too; Prefect's own state line stays, and
+    # --debug shows the traceback
+    config = tmp_path / "dbbackup.yaml"
+    (tmp_path / "signing.key").write_text(session_signing_key())
+    config.write_text(
+        "servers:\n  pg-mine: {type: postgres, user: postgres, backup_users: false}\n"
+        f"storage:\n  default: {{type: local, path: {tmp_path / 'backups'}, "
+        f"manifest_signing_key_file: {tmp_path / 'signing.key'}}}\n"
+        f"encryption:\n  default: {{identity_file: {identity_file}}}\n"
+    )
+    assert _dbbackup(env, "apply", str(config)).returncode == 0
+    missing = _dbbackup(env, "backup", "pg-mine", "-d", "dbb_no_such_database")
+    errors = [line for line in missing.stderr.splitlines() if line.startswith("dbbackup: ")]
+    assert missing.returncode != 0 and len(errors) == 1, missing.stderr
+    assert "dbb_no_such_database" in errors[0]
+    assert "Traceback" not in missing.stderr and "Still processing items" not in missing.stderr
+    assert "Finished in state Failed" in missing.stderr  # Prefect's own lines stay
+    debug = _dbbackup(env, "backup", "pg-mine", "-d", "dbb_no_such_database", "--debug")
+    assert debug.returncode == missing.returncode and "Traceback" in debug.stderr
 
     status = _dbbackup(env, "server", "status")
     assert status.returncode == 0
