@@ -236,9 +236,9 @@ def list_cmd(
 
     sto = load_storage(storage)
     entries = scan_backups(sto, server, database)
-    if not entries and not sto.list_keys(series_prefix(server)):
-        names = server_names()  # a series without objects: is it a server at all?
-        if server not in names:
+    if not entries:  # a server never backed up, a lost server's series, or a typo?
+        names = server_names()
+        if server not in names and not sto.list_keys(series_prefix(server)):
             fail(unknown_server(server, names))
     if as_json:
         _emit([_listed(e) for e in entries])

@@ -143,17 +143,17 @@ def _parses(argv: list[str], app: typer.Typer) -> bool:
         while hasattr(command, "resolve_command") and rest(ctx):  # a group: its subcommand
             _, command, args = command.resolve_command(ctx, rest(ctx))
             ctx = command.make_context(command.name, args, parent=ctx)
-    except Exception:  # noqa: BLE001 (any refusal of the parser: the run reports it itself)
+    except (UsageError, DbBackupError):  # refused (a callback too): the run reports it itself
         return False
     return True
 
 
-def _use_local_server(argv: list[str], app: typer.Typer) -> None:
+def _use_local_server() -> None:
     """Point this process (and its children) at the local Prefect server when no API is
     configured; start the server on first use."""
     from prefect_dbbackup.flows import local_server
 
-    if os.environ.get(local_server.OPT_OUT_VARIABLE) == "ephemeral" or not api_needed(argv, app):
+    if os.environ.get(local_server.OPT_OUT_VARIABLE) == "ephemeral":
         return
     if os.environ.get("PREFECT_API_URL") or local_server.configured_api_url():
         return
@@ -193,12 +193,14 @@ def run_cli(app: typer.Typer) -> NoReturn:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     debug = "--debug" in sys.argv[1:]
     sys.argv = [a for a in sys.argv if a != "--debug"]
+    needed = api_needed(sys.argv[1:], app)  # parses the command line once
     try:
-        _use_local_server(sys.argv[1:], app)
+        if needed:
+            _use_local_server()
     except DbBackupError as exc:
         typer.echo(f"dbbackup: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    if not debug and api_needed(sys.argv[1:], app):
+    if not debug and needed:
         import prefect.main  # noqa: F401 (sets up logging, the console handler included)
 
         _quiet_expected_tracebacks()

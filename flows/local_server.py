@@ -148,18 +148,23 @@ def _remembered_port() -> int | None:
     return port if 1024 <= port <= 65535 else DEFAULT_PORT
 
 
-def _remember_port(port: int) -> None:
-    path = state_dir() / "port"
+def _replace_file(path: Path, text: str) -> None:
+    """Write path whole (a temp file renamed over it), never through a link planted at
+    the temp name; 0600."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"{port}\n")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
     os.replace(tmp, path)
+
+
+def _remember_port(port: int) -> None:
+    _replace_file(state_dir() / "port", f"{port}\n")
 
 
 def _write_state(state: ServerState) -> None:
-    path = state_dir() / "server.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(state)))
-    os.replace(tmp, path)
+    _replace_file(state_dir() / "server.json", json.dumps(asdict(state)))
 
 
 def _api_secret() -> str:
