@@ -30,14 +30,20 @@ encryption:
 def _stamps(tag: str) -> dict[str, object]:
     """updated timestamp of every block document of this test, by name."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
 
+    stamps: dict[str, object] = {}
     with get_client(sync_client=True) as client:
-        return {
-            d.name: d.updated
-            for slug in SLUGS
-            for d in client.read_block_documents_by_type(slug, include_secrets=False)
-            if d.name and tag in d.name
-        }
+        for slug in SLUGS:
+            try:
+                docs = client.read_block_documents_by_type(slug, include_secrets=False)
+            except PrefectHTTPStatusError as exc:
+                # A type nothing on this worker's server has registered yet has no documents.
+                if exc.response.status_code != 404:
+                    raise
+                docs = []
+            stamps.update({d.name: d.updated for d in docs if d.name and tag in d.name})
+    return stamps
 
 
 def test_second_apply_writes_nothing_and_a_changed_field_is_written(
