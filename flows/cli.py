@@ -198,8 +198,10 @@ def backup(
     """Back up the databases of SERVER (all user databases unless --database is given)."""
     from prefect_dbbackup.flows.backup import backup_server
     from prefect_dbbackup.flows.backup_report import BackupFailed
+    from prefect_dbbackup.flows.prechecks import databases_on_server
 
     _blocks_exist(server=server, storage=storage, encryption=encryption)
+    databases_on_server(server, database)
     try:
         report = backup_server(
             server=server,
@@ -329,9 +331,20 @@ def restore(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a backup of DATABASE (the latest signed one unless --backup-id) into SERVER."""
+    from prefect_dbbackup.flows.prechecks import restore_inputs
     from prefect_dbbackup.flows.restore import restore_database
 
     _blocks_exist(server=server, storage=storage, encryption=encryption)
+    restore_inputs(
+        server,
+        database,
+        storage=storage,
+        target=into or database,
+        replace=replace,
+        backup_id=backup_id,
+        source_server=from_server,
+        allow_unsigned=allow_unsigned,
+    )
     result, partly = _even_if_partly(
         restore_database,
         server=server,

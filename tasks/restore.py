@@ -164,6 +164,14 @@ def restore_backup(
     )
 
 
+def existing_target(server: DatabaseServer, target: str) -> TargetExists:
+    """The refusal of a restore onto an existing database without replace."""
+    return TargetExists(
+        f"database {target!r} already exists on {server.describe()}: restore with "
+        "--into NEW_NAME, or pass --replace to drop and replace it"
+    )
+
+
 def _check_target(
     server: DatabaseServer, manifest: Manifest, target: str, replace: bool, jobs: int
 ) -> bool:
@@ -171,10 +179,7 @@ def _check_target(
     jobs the engine can run, a client fit for the target and the backup."""
     exists = server.database_exists(target)
     if exists and not replace:
-        raise TargetExists(
-            f"database {target!r} already exists on {server.describe()}: restore with "
-            "--into NEW_NAME, or pass --replace to drop and replace it"
-        )
+        raise existing_target(server, target)
     if jobs > 1 and not server.engine.parallel_restore:
         raise ConfigError(f"--jobs: {server.engine.name} restores run one client, not in parallel")
     # a client fit for the target and the backup, before the target is touched

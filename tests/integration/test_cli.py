@@ -203,3 +203,36 @@ def test_a_misspelled_block_makes_no_flow_run(env, pg_db):
     keys_typo = env.cli("backup", env.pg, "-d", db, "--encryption", env.encryption + "x")
     assert keys_typo.exit_code == 3 and "no age-encryption block named" in keys_typo.stderr
     assert flow_runs_of("backup-server", encryption=env.encryption + "x") == []
+
+
+def test_input_errors_found_on_the_server_or_storage_make_no_flow_run(env, pg_db, pg_admin):
+    """A database not on the server, a restore onto an existing database without --replace
+    and a backup that is not in the storage are refused (exit 3, saying what to do) before a
+    flow run exists; a restore that can go on still runs and restores."""
+    from tests.helpers import flow_runs_of
+
+    db = pg_db()
+    pg_admin.execute(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)")
+    nosuch = f"dbb_nosuch_{uuid.uuid4().hex[:8]}"
+    result = env.cli("backup", env.pg, "-d", db, "-d", nosuch)
+    assert result.exit_code == 3, result.output
+    assert f"no database {nosuch!r} on" in result.stderr
+    assert flow_runs_of("backup-server", server=env.pg, databases=[db, nosuch]) == []
+
+    assert env.cli("backup", env.pg, "-d", db).exit_code == 0
+    existing = pg_db()
+    pg_admin.execute(existing, "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('mine')")
+    result = env.cli("restore", env.pg, db, "--into", existing)
+    assert result.exit_code == 3, result.output
+    assert f"database {existing!r} already exists" in result.stderr and "--replace" in result.stderr
+    assert pg_admin.query(existing, "SELECT v FROM kept") == [("mine",)]
+    result = env.cli("restore", env.pg, nosuch, "--into", nosuch + "_r")
+    assert result.exit_code == 3, result.output
+    assert f"no complete backup of {nosuch!r}" in result.stderr
+    for target in (existing, nosuch + "_r"):
+        assert flow_runs_of("restore-database", target_database=target) == []
+
+    replaced = env.cli("restore", env.pg, db, "--into", existing, "--replace")
+    assert replaced.exit_code == 0, replaced.output
+    assert pg_admin.query(existing, "SELECT id FROM t ORDER BY id") == [(1,), (2,)]
+    assert len(flow_runs_of("restore-database", target_database=existing)) == 1
