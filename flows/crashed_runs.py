@@ -32,6 +32,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Crashed
 from prefect_dbbackup.flows.local_server import prefect_home
+from prefect_dbbackup.flows.run_logs import expected_errors_in_one_line
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.workdir import process_start
 
@@ -62,10 +63,12 @@ def _record(run_id: UUID) -> Path:
 
 
 def recorded_run(fn: Callable[P, R]) -> Callable[P, R]:
-    """Decorate a flow's function (under @flow) so that the run is recorded while it runs."""
+    """Decorate a flow's function (under @flow) so that the run is recorded while it runs
+    (and its API logs say expected errors in one line: flows/run_logs.py)."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        expected_errors_in_one_line()
         context = FlowRunContext.get()
         if context is None or context.flow_run is None:
             return fn(*args, **kwargs)

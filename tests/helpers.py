@@ -357,6 +357,26 @@ def flow_runs_of(flow_name: str, **parameters: object) -> list:
     return [r for r in runs if all(r.parameters.get(k) == v for k, v in parameters.items())]
 
 
+def run_logs_of(flow_run_id: object) -> list:
+    """Every log record the API holds of one flow run (its task runs' included), oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter
+    from prefect.client.schemas.sorting import LogSort
+
+    logs: list = []
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_logs(
+                log_filter=LogFilter(flow_run_id={"any_": [flow_run_id]}),
+                sort=LogSort.TIMESTAMP_ASC,
+                limit=200,
+                offset=len(logs),
+            )
+            logs += page
+            if len(page) < 200:
+                return logs
+
+
 def task_runs_of(flow_run_id: object) -> list:
     """Every task run of one flow run."""
     from prefect.client.orchestration import get_client

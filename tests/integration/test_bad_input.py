@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import textwrap
 import uuid
 from dataclasses import replace
@@ -17,7 +18,7 @@ import pyrage
 import pytest
 from prefect_dbbackup.blocks.server import staging_prefix
 
-from tests.helpers import PG, BlockEnv, flow_runs_of, stored_objects, task_runs_of
+from tests.helpers import PG, BlockEnv, flow_runs_of, run_logs_of, stored_objects, task_runs_of
 from tests.integration.pg_auth import my_password_user, pg_password_server  # noqa: F401
 from tests.pg_cluster import free_port
 
@@ -364,6 +365,15 @@ def test_wrong_identity_exits_4_and_creates_no_target(env, pg_db, pg_admin, clea
     assert result.exit_code == 4, result.output
     assert "cannot be decrypted with this identity" in result.stderr
     assert not pg_admin.exists(target)
+    # the UI shows the one line too: as the run's state message and in its logs, and no
+    # traceback (that is for PREFECT_LOGGING_LEVEL=DEBUG, and for bugs)
+    [run] = flow_runs_of("restore-database", target_database=target)
+    assert run.state.is_failed() and "\n" not in run.state.message
+    assert "cannot be decrypted with this identity" in run.state.message
+    logs = run_logs_of(run.id)
+    errors = [log.message for log in logs if log.level >= logging.ERROR]
+    assert any("cannot be decrypted with this identity" in m for m in errors), errors
+    assert not [m for m in (log.message for log in logs) if "Traceback" in m]
     # the backup is intact: the right identity restores it
     result = env.cli("restore", env.pg, db, "--into", target)
     assert result.exit_code == 0, result.output

@@ -141,7 +141,7 @@ def _apply_with_password(env: dict[str, str], tmp_path: Path, password: str):
 
 @pytest.mark.slow
 def test_first_use_starts_one_server_that_later_commands_reuse(
-    home: Path, tmp_path: Path, identity_file: Path
+    home: Path, tmp_path: Path, identity_file: Path, pg_db
 ) -> None:
     env = _env(home)
     assert _dbbackup(env, "server", "status").returncode == 1
@@ -188,14 +188,24 @@ def test_first_use_starts_one_server_that_later_commands_reuse(
         f"encryption:\n  default: {{identity_file: {identity_file}}}\n"
     )
     assert _dbbackup(env, "apply", str(config)).returncode == 0
-    missing = _dbbackup(env, "backup", "pg-mine", "-d", "dbb_no_such_database")
-    errors = [line for line in missing.stderr.splitlines() if line.startswith("dbbackup: ")]
-    assert missing.returncode != 0 and len(errors) == 1, missing.stderr
-    assert "dbb_no_such_database" in errors[0]
-    assert "Traceback" not in missing.stderr and "Still processing items" not in missing.stderr
-    assert "Finished in state Failed" in missing.stderr  # Prefect's own lines stay
-    debug = _dbbackup(env, "backup", "pg-mine", "-d", "dbb_no_such_database", "--debug")
-    assert debug.returncode == missing.returncode and "Traceback" in debug.stderr
+    db = pg_db()
+    backed_up = _dbbackup(env, "backup", "pg-mine", "-d", db)
+    assert backed_up.returncode == 0, backed_up.stderr
+    # the run's address in the UI, said once, at the stable port
+    ui = f"http://127.0.0.1:{_state(home)['port']}/runs/flow-run/"
+    assert backed_up.stderr.count(ui) == 1, backed_up.stderr
+    other = tmp_path / "other-identity.txt"
+    subprocess.run(["age-keygen", "-o", str(other)], check=True, capture_output=True)
+    wrong_key = ["restore", "pg-mine", db, "--into", db + "_r", "--identity-file", str(other)]
+    failed_run = _dbbackup(env, *wrong_key)
+    errors = [line for line in failed_run.stderr.splitlines() if line.startswith("dbbackup: ")]
+    assert failed_run.returncode == 4 and len(errors) == 1, failed_run.stderr
+    assert "cannot be decrypted with this identity" in errors[0]
+    assert "Traceback" not in failed_run.stderr
+    assert "Still processing items" not in failed_run.stderr
+    assert "Finished in state Failed" in failed_run.stderr  # Prefect's own lines stay
+    debug = _dbbackup(env, *wrong_key, "--debug")
+    assert debug.returncode == 4 and "Traceback" in debug.stderr
 
     status = _dbbackup(env, "server", "status")
     assert status.returncode == 0
