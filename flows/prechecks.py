@@ -52,16 +52,8 @@ def restore_inputs(
     source_server: str | None,
     allow_unsigned: bool,
 ) -> None:
-    """TargetExists when the target exists without replace, BackupNotFound when no such
-    backup is in the storage (both exit 3)."""
-    if not replace:
-        srv = _probe(server)
-        try:
-            exists = srv.database_exists(target)
-        except DbBackupError:
-            exists = False  # unreachable now...: the run reports (and retries) it
-        if exists:
-            raise existing_target(srv, target)
+    """BackupNotFound when no such backup is in the storage, then TargetExists when the
+    target exists without replace (both exit 3): the order the restore itself checks in."""
     try:
         find_backup(
             load_storage(storage),
@@ -74,3 +66,11 @@ def restore_inputs(
         raise  # no such backup; --allow-unsigned without --backup-id
     except DbBackupError:
         pass  # a storage down now, a manifest refused...: the run reports it
+    if not replace:
+        srv = _probe(server)
+        try:
+            exists = srv.database_exists(target)
+        except DbBackupError:
+            exists = False  # unreachable now...: the run reports (and retries) it
+        if exists:
+            raise existing_target(srv, target)
