@@ -16,6 +16,7 @@ from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.flows.backup_report import BackupFailed, BackupReport, DatabaseOutcome
 from prefect_dbbackup.flows.crashed_runs import recorded_run
+from prefect_dbbackup.flows.health import refresh_health
 from prefect_dbbackup.flows.prune import report_prune
 from prefect_dbbackup.flows.retries import transient_retries_only
 from prefect_dbbackup.tasks.backup import BackupRun, StoredBackup, backup_task
@@ -188,6 +189,7 @@ def backup_server(
     report.started_at, report.finished_at = started, datetime.now(UTC)
     if interrupted():
         return _cancelled(report)
+    refresh_health(sto, server)  # before _publish, which raises when a backup failed
     _publish(report)
     policy = retention or srv.retention
     if policy is not None and not policy.is_empty:

@@ -232,16 +232,13 @@ def list_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """List the backups of SERVER, oldest first, with their signature status."""
-    from prefect_dbbackup.blocks.registry import load_storage, server_names, unknown_server
+    from prefect_dbbackup.blocks.registry import load_storage
     from prefect_dbbackup.tasks.catalog import scan_backups
-    from prefect_dbbackup.tasks.layout import series_prefix
 
     sto = load_storage(storage)
     entries = scan_backups(sto, server, database)
-    if not entries:  # a server never backed up, a lost server's series, or a typo?
-        names = server_names()
-        if server not in names and not sto.list_keys(series_prefix(server)):
-            fail(unknown_server(server, names))
+    if not entries:
+        _require_server(sto, server)
     if as_json:
         _emit([_listed(e) for e in entries])
         return
@@ -261,6 +258,59 @@ def list_cmd(
             f"{size(m.stats.raw_bytes):>10} raw {size(m.stats.stored_bytes):>10} stored"
             f"  {trust}"
         )
+
+
+def _require_server(storage: Any, server: str) -> list[str]:
+    """The server block names; exit 3 with a did-you-mean when `server` is neither one of
+    them nor a series in the storage (a server never backed up, a lost one's series, or a
+    typo?)."""
+    from prefect_dbbackup.blocks.registry import server_names, unknown_server
+    from prefect_dbbackup.tasks.layout import series_prefix
+
+    names = server_names()
+    if server not in names and not storage.list_keys(series_prefix(server)):
+        fail(unknown_server(server, names))
+    return names
+
+
+@app.command()
+@needs_api(True)
+def status(
+    server: Annotated[
+        str | None, typer.Argument(help="Only this server (default: every server).")
+    ] = None,
+    interval_hours: Annotated[
+        float | None,
+        typer.Option(
+            "--interval-hours",
+            help="Time between backups that `late` is judged by (default: the server's "
+            "backup-server deployment schedule, else 24).",
+        ),
+    ] = None,
+    margin_hours: Annotated[
+        float, typer.Option("--margin-hours", help="Grace added to the interval.")
+    ] = 2.0,
+    prometheus: Annotated[
+        Path | None,
+        typer.Option("--prometheus", help="Also write the figures as Prometheus text to FILE."),
+    ] = None,
+    storage: StorageOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Health of the backups: per database the newest good backup, its age, size, verify
+    result and trust; `late` past the schedule. Exit 1 when a row is not ok."""
+    from prefect_dbbackup.blocks.registry import load_storage
+    from prefect_dbbackup.flows.health import health_status
+
+    sto = load_storage(storage)
+    names = _require_server(sto, server) if server is not None else None
+    rows, lines = health_status(sto, server, names, interval_hours, margin_hours, prometheus)
+    if as_json:
+        _emit(rows)
+    else:
+        for line in lines:
+            typer.echo(line)
+    raise typer.Exit(0 if all(r["state"] == "ok" for r in rows) else 1)
 
 
 def _listed(e: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
 )
+from prefect.client.schemas.responses import DeploymentResponse
 from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect_dbbackup.blocks.errors import DbBackupError, ReportedFailure
@@ -49,20 +50,26 @@ class FleetFailed(ReportedFailure):
         super().__init__(message, runs)
 
 
-async def backup_deployment_servers(page: int = 200) -> list[str]:
-    """Servers that have a backup deployment (deployments of backup-server tagged dbbackup)."""
-    names: list[str] = []
+async def backup_deployments(page: int = 200) -> list[DeploymentResponse]:
+    """The backup deployments (of backup-server, tagged dbbackup); each is named after its
+    server."""
+    found: list[DeploymentResponse] = []
     async with get_client() as client:
         while True:
             deployments = await client.read_deployments(
                 flow_filter=FlowFilter(name=FlowFilterName(any_=[BACKUP_FLOW])),
                 deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=["dbbackup"])),
                 limit=page,
-                offset=len(names),
+                offset=len(found),
             )
-            names += [d.name for d in deployments]
+            found += deployments
             if len(deployments) < page:
-                return sorted(names)
+                return found
+
+
+async def backup_deployment_servers(page: int = 200) -> list[str]:
+    """Servers that have a backup deployment."""
+    return sorted(d.name for d in await backup_deployments(page))
 
 
 async def _run_one(server: str, gate: asyncio.Semaphore, timeout: float | None) -> ServerRun:

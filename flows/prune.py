@@ -9,6 +9,7 @@ from prefect_dbbackup.blocks.registry import load_server, load_storage
 from prefect_dbbackup.blocks.retention import RetentionPolicy
 from prefect_dbbackup.flows.artifacts import artifact_key, md
 from prefect_dbbackup.flows.crashed_runs import recorded_run
+from prefect_dbbackup.flows.health import refresh_health
 from prefect_dbbackup.tasks.dedup.gc import ChunkCollection, collect_chunks_task, uses_chunks
 from prefect_dbbackup.tasks.events import database_resource, server_related
 from prefect_dbbackup.tasks.prune import PruneItem, prune_task
@@ -121,4 +122,5 @@ def prune_backups(
     # chunks are shared by every server of the storage: collected whatever was removed
     collection = collect_chunks_task(sto, dry_run=dry_run) if uses_chunks(sto) else None
     report_prune(server, items, dry_run, collection)
+    refresh_health(sto, server)
     return items

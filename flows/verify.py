@@ -12,6 +12,7 @@ from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_
 from prefect_dbbackup.flows.artifacts import artifact_key, first_line
 from prefect_dbbackup.flows.backup_report import DatabasesFailed
 from prefect_dbbackup.flows.crashed_runs import recorded_run
+from prefect_dbbackup.flows.health import refresh_health
 from prefect_dbbackup.tasks.catalog import refused_latest
 from prefect_dbbackup.tasks.events import emit_verify_event
 from prefect_dbbackup.tasks.verify import drop_stale_scratch, latest_backups, verify_task
@@ -155,6 +156,7 @@ def verify_backups(
     report = VerifyReport(server=server, storage=sto.describe(), outcomes=outcomes)
     report.publish()
     report.emit_events()
+    refresh_health(sto, server)
     if report.failed:
         raise VerifyRunFailed(report)
     return report

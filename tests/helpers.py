@@ -293,7 +293,7 @@ class BlockEnv:
         defaults = {"--storage": self.storage}
         if command and command[0] in ("backup", "restore", "check"):
             defaults["--encryption"] = self.encryption
-        if command and command[0] in ("backup", "restore", "list", "prune", "check"):
+        if command and command[0] in ("backup", "restore", "list", "status", "prune", "check"):
             for option, value in defaults.items():
                 if option not in command:
                     command += [option, value]

@@ -3,6 +3,8 @@
 Measured side by side in one run, each command as a user runs it (a child process),
 median of --repeat runs:
   import-prefect   python -c "import prefect" (the floor of any command that imports Prefect)
+  usage-error      `dbbackup backup` (a missing argument) and `dbbackup no-such-command`:
+                   answered without Prefect (goal: <= 0.5 s)
   first-command    `dbbackup server start` in a fresh PREFECT_HOME (the server start included)
   list             `dbbackup list SERVER` with the server running
   backup           `dbbackup backup SERVER -d DB` of a one-table PostgreSQL database
@@ -26,11 +28,11 @@ from pathlib import Path
 CLI = [sys.executable, "-c", "from prefect_dbbackup.flows.cli import main; main()"]
 
 
-def _timed(argv: list[str], env: dict[str, str], cwd: Path) -> float:
+def _timed(argv: list[str], env: dict[str, str], cwd: Path, expect: int = 0) -> float:
     started = time.perf_counter()
     done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    if done.returncode != 0:
+    if done.returncode != expect:
         raise SystemExit(f"{' '.join(argv[3:])} failed ({done.returncode}):\n{done.stderr}")
     return seconds
 
@@ -77,11 +79,19 @@ def main() -> None:
     try:
         first = _timed([*CLI, "server", "start"], env, root)
         _timed([*CLI, "apply", str(config)], env, root)
-        runs: dict[str, list[float]] = {"import-prefect": [], "list": [], "backup": []}
+        runs: dict[str, list[float]] = {
+            "import-prefect": [],
+            "usage-missing": [],
+            "usage-unknown": [],
+            "list": [],
+            "backup": [],
+        }
         for _ in range(args.repeat):  # interleaved: the machine's noise hits all alike
             runs["import-prefect"].append(
                 _timed([sys.executable, "-c", "import prefect"], env, root)
             )
+            runs["usage-missing"].append(_timed([*CLI, "backup"], env, root, expect=3))
+            runs["usage-unknown"].append(_timed([*CLI, "no-such-command"], env, root, expect=3))
             runs["list"].append(_timed([*CLI, "list", "bench-pg"], env, root))
             runs["backup"].append(_timed([*CLI, "backup", "bench-pg", "-d", db], env, root))
     finally:
