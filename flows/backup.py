@@ -185,6 +185,18 @@ def backup_server(
     age-encryption block. Ends Failed, naming the failed databases, if any failed.
     When every backup succeeded, the series it wrote are pruned with `retention`
     (default: the server block's policy; none keeps everything).
+
+    Example:
+        ```python
+        from prefect_dbbackup import PostgresServer, RetentionPolicy, backup_server
+
+        report = backup_server("local-pg", databases=["shop"])  # saved blocks, by name
+        backup_server(
+            PostgresServer(host="db1", user="backup"),  # or blocks built in code
+            storage="offsite",
+            retention=RetentionPolicy(keep_daily=7),
+        )
+        ```
     """
     srv, sto, enc, names = _checked_blocks(server, storage, encryption, databases, concurrency)
     series = block_name(srv)  # the saved block's name, or an unsaved one's describe()

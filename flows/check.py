@@ -115,6 +115,14 @@ def check_backups(
     identity_file) and checks it against its id; damaged chunks are moved to
     `_dedup/damaged/` so that the next backup stores them again. Ends Failed (CheckFailed,
     naming the broken backups) when anything is wrong.
+
+    Example:
+        ```python
+        from prefect_dbbackup import check_backups
+
+        report = check_backups("local-pg", read_data=True)
+        print(report.backups, report.ok)
+        ```
     """
     sto = load_storage(storage)
     enc = load_encryption(encryption) if read_data else None

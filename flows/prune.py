@@ -119,6 +119,14 @@ def prune_backups(
     reports what would go. Object-locked backups are kept and reported, not failed;
     so are future-dated backups (also a `dbbackup.backup.future-dated` event each)
     and objects in backup directories that dbbackup did not write.
+
+    Example:
+        ```python
+        from prefect_dbbackup import RetentionPolicy, prune_backups
+
+        items = prune_backups("local-pg", dry_run=True, retention=RetentionPolicy(keep_last=3))
+        print([(i.database, i.backup_id, i.keep) for i in items])
+        ```
     """
     policy = policy_for(server, retention)
     series = name_of(server)  # a block's saved name, or an unsaved one's describe()

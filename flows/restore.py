@@ -142,6 +142,14 @@ def restore_database(
     named by backup_id (a ConfigError with 'latest').
     with_users also restores the users/roles backed up with it, before the database or
     after it as the engine needs (the restore_users flow, as a subflow).
+
+    Example:
+        ```python
+        from prefect_dbbackup import restore_database
+
+        result = restore_database("local-pg", "shop", target_database="shop_copy")
+        print(result.backup_id, result.seconds)
+        ```
     """
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
     series = block_name(srv)  # the saved block's name, or an unsaved one's describe()

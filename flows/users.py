@@ -48,6 +48,14 @@ def restore_users(
     lists the statements, passwords and hashes masked. source_server reads the
     backups of another (e.g. lost) server. allow_unsigned also accepts a backup named by
     backup_id whose manifest is unsigned (from before signing; a ConfigError with 'latest').
+
+    Example:
+        ```python
+        from prefect_dbbackup import restore_users
+
+        planned = restore_users("local-pg", users=["app"], dry_run=True)
+        print(planned.accounts)
+        ```
     """
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
     series = source_server or block_name(srv)

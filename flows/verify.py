@@ -113,6 +113,14 @@ def verify_backups(
     MySQL/MariaDB its table list. Scratch databases are dropped afterwards; ones
     left by killed runs are dropped at start once older than `stale_after_hours`
     (default: the server's dump_timeout plus one hour). Ends Failed if any failed.
+
+    Example:
+        ```python
+        from prefect_dbbackup import verify_backups
+
+        report = verify_backups("local-pg", databases=["shop"])
+        print([(o.database, o.status, o.rows) for o in report.outcomes])
+        ```
     """
     log = get_run_logger()
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)

@@ -79,3 +79,35 @@ def test_type_checkers_see_the_same_names_from_the_same_modules() -> None:
         for alias in node.names
     }
     assert static == {n: f"prefect_dbbackup.{m}" for n, m in prefect_dbbackup._EXPORTS.items()}
+
+
+def _examples(doc: str) -> list[str]:
+    """The ```python blocks of a docstring's Example: section, dedented."""
+    import re
+    import textwrap
+
+    section = doc[doc.index("Example:") :]
+    return [textwrap.dedent(code) for code in re.findall(r"```python\n(.*?)```", section, re.S)]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in prefect_dbbackup.__all__
+        if n[0].islower() or "Server" in n or "Age" in n or "Storage" in n
+    ],
+)
+def test_every_public_flow_and_block_has_an_example_that_imports_what_exists(name: str) -> None:
+    obj = getattr(prefect_dbbackup, name)
+    doc = getattr(obj, "fn", obj).__doc__ or ""
+    assert "Example:" in doc, f"{name} has no Example: section"
+    (code,) = _examples(doc)
+    tree = ast.parse(code)  # it is Python
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "prefect_dbbackup"
+        for alias in node.names
+    }
+    assert name in imported and imported <= set(prefect_dbbackup.__all__)
