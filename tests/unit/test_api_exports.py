@@ -90,14 +90,7 @@ def _examples(doc: str) -> list[str]:
     return [textwrap.dedent(code) for code in re.findall(r"```python\n(.*?)```", section, re.S)]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        n
-        for n in prefect_dbbackup.__all__
-        if n[0].islower() or "Server" in n or "Age" in n or "Storage" in n
-    ],
-)
+@pytest.mark.parametrize("name", [*prefect_dbbackup._FLOWS, *prefect_dbbackup._BLOCKS])
 def test_every_public_flow_and_block_has_an_example_that_imports_what_exists(name: str) -> None:
     obj = getattr(prefect_dbbackup, name)
     doc = getattr(obj, "fn", obj).__doc__ or ""
