@@ -68,16 +68,9 @@ def test_the_issue_names_are_exported_and_nothing_else_is_made_up() -> None:
 
 
 def test_type_checkers_see_the_same_names_from_the_same_modules() -> None:
-    tree = ast.parse(Path(prefect_dbbackup.__file__).read_text())
-    (guarded,) = [
-        n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"
-    ]
-    static = {
-        alias.name: node.module
-        for node in guarded.body
-        if isinstance(node, ast.ImportFrom)
-        for alias in node.names
-    }
+    from tests.unit.test_kinds import type_checking_imports
+
+    static = type_checking_imports(Path(prefect_dbbackup.__file__))
     assert static == {n: f"prefect_dbbackup.{m}" for n, m in prefect_dbbackup._EXPORTS.items()}
 
 
