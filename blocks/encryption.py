@@ -151,9 +151,19 @@ def write_identity_file(path: str | Path, *, force: bool = False) -> str:
 
 class AgeEncryption(CachedSchema, Block):
     """age (age-encryption.org) keys. Backups need only the public recipients;
-    restore and verify need an identity (private key), inline or as a file path."""
+    restore and verify need an identity (private key), inline or as a file path.
+
+    Example:
+        ```python
+        from prefect_dbbackup import AgeEncryption, restore_database
+
+        keys = AgeEncryption.load("BLOCK_NAME")
+        restore_database("local-pg", "shop", encryption=keys, target_database="shop_copy")
+        ```
+    """
 
     _block_type_name = "Age Encryption"
+    _documentation_url = "https://age-encryption.org/v1"
     _block_type_slug = "age-encryption"
     _description = "age public recipients for backups, and optionally the identity for restores."
 

@@ -63,9 +63,18 @@ class LocalBackupStorage(BackupStorage):
     (O_NOFOLLOW), so a link planted by anyone who can write the storage, as a file or a
     directory, is refused (ForeignLink) by reads, writes and deletes, and left out of
     listings with a warning; it is never deleted or copied.
+
+    Example:
+        ```python
+        from prefect_dbbackup import LocalBackupStorage, backup_server
+
+        storage = LocalBackupStorage.load("BLOCK_NAME")
+        backup_server("local-pg", storage=storage)
+        ```
     """
 
     _block_type_name = "Local Backup Storage"
+    _documentation_url = "https://docs.prefect.io/v3/concepts/blocks"
     _block_type_slug = "local-backup-storage"
     _description = "Stores backups under a directory (local disk, NFS, ...)."
 

@@ -35,9 +35,19 @@ _LOCK = threading.Lock()
 
 
 class MemoryBackupStorage(BackupStorage):
-    """Backups in process memory, shared by every instance with the same `space`."""
+    """Backups in process memory, shared by every instance with the same `space`.
+
+    Example:
+        ```python
+        from prefect_dbbackup.blocks.memory import MemoryBackupStorage
+
+        storage = MemoryBackupStorage.load("BLOCK_NAME")
+        print(storage.list_keys(""))
+        ```
+    """
 
     _block_type_name = "Memory Backup Storage"
+    _documentation_url = "https://docs.prefect.io/v3/concepts/blocks"
     _block_type_slug = "memory-backup-storage"
     _description = "Keeps backups in the memory of one process (tests only: nothing survives)."
 

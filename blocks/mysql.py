@@ -64,9 +64,20 @@ def option_value(value: str) -> str:
 
 
 class MySQLServer(DatabaseServer):
-    """A MySQL or MariaDB server."""
+    """A MySQL or MariaDB server.
+
+    Example:
+        ```python
+        from prefect_dbbackup import MySQLServer, backup_server
+
+        server = MySQLServer.load("BLOCK_NAME")
+        print(server.list_databases())
+        backup_server(server, databases=["shop"])
+        ```
+    """
 
     _block_type_name = "MySQL Server"
+    _documentation_url = "https://mariadb.com/kb/en/mariadb-dump/"
     _block_type_slug = "mysql-server"
     _description = "A MySQL or MariaDB server to back up; credentials stay in this block."
 

@@ -78,9 +78,20 @@ def passfile_field(value: str) -> str:
 
 
 class PostgresServer(DatabaseServer):
-    """A PostgreSQL server (any version pg_dump on this machine supports)."""
+    """A PostgreSQL server (any version pg_dump on this machine supports).
+
+    Example:
+        ```python
+        from prefect_dbbackup import PostgresServer, backup_server
+
+        server = PostgresServer.load("BLOCK_NAME")
+        print(server.list_databases())
+        backup_server(server, databases=["shop"])
+        ```
+    """
 
     _block_type_name = "Postgres Server"
+    _documentation_url = "https://www.postgresql.org/docs/current/libpq-connect.html"
     _block_type_slug = "postgres-server"
     _description = "A PostgreSQL server to back up with pg_dump; credentials stay in this block."
 

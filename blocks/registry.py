@@ -1,4 +1,5 @@
-"""Load blocks by name, with errors that say what to do.
+"""Load blocks by name, with errors that say what to do; a flow parameter that is a block
+instance already is used as it is (the Python API: docs/python-api.md).
 
 A block class is imported only when a block of its type is loaded: `dbbackup list` on a
 local storage never imports boto3/prefect-aws, and nothing here imports SQLAlchemy unless
@@ -8,6 +9,7 @@ a database server block is loaded.
 from __future__ import annotations
 
 import difflib
+import sys
 from typing import TYPE_CHECKING
 
 import httpx
@@ -125,16 +127,50 @@ def unknown_server(name: str, suggestions: list[str]) -> ConfigError:
     )
 
 
-def load_server(name: str) -> DatabaseServer:
-    """The postgres-server or mysql-server block with this name."""
-    return _load_one_of(name, "server")  # type: ignore[return-value]
+def _of_role(block: object, role: Role) -> bool:
+    """Whether block is an instance of one of the role's block types (only the types whose
+    module is loaded can have instances: no other block module is imported)."""
+    loaded = tuple(
+        kind.block_class()
+        for kind in by_slug(role).values()
+        if f"prefect_dbbackup.blocks.{kind.module}" in sys.modules
+    )
+    return isinstance(block, loaded)
 
 
-def load_storage(name: str) -> BackupStorage:
-    """The backup storage block with this name."""
-    return _load_one_of(name, "storage")  # type: ignore[return-value]
+def _resolved(block: str | Block, role: Role) -> Block:
+    """The saved block of this role named `block`, or `block` itself (a block instance)."""
+    if isinstance(block, str):
+        return _load_one_of(block, role)
+    if not _of_role(block, role):
+        raise ConfigError(
+            f"{role} must be a {WHAT[role]} block or a saved one's name, not {type(block).__name__}"
+        )
+    return block
 
 
-def load_encryption(name: str) -> AgeEncryption:
-    """The age-encryption block with this name."""
-    return _load_one_of(name, "encryption")  # type: ignore[return-value]
+def block_name(block: Block) -> str:
+    """What run names, reports and storage keys call a block: the name it was saved or
+    loaded under, else (an unsaved block) its describe(), e.g. `postgres@db1:5432`."""
+    name = block._block_document_name
+    return name if name and not block._is_anonymous else block.describe()  # type: ignore[attr-defined]
+
+
+def name_of(block: str | Block) -> str:
+    """A flow parameter's name: a block's name as passed, or the block_name of an instance."""
+    return block if isinstance(block, str) else block_name(block)
+
+
+def load_server(server: str | DatabaseServer) -> DatabaseServer:
+    """The postgres-server or mysql-server block with this name (or the block passed)."""
+    return _resolved(server, "server")  # type: ignore[return-value]
+
+
+def load_storage(storage: str | BackupStorage) -> BackupStorage:
+    """The backup storage block with this name (or the block passed)."""
+    return _resolved(storage, "storage")  # type: ignore[return-value]
+
+
+def load_encryption(encryption: str | AgeEncryption) -> AgeEncryption:
+    """The age-encryption block with this name (or the block passed)."""
+    return _resolved(encryption, "encryption")  # type: ignore[return-value]

@@ -127,9 +127,19 @@ _MODELS = create_loader()
 
 
 class S3BackupStorage(BackupStorage):
-    """Backups in an S3 bucket (or any S3-compatible store via endpoint_url)."""
+    """Backups in an S3 bucket (or any S3-compatible store via endpoint_url).
+
+    Example:
+        ```python
+        from prefect_dbbackup import S3BackupStorage, backup_server
+
+        storage = S3BackupStorage.load("BLOCK_NAME")
+        backup_server("local-pg", storage=storage)
+        ```
+    """
 
     _block_type_name = "S3 Backup Storage"
+    _documentation_url = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/Welcome.html"
     _block_type_slug = "s3-backup-storage"
     _description = (
         "Stores backups in an S3 bucket: AWS, or MinIO/SeaweedFS/R2/... through endpoint_url."

@@ -10,7 +10,13 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.process import interrupted, stop_on_signals
-from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
+from prefect_dbbackup.blocks.registry import (
+    block_name,
+    load_encryption,
+    load_server,
+    load_storage,
+    name_of,
+)
 from prefect_dbbackup.blocks.retention import RetentionPolicy
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
@@ -30,7 +36,7 @@ from prefect_dbbackup.tasks.workdir import private_workdir
 
 
 def _run_name() -> str:
-    return f"backup-{flow_run.parameters['server']}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    return f"backup-{name_of(flow_run.parameters['server'])}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
 
 
 def _outcome(future: PrefectFuture) -> tuple[object, str | None]:
@@ -72,7 +78,11 @@ def _cancelled(report: BackupReport) -> State:
 
 
 def _checked_blocks(
-    server: str, storage: str, encryption: str, databases: list[str] | None, concurrency: int
+    server: str | DatabaseServer,
+    storage: str | BackupStorage,
+    encryption: str | AgeEncryption,
+    databases: list[str] | None,
+    concurrency: int,
 ) -> tuple[DatabaseServer, BackupStorage, AgeEncryption, list[str]]:
     """The run's blocks and the databases it backs up, once everything a dump needs checks
     out: nothing is dumped for a backup that cannot be encrypted, signed or stored."""
@@ -89,7 +99,7 @@ def _checked_blocks(
     log.info(
         "backing up %d database(s) of %s (%s) to %s, %d at a time",
         len(names),
-        server,
+        block_name(srv),
         srv.describe(),
         sto.describe(),
         max(1, concurrency),
@@ -160,9 +170,9 @@ def _prune_written(
 @recorded_run
 @transient_retries_only
 def backup_server(
-    server: str,
-    storage: str = "default",
-    encryption: str = "default",
+    server: str | DatabaseServer,
+    storage: str | BackupStorage = "default",
+    encryption: str | AgeEncryption = "default",
     databases: list[str] | None = None,
     concurrency: int = 2,
     zstd_level: int | None = None,
@@ -171,27 +181,41 @@ def backup_server(
 ) -> BackupReport | State:
     """Back up every selected database of a server; one failing does not stop the others.
 
-    Parameters name blocks (no secrets): `server` a postgres-server or
-    mysql-server block, `storage` a backup storage block, `encryption` an
-    age-encryption block. Ends Failed, naming the failed databases, if any failed.
+    `server` is a postgres-server or mysql-server block, `storage` a backup storage
+    block, `encryption` an age-encryption block: each a block or a saved block's name
+    (a deployment names saved blocks: a stored parameter never holds a secret). Ends
+    Failed, naming the failed databases, if any failed.
     When every backup succeeded, the series it wrote are pruned with `retention`
     (default: the server block's policy; none keeps everything).
+
+    Example:
+        ```python
+        from prefect_dbbackup import PostgresServer, RetentionPolicy, backup_server
+
+        report = backup_server("local-pg", databases=["shop"])  # saved blocks, by name
+        backup_server(
+            PostgresServer(host="db1", user="backup"),  # or blocks built in code
+            storage="offsite",
+            retention=RetentionPolicy(keep_daily=7),
+        )
+        ```
     """
     srv, sto, enc, names = _checked_blocks(server, storage, encryption, databases, concurrency)
+    series = block_name(srv)  # the saved block's name, or an unsaved one's describe()
     backup_id = new_backup_id()
     started = datetime.now(UTC)
     with stop_on_signals(), private_workdir() as workdir:
-        run = BackupRun(srv, server, enc, sto, workdir, backup_id, zstd_level, zstd_threads)
+        run = BackupRun(srv, series, enc, sto, workdir, backup_id, zstd_level, zstd_threads)
         users_run = _submit_users(run)
         outcomes = _back_up_databases(run, names, concurrency)
         users_row = [_row(GLOBALS_SEGMENT, users_run, "globals")] if users_run else []
-    report = BackupReport(server=server, storage=sto.describe(), outcomes=outcomes + users_row)
+    report = BackupReport(server=series, storage=sto.describe(), outcomes=outcomes + users_row)
     report.started_at, report.finished_at = started, datetime.now(UTC)
     if interrupted():
         return _cancelled(report)
-    refresh_health(sto, server)  # before _publish, which raises when a backup failed
+    refresh_health(sto, series)  # before _publish, which raises when a backup failed
     _publish(report)
     policy = retention or srv.retention
     if policy is not None and not policy.is_empty:
-        _prune_written(sto, server, policy, report, backup_id)
+        _prune_written(sto, series, policy, report, backup_id)
     return report

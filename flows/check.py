@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.errors import ReportedFailure
-from prefect_dbbackup.blocks.registry import load_encryption, load_storage
+from prefect_dbbackup.blocks.registry import load_encryption, load_storage, name_of
+from prefect_dbbackup.blocks.server import DatabaseServer
+from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.flows.artifacts import artifact_key, md
 from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.tasks.dedup.check import CheckReport, check_storage_task
@@ -92,16 +95,17 @@ def publish_check(r: CheckReport) -> None:
 def _run_name() -> str:
     from prefect.runtime import flow_run
 
-    return f"check-{flow_run.parameters.get('server') or 'all'}"
+    server = flow_run.parameters.get("server")
+    return f"check-{name_of(server) if server is not None else 'all'}"
 
 
 @flow(name="check-backups", flow_run_name=_run_name, validate_parameters=True)
 @recorded_run
 def check_backups(
-    server: str | None = None,
-    storage: str = "default",
+    server: str | DatabaseServer | None = None,
+    storage: str | BackupStorage = "default",
     read_data: bool = False,
-    encryption: str = "default",
+    encryption: str | AgeEncryption = "default",
     identity_file: str | None = None,
 ) -> CheckReport:
     """Check that every trusted backup (of `server`, or of every server) in the storage is
@@ -111,12 +115,21 @@ def check_backups(
     identity_file) and checks it against its id; damaged chunks are moved to
     `_dedup/damaged/` so that the next backup stores them again. Ends Failed (CheckFailed,
     naming the broken backups) when anything is wrong.
+
+    Example:
+        ```python
+        from prefect_dbbackup import check_backups
+
+        report = check_backups("local-pg", read_data=True)
+        print(report.backups, report.ok)
+        ```
     """
     sto = load_storage(storage)
     enc = load_encryption(encryption) if read_data else None
     if enc is not None:
         enc.identities(identity_file)  # no identity: a configuration error before any read
-    report = check_storage_task(sto, server, encryption=enc, identity_file=identity_file)
+    series = name_of(server) if server is not None else None
+    report = check_storage_task(sto, series, encryption=enc, identity_file=identity_file)
     publish_check(report)
     if not report.ok:
         raise CheckFailed(report)

@@ -5,8 +5,11 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
-from prefect_dbbackup.blocks.registry import load_server, load_storage
+from prefect.runtime import flow_run
+from prefect_dbbackup.blocks.registry import load_server, load_storage, name_of
 from prefect_dbbackup.blocks.retention import RetentionPolicy
+from prefect_dbbackup.blocks.server import DatabaseServer
+from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.flows.artifacts import artifact_key, md
 from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.health import refresh_health
@@ -15,7 +18,7 @@ from prefect_dbbackup.tasks.events import database_resource, server_related
 from prefect_dbbackup.tasks.prune import PruneItem, prune_task
 
 
-def policy_for(server: str, retention: RetentionPolicy | None) -> RetentionPolicy:
+def policy_for(server: str | DatabaseServer, retention: RetentionPolicy | None) -> RetentionPolicy:
     """The flow parameter if given, else the server block's policy, else keep everything."""
     if retention is not None:
         return retention
@@ -96,11 +99,15 @@ def report_prune(
     emit_future_dated(server, items)
 
 
-@flow(name="prune-backups", flow_run_name="prune-{server}", validate_parameters=True)
+def _run_name() -> str:
+    return f"prune-{name_of(flow_run.parameters['server'])}"
+
+
+@flow(name="prune-backups", flow_run_name=_run_name, validate_parameters=True)
 @recorded_run
 def prune_backups(
-    server: str,
-    storage: str = "default",
+    server: str | DatabaseServer,
+    storage: str | BackupStorage = "default",
     database: str | None = None,
     dry_run: bool = False,
     retention: RetentionPolicy | None = None,
@@ -113,14 +120,23 @@ def prune_backups(
     reports what would go. Object-locked backups are kept and reported, not failed;
     so are future-dated backups (also a `dbbackup.backup.future-dated` event each)
     and objects in backup directories that dbbackup did not write.
+
+    Example:
+        ```python
+        from prefect_dbbackup import RetentionPolicy, prune_backups
+
+        items = prune_backups("local-pg", dry_run=True, retention=RetentionPolicy(keep_last=3))
+        print([(i.database, i.backup_id, i.keep) for i in items])
+        ```
     """
     policy = policy_for(server, retention)
+    series = name_of(server)  # a block's saved name, or an unsaved one's describe()
     sto = load_storage(storage)
     items = prune_task(
-        sto, server, policy, databases=[database] if database else None, dry_run=dry_run
+        sto, series, policy, databases=[database] if database else None, dry_run=dry_run
     )
     # chunks are shared by every server of the storage: collected whatever was removed
     collection = collect_chunks_task(sto, dry_run=dry_run) if uses_chunks(sto) else None
-    report_prune(server, items, dry_run, collection)
-    refresh_health(sto, server)
+    report_prune(series, items, dry_run, collection)
+    refresh_health(sto, series)
     return items

@@ -11,7 +11,13 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.process import stop_on_signals
-from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
+from prefect_dbbackup.blocks.registry import (
+    block_name,
+    load_encryption,
+    load_server,
+    load_storage,
+    name_of,
+)
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.flows.artifacts import artifact_key
@@ -35,7 +41,7 @@ def _run_name() -> str:
     p = flow_run.parameters
     target = p.get("target_database") or p["database"]
     when = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    return f"restore-{p['server']}-{p['database']}-to-{target}-{when}"
+    return f"restore-{name_of(p['server'])}-{p['database']}-to-{target}-{when}"
 
 
 class _UsersRestore:
@@ -111,10 +117,10 @@ def _publish_artifact(
 )
 @recorded_run
 def restore_database(
-    server: str,
+    server: str | DatabaseServer,
     database: str,
-    storage: str = "default",
-    encryption: str = "default",
+    storage: str | BackupStorage = "default",
+    encryption: str | AgeEncryption = "default",
     backup_id: str = "latest",
     target_database: str | None = None,
     replace: bool = False,
@@ -136,10 +142,19 @@ def restore_database(
     named by backup_id (a ConfigError with 'latest').
     with_users also restores the users/roles backed up with it, before the database or
     after it as the engine needs (the restore_users flow, as a subflow).
+
+    Example:
+        ```python
+        from prefect_dbbackup import restore_database
+
+        result = restore_database("local-pg", "shop", target_database="shop_copy")
+        print(result.backup_id, result.seconds)
+        ```
     """
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
+    series = block_name(srv)  # the saved block's name, or an unsaved one's describe()
     manifest = find_backup(
-        sto, source_server or server, database, backup_id, allow_unsigned=allow_unsigned
+        sto, source_server or series, database, backup_id, allow_unsigned=allow_unsigned
     )
     target = target_database or database
     _announce(manifest, target, srv)
@@ -163,7 +178,7 @@ def restore_database(
     if not srv.engine.users_before_database:
         accounts = users.run()
     report = RestoreReport(**result.model_dump(), users=accounts)
-    _publish_artifact(result, server, sto, srv)
+    _publish_artifact(result, series, sto, srv)
     if users.incomplete:
         raise UsersPartlyRestored(
             f"restored {database!r} into {target!r}; {users.incomplete}", report

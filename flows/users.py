@@ -4,19 +4,33 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
+from prefect.runtime import flow_run
+from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.registry import (
+    block_name,
+    load_encryption,
+    load_server,
+    load_storage,
+    name_of,
+)
+from prefect_dbbackup.blocks.server import DatabaseServer
+from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.tasks.catalog import find_backup
 from prefect_dbbackup.tasks.users import UsersResult, find_users_backup, restore_users_task
 from prefect_dbbackup.tasks.workdir import private_workdir
 
 
-@flow(name="restore-users", flow_run_name="restore-users-{server}", validate_parameters=True)
+def _run_name() -> str:
+    return f"restore-users-{name_of(flow_run.parameters['server'])}"
+
+
+@flow(name="restore-users", flow_run_name=_run_name, validate_parameters=True)
 @recorded_run
 def restore_users(
-    server: str,
-    storage: str = "default",
-    encryption: str = "default",
+    server: str | DatabaseServer,
+    storage: str | BackupStorage = "default",
+    encryption: str | AgeEncryption = "default",
     backup_id: str = "latest",
     users: list[str] | None = None,
     dry_run: bool = False,
@@ -34,9 +48,17 @@ def restore_users(
     lists the statements, passwords and hashes masked. source_server reads the
     backups of another (e.g. lost) server. allow_unsigned also accepts a backup named by
     backup_id whose manifest is unsigned (from before signing; a ConfigError with 'latest').
+
+    Example:
+        ```python
+        from prefect_dbbackup import restore_users
+
+        planned = restore_users("local-pg", users=["app"], dry_run=True)
+        print(planned.accounts)
+        ```
     """
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
-    series = source_server or server
+    series = source_server or block_name(srv)
     if for_database is None:
         manifest = find_users_backup(sto, series, backup_id, allow_unsigned=allow_unsigned)
     else:

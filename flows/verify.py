@@ -7,8 +7,17 @@ from datetime import UTC, datetime, timedelta
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
+from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.errors import DbBackupError
-from prefect_dbbackup.blocks.registry import load_encryption, load_server, load_storage
+from prefect_dbbackup.blocks.registry import (
+    block_name,
+    load_encryption,
+    load_server,
+    load_storage,
+    name_of,
+)
+from prefect_dbbackup.blocks.server import DatabaseServer
+from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.flows.artifacts import artifact_key, first_line
 from prefect_dbbackup.flows.backup_report import DatabasesFailed
 from prefect_dbbackup.flows.crashed_runs import recorded_run
@@ -85,15 +94,15 @@ class VerifyRunFailed(DatabasesFailed):
 
 
 def _run_name() -> str:
-    return f"verify-{flow_run.parameters['server']}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    return f"verify-{name_of(flow_run.parameters['server'])}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
 
 
 @flow(name="verify-backups", flow_run_name=_run_name, validate_parameters=True)
 @recorded_run
 def verify_backups(
-    server: str,
-    storage: str = "default",
-    encryption: str = "default",
+    server: str | DatabaseServer,
+    storage: str | BackupStorage = "default",
+    encryption: str | AgeEncryption = "default",
     databases: list[str] | None = None,
     identity_file: str | None = None,
     stale_after_hours: float | None = None,
@@ -105,12 +114,21 @@ def verify_backups(
     MySQL/MariaDB its table list. Scratch databases are dropped afterwards; ones
     left by killed runs are dropped at start once older than `stale_after_hours`
     (default: the server's dump_timeout plus one hour). Ends Failed if any failed.
+
+    Example:
+        ```python
+        from prefect_dbbackup import verify_backups
+
+        report = verify_backups("local-pg", databases=["shop"])
+        print([(o.database, o.status, o.rows) for o in report.outcomes])
+        ```
     """
     log = get_run_logger()
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
+    series = block_name(srv)  # the saved block's name, or an unsaved one's describe()
     enc.identities(identity_file)  # no identity: a configuration error before anything runs
     record_signer(sto)  # nor without the key that signs the records retention trusts
-    manifests = latest_backups(sto, server, databases)
+    manifests = latest_backups(sto, series, databases)
     refused = [
         VerifyOutcome(
             database=e.database,
@@ -118,7 +136,7 @@ def verify_backups(
             backup_id=e.backup_id,
             error=str(e.refusal()),
         )
-        for e in refused_latest(sto, server, databases)
+        for e in refused_latest(sto, series, databases)
     ]
     hours = stale_after_hours if stale_after_hours is not None else srv.dump_timeout / 3600 + 1
     try:
@@ -153,10 +171,10 @@ def verify_backups(
                     seconds=result.seconds,
                 )
             outcomes.append(outcome)
-    report = VerifyReport(server=server, storage=sto.describe(), outcomes=outcomes)
+    report = VerifyReport(server=series, storage=sto.describe(), outcomes=outcomes)
     report.publish()
     report.emit_events()
-    refresh_health(sto, server)
+    refresh_health(sto, series)
     if report.failed:
         raise VerifyRunFailed(report)
     return report

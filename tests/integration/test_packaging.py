@@ -1,5 +1,7 @@
-"""A non-editable install (a built wheel) holds only the prefect_dbbackup namespace and
-the `dbbackup` script, and carries the shipped automations and prefect.yaml."""
+"""A non-editable install (a built wheel) holds only the prefect_dbbackup package (its
+`__init__` from api/, its subpackages from blocks/, tasks/, flows/, deployments/) and the
+`dbbackup` script, carries the shipped automations and prefect.yaml, and exports the
+Python API."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("blocks", "tasks", "flows", "deployments")
+TOP = "api"  # the source folder of prefect_dbbackup/__init__.py (pyproject.toml)
 
 
 def clean_source(target: Path) -> Path:
@@ -21,14 +24,14 @@ def clean_source(target: Path) -> Path:
     target.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, target / name)
-    for package in PACKAGES:
+    for package in (*PACKAGES, TOP):
         shutil.copytree(
             ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__")
         )
     return target
 
 
-def test_wheel_installs_only_the_namespace_and_ships_automations(tmp_path: Path) -> None:
+def test_wheel_installs_only_the_package_and_ships_automations(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q"]
@@ -49,6 +52,7 @@ def test_wheel_installs_only_the_namespace_and_ships_automations(tmp_path: Path)
         for package in PACKAGES
         for path in (ROOT / package).rglob("*.py")
     }
+    assert "prefect_dbbackup/__init__.py" in names  # api/__init__.py
     assert sorted(modules - set(names)) == [], "modules missing from the wheel"
 
     # a venv that sees the machine's dependencies but not the editable checkout
@@ -71,6 +75,22 @@ def test_wheel_installs_only_the_namespace_and_ships_automations(tmp_path: Path)
         text=True,
     )
     assert where.stdout.strip().startswith(str(env_dir)), where.stdout
+    api = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import prefect_dbbackup as p; from prefect_dbbackup import backup_server, "
+            "PostgresServer; print(p.__file__); print(backup_server.name, PostgresServer.__module__)",
+        ],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    init, names_line = api.stdout.splitlines()
+    assert init.startswith(str(env_dir)) and init.endswith("/prefect_dbbackup/__init__.py"), init
+    assert names_line == "backup-server prefect_dbbackup.blocks.postgres"
     done = subprocess.run(
         [str(env_dir / "bin" / "dbbackup"), "automations", "apply", "--help"],
         cwd=tmp_path,

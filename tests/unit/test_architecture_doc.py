@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("blocks", "tasks", "flows", "deployments")
+PACKAGES = ("api", "blocks", "tasks", "flows", "deployments")
 
 
 def test_the_module_table_names_every_module_and_only_modules_that_exist() -> None:
@@ -20,7 +20,7 @@ def test_the_module_table_names_every_module_and_only_modules_that_exist() -> No
         path.relative_to(ROOT).as_posix()
         for package in PACKAGES
         for path in (ROOT / package).rglob("*.py")
-        if path.name != "__init__.py"
+        if path.name != "__init__.py" or package == "api"  # api/__init__.py is the package
     }
     assert sorted(modules - named) == [], "modules missing from docs/architecture.md's table"
     assert sorted(named - modules) == [], "docs/architecture.md's table names modules that are gone"

@@ -1,7 +1,8 @@
 """Import rules, each checked by one scan of every source file (all offenders reported at once):
 the source installs under the prefect_dbbackup namespace only (no top-level
 `blocks`/`tasks`/`flows`/`deployments` imports: other Prefect projects use those names), and
-imports point down only: flows -> tasks -> blocks (docs/architecture.md)."""
+imports point down only: the package's own exports (api/__init__.py) -> flows -> tasks ->
+blocks (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OWN_FOLDERS = ("blocks", "tasks", "flows", "deployments", "tests")
 OLD_NAMES = {"blocks", "tasks", "flows", "deployments"}
 LAYERS = ("blocks", "tasks", "flows")  # each imports only the layers before it
+TOP = "prefect_dbbackup"  # the package's exports (api/__init__.py): above every layer
 
 
 def _imported_modules(path: Path) -> list[str]:
@@ -44,7 +46,7 @@ def upward_imports(root: Path) -> list[str]:
     """One line per file of a layer that imports a layer above it."""
     found = []
     for index, layer in enumerate(LAYERS):
-        above = {f"prefect_dbbackup.{name}" for name in LAYERS[index + 1 :]}
+        above = {TOP} | {f"prefect_dbbackup.{name}" for name in LAYERS[index + 1 :]}
         for path in _sources(root, (layer,)):
             up = [m for m in _imported_modules(path) if ".".join(m.split(".")[:2]) in above]
             if up:
@@ -70,6 +72,7 @@ def test_the_scans_see_every_offender_in_a_tree(tmp_path: Path) -> None:
         "blocks/up.py": "def f():\n    from prefect_dbbackup.tasks.manifest import Manifest\n",
         "tasks/up.py": "import prefect_dbbackup.flows.cli\nfrom prefect_dbbackup.blocks import A\n",
         "flows/ok.py": "from prefect_dbbackup.tasks import backup\nimport prefect_dbbackup.blocks\n",
+        "flows/top.py": "from prefect_dbbackup import backup_server\n",
         "tests/old.py": "from tasks.errors import X\nimport flows.cli\n",
         "deployments/old.py": "import deployments.serve\n",
     }
@@ -79,6 +82,7 @@ def test_the_scans_see_every_offender_in_a_tree(tmp_path: Path) -> None:
     assert upward_imports(tmp_path) == [
         "blocks/up.py (blocks) imports the layer above: ['prefect_dbbackup.tasks.manifest']",
         "tasks/up.py (tasks) imports the layer above: ['prefect_dbbackup.flows.cli']",
+        "flows/top.py (flows) imports the layer above: ['prefect_dbbackup']",
     ]
     assert old_name_imports(tmp_path) == [
         "deployments/old.py imports ['deployments.serve']: use prefect_dbbackup.<name>",
