@@ -299,19 +299,26 @@ def test_two_workers_share_the_pool_and_the_host_limit_holds_across_them(
         wait_for("fleet-a's dump to start (see worker-*.log)", lambda: databases[0] in watch.seen)
         second = fleet.run("backup-server/fleet-b", databases=[databases[1]])
 
-        def waiting_task() -> bool:
+        def dump_task() -> dict | None:
+            """fleet-b's dump task, once it has started (it then waits for the slot)."""
             runs = fleet.post(
                 "/task_runs/filter",
                 {"flow_runs": {"id": {"any_": [second]}}, "limit": 50},
             )
-            return any(
-                t["name"] == f"backup-{databases[1]}" and t["state"]["type"] == "RUNNING"
-                for t in runs
+            return next(
+                (
+                    t
+                    for t in runs
+                    if t["name"] == f"backup-{databases[1]}"
+                    and t["state"]["type"] not in ("PENDING", "SCHEDULED")
+                ),
+                None,
             )
 
-        wait_for("fleet-b's dump task to start on the other worker", waiting_task)
+        wait_for("fleet-b's dump task to start on the other worker", dump_task)
         time.sleep(3)  # long enough for an unlimited pg_dump to show up
         assert databases[1] not in watch.seen, "fleet-b dumped while fleet-a held the slot"
+        assert dump_task()["state"]["type"] == "RUNNING"  # still waiting for the slot
     finally:
         holder.close()  # the lock goes: fleet-a's dump goes on, then fleet-b's
     try:
