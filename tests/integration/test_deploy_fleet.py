@@ -297,6 +297,8 @@ def test_two_workers_share_the_pool_and_the_host_limit_holds_across_them(
         holder.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")  # open transaction
         first = fleet.run("backup-server/fleet-a", databases=[databases[0]])
         wait_for("fleet-a's dump to start (see worker-*.log)", lambda: databases[0] in watch.seen)
+        held = fleet.get("/v2/concurrency_limits/dbbackup-host-127.0.0.1")
+        assert (held["limit"], held["active_slots"]) == (1, 1)  # fleet-a's dump holds it
         second = fleet.run("backup-server/fleet-b", databases=[databases[1]])
 
         def dump_task() -> dict | None:
@@ -318,7 +320,8 @@ def test_two_workers_share_the_pool_and_the_host_limit_holds_across_them(
         wait_for("fleet-b's dump task to start on the other worker", dump_task)
         time.sleep(3)  # long enough for an unlimited pg_dump to show up
         assert databases[1] not in watch.seen, "fleet-b dumped while fleet-a held the slot"
-        assert dump_task()["state"]["type"] == "RUNNING"  # still waiting for the slot
+        waiting = dump_task()["state"]
+        assert waiting["type"] == "RUNNING", waiting  # still waiting for the slot
     finally:
         holder.close()  # the lock goes: fleet-a's dump goes on, then fleet-b's
     try:
