@@ -35,7 +35,7 @@ from prefect_dbbackup.flows.operations import (
 
 DEFAULT_POOL = "dbbackup"
 PAGE = 200  # deployments per read (the API's largest page)
-WRITERS = 8  # deployments written at once
+WRITERS = 4  # deployments written at once
 
 
 @dataclass
