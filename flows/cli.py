@@ -556,7 +556,7 @@ app.add_typer(automations_app, name="automations")
 @app.command()
 @needs_api(True)
 def serve(config: ConfigOpt = Path("dbbackup.yaml")) -> None:
-    """Run the scheduled backup, verify and prune deployments of CONFIG in this process."""
+    """Run the scheduled backup, verify, prune and check deployments of CONFIG in this process."""
     from prefect_dbbackup.flows.operations import serve as serve_config
 
     serve_config(config)
