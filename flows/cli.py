@@ -619,10 +619,35 @@ app.add_typer(automations_app, name="automations")
 @app.command()
 @needs_api(True)
 def serve(config: ConfigOpt = Path("dbbackup.yaml")) -> None:
-    """Run the scheduled backup, verify and prune deployments of CONFIG in this process."""
+    """Run the scheduled backup, verify, prune and check deployments of CONFIG in this process."""
     from prefect_dbbackup.flows.operations import serve as serve_config
 
     serve_config(config)
+
+
+@app.command()
+@needs_api(True)
+def deploy(
+    config: Annotated[
+        Path, typer.Argument(help="Config whose servers and `schedules:` to deploy.")
+    ] = Path("dbbackup.yaml"),
+    pool: Annotated[str, typer.Option("--pool", help="Work pool (created if missing).")] = (
+        "dbbackup"
+    ),
+) -> None:
+    """Create or update the deployments of CONFIG in a work pool; report the stale ones."""
+    from prefect_dbbackup.flows.deploy import deploy as deploy_config
+
+    changes = deploy_config(config, pool)
+    for c in changes:
+        typer.echo(
+            f"{c.status:9} {printable(c.name)}" + (f"  ({printable(c.detail)})" if c.detail else "")
+        )
+    counts = {
+        s: sum(c.status == s for c in changes[1:])
+        for s in ("created", "updated", "unchanged", "stale")
+    }
+    typer.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
 
 
 @limits_app.command("apply")

@@ -1,8 +1,9 @@
 """dbbackup.yaml's `schedules` and `limits` sections: deployments to serve and host limits.
 
 `dbbackup serve` serves one deployment per (job, server) with the schedules
-below; deployments/prefect.yaml declares the same deployments for a work
-pool. `dbbackup limits apply` creates the per-host limits (tasks/limits.py).
+below; `dbbackup deploy` (flows/deploy.py) writes the same deployments into a
+work pool, and deployments/prefect.yaml declares them for `prefect deploy`.
+`dbbackup limits apply` creates the per-host limits (tasks/limits.py).
 """
 
 from __future__ import annotations
@@ -19,12 +20,19 @@ from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.flows.config import expand_env, read_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-JOBS = ("backup", "verify", "prune")
+JOBS = ("backup", "verify", "prune", "check")
 # flow name and module-path entrypoint of each job (the deployment is FLOW_NAME/SERVER)
 FLOWS = {
     "backup": ("backup-server", "prefect_dbbackup.flows.backup.backup_server"),
     "verify": ("verify-backups", "prefect_dbbackup.flows.verify.verify_backups"),
     "prune": ("prune-backups", "prefect_dbbackup.flows.prune.prune_backups"),
+    "check": ("check-backups", "prefect_dbbackup.flows.check.check_backups"),
+}
+DESCRIPTIONS = {
+    "backup": "Backup of every database of {server}.",
+    "verify": "Restore check of the latest backup of each database of {server}.",
+    "prune": "Retention (GFS) of the backups of {server}.",
+    "check": "Check that every stored backup of {server} is whole.",
 }
 # a run that starts while the previous one of the same deployment still runs is cancelled:
 # stacking two dumps of one server never helps, and a queue could grow night after night
@@ -43,6 +51,7 @@ class JobTimes(_Strict):
     backup: str | None = "30 2 * * *"
     verify: str | None = "0 4 * * 0"
     prune: str | None = "30 5 * * *"
+    check: str | None = "0 4 * * 3"
 
 
 class Schedules(JobTimes):
@@ -94,6 +103,11 @@ class DeploymentPlan:
     @property
     def tags(self) -> list[str]:
         return ["dbbackup", self.job, f"server:{self.server}"]
+
+    @property
+    def description(self) -> str:
+        """What the deployment does, as the UI's Deployments page shows it."""
+        return DESCRIPTIONS[self.job].format(server=self.server)
 
 
 def _section(model: type[BaseModel], raw: Any, where: str) -> Any:
@@ -168,6 +182,7 @@ def runner_deployments(ops: Operations) -> list:
                 name=plan.server,
                 schedules=schedules,
                 parameters=plan.parameters,
+                description=plan.description,
                 tags=plan.tags,
                 concurrency_limit=ONE_AT_A_TIME,
                 entrypoint_type=EntrypointType.MODULE_PATH,

@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import pyrage
 
 from tests.benchmarks import cases, data, report
 from tests.benchmarks.harness import run_group, run_once, summarise
+from tests.prefect_procs import stop
 
 
 def log(message: str) -> None:
@@ -77,14 +77,7 @@ def prefect_server(home: Path) -> Iterator[dict[str, str]]:
         log(f"prefect server at {url}")
         yield {"PREFECT_API_URL": url}
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)
 
 
 def _first_line(argv: list[str]) -> str:

@@ -15,13 +15,11 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -34,53 +32,16 @@ from prefect_dbbackup.flows.cli import app
 from typer.testing import CliRunner
 
 from tests.helpers import session_signing_key, signing_fields
+from tests.prefect_procs import ROOT, prefect_env, start_server
+from tests.prefect_procs import free_port as _free_port
+from tests.prefect_procs import start as _start
+from tests.prefect_procs import stop as _stop
+from tests.prefect_procs import wait_for as _wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 SERVER = "local-pg"  # the server the shipped deployments/prefect.yaml deploys
 PREFIX = f"dbb_e2e_{uuid.uuid4().hex[:6]}_"  # server blocks here see only this module's databases
-DEADLINE = 120.0
 # one server, pool and worker for the module: its tests stay on one xdist worker
 pytestmark = [pytest.mark.xdist_group("deployments_e2e"), pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(what: str, check: Callable[[], Any], timeout: float = DEADLINE) -> Any:
-    """Poll check() until it returns something truthy; fail naming `what` at the deadline."""
-    end = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
-
-
-def _start(argv: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen:
-    return subprocess.Popen(
-        argv,
-        env=env,
-        cwd=cwd,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: killed as a whole at teardown
-    )
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 class Hook(BaseHTTPRequestHandler):
@@ -154,36 +115,18 @@ def real(tmp_path_factory: pytest.TempPathFactory, identity_file: Path, recipien
     tmp = tmp_path_factory.mktemp("prefect-e2e")
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {
-        "PREFECT_HOME": str(tmp / "prefect-home"),
-        "PREFECT_API_URL": url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
-        "DBBACKUP_HOME": str(ROOT),
-        "DBBACKUP_WORK_DIR": str(tmp / "work"),
-    }
+    env = prefect_env(
+        tmp / "prefect-home",
+        url,
+        DBBACKUP_HOME=str(ROOT),
+        DBBACKUP_WORK_DIR=str(tmp / "work"),
+    )
     procs = []
     hook = HTTPServer(("127.0.0.1", 0), Hook)
     hook.received = []  # type: ignore[attr-defined]
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     try:
-        procs.append(
-            _start(
-                [sys.executable, "-m", "prefect", "server", "start"]
-                + ["--host", "127.0.0.1", "--port", str(port)],
-                env,
-                tmp / "server.log",
-            )
-        )
-
-        def healthy() -> bool:
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"{url}/health", timeout=2).status_code == 200
-            return False
-
-        _wait_for("prefect server to answer", healthy)  # migrations: slow on a loaded machine
+        procs.append(start_server(env, tmp / "server.log"))  # migrations: slow when loaded
         storage_path = tmp / "backups"
         (tmp / "signing.key").write_text(session_signing_key())
         config = tmp / "dbbackup.yaml"

@@ -24,7 +24,7 @@ def test_every_command_declares_its_need() -> None:
     undeclared = sorted(" ".join(words) for words, need in needs.items() if need is None)
     assert undeclared == [], f"commands without @needs_api: {undeclared}"
     assert {words for words, need in needs.items() if need is False} == OFFLINE
-    assert len(needs) == 19  # status (#26)
+    assert len(needs) == 20  # status and deploy (#26)
 
 
 @pytest.mark.parametrize(

@@ -118,3 +118,18 @@ def test_host_limits_cover_every_server_host_and_explicit_hosts(tmp_path: Path) 
 def test_limit_names_are_valid_prefect_names() -> None:
     assert host_limit_name("db1.example.com") == "dbbackup-host-db1.example.com"
     assert host_limit_name("/run/mysqld") == "dbbackup-host-_run_mysqld"
+
+
+@pytest.mark.parametrize("name", ["50%", "a/b", '"line\\nbreak"', "a<b"])
+def test_deploy_refuses_a_server_name_prefect_cannot_take_before_any_api_call(
+    tmp_path: Path, name: str
+) -> None:
+    """`dbbackup deploy` checks every name first: no API is configured here, so any call
+    would fail differently (or start a server)."""
+    import asyncio
+
+    from prefect_dbbackup.flows.deploy import deploy_async
+
+    path = write(tmp_path, f"servers:\n  {name}: {{type: postgres}}\n")
+    with pytest.raises(ConfigError, match="cannot name a deployment"):
+        asyncio.run(deploy_async(path, "pool"))
