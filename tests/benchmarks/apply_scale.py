@@ -14,7 +14,6 @@ See docs/performance.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import tempfile
 import time
@@ -22,6 +21,8 @@ import uuid
 from pathlib import Path
 
 import pyrage
+
+from tests.benchmarks.harness import prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -88,11 +89,7 @@ def main() -> None:
     from prefect_dbbackup.flows.config import apply_config
 
     recipient = str(pyrage.x25519.Identity.generate().to_public())
-    harness = contextlib.nullcontext()
-    if not os.environ.get("PREFECT_API_URL"):
-        from prefect.testing.utilities import prefect_test_harness
-
-        harness = prefect_test_harness(server_startup_timeout=120)
+    harness = prefect_api()
     with harness, tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "dbbackup.yaml"
         tag = uuid.uuid4().hex[:6]

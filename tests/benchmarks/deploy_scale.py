@@ -12,7 +12,6 @@ Not a test: no timed assertions anywhere. See docs/performance.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from tests.benchmarks.harness import prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 MAIN = "from prefect_dbbackup.flows.cli import main; main()"
@@ -50,11 +51,7 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=100)
     args = parser.parse_args()
 
-    harness = contextlib.nullcontext()
-    if not os.environ.get("PREFECT_API_URL"):
-        from prefect.testing.utilities import prefect_test_harness
-
-        harness = prefect_test_harness(server_startup_timeout=120)
+    harness = prefect_api()
     with harness, tempfile.TemporaryDirectory() as tmp:
         from prefect.settings import PREFECT_API_URL
 

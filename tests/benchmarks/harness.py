@@ -9,6 +9,7 @@ which then take precedence.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -139,3 +140,13 @@ def summarise(group: Group, samples: dict[str, list[Sample]]) -> list[dict[str, 
             row["mb_per_s"] = row["raw_mb"] / row["median_s"]
         rows.append(row)
     return rows
+
+
+def prefect_api() -> contextlib.AbstractContextManager[object]:
+    """PREFECT_API_URL's API when set (nothing to start), else a temporary local one (SQLite)
+    for the benchmark's duration."""
+    if os.environ.get("PREFECT_API_URL"):
+        return contextlib.nullcontext()
+    from prefect.testing.utilities import prefect_test_harness
+
+    return prefect_test_harness(server_startup_timeout=120)

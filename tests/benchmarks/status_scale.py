@@ -13,7 +13,6 @@ assertions. See docs/performance.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import subprocess
@@ -24,6 +23,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from tests.benchmarks.harness import prefect_api
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -70,11 +71,7 @@ def main() -> None:
 
     from tests.helpers import signing_fields
 
-    harness = contextlib.nullcontext()
-    if not os.environ.get("PREFECT_API_URL"):
-        from prefect.testing.utilities import prefect_test_harness
-
-        harness = prefect_test_harness(server_startup_timeout=120)
+    harness = prefect_api()
     with harness, tempfile.TemporaryDirectory() as tmp:
         from prefect.settings import PREFECT_API_URL
 
