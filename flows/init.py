@@ -4,14 +4,15 @@ The age identity and the manifest signing key (`.dbbackup/`, 0600), a starter
 `dbbackup.yaml` naming the servers that answered on this machine (blocks/probe.py), and
 a `.gitignore` entry for the keys. Running it again keeps every file that exists (a key
 is never replaced) and adds the `.gitignore` entry only once. No target is written
-through a symbolic link: one planted at any of them refuses the whole run before
-anything is written.
+through a symbolic link: one planted at any of them (or a FIFO, a device) refuses the
+whole run before anything is written.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,13 +60,25 @@ class InitReport:
     servers: list[str] = field(default_factory=list)  # the names in a config written now
 
 
-def _refuse_links(directory: Path) -> None:
+def _refuse_foreign(directory: Path) -> None:
+    """Stop before writing anything if a target is a symbolic link, or not what init would
+    make there (a FIFO at a key path would make a read wait forever)."""
     for relative in (KEY_DIR, IDENTITY, SIGNING_KEY, CONFIG, GITIGNORE):
-        if (directory / relative).is_symlink():
+        path = directory / relative
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        if stat.S_ISLNK(mode):
             raise ConfigError(
-                f"{directory / relative} is a symbolic link: init never writes through one "
+                f"{path} is a symbolic link: init never writes through one "
                 "(remove it, or choose another --dir); nothing was written"
             )
+        if not (stat.S_ISDIR(mode) if relative == KEY_DIR else stat.S_ISREG(mode)):
+            kind = "a directory" if relative == KEY_DIR else "a regular file"
+            raise ConfigError(f"{path} is not {kind}: remove it; nothing was written")
 
 
 def _server_entry(found: FoundServer) -> str:
@@ -129,9 +142,13 @@ def _keep_or_write_keys(directory: Path, report: InitReport) -> None:
 def _ignore_keys(path: Path, report: InitReport) -> None:
     """Append the keys' entry to .gitignore unless a line already ignores them."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o644)
     except OSError as exc:
         raise ConfigError(f"cannot open {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # planted since _refuse_foreign looked
+        os.close(fd)
+        raise ConfigError(f"{path} is not a regular file: remove it")
     with os.fdopen(fd, "r+") as handle:
         text = handle.read()
         if IGNORE_SAME & {line.strip() for line in text.splitlines()}:
@@ -146,7 +163,7 @@ def init_directory(directory: Path, ports: dict[str, int], timeout: float = 1.0)
     """Write what is missing of the keys, the starter config and the .gitignore entry in
     directory; ports: the port to probe per config type ("postgres", "mysql")."""
     directory = directory.expanduser().absolute()
-    _refuse_links(directory)
+    _refuse_foreign(directory)
     report = InitReport()
     _keep_or_write_keys(directory, report)
     config = directory / CONFIG

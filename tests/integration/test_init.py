@@ -7,6 +7,7 @@ import os
 import socket
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,36 @@ def test_an_existing_key_that_is_no_key_is_refused_not_replaced(tmp_path):
     assert "identity.txt" in result.output
     assert (tmp_path / KEYS[0]).read_text() == "not a key\n"
     assert not os.path.lexists(tmp_path / "dbbackup.yaml")
+
+
+@pytest.mark.parametrize("target", [KEYS[0], ".gitignore"], ids=["identity", "gitignore"])
+def test_a_fifo_at_a_target_is_refused_without_waiting_on_it(tmp_path, target):
+    (tmp_path / ".dbbackup").mkdir(mode=0o700)
+    os.mkfifo(tmp_path / target)
+    started = time.monotonic()
+    result = init(tmp_path)
+    assert result.exit_code == 3, result.output
+    assert "is not a regular file" in result.output
+    assert time.monotonic() - started < 10
+    assert not os.path.lexists(tmp_path / "dbbackup.yaml")
+
+
+def test_a_listener_that_never_answers_is_left_out_after_a_short_wait(tmp_path):
+    with socket.socket() as silent:  # accepts connections (backlog), never says a byte
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        started = time.monotonic()
+        result = init(tmp_path, "--postgres-port", str(silent.getsockname()[1]))
+        elapsed = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    assert set(_servers(tmp_path)) == {"local-my"}
+    assert elapsed < 10  # one short timeout per address, not a hang
+
+
+def test_a_directory_name_with_a_newline_and_percent_is_printed_escaped(tmp_path):
+    directory = tmp_path / "odd\nname%s 'q'"
+    result = init(directory, "--postgres-port", str(_free_port()))
+    assert result.exit_code == 0, result.output
+    assert _mode(directory / KEYS[0]) == 0o600
+    assert set(_servers(directory)) == {"local-my"}
+    assert all(line.startswith(("created", "kept")) for line in result.stdout.splitlines())
