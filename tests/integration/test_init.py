@@ -8,15 +8,19 @@ import socket
 import stat
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from prefect_dbbackup.blocks.probe import MYSQL, POSTGRES, FoundServer, probe
 from prefect_dbbackup.blocks.signing import load_signing_key, public_key_text
 from prefect_dbbackup.flows.cli import app
 from prefect_dbbackup.flows.config import load_config
+from prefect_dbbackup.flows.init import starter_config
 from typer.testing import CliRunner
 
 KEYS = (".dbbackup/identity.txt", ".dbbackup/signing.key")
+MY_SOCKET = "/run/mysqld/mysqld.sock"
 
 
 def init(directory: Path, *args: str):
@@ -171,3 +175,31 @@ def test_a_directory_name_with_a_newline_and_percent_is_printed_escaped(tmp_path
     assert _mode(directory / KEYS[0]) == 0o600
     assert set(_servers(directory)) == {"local-my"}
     assert all(line.startswith(("created", "kept")) for line in result.stdout.splitlines())
+
+
+@pytest.mark.parametrize(
+    "found",
+    [
+        [FoundServer(POSTGRES, "/var/run/postgresql", 5433), FoundServer(MYSQL, MY_SOCKET, 3306)],
+        [],
+    ],
+    ids=["sockets", "none"],
+)
+def test_the_starter_config_of_servers_on_sockets_or_of_none_loads(tmp_path, found):
+    assert init(tmp_path, "--postgres-port", str(_free_port())).exit_code == 0  # the keys
+    (tmp_path / "dbbackup.yaml").write_text(starter_config(found))
+    servers = _servers(tmp_path)
+    assert set(servers) == {f.engine.name for f in found}
+    if found:
+        assert (servers["local-pg"].host, servers["local-pg"].port) == ("/var/run/postgresql", 5433)
+        assert servers["local-my"].host == MY_SOCKET
+        assert "port:" not in starter_config(found).split("local-my:")[1].split("storage:")[0]
+
+
+def test_a_server_reached_only_by_its_socket_is_found_there():
+    closed = _free_port()
+    my = probe(MYSQL, closed, timeout=1.0)  # nothing on TCP: the machine's MariaDB socket
+    assert my is not None and my.host == MY_SOCKET
+    only_socket = replace(POSTGRES, sockets=("/var/run/postgresql/.s.PGSQL.5432",))
+    pg = probe(only_socket, closed, timeout=1.0)
+    assert pg is not None and pg.host == "/var/run/postgresql"  # PostgreSQL's host: the folder
