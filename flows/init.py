@@ -141,6 +141,7 @@ def _keep_or_write_keys(directory: Path, report: InitReport) -> None:
 
 def _ignore_keys(path: Path, report: InitReport) -> None:
     """Append the keys' entry to .gitignore unless a line already ignores them."""
+    existed = os.path.lexists(path)
     try:
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         fd = os.open(path, flags, 0o644)
@@ -149,14 +150,14 @@ def _ignore_keys(path: Path, report: InitReport) -> None:
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # planted since _refuse_foreign looked
         os.close(fd)
         raise ConfigError(f"{path} is not a regular file: remove it")
-    with os.fdopen(fd, "r+") as handle:
+    with os.fdopen(fd, "r+", encoding="utf-8", errors="surrogateescape") as handle:
         text = handle.read()
         if IGNORE_SAME & {line.strip() for line in text.splitlines()}:
             report.files.append(("unchanged", GITIGNORE))
             return
         separator = "\n" if text and not text.endswith("\n") else ""
         handle.write(f"{separator}# dbbackup's private keys (dbbackup init)\n{IGNORE_ENTRY}\n")
-    report.files.append(("updated" if text else "created", GITIGNORE))
+    report.files.append(("updated" if existed else "created", GITIGNORE))
 
 
 def init_directory(directory: Path, ports: dict[str, int], timeout: float = 1.0) -> InitReport:

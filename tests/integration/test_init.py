@@ -84,10 +84,13 @@ def test_a_fresh_directory_gets_keys_a_config_for_the_local_servers_and_one_igno
 
 
 def test_an_existing_gitignore_keeps_its_lines_and_one_that_ignores_the_keys_is_enough(tmp_path):
-    (tmp_path / ".gitignore").write_text("*.log")  # no newline at the end
-    assert init(tmp_path, "--postgres-port", str(_free_port())).exit_code == 0
-    assert (tmp_path / ".gitignore").read_text().splitlines()[0] == "*.log"
-    assert (tmp_path / ".gitignore").read_text().splitlines()[-1] == "/.dbbackup/"
+    (tmp_path / ".gitignore").write_bytes(b"*.log\n\xff\xfe.bin")  # not UTF-8, no final newline
+    result = init(tmp_path, "--postgres-port", str(_free_port()))
+    assert result.exit_code == 0, result.output
+    assert f"updated   {tmp_path}/.gitignore" in result.stdout
+    lines = (tmp_path / ".gitignore").read_bytes().splitlines()
+    assert lines[:2] == [b"*.log", b"\xff\xfe.bin"]
+    assert lines[-1] == b"/.dbbackup/"
     other = tmp_path / "other"
     other.mkdir()
     (other / ".gitignore").write_text(".dbbackup\n")
