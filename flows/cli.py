@@ -159,6 +159,35 @@ def dedup_keygen(
 
 
 @app.command()
+@needs_api(False)
+def init(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Directory for dbbackup.yaml, .dbbackup/, .gitignore.")
+    ] = Path(),
+    postgres_port: Annotated[
+        int, typer.Option(help="Port to look for PostgreSQL on.", min=1, max=65535)
+    ] = 5432,
+    mysql_port: Annotated[
+        int, typer.Option(help="Port to look for MariaDB/MySQL on.", min=1, max=65535)
+    ] = 3306,
+) -> None:
+    """Create the keys, a starter dbbackup.yaml for the local servers, and a .gitignore
+    entry for the keys; keeps every file that exists."""
+    from prefect_dbbackup.flows.init import CONFIG, init_directory
+
+    report = init_directory(directory, {"postgres": postgres_port, "mysql": mysql_port})
+    for note in report.notes:
+        typer.echo(note, err=True)
+    for status, path in report.files:
+        typer.echo(f"{status:9} {printable(str(directory / path))}")
+    if report.servers:
+        config = printable(str(directory / CONFIG))
+        typer.echo(
+            f"next: dbbackup apply {config} && dbbackup backup {report.servers[0]}", err=True
+        )
+
+
+@app.command()
 @needs_api(True)
 def apply(
     config: Annotated[Path, typer.Argument(help="dbbackup.yaml")],

@@ -12,6 +12,7 @@ OFFLINE = {
     ("keygen",),
     ("signing-keygen",),
     ("dedup-keygen",),
+    ("init",),
     ("server", "start"),
     ("server", "stop"),
     ("server", "status"),
@@ -24,13 +25,14 @@ def test_every_command_declares_its_need() -> None:
     undeclared = sorted(" ".join(words) for words, need in needs.items() if need is None)
     assert undeclared == [], f"commands without @needs_api: {undeclared}"
     assert {words for words, need in needs.items() if need is False} == OFFLINE
-    assert len(needs) == 20  # status and deploy (#26)
+    assert len(needs) == 21  # status, deploy and init (#26)
 
 
 @pytest.mark.parametrize(
     ("argv", "needed"),
     [
         (["dedup-keygen", "-o", "key"], False),
+        (["init", "--dir", "project"], False),
         (["keygen", "--output", "id.txt", "--force"], False),
         (["server", "start"], False),
         (["server"], False),  # the group alone prints its usage
