@@ -33,8 +33,8 @@ VOLATILE = [  # (pattern, what stands for it in both texts)
     (re.compile(r"\b\d{8}T\d{6}Z\b"), "STAMP"),  # in flow run names
     (re.compile(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"), "DATE TIME"),
     (re.compile(r"^\d\d:\d\d:\d\d\.\d{3} \|", re.MULTILINE), "TIME |"),
-    (re.compile(r"\b\d+(\.\d+)? (B|kB|MB|GB)\b"), "SIZE"),
     (re.compile(r"\(\d+(\.\d+)?x\) in \d+(\.\d+)? s \(\d+ MB/s\)"), "(RATIO) in SECONDS (RATE)"),
+    (re.compile(r"\b\d+(\.\d+)? (B|kB|MB|GB)\b"), "SIZE"),  # after the rate, which it would eat
     (re.compile(r"\bin \d+(\.\d+)? s\b"), "in SECONDS"),
     (
         re.compile(r"127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}"),
