@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 from prefect_dbbackup.blocks.errors import ConfigError, DiskFull, IntegrityError, StorageError
 from prefect_dbbackup.blocks.storage import (
@@ -72,6 +72,8 @@ class LocalBackupStorage(BackupStorage):
         backup_server("local-pg", storage=storage)
         ```
     """
+
+    read_concurrency: ClassVar[int] = 1  # a local read: no round trip to overlap
 
     _block_type_name = "Local Backup Storage"
     _documentation_url = "https://docs.prefect.io/v3/concepts/blocks"

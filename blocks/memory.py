@@ -15,7 +15,7 @@ import threading
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 from prefect_dbbackup.blocks.errors import StorageError
 from prefect_dbbackup.blocks.storage import (
@@ -45,6 +45,8 @@ class MemoryBackupStorage(BackupStorage):
         print(storage.list_keys(""))
         ```
     """
+
+    read_concurrency: ClassVar[int] = 1  # a local read: no round trip to overlap
 
     _block_type_name = "Memory Backup Storage"
     _documentation_url = "https://docs.prefect.io/v3/concepts/blocks"

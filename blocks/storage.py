@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 from prefect.blocks.core import Block
 from prefect_dbbackup.blocks.errors import ConfigError, IntegrityError, StorageError
@@ -110,6 +110,10 @@ class BackupStorage(StorageKeys, CachedSchema, Block, ABC):
     Manifests are signed (docs/security.md): writers need a signing key, readers
     (restore, verify, list, prune) the public keys they trust (the fields of StorageKeys).
     """
+
+    # small objects worth reading at once (tasks/catalog.read_each): a remote store's round
+    # trips overlap; a local disk sets 1 (threads there only contend for the interpreter)
+    read_concurrency: ClassVar[int] = 16
 
     def locked_until(self, key: str) -> datetime | None:
         """Until when object lock keeps the object from being deleted; None: not locked."""

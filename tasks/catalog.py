@@ -10,10 +10,11 @@ used by restore or verify, never counts for retention, and is reported (log, `li
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prefect_dbbackup.blocks import signing
@@ -32,6 +33,8 @@ from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import Manifest
 
 READERS = 16  # manifests read at once (each read is a round trip to S3)
+T = TypeVar("T")
+R = TypeVar("R")
 Trust = Literal["signed", "unsigned", "invalid", "unreadable"]
 
 
@@ -208,10 +211,20 @@ def read_manifests(
         except ObjectNotFound:
             return None
 
-    if len(wanted) <= 1:
-        return [one(item) for item in wanted]
-    with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="manifests") as pool:
-        return list(pool.map(one, wanted))
+    return read_each(storage, one, wanted, "manifests")
+
+
+def read_each(
+    storage: BackupStorage, read: Callable[[T], R], items: Sequence[T], name: str
+) -> list[R]:
+    """read(item) of each item, in order, as many at once as the storage gains from
+    (`read_concurrency`: S3's round trips overlap; on a local disk the reads run in this
+    thread, where threads would only contend for the interpreter)."""
+    workers = min(READERS, storage.read_concurrency, len(items))
+    if workers <= 1:
+        return [read(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+        return list(pool.map(read, items))
 
 
 def scan_backups(

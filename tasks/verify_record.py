@@ -14,14 +14,13 @@ record can never make prune delete more.
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from prefect_dbbackup.blocks import signing
 from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound, ObjectTooLarge
-from prefect_dbbackup.tasks.catalog import READERS, StoredManifest
+from prefect_dbbackup.tasks.catalog import StoredManifest, read_each
 from prefect_dbbackup.tasks.layout import VERIFIED_NAME, VERIFIED_SIGNATURE_NAME
 
 RECORD_VERSION = 2  # version 1 (unversioned): unsigned records of earlier releases
@@ -114,10 +113,11 @@ def verified_backups(
     keys: list[Ed25519PublicKey],
 ) -> dict[str, str | None]:
     """record_problem per backup id ({id: (signed manifest, has record signature)}),
-    READERS at a time: each check is two round trips to S3."""
+    read at once where the storage gains from it: each check is two round trips to S3."""
 
     def one(item: tuple[StoredManifest, bool]) -> str | None:
         return record_problem(storage, item[0], keys, item[1])
 
-    with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="records") as pool:
-        return dict(zip(records, pool.map(one, records.values()), strict=True))
+    return dict(
+        zip(records, read_each(storage, one, list(records.values()), "records"), strict=True)
+    )

@@ -23,14 +23,13 @@ import contextlib
 import json
 import secrets
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.errors import DiskFull, ObjectLocked, StorageError
 from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound
-from prefect_dbbackup.tasks.catalog import READERS
+from prefect_dbbackup.tasks.catalog import read_each
 from prefect_dbbackup.tasks.dedup.layout import (
     CHUNKS,
     GC,
@@ -92,8 +91,9 @@ def named_chunks(storage: BackupStorage, manifest_keys: list[str]) -> set[str]:
             if isinstance(entry, list) and entry and isinstance(entry[0], str)
         ]
 
-    with ThreadPoolExecutor(READERS, thread_name_prefix="gc-manifests") as pool:
-        return {cid for found in pool.map(ids, manifest_keys) for cid in found}
+    return {
+        cid for found in read_each(storage, ids, manifest_keys, "gc-manifests") for cid in found
+    }
 
 
 def move_chunk(storage: BackupStorage, source: str, target: str) -> None:
