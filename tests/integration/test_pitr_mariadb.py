@@ -117,6 +117,7 @@ def test_a_changed_binlog_position_is_refused_like_any_tampered_manifest(
     private_mariadb.execute(db, "INSERT INTO t VALUES (1, 'x')")
     assert env.cli("backup", server, "-d", db).exit_code == 0
     path, manifest = _manifest(env, server, db)
+    assert env.cli("list", server, "-d", db).stdout.splitlines()[-1].endswith("signed")
     manifest["binlog"]["position"] += 1
     path.write_text(json.dumps(manifest, indent=2))
     line = env.cli("list", server, "-d", db).stdout.splitlines()[-1]
