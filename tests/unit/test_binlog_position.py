@@ -81,7 +81,7 @@ def test_a_large_dump_keeps_the_head_position_and_finds_the_gtid_at_its_end():
         (HEAD + BODY, "GTID position"),  # cut before the end
         (HEAD + BODY + TAIL + b"DELIMITER ;;\n", "GTID position"),  # something after it
         (HEAD + BODY + TAIL.replace(b"0-1-6,1-2-30", b"0-1-6; DROP"), "GTID position"),
-        (b"x" * HEAD_LIMIT + HEAD + BODY + TAIL, "file and position"),  # beyond the head
+        (b"--\n" * (HEAD_LIMIT // 3) + HEAD + BODY + TAIL, "file and position"),  # too late
     ],
     ids=["no-head", "no-tail", "not-last", "not-a-gtid", "too-late"],
 )
