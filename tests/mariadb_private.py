@@ -33,6 +33,7 @@ innodb_data_file_path = ibdata1:4M:autoextend
 skip-name-resolve
 """
 START_SECONDS = 60
+PORT_TRIES = 3
 
 
 @dataclass
@@ -53,13 +54,21 @@ class PrivateMariaDB(MyAdmin):
 
     @classmethod
     def start(cls, server_id: int = 1) -> PrivateMariaDB:
-        """Install a data directory and start the server; stopped again if that fails."""
+        """Install a data directory and start the server; stopped and removed again if that
+        fails. A port taken between the probe and the bind (another worker) is tried anew."""
         begun = time.monotonic()
         base = Path(tempfile.mkdtemp(prefix="dbb-my-"))
-        server = cls(host="127.0.0.1", port=free_port(), base=base)
+        server = cls(host="127.0.0.1", base=base)
         try:
             server._install()
-            server._run(server_id)
+            for attempt in range(PORT_TRIES):
+                server.port = free_port()
+                try:
+                    server._run(server_id)
+                    break
+                except RuntimeError:
+                    if attempt == PORT_TRIES - 1:
+                        raise
         except BaseException:
             server.stop()
             raise
@@ -120,6 +129,7 @@ class PrivateMariaDB(MyAdmin):
                 self.connect().close()
                 return
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self._halt()  # a server that did not answer in time is not left running
                 log = self.base / "error.log"
                 text = log.read_text()[-2000:] if log.exists() else ""
                 raise RuntimeError(f"mariadbd on port {self.port} did not start: {text}")
@@ -129,9 +139,8 @@ class PrivateMariaDB(MyAdmin):
         """The server's binlog files, oldest first."""
         return sorted(self.data.glob("binlog.[0-9]*"))
 
-    def stop(self) -> None:
-        """Shut the server down (SIGTERM, then SIGKILL of its process group after 30 s)
-        and remove its directory."""
+    def _halt(self) -> None:
+        """Shut the server process down: SIGTERM, then SIGKILL of its process group after 30 s."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -139,4 +148,8 @@ class PrivateMariaDB(MyAdmin):
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Shut the server down and remove its directory."""
+        self._halt()
         shutil.rmtree(self.base, ignore_errors=True)
