@@ -125,8 +125,10 @@ class PrivateMariaDB(MyAdmin):
             )
         deadline = time.monotonic() + START_SECONDS
         while True:
+            # through its own socket: a port another program took would accept a TCP
+            # connection and never answer
             with contextlib.suppress(pymysql.err.OperationalError):
-                self.connect().close()
+                pymysql.connect(unix_socket=str(self.socket), user="root", read_timeout=5).close()
                 return
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self._halt()  # a server that did not answer in time is not left running
