@@ -36,8 +36,9 @@ def _apply(tmp_path: Path, servers: str) -> None:
 @pytest.fixture
 def pitr_server(env, tmp_path: Path, private_mariadb: PrivateMariaDB):
     """(env, name of a pitr: true mysql-server block on the private server, a database on it
-    with a table t, dropped afterwards)."""
-    name, db = f"pitr-{uuid.uuid4().hex[:8]}", f"dbb_pitr_{uuid.uuid4().hex[:8]}"
+    with a table t and a name with a space, quotes, `%s` and unicode; dropped afterwards)."""
+    tag = uuid.uuid4().hex[:8]
+    name, db = f"pitr-{tag}", f"""dbb pitr %s 'q' "dq" ☺ {tag}"""  # hostile, but no backtick
     port = private_mariadb.port
     _apply(tmp_path, f"  {name}: {{type: mysql, host: 127.0.0.1, port: {port}, pitr: true}}\n")
     private_mariadb.create(db)
