@@ -36,13 +36,21 @@ def _apply(tmp_path: Path, servers: str) -> None:
 @pytest.fixture
 def pitr_server(env, tmp_path: Path, private_mariadb: PrivateMariaDB):
     """(env, name of a pitr: true mysql-server block on the private server, a database on it
-    with a table t and a name with a space, quotes, `%s` and unicode; dropped afterwards)."""
+    with a table t, an event, and a name with a space, quotes, `%s` and unicode; dropped
+    afterwards)."""
     tag = uuid.uuid4().hex[:8]
     name, db = f"pitr-{tag}", f"""dbb pitr %s 'q' "dq" ☺ {tag}"""  # hostile, but no backtick
     port = private_mariadb.port
     _apply(tmp_path, f"  {name}: {{type: mysql, host: 127.0.0.1, port: {port}, pitr: true}}\n")
     private_mariadb.create(db)
-    private_mariadb.execute(db, "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE=InnoDB")
+    private_mariadb.execute(
+        db,
+        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE=InnoDB",
+        # an event: dbbackup appends it after mariadb-dump's output (blocks/mysql_events.py),
+        # after the GTID line, which must still be found
+        "CREATE EVENT e ON SCHEDULE EVERY 1 DAY STARTS '2037-01-01' DISABLE "
+        "DO DELETE FROM t WHERE id < 0",
+    )
     yield env, name, db
     private_mariadb.drop(db)
     private_mariadb.drop(db + "_restored")
