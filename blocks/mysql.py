@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import pymysql
 import sqlalchemy as sa
+from prefect_dbbackup.blocks.binlog import BinlogPositionReader
 from prefect_dbbackup.blocks.bounds import Port
 from prefect_dbbackup.blocks.dump_rows import DumpRowCounter
 from prefect_dbbackup.blocks.engines import MYSQL, Engine
@@ -295,10 +296,49 @@ class MySQLServer(DatabaseServer):
         return DumpRowCounter(tables)
 
     def dump_options_for(self, database: str) -> list[str]:
-        """The engine's dump options, and --dump-history when the history can be dumped
-        (_history_plan)."""
+        """The engine's dump options, --dump-history when the history can be dumped
+        (_history_plan), and with pitr --master-data=2: the snapshot's binlog position as
+        comments (blocks/binlog.py; no global read lock on MariaDB)."""
         history, _ = self._history_plan(database)
-        return [*self.engine.dump_options, *(["--dump-history"] if history else [])]
+        return [
+            *self.engine.dump_options,
+            *(["--dump-history"] if history else []),
+            *(["--master-data=2"] if self.pitr else []),
+        ]
+
+    def check_pitr(self) -> None:
+        """With pitr on: ConfigError unless the server is MariaDB with log_bin ON and
+        binlog_format ROW, and reports its consistent-snapshot binlog position (what
+        mariadb-dump reads without a global read lock). Never changes a setting."""
+        if not self.pitr:
+            return
+        if not self._is_mariadb():
+            raise ConfigError(
+                f"pitr: true on {self.describe()} ({self.server_version()}): point-in-time "
+                "recovery is available for MariaDB servers only so far (docs/pitr.md); set "
+                "pitr: false"
+            )
+        with self.connect() as conn:
+            log_bin, binlog_format = self.run_sql(conn, "SELECT @@log_bin, @@binlog_format").one()
+            status = dict(self.run_sql(conn, "SHOW STATUS LIKE 'Binlog_snapshot_%'").all())
+        problems = []
+        if not log_bin:
+            problems.append("log_bin is OFF: set log_bin = <base name, e.g. mariadb-bin>")
+        if str(binlog_format).upper() != "ROW":
+            problems.append(f"binlog_format is {binlog_format}: set binlog_format = ROW")
+        if log_bin and not status.get("Binlog_snapshot_file"):
+            problems.append("the server reports no Binlog_snapshot_file: use MariaDB 10.x or newer")
+        if problems:
+            raise ConfigError(
+                f"pitr: true, but {self.describe()} cannot record binlog positions: "
+                f"{'; '.join(problems)}. Change it in the [mariadbd] section of the server's "
+                "configuration and restart the server (dbbackup never changes server "
+                "settings; docs/pitr.md)"
+            )
+
+    def dump_position_reader(self, what: str) -> BinlogPositionReader | None:
+        """With pitr, the reader of the binlog position mariadb-dump writes (--master-data=2)."""
+        return BinlogPositionReader(what) if self.pitr else None
 
     def _history_plan(self, database: str) -> tuple[bool, str | None]:
         """(whether to dump with --dump-history, why history is lost if it is), decided once

@@ -20,6 +20,7 @@ from typing import ClassVar, Protocol
 
 import sqlalchemy as sa
 from prefect.blocks.core import Block
+from prefect_dbbackup.blocks.binlog import BinlogPosition
 from prefect_dbbackup.blocks.bounds import MAX_CONNECT_SECONDS, MAX_DUMP_SECONDS
 from prefect_dbbackup.blocks.engines import Engine
 from prefect_dbbackup.blocks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
@@ -141,6 +142,14 @@ class RowCounter(Protocol):
     def finish(self) -> dict[str, int] | None: ...
 
 
+class PositionReader(Protocol):
+    """Reads the log position a dump client writes into its output, as it passes by."""
+
+    def feed(self, data: bytes | memoryview) -> None: ...
+
+    def finish(self) -> BinlogPosition: ...
+
+
 class DatabaseServer(CachedSchema, Block, ABC):
     """A database server to back up. Subclasses know one engine; its facts are in
     `engine` (blocks/engines.py), its behaviour in these methods.
@@ -150,8 +159,8 @@ class DatabaseServer(CachedSchema, Block, ABC):
     dump_client, dump_command, restore_command, users_script, _tolerated.
 
     It may override (defaults suit an engine without the feature): check_clients,
-    dump_options_for, dump_snapshot, dump_row_counter, table_row_counts,
-    database_properties, apply_database_properties, restore_rewrite, swap_database
+    check_pitr, dump_position_reader, dump_options_for, dump_snapshot, dump_row_counter,
+    table_row_counts, database_properties, apply_database_properties, restore_rewrite, swap_database
     (required when engine.supports_rename), account_statements, _denied; for block
     settings of its own, list_databases and tool. The rest is shared.
     """
@@ -213,6 +222,12 @@ class DatabaseServer(CachedSchema, Block, ABC):
         default=None,
         description="GFS retention of this server's backups (keep_last/hourly/daily/weekly/"
         "monthly/yearly, timezone); empty keeps everything. A flow parameter overrides it.",
+    )
+    pitr: bool = Field(
+        default=False,
+        description="Point-in-time recovery (docs/pitr.md): every dump records its position "
+        "in the server's transaction log, after the server's settings were checked (never "
+        "changed). MariaDB only so far.",
     )
 
     # --- engine specifics -------------------------------------------------
@@ -282,6 +297,20 @@ class DatabaseServer(CachedSchema, Block, ABC):
         self, database: str, workdir: Path, archive: Path | None = None, jobs: int = 1
     ) -> Iterator[ToolCommand]:
         """The restore invocation: reading the dump on stdin, or from an archive file with jobs."""
+
+    def check_pitr(self) -> None:
+        """With pitr on, ConfigError naming each server setting that point-in-time recovery
+        lacks and how to change it (default: the engine has no point-in-time recovery yet)."""
+        if self.pitr:
+            raise ConfigError(
+                f"pitr: true on {self.describe()}: point-in-time recovery is not available for "
+                f"{self.engine.name} servers yet (MariaDB only, docs/pitr.md); set pitr: false"
+            )
+
+    def dump_position_reader(self, what: str) -> PositionReader | None:
+        """A reader of the log position a dump's own output records (pitr), fed the
+        client's output; None when dumps record none (default)."""
+        return None
 
     def dump_row_counter(self, tables: list[str]) -> RowCounter | None:
         """A counter of the rows in this engine's dump stream, for engines whose dump takes

@@ -94,6 +94,7 @@ def _checked_blocks(
     if sto.dedup:
         writer_key(sto)  # a deduplicating storage without its key: fail before any dump
     names = srv.select_databases(databases)
+    srv.check_pitr()  # pitr: the server's binlog settings, checked before any dump
     if note := srv.check_clients():  # no client fits the server: fail before any dump
         log.info(note)
     log.info(

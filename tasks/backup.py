@@ -28,7 +28,13 @@ from prefect_dbbackup.blocks.process import (
     interrupted,
     until_stopped,
 )
-from prefect_dbbackup.blocks.server import DatabaseServer, DumpSnapshot, RowCounter, ToolCommand
+from prefect_dbbackup.blocks.server import (
+    DatabaseServer,
+    DumpSnapshot,
+    PositionReader,
+    RowCounter,
+    ToolCommand,
+)
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.catalog import publish_manifest
 from prefect_dbbackup.tasks.dedup.keys import ensure_key_copy, writer_key
@@ -290,7 +296,7 @@ def dump_database(run: BackupRun, database: str, sink: DumpSink) -> Manifest:
         ):
             client = cmd.argv[0]
             source = DumpSource(started, server_version, client, server.client_version(client))
-            stats, counter = _stream_dump(server, database, cmd, snapshot, sink)
+            stats, counter, position = _stream_dump(server, database, cmd, snapshot, sink)
         manifest = run.manifest(
             database,
             source,
@@ -302,6 +308,7 @@ def dump_database(run: BackupRun, database: str, sink: DumpSink) -> Manifest:
             tables=snapshot.tables,
             row_counts=counter.finish() if counter else snapshot.row_counts,
             database_properties=snapshot.properties,
+            binlog=position.finish() if position else None,
         )
     _log_dumped(manifest)
     return manifest
@@ -313,8 +320,9 @@ def _stream_dump(
     cmd: ToolCommand,
     snapshot: DumpSnapshot,
     sink: DumpSink,
-) -> tuple[StreamStats, RowCounter | None]:
-    """Run the dump client into sink; the stream's stats and the row counter it fed."""
+) -> tuple[StreamStats, RowCounter | None, PositionReader | None]:
+    """Run the dump client into sink; the stream's stats, and the row counter and log
+    position reader it fed (the reader sees the client's output only, not the trailer)."""
     log = run_logger()
 
     def progress(nbytes: int) -> None:
@@ -328,11 +336,14 @@ def _stream_dump(
         secrets=cmd.secrets,
     ) as proc:
         assert proc.stdout is not None
+        what = f"the dump of {database!r}"
         counter = server.dump_row_counter(snapshot.tables)
-        source = TrailedReader(proc.stdout, cmd.trailer) if cmd.trailer else proc.stdout
+        position = server.dump_position_reader(what)
+        output = CountingReader(proc.stdout, tap=position.feed) if position else proc.stdout
+        source = TrailedReader(output, cmd.trailer) if cmd.trailer else output
         tap = counter.feed if counter else None
-        stats = sink.write(DumpStream(source, f"the dump of {database!r}", progress, tap))
-    return stats, counter
+        stats = sink.write(DumpStream(source, what, progress, tap))
+    return stats, counter, position
 
 
 def _log_dumped(manifest: Manifest) -> None:
@@ -348,6 +359,10 @@ def _log_dumped(manifest: Manifest) -> None:
         st.raw_bytes / 1e6 / max(manifest.seconds, 1e-3),
         f"; chunks: {chunks.new} new, {chunks.reused} already stored" if chunks else "",
     )
+    if manifest.binlog is not None:
+        run_logger().info(
+            "dump of %r starts at binlog position %s", manifest.database, manifest.binlog.describe()
+        )
 
 
 def store_backup(storage: BackupStorage, dump: DumpResult) -> str:

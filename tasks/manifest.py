@@ -6,6 +6,7 @@ import re
 from datetime import datetime
 from typing import Literal
 
+from prefect_dbbackup.blocks.binlog import BinlogPosition
 from prefect_dbbackup.blocks.engines import ENGINES, BackupKind, EngineName
 from prefect_dbbackup.blocks.properties import DatabaseProperties
 from pydantic import BaseModel, Field, model_validator
@@ -90,6 +91,10 @@ class Manifest(BaseModel):
     )
     database_properties: DatabaseProperties | None = Field(
         default=None, description="comment, settings, privileges of the database (PostgreSQL)"
+    )
+    binlog: BinlogPosition | None = Field(
+        default=None,
+        description="pitr (MariaDB): the binlog position of the dump's snapshot (docs/pitr.md)",
     )
 
     @model_validator(mode="after")

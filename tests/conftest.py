@@ -33,6 +33,7 @@ os.environ.setdefault("DBBACKUP_SERVER_PORT", "0")
 import prefect.main  # noqa: E402, F401
 
 from tests.helpers import MyAdmin, PgAdmin  # noqa: E402
+from tests.mariadb_private import PrivateMariaDB  # noqa: E402
 from tests.pg_cluster import WHEELS, PrivateCluster  # noqa: E402
 from tests.s3server import SeaweedFS  # noqa: E402
 
@@ -77,6 +78,17 @@ def pg_versions() -> Iterator[Callable[[int], PrivateCluster]]:
 def my_admin() -> MyAdmin:
     """root access to the machine's MariaDB (127.0.0.1:3306)."""
     return MyAdmin()
+
+
+@pytest.fixture(scope="session")
+def private_mariadb() -> Iterator[PrivateMariaDB]:
+    """A MariaDB server of the session's own with its binary log on (tests/mariadb_private.py),
+    started on first use, stopped and removed at the end."""
+    server = PrivateMariaDB.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _database_factory(admin: PgAdmin | MyAdmin) -> Iterator[Callable[..., str]]:

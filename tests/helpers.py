@@ -77,11 +77,20 @@ class PgAdmin:
             return result
 
 
+@dataclass(kw_only=True)
 class MyAdmin:
-    """root helper for the machine's MariaDB."""
+    """root helper for a MariaDB server (default: the machine's, 127.0.0.1:3306)."""
+
+    host: str = MY["host"]
+    port: int = MY["port"]
 
     def connect(self, database: str | None = None) -> pymysql.Connection:
-        return pymysql.connect(**MY, database=database, charset="utf8mb4", autocommit=True)
+        return pymysql.connect(
+            **{**MY, "host": self.host, "port": self.port},
+            database=database,
+            charset="utf8mb4",
+            autocommit=True,
+        )
 
     @staticmethod
     def q(name: str) -> str:

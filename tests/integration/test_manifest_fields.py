@@ -39,6 +39,7 @@ FIELDS = [
     "tables",
     "row_counts",
     "database_properties",
+    "binlog",
 ]
 
 
@@ -100,3 +101,4 @@ def test_a_postgres_run_records_every_manifest_field(env, dedup, pg_db, pg_admin
     assert users["server_version"] == m["server_version"]
     assert users["create_options"] == {}
     assert [users[k] for k in ("tables", "row_counts", "database_properties")] == [None] * 3
+    assert m["binlog"] is None and users["binlog"] is None  # no pitr on this server

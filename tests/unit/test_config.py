@@ -24,7 +24,7 @@ def test_full_config_builds_typed_blocks(tmp_path, monkeypatch):
         """
 servers:
   local-pg: {type: postgres, host: 127.0.0.1, port: 5432, user: postgres, password: "${PGPASS_ENV}", include: ["*"], exclude: ["scratch_*"]}
-  local-my: {type: mysql, host: 127.0.0.1, port: 3306, user: root}
+  local-my: {type: mysql, host: 127.0.0.1, port: 3306, user: root, pitr: true}
 storage:
   default: {type: local, path: ./backups}
 encryption:
@@ -39,6 +39,7 @@ encryption:
     assert "s3cret" not in repr(pg)
     assert pg.exclude == ["scratch_*"]
     assert blocks["MySQLServer", "local-my"].user == "root"
+    assert blocks["MySQLServer", "local-my"].pitr is True and pg.pitr is False
     assert blocks["LocalBackupStorage", "default"].path == str(tmp_path / "backups")
     enc = blocks["AgeEncryption", "default"]
     assert enc.recipients == [str(identity.to_public())]
@@ -52,6 +53,7 @@ encryption:
         ("servers:\n  x: {type: postgres, hots: a}", "unknown setting(s) hots"),
         ("servers:\n  x: {type: postgres, password: '${NOPE_NOT_SET}'}", "NOPE_NOT_SET is not set"),
         ("servers:\n  x: {type: postgres, port: many}", "port"),
+        ("servers:\n  x: {type: mysql, pitr: sometimes}", "pitr"),
         ("backup: {}", "unknown section"),
         ("encryption:\n  default: {recipients: []}", "no recipients"),
         ("encryption:\n  default: {recipients: [age1notakey]}", "not an age X25519 recipient"),
