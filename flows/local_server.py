@@ -51,6 +51,7 @@ from pathlib import Path
 import httpx
 from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.flows import procfs
+from prefect_dbbackup.flows.files import replace_file
 
 OPT_OUT_VARIABLE = "DBBACKUP_PREFECT_SERVER"
 START_TIMEOUT_SECONDS = 120.0
@@ -148,23 +149,13 @@ def _remembered_port() -> int | None:
     return port if 1024 <= port <= 65535 else DEFAULT_PORT
 
 
-def _replace_file(path: Path, text: str) -> None:
-    """Write path whole (a temp file renamed over it), never through a link planted at
-    the temp name; 0600."""
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
-
-
 def _remember_port(port: int) -> None:
-    _replace_file(state_dir() / "port", f"{port}\n")
+    replace_file(state_dir() / "port", f"{port}\n", 0o600, state_dir() / "port.tmp")
 
 
 def _write_state(state: ServerState) -> None:
-    _replace_file(state_dir() / "server.json", json.dumps(asdict(state)))
+    path = state_dir() / "server.json"
+    replace_file(path, json.dumps(asdict(state)), 0o600, path.with_suffix(".tmp"))
 
 
 def _api_secret() -> str:

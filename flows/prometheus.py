@@ -3,11 +3,11 @@ format, written whole for node_exporter's textfile collector (docs/operations.md
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from prefect_dbbackup.blocks.errors import ConfigError
+from prefect_dbbackup.flows.files import replace_file
 from prefect_dbbackup.tasks.health import HealthRow
 
 Value = Callable[[HealthRow], float | None]
@@ -105,17 +105,9 @@ def exposition(rows: list[HealthRow]) -> str:
 
 
 def write_textfile(path: Path, text: str) -> None:
-    """Write path whole: FILE.tmp in the same directory (never through a link or file planted
-    at that name), fsynced, renamed over FILE; 0644, for the collector's user to read."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write path whole (FILE.tmp in the same directory, flows/files.replace_file); 0644, for
+    the collector's user to read."""
     try:
-        tmp.unlink(missing_ok=True)  # a link planted there is removed, never followed
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w") as out:
-            os.fchmod(out.fileno(), 0o644)
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
+        replace_file(path, text, 0o644, path.with_name(path.name + ".tmp"))
     except OSError as exc:
         raise ConfigError(f"cannot write the metrics file {path}: {exc.strerror}") from None
