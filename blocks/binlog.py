@@ -39,6 +39,15 @@ _CLOSING = re.compile(rb"(?:\n|/\*M?!\d* [^\n]*\*/;\n|-- Dump completed[^\n]*\n)
 _GTID_LIST = re.compile(r"(?:\d+-\d+-\d+(?:,\d+-\d+-\d+)*)?")
 
 
+def plain_file_name(value: str) -> str:
+    """value if it is a plain log file name (no directory, not hidden, no leading '-');
+    ValueError otherwise."""
+    bad = re.search(r"[/\\\x00-\x1f]", value) or value.startswith((".", "-"))
+    if bad or not value or len(value) > 255:
+        raise ValueError(f"binlog file {value[:64]!r} is not a plain file name")
+    return value
+
+
 class BinlogPosition(BaseModel):
     """Where a dump's snapshot stands in its server's binary log: the events after it are
     the changes the dump does not contain."""
@@ -47,13 +56,7 @@ class BinlogPosition(BaseModel):
     position: int = Field(ge=4, description="byte offset in file of the first later event")
     gtid: str = Field(description="GTID position: domain-server-seq, comma separated, or empty")
 
-    @field_validator("file")
-    @classmethod
-    def _plain_file_name(cls, value: str) -> str:
-        bad = re.search(r"[/\\\x00-\x1f]", value) or value.startswith(".")
-        if bad or not value or len(value) > 255:
-            raise ValueError(f"binlog file {value[:64]!r} is not a plain file name")
-        return value
+    _plain = field_validator("file")(lambda value: plain_file_name(value))
 
     @field_validator("gtid")
     @classmethod

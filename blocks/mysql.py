@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
 import pymysql
 import sqlalchemy as sa
-from prefect_dbbackup.blocks.binlog import BinlogPositionReader
+from prefect_dbbackup.blocks.binlog import BinlogPositionReader, plain_file_name
+from prefect_dbbackup.blocks.binlog_events import PieceFilter
 from prefect_dbbackup.blocks.bounds import Port
 from prefect_dbbackup.blocks.dump_rows import DumpRowCounter
 from prefect_dbbackup.blocks.engines import MYSQL, Engine
@@ -21,6 +24,7 @@ from prefect_dbbackup.blocks.errors import (
     ConnectionFailed,
     DatabaseNotFound,
     DbBackupError,
+    IntegrityError,
     PermissionDenied,
 )
 from prefect_dbbackup.blocks.mysql_events import ShownEvent, events_script
@@ -335,6 +339,53 @@ class MySQLServer(DatabaseServer):
                 "configuration and restart the server (dbbackup never changes server "
                 "settings; docs/pitr.md)"
             )
+
+    def log_files(self) -> list[tuple[str, int]]:
+        """SHOW BINARY LOGS: (file, bytes written so far), oldest first; the last one is
+        the file the server writes now."""
+        self.check_pitr()
+        try:
+            with self.connect() as conn:
+                rows = self.run_sql(conn, "SHOW BINARY LOGS").all()
+        except PermissionDenied:
+            raise PermissionDenied(
+                f"MySQL at {self.describe()}: the login {self.user!r} may not list the binary "
+                f"logs: grant it BINLOG MONITOR (MariaDB 10.5+; REPLICATION CLIENT before), "
+                f"and REPLICATION SLAVE for the archive runs to read them (docs/pitr.md)"
+            ) from None
+        try:
+            return [(plain_file_name(name), int(size)) for name, size, *_ in rows]
+        except ValueError as exc:
+            raise IntegrityError(f"MySQL at {self.describe()}: SHOW BINARY LOGS: {exc}") from None
+
+    @contextlib.contextmanager
+    def log_fetch_command(self, file: str, start: int, workdir: Path) -> Iterator[ToolCommand]:
+        """mariadb-binlog reading `file` from `start` over the replication protocol, raw.
+        Raw output goes to a file named like the binlog in --result-file's directory: that
+        name is a link to the client's own stdout in a private directory, so the bytes reach
+        dbbackup through a pipe and never a file."""
+        client = self.tool("mariadb-binlog", "mysqlbinlog")
+        outlet = Path(tempfile.mkdtemp(prefix="binlog-", dir=workdir))
+        try:
+            (outlet / plain_file_name(file)).symlink_to("/dev/stdout")
+            with self._defaults_file(workdir) as defaults:
+                argv = [
+                    client,
+                    defaults,
+                    "--read-from-remote-server",
+                    "--raw",
+                    f"--start-position={start}",
+                    f"--result-file={outlet}/",
+                    "--",
+                    file,
+                ]
+                yield ToolCommand(argv, {}, self.secrets())
+        finally:
+            shutil.rmtree(outlet, ignore_errors=True)
+
+    def log_piece_filter(self, file: str, start: int) -> PieceFilter:
+        """Cuts mariadb-binlog's raw output to the file's own bytes (binlog_events.py)."""
+        return PieceFilter(file, start)
 
     def dump_position_reader(self, what: str) -> BinlogPositionReader | None:
         """With pitr, the reader of the binlog position mariadb-dump writes (--master-data=2)."""

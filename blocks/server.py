@@ -21,6 +21,7 @@ from typing import ClassVar, Protocol
 import sqlalchemy as sa
 from prefect.blocks.core import Block
 from prefect_dbbackup.blocks.binlog import BinlogPosition
+from prefect_dbbackup.blocks.binlog_events import PieceSummary
 from prefect_dbbackup.blocks.bounds import MAX_CONNECT_SECONDS, MAX_DUMP_SECONDS
 from prefect_dbbackup.blocks.engines import Engine
 from prefect_dbbackup.blocks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
@@ -150,6 +151,14 @@ class PositionReader(Protocol):
     def finish(self) -> BinlogPosition: ...
 
 
+class PieceReader(Protocol):
+    """Reads a log fetch's output (blocks/binlog_events.py's PieceFilter)."""
+
+    def feed(self, data: bytes | memoryview) -> bytes: ...
+
+    def finish(self) -> PieceSummary: ...
+
+
 class DatabaseServer(CachedSchema, Block, ABC):
     """A database server to back up. Subclasses know one engine; its facts are in
     `engine` (blocks/engines.py), its behaviour in these methods.
@@ -159,8 +168,9 @@ class DatabaseServer(CachedSchema, Block, ABC):
     dump_client, dump_command, restore_command, users_script, _tolerated.
 
     It may override (defaults suit an engine without the feature): check_clients,
-    check_pitr, dump_position_reader, dump_options_for, dump_snapshot, dump_row_counter,
-    table_row_counts, database_properties, apply_database_properties, restore_rewrite, swap_database
+    check_pitr, log_files, log_fetch_command, log_piece_filter, dump_position_reader,
+    dump_options_for, dump_snapshot, dump_row_counter, table_row_counts,
+    database_properties, apply_database_properties, restore_rewrite, swap_database
     (required when engine.supports_rename), account_statements, _denied; for block
     settings of its own, list_databases and tool. The rest is shared.
     """
@@ -306,6 +316,29 @@ class DatabaseServer(CachedSchema, Block, ABC):
                 f"pitr: true on {self.describe()}: point-in-time recovery is not available for "
                 f"{self.engine.name} servers yet (MariaDB only, docs/pitr.md); set pitr: false"
             )
+
+    def log_files(self) -> list[tuple[str, int]]:
+        """The server's transaction log files (name, bytes written so far), oldest first,
+        for point-in-time archives (default: the engine has none yet)."""
+        raise self._no_archives()
+
+    def _no_archives(self) -> ConfigError:
+        return ConfigError(
+            f"{self.describe()}: point-in-time archives are not available for "
+            f"{self.engine.name} servers yet (MariaDB only, docs/pitr.md)"
+        )
+
+    def log_fetch_command(
+        self, file: str, start: int, workdir: Path
+    ) -> contextlib.AbstractContextManager[ToolCommand]:
+        """The client that writes log file `file` from byte `start` to its current end on
+        its stdout, as log_piece_filter reads it (default: none, see log_files)."""
+        raise self._no_archives()
+
+    def log_piece_filter(self, file: str, start: int) -> PieceReader:
+        """What cuts log_fetch_command's output to the file's own bytes from start,
+        checking it on the way (default: none, see log_files)."""
+        raise self._no_archives()
 
     def dump_position_reader(self, what: str) -> PositionReader | None:
         """A reader of the log position a dump's own output records (pitr), fed the

@@ -252,6 +252,31 @@ def backup(
     _show_outcomes(server, report, code, as_json, detail)
 
 
+@app.command()
+@needs_api(True)
+def archive(
+    server: Annotated[str, typer.Argument(help="mysql-server block name (with pitr: true).")],
+    storage: StorageOpt = "default",
+    encryption: EncryptionOpt = "default",
+) -> None:
+    """Store SERVER's binary log written since the last archive run (point-in-time
+    recovery, docs/pitr.md). Exit 1 when part of it was lost before it was archived."""
+    from prefect_dbbackup.flows.archive import archive_server
+
+    _blocks_exist(server=server, storage=storage, encryption=encryption)
+    manifest = archive_server(server=server, storage=storage, encryption=encryption)
+    if manifest is None:
+        typer.echo(f"{server}: nothing new in the binary log since the last archive run")
+        return
+    for piece in manifest.pieces:
+        last = piece.last_event_at
+        typer.echo(
+            f"{printable(piece.file):20} {piece.start:>12}..{piece.end:<12} "
+            f"{size(piece.stats.raw_bytes):>10}  {piece.events} events, last "
+            f"{f'{last:%Y-%m-%d %H:%M:%S}Z' if last else '-'}"
+        )
+
+
 @app.command("list")
 @needs_api(True)
 def list_cmd(

@@ -158,28 +158,38 @@ def read_manifest(
     if entry.problem is not None:
         entry.trust = "invalid"
         return entry
+    entry.trust, entry.problem, entry.signed_by = signature_trust(
+        storage, key, data, keys, has_signature
+    )
+    return entry
+
+
+def signature_trust(
+    storage: BackupStorage,
+    key: str,
+    data: bytes,
+    keys: list[Ed25519PublicKey],
+    has_signature: bool | None = None,
+) -> tuple[Trust, str | None, str | None]:
+    """(trust, problem, signer's key id) of the manifest data read from key, by its detached
+    signature (manifest.json.sig beside it) and the trusted keys."""
     sig_key = signature_key(key)
     if has_signature is None:
         has_signature = storage.exists(sig_key)
     if not has_signature:
-        entry.trust, entry.problem = "unsigned", f"there is no signature ({SIGNATURE_NAME})"
-        return entry
+        return "unsigned", f"there is no signature ({SIGNATURE_NAME})", None
     if not keys:
-        entry.trust = "unsigned"
-        entry.problem = (
+        problem = (
             f"storage {storage.describe()} has no manifest_verify_keys to check its signature with"
         )
-        return entry
+        return "unsigned", problem, None
     try:
         signer = signing.check(storage.get_bytes(sig_key), data, keys)
     except ObjectNotFound:  # listed a moment ago: a prune is deleting this backup
-        entry.trust, entry.problem = "unsigned", f"its signature ({SIGNATURE_NAME}) disappeared"
-        return entry
+        return "unsigned", f"its signature ({SIGNATURE_NAME}) disappeared", None
     except (signing.BadSignature, ObjectTooLarge) as exc:
-        entry.trust, entry.problem = "invalid", str(exc)
-        return entry
-    entry.trust, entry.signed_by = "signed", signing.key_id(signer)
-    return entry
+        return "invalid", str(exc), None
+    return "signed", None, signing.key_id(signer)
 
 
 def _first_line(exc: Exception) -> str:
@@ -192,10 +202,14 @@ def publish_manifest(storage: BackupStorage, manifest: Manifest) -> str:
     makes the backup exist). Returns the manifest key."""
     m = manifest
     key = backup_key(m.server, m.database, m.backup_id, MANIFEST_NAME, m.kind)
-    data = m.to_bytes()
+    publish_signed(storage, key, m.to_bytes())
+    return key
+
+
+def publish_signed(storage: BackupStorage, key: str, data: bytes) -> None:
+    """Store the manifest data at key, its signature (signature_key) first."""
     storage.put_bytes(signature_key(key), signing.sign(storage.manifest_signer(), data))
     storage.put_bytes(key, data)
-    return key
 
 
 def read_manifests(

@@ -87,3 +87,20 @@ def emit_verify_event(
     """dbbackup.verify.completed / .failed for one database of a verify run."""
     payload = {"backup_id": backup_id, "tables": tables, "rows": rows}
     return emit_database_event("verify", server, database, error, payload)
+
+
+def emit_archive_event(
+    server: str, *, run_id: str | None, pieces: int, raw_bytes: int, end: str, error: str | None
+) -> Event | None:
+    """dbbackup.archive.completed / .failed for one archive run of a server (error: a gap
+    found, or why the run failed)."""
+    return emit_event(
+        event=f"dbbackup.archive.{'failed' if error is not None else 'completed'}",
+        resource={
+            "prefect.resource.id": f"dbbackup.server.{server}",
+            "prefect.resource.name": server,
+            "dbbackup.server": server,
+        },
+        payload={"run_id": run_id, "pieces": pieces, "raw_bytes": raw_bytes, "end": end}
+        | ({"error": error} if error is not None else {}),
+    )

@@ -300,9 +300,11 @@ class BlockEnv:
 
         command = list(args)
         defaults = {"--storage": self.storage}
-        if command and command[0] in ("backup", "restore", "check"):
+        if command and command[0] in ("backup", "restore", "check", "archive"):
             defaults["--encryption"] = self.encryption
-        if command and command[0] in ("backup", "restore", "list", "status", "prune", "check"):
+        if command and command[0] in (
+            *("backup", "restore", "list", "status", "prune", "check", "archive"),
+        ):
             for option, value in defaults.items():
                 if option not in command:
                     command += [option, value]

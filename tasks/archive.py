@@ -1,0 +1,306 @@
+"""Archive runs (point-in-time recovery): the server's transaction log written since the
+last run, stored as zstd + age pieces listed in one signed manifest per run.
+
+Where a run starts is where the stored archive ends: the furthest end among the server's
+trusted (signed, location-bound) run manifests, by log position, never by a clock. The
+pieces of a log file are byte ranges that follow each other; whatever breaks that (a file
+purged before it was archived, a log reset) is a gap: the run stores what the server still
+has, records the gap in its manifest and fails (docs/pitr.md).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.errors import IntegrityError
+from prefect_dbbackup.blocks.process import ToolProcess, check_stopped
+from prefect_dbbackup.blocks.server import DatabaseServer
+from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound
+from prefect_dbbackup.tasks.archive_manifest import (
+    ArchiveManifest,
+    LogPiece,
+    LogPosition,
+    archive_key,
+    archive_prefix,
+    file_order,
+    parse_archive_key,
+)
+from prefect_dbbackup.tasks.backup import UPLOAD_RETRY_DELAYS, tool_version
+from prefect_dbbackup.tasks.catalog import (
+    publish_signed,
+    read_each,
+    signature_key,
+    signature_trust,
+)
+from prefect_dbbackup.tasks.layout import MANIFEST_NAME
+from prefect_dbbackup.tasks.logs import run_logger
+from prefect_dbbackup.tasks.retrying import retry_transient
+from prefect_dbbackup.tasks.spool import spooling, write_spool
+from prefect_dbbackup.tasks.stream import READ_SIZE
+
+FIRST_POSITION = 4  # after a log file's magic bytes
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """One archive run manifest in storage, and whether it is trusted."""
+
+    key: str
+    run_id: str
+    manifest: ArchiveManifest | None
+    problem: str | None  # why it is not trusted (None: signed and in its place)
+
+
+@dataclass(frozen=True)
+class ArchiveState:
+    """A server's stored archive: its trusted runs and the refused ones."""
+
+    runs: list[StoredRun]
+
+    @property
+    def trusted(self) -> list[ArchiveManifest]:
+        """The trusted runs' manifests, by where they end."""
+        found = [r.manifest for r in self.runs if r.problem is None and r.manifest]
+        return sorted(found, key=lambda m: m.end.order())
+
+    @property
+    def refused(self) -> list[StoredRun]:
+        """Run manifests that are not used, with why."""
+        return [r for r in self.runs if r.problem is not None]
+
+    @property
+    def end(self) -> LogPosition | None:
+        """Where the archive ends (None: nothing archived yet)."""
+        trusted = self.trusted
+        return trusted[-1].end if trusted else None
+
+
+def read_archive(storage: BackupStorage, server: str) -> ArchiveState:
+    """Every archive run manifest of server, each checked: signed by a trusted key, and
+    saying the server and run id of where it sits."""
+    keys = storage.manifest_verifiers()
+    listed = set(storage.list_keys(archive_prefix(server)))
+    wanted = sorted(k for k in listed if parse_archive_key(k, server))
+
+    def one(key: str) -> StoredRun | None:
+        run_id = parse_archive_key(key, server)
+        assert run_id is not None
+        try:
+            data = storage.get_bytes(key)
+        except ObjectNotFound:  # removed since it was listed (a prune)
+            return None
+        try:
+            manifest = ArchiveManifest.model_validate_json(data)
+        except ValueError as exc:
+            return StoredRun(key, run_id, None, f"not a valid archive manifest ({exc!s:.200})")
+        if (manifest.server, manifest.run_id) != (server, run_id):
+            problem = (
+                f"it says server {manifest.server!r}, run {manifest.run_id!r}, but sits at "
+                f"server {server!r}, run {run_id!r} (copied or moved from elsewhere)"
+            )
+            return StoredRun(key, run_id, manifest, problem)
+        trust, problem, _ = signature_trust(storage, key, data, keys, signature_key(key) in listed)
+        return StoredRun(key, run_id, manifest, None if trust == "signed" else problem)
+
+    runs = read_each(storage, one, wanted, "archive-manifests")
+    return ArchiveState([r for r in runs if r is not None])
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """One piece to fetch: file from start; expected_end: the size of a closed file."""
+
+    file: str
+    start: int
+    expected_end: int | None
+
+
+def plan_fetches(
+    files: list[tuple[str, int]], end: LogPosition | None
+) -> tuple[list[Fetch], str | None]:
+    """The fetches that take the archive from end to the server's present, and the gap
+    between them, if any (a text saying what was lost).
+
+    files: the server's log files (name, size), oldest first, the last one open."""
+
+    def from_index(i: int, start: int) -> list[Fetch]:
+        last = len(files) - 1
+        return [
+            Fetch(name, start if j == i else FIRST_POSITION, size if j < last else None)
+            for j, (name, size) in enumerate(files)
+            if j >= i
+        ]
+
+    if not files:
+        return [], None
+    if end is None:
+        return from_index(0, FIRST_POSITION), None
+    names = [name for name, _ in files]
+    base, number = file_order(end.file)
+    if end.file in names:
+        i = names.index(end.file)
+        if files[i][1] < end.position:
+            gap = (
+                f"{end.file} on the server holds {files[i][1]} bytes, fewer than the "
+                f"{end.position} archived: the binary log was reset or replaced"
+            )
+            return from_index(0, FIRST_POSITION), gap
+        if end.closed:
+            return from_index(i + 1, FIRST_POSITION), None
+        return from_index(i, end.position), None
+    later = [j for j, name in enumerate(names) if file_order(name)[0] == base]
+    later = [j for j in later if file_order(names[j])[1] > number]
+    if later and end.closed and file_order(names[later[0]])[1] == number + 1:
+        return from_index(later[0], FIRST_POSITION), None  # archived whole, then purged
+    if later:
+        gap = (
+            f"the binary log from {end.file}:{end.position} up to {names[later[0]]} was purged "
+            "from the server before it was archived"
+        )
+    else:
+        gap = f"{end.file} is gone and no later file follows it: the binary log was reset"
+    return from_index(0, FIRST_POSITION), gap
+
+
+class FilteredReader(io.RawIOBase):
+    """Reads inner through keep (bytes in -> the bytes to pass on)."""
+
+    def __init__(self, inner: BinaryIO, keep: Callable[[memoryview], bytes]) -> None:
+        self.inner, self.keep = inner, keep
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while not self._pending:
+            block = self.inner.read(READ_SIZE)
+            if not block:
+                return 0
+            self._pending = memoryview(self.keep(memoryview(block)))
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+@dataclass(frozen=True)
+class ArchiveRun:
+    """What the steps of one archive run share (as BackupRun does for a backup run)."""
+
+    server: DatabaseServer
+    server_name: str
+    encryption: AgeEncryption
+    storage: BackupStorage
+    workdir: Path
+    run_id: str
+
+
+def fetch_piece(run: ArchiveRun, fetch: Fetch, index: int) -> LogPiece | None:
+    """Fetch one piece, compress and encrypt it into the spool, store it; None when the file
+    holds nothing new. The piece is checked event by event on the way
+    (server.log_piece_filter) and, for a closed file, must end at its size."""
+    server, storage = run.server, run.storage
+    what = f"binlog {fetch.file} from {fetch.start}"
+    name = f"piece-{index:03d}.zst.age"
+    spool = run.workdir / name
+    with (
+        spooling(spool, what),
+        server.log_fetch_command(fetch.file, fetch.start, run.workdir) as cmd,
+    ):
+        piece = server.log_piece_filter(fetch.file, fetch.start)
+        with ToolProcess(
+            cmd.argv, env=cmd.env, timeout=server.dump_timeout, stdout=True, secrets=cmd.secrets
+        ) as proc:
+            assert proc.stdout is not None
+            stats = write_spool(
+                FilteredReader(proc.stdout, piece.feed),
+                spool,
+                run.encryption.recipient_keys(),
+                level=server.zstd_level,
+                threads=1,
+                check=lambda: check_stopped(what),
+            )
+        summary = piece.finish()
+        if fetch.expected_end is not None and summary.end != fetch.expected_end:
+            raise IntegrityError(
+                f"the binlog {fetch.file} is closed at {fetch.expected_end} bytes on the server, "
+                f"but its fetch from {fetch.start} ended at {summary.end}: nothing of it is "
+                "stored; run the archive again"
+            )
+        if summary.end == fetch.start:
+            spool.unlink()
+            return None
+        key = archive_key(run.server_name, run.run_id, name)
+        retry_transient(
+            lambda: storage.put_file(key, spool, stats.sha256),
+            f"upload of {what} to {storage.describe()}",
+            UPLOAD_RETRY_DELAYS,
+        )
+        spool.unlink()
+    return LogPiece(
+        object_name=name,
+        file=fetch.file,
+        start=summary.start,
+        end=summary.end,
+        closed=summary.closed,
+        events=summary.events,
+        first_event_at=summary.first_event_at,
+        last_event_at=summary.last_event_at,
+        stats=stats,
+    )
+
+
+def publish_run(
+    run: ArchiveRun,
+    started: datetime,
+    pieces: list[LogPiece],
+    end: LogPosition,
+    gap: str | None,
+) -> ArchiveManifest:
+    """Sign and store the run's manifest (after its pieces): the run now exists."""
+    server = run.server
+    client = server.tool("mariadb-binlog", "mysqlbinlog")
+    manifest = ArchiveManifest(
+        tool_version=tool_version(),
+        server=run.server_name,
+        server_type=server.engine.name,
+        server_version=server.server_version(),
+        client=os.path.basename(client),
+        client_version=server.client_version(client),
+        run_id=run.run_id,
+        started_at=started,
+        finished_at=datetime.now(UTC),
+        recipients=run.encryption.fingerprints(),
+        pieces=pieces,
+        end=end,
+        gap=gap,
+    )
+    key = archive_key(run.server_name, run.run_id, MANIFEST_NAME)
+    retry_transient(
+        lambda: publish_signed(run.storage, key, manifest.to_bytes()),
+        f"archive manifest to {run.storage.describe()}",
+        UPLOAD_RETRY_DELAYS,
+    )
+    run_logger().info("stored archive run %s: %d piece(s), up to %s", run.run_id, len(pieces), end)
+    return manifest
+
+
+def end_after(
+    pieces: list[LogPiece], fetches: list[Fetch], before: LogPosition | None
+) -> LogPosition:
+    """Where the archive ends once pieces are stored (before: where it ended)."""
+    if pieces:
+        last = pieces[-1]
+        return LogPosition(file=last.file, position=last.end, closed=last.closed)
+    if before is not None:
+        return before
+    first = fetches[0]
+    return LogPosition(file=first.file, position=first.start)

@@ -1,0 +1,158 @@
+"""Point-in-time recovery, archive runs (docs/pitr.md): `dbbackup archive SERVER` stores the
+binary log written since the last run as zstd + age pieces with one signed manifest per run.
+Against a private MariaDB with its binary log on (tests/mariadb_private.py)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pyrage
+import pytest
+import zstandard
+from prefect_dbbackup.tasks.archive_manifest import ARCHIVE_SEGMENT
+from prefect_dbbackup.tasks.layout import encode_name
+
+from tests.mariadb_private import PrivateMariaDB
+
+IN_USE_FLAG = 21  # the first event's flags byte: the server clears "in use" when it sends
+
+
+@pytest.fixture
+def archived(env, tmp_path: Path, private_mariadb: PrivateMariaDB):
+    """(env, name of a pitr: true mysql-server block on the private server, a database with
+    a table t on it; dropped afterwards)."""
+    from prefect_dbbackup.blocks import MySQLServer
+
+    tag = uuid.uuid4().hex[:8]
+    name, db = f"arch-{tag}", f"dbb arch %s 'q' ☺ {tag}"
+    MySQLServer(host="127.0.0.1", port=private_mariadb.port, user="root", pitr=True).save(name)
+    private_mariadb.create(db)
+    private_mariadb.execute(db, "CREATE TABLE t (id INT PRIMARY KEY, v TEXT)")
+    yield env, name, db
+    private_mariadb.drop(db)
+
+
+def _runs(env, server: str) -> list[tuple[Path, dict]]:
+    """(directory, manifest) of each stored archive run, oldest first."""
+    root = env.storage_path / encode_name(server) / ARCHIVE_SEGMENT
+    runs = sorted(root.glob("*/manifest.json")) if root.exists() else []
+    return [(path.parent, json.loads(path.read_text())) for path in runs]
+
+
+def _reassembled(env, server: str, skip: Path | None = None) -> dict[str, bytes]:
+    """Each archived binlog file, its pieces decrypted, decompressed and joined in order;
+    every piece must start where the one before it ended. skip: a run left out."""
+    identity = pyrage.x25519.Identity.from_str(
+        next(
+            line
+            for line in env.identity_file.read_text().splitlines()
+            if line.startswith("AGE-SECRET-KEY-")
+        )
+    )
+    files: dict[str, bytes] = {}
+    pieces = [(d, p) for d, m in _runs(env, server) if d != skip for p in m["pieces"]]
+    for directory, piece in sorted(pieces, key=lambda dp: (dp[1]["file"], dp[1]["start"])):
+        data = pyrage.decrypt((directory / piece["object_name"]).read_bytes(), [identity])
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        so_far = files.get(piece["file"], b"")
+        assert piece["start"] == len(so_far), piece
+        assert len(data) == piece["end"] - piece["start"]
+        files[piece["file"]] = so_far + data
+    return files
+
+
+def _same_file(archived: bytes, original: bytes) -> bool:
+    flags = slice(IN_USE_FLAG, IN_USE_FLAG + 1)
+    clear = bytearray(original)
+    clear[flags] = archived[flags]
+    return archived == bytes(clear)
+
+
+def test_archive_runs_store_the_binary_log_byte_for_byte_each_byte_once(
+    archived, private_mariadb: PrivateMariaDB
+):
+    env, server, db = archived
+    private_mariadb.execute(db, *(f"INSERT INTO t VALUES ({i}, 'one')" for i in range(20)))
+    first = env.cli("archive", server)
+    assert first.exit_code == 0, first.output
+    private_mariadb.execute(db, *(f"INSERT INTO t VALUES ({i}, 'two')" for i in range(20, 40)))
+    private_mariadb.execute(db, "FLUSH BINARY LOGS")
+    private_mariadb.execute(db, *(f"INSERT INTO t VALUES ({i}, 'three')" for i in range(40, 50)))
+    second = env.cli("archive", server)
+    assert second.exit_code == 0, second.output
+    nothing = env.cli("archive", server)
+    assert nothing.exit_code == 0 and "nothing new" in nothing.stdout, nothing.output
+
+    runs = _runs(env, server)
+    assert len(runs) == 2  # a run with nothing new stores nothing
+    first_pieces, second_pieces = (m["pieces"] for _, m in runs)
+    # the second run goes on exactly where the first ended: the open file from its end
+    assert second_pieces[0]["file"] == first_pieces[-1]["file"]
+    assert second_pieces[0]["start"] == first_pieces[-1]["end"]
+    assert second_pieces[0]["closed"] and not second_pieces[-1]["closed"]
+    archived_files = _reassembled(env, server)
+    server_files = {p.name: p.read_bytes() for p in private_mariadb.binlog_files()}
+    assert set(archived_files) == set(server_files)
+    for name, data in server_files.items():
+        assert _same_file(archived_files[name], data), name
+    end = runs[-1][1]["end"]
+    last = private_mariadb.binlog_files()[-1]
+    assert (end["file"], end["position"]) == (last.name, last.stat().st_size)
+
+
+def test_a_binlog_purged_before_it_was_archived_is_a_loud_gap(
+    archived, private_mariadb: PrivateMariaDB
+):
+    env, server, db = archived
+    private_mariadb.execute(db, "INSERT INTO t VALUES (1, 'a')")
+    assert env.cli("archive", server).exit_code == 0
+    private_mariadb.execute(db, "INSERT INTO t VALUES (2, 'lost')", "FLUSH BINARY LOGS")
+    private_mariadb.execute(db, "INSERT INTO t VALUES (3, 'lost too')", "FLUSH BINARY LOGS")
+    current = private_mariadb.binlog_files()[-1].name
+    private_mariadb.execute(db, f"PURGE BINARY LOGS TO '{current}'")
+    private_mariadb.execute(db, "INSERT INTO t VALUES (4, 'kept')")
+    # the server may keep a file its crash recovery still needs (a binlog checkpoint)
+    left = [p.name for p in private_mariadb.binlog_files()]
+    assert left[-1] == current and len(left) < 3
+
+    gap = env.cli("archive", server)
+    assert gap.exit_code == 1, gap.output
+    assert "has a gap" in gap.stderr and "was purged from the server before it was archived" in (
+        gap.stderr
+    )
+    assert "run a backup now" in gap.stderr
+    manifest = _runs(env, server)[-1][1]
+    assert "purged" in manifest["gap"]
+    assert [p["file"] for p in manifest["pieces"]] == left  # what the server still has
+    # the gap is reported once: the next run goes on from there
+    private_mariadb.execute(db, "INSERT INTO t VALUES (5, 'next')")
+    after = env.cli("archive", server)
+    assert after.exit_code == 0, after.output
+
+
+def test_a_changed_run_manifest_is_not_used_and_nothing_is_skipped(
+    archived, private_mariadb: PrivateMariaDB, caplog
+):
+    """A run manifest whose end was moved forward (to skip log) does not steer the next
+    run: it is unsigned for that content, so the next run starts from the trusted end."""
+    env, server, db = archived
+    private_mariadb.execute(db, "INSERT INTO t VALUES (1, 'a')")
+    assert env.cli("archive", server).exit_code == 0
+    directory, manifest = _runs(env, server)[0]
+    manifest["end"]["position"] += 10**6
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    private_mariadb.execute(db, "INSERT INTO t VALUES (2, 'b')")
+    again = env.cli("archive", server)
+    assert again.exit_code == 0, again.output
+    assert "not using archive run" in caplog.text and "signature does not match" in caplog.text
+    archived_files = _reassembled(env, server, skip=directory)
+    for path in private_mariadb.binlog_files():
+        assert _same_file(archived_files[path.name], path.read_bytes()), path.name
+
+
+def test_archive_of_a_server_without_pitr_is_refused(env):
+    result = env.cli("archive", env.my)
+    assert result.exit_code == 3, result.output
+    assert "pitr off" in result.stderr and "set pitr: true" in result.stderr
