@@ -283,6 +283,10 @@ def list_cmd(
     server: Annotated[str, typer.Argument(help="Server block name (the series to list).")],
     database: Annotated[str | None, typer.Option("--database", "-d")] = None,
     storage: StorageOpt = "default",
+    pitr: Annotated[
+        bool,
+        typer.Option("--pitr", help="The binary log archive: restorable windows and gaps."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List the backups of SERVER, oldest first, with their signature status."""
@@ -290,6 +294,9 @@ def list_cmd(
     from prefect_dbbackup.tasks.catalog import scan_backups
 
     sto = load_storage(storage)
+    if pitr:
+        _list_pitr(sto, server, database, as_json)
+        return
     entries = scan_backups(sto, server, database)
     if not entries:
         _require_server(sto, server)
@@ -312,6 +319,62 @@ def list_cmd(
             f"{size(m.stats.raw_bytes):>10} raw {size(m.stats.stored_bytes):>10} stored"
             f"  {trust}"
         )
+
+
+def _list_pitr(storage: Any, server: str, database: str | None, as_json: bool) -> None:
+    """list --pitr: the archive's stretches, its gaps, and the windows a restore can reach.
+    Exit 1 when the archive has a gap."""
+    from prefect_dbbackup.tasks.pitr import pitr_view
+
+    view = pitr_view(storage, server, database)
+
+    def when(t: Any) -> str:
+        return f"{t:%Y-%m-%d %H:%M:%S}Z" if t else "-"
+
+    if as_json:
+        _emit(
+            {
+                "stretches": [
+                    {
+                        "from": f"{s.first.file}:{s.first.start}",
+                        "to": f"{s.last.file}:{s.last.end}",
+                        "first_event_at": when(s.first_event_at),
+                        "last_event_at": when(s.last_event_at),
+                    }
+                    for s in view.stretches
+                ],
+                "windows": [
+                    {
+                        "database": w.database,
+                        "since": when(w.since),
+                        "until": when(w.until),
+                        "backup_id": w.backup_id,
+                    }
+                    for w in view.windows
+                ],
+                "gaps": view.gaps,
+                "refused": view.refused,
+            }
+        )
+    else:
+        if not view.stretches:
+            typer.echo(f"no binary log archived for {server} (run `dbbackup archive {server}`)")
+        for s in view.stretches:
+            typer.echo(
+                f"archive  {s.describe()}  events {when(s.first_event_at)} .. "
+                f"{when(s.last_event_at)}  ({len(s.pieces)} pieces)"
+            )
+        for w in view.windows:
+            typer.echo(
+                f"{printable(w.database):30} restorable to any second {when(w.since)} .. "
+                f"{when(w.until)}  (from backup {w.backup_id})"
+            )
+        for text in view.refused:
+            typer.echo(f"REFUSED {printable(text)}", err=True)
+        for text in view.gaps:
+            typer.echo(f"GAP {printable(text)}", err=True)
+    if view.gaps:
+        raise typer.Exit(1)
 
 
 def _require_server(storage: Any, server: str) -> list[str]:

@@ -156,3 +156,34 @@ def test_archive_of_a_server_without_pitr_is_refused(env):
     result = env.cli("archive", env.my)
     assert result.exit_code == 3, result.output
     assert "pitr off" in result.stderr and "set pitr: true" in result.stderr
+
+
+def test_list_pitr_shows_each_databases_window_and_the_gaps(
+    archived, private_mariadb: PrivateMariaDB
+):
+    env, server, db = archived
+    private_mariadb.execute(db, "INSERT INTO t VALUES (1, 'a')")
+    assert env.cli("archive", server).exit_code == 0
+    backup = env.cli("backup", server, "-d", db)
+    assert backup.exit_code == 0, backup.output
+    private_mariadb.execute(db, "INSERT INTO t VALUES (2, 'b')")
+    assert env.cli("archive", server).exit_code == 0
+    listed = env.cli("list", server, "--pitr", "--json")
+    assert listed.exit_code == 0, listed.output
+    view = json.loads(listed.stdout)
+    assert view["gaps"] == [] and len(view["stretches"]) == 1
+    [window] = [w for w in view["windows"] if w["database"] == db]
+    backups = json.loads(env.cli("list", server, "-d", db, "--json").stdout)
+    assert window["backup_id"] == backups[-1]["backup_id"]
+    assert window["since"] <= window["until"]
+    text = env.cli("list", server, "--pitr")
+    assert f"restorable to any second {window['since']} .. {window['until']}" in text.stdout
+
+    private_mariadb.execute(db, "INSERT INTO t VALUES (3, 'c')", "FLUSH BINARY LOGS")
+    current = private_mariadb.binlog_files()[-1].name
+    private_mariadb.execute(db, f"PURGE BINARY LOGS TO '{current}'")
+    assert env.cli("archive", server).exit_code == 1
+    gapped = env.cli("list", server, "--pitr")
+    assert gapped.exit_code == 1, gapped.output
+    assert "GAP run" in gapped.stderr and "purged" in gapped.stderr
+    assert "GAP between" in gapped.stderr

@@ -1,0 +1,186 @@
+"""What the stored archive and dumps can restore: stretches of unbroken log, gaps between
+them, and per database the windows of time a restore can reach (docs/pitr.md).
+
+A stretch is a run of pieces that follow each other byte for byte: within a file each piece
+starts where the one before it ended; a file that ended (its last piece closed with the
+rotate event) goes on with the next file's number from its start. A stretch is replayable
+from a position only if it holds that file from its start (the format description event
+at its head is what a replay reads first). Only trusted (signed, location-bound) run
+manifests count; nothing here compares a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from prefect_dbbackup.blocks.binlog import BinlogPosition
+from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.tasks.archive import read_archive
+from prefect_dbbackup.tasks.archive_manifest import ArchiveManifest, LogPiece, file_order
+from prefect_dbbackup.tasks.catalog import scan_backups
+from prefect_dbbackup.tasks.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class StoredPiece:
+    """A piece and the run that stored it (its key is the run's)."""
+
+    run_id: str
+    piece: LogPiece
+
+
+@dataclass
+class Stretch:
+    """Pieces that follow each other without a gap, in log order."""
+
+    pieces: list[StoredPiece] = field(default_factory=list)
+
+    @property
+    def first(self) -> LogPiece:
+        return self.pieces[0].piece
+
+    @property
+    def last(self) -> LogPiece:
+        return self.pieces[-1].piece
+
+    @property
+    def replayable(self) -> bool:
+        """Whether it starts at a file's start (the replay needs the file's first event)."""
+        return self.first.start == 0
+
+    @property
+    def first_event_at(self) -> datetime | None:
+        return next((s.piece.first_event_at for s in self.pieces if s.piece.first_event_at), None)
+
+    @property
+    def last_event_at(self) -> datetime | None:
+        times = [s.piece.last_event_at for s in self.pieces if s.piece.last_event_at]
+        return max(times) if times else None
+
+    def holds(self, position: BinlogPosition) -> bool:
+        """Whether the log from position on (to the stretch's end) is in the stretch."""
+        files = {s.piece.file: s.piece for s in self.pieces}
+        if position.file not in files or not self.replayable:
+            return False
+        ends = [s.piece.end for s in self.pieces if s.piece.file == position.file]
+        return position.position <= max(ends)
+
+    def files_from(self, position: BinlogPosition) -> list[tuple[str, list[StoredPiece]]]:
+        """The files a replay from position reads, each with all its pieces, in order."""
+        order = file_order(position.file)
+        out: dict[str, list[StoredPiece]] = {}
+        for stored in self.pieces:
+            if file_order(stored.piece.file) >= order:
+                out.setdefault(stored.piece.file, []).append(stored)
+        return list(out.items())
+
+    def describe(self) -> str:
+        """binlog.000001:0 .. binlog.000004:621"""
+        return f"{self.first.file}:{self.first.start} .. {self.last.file}:{self.last.end}"
+
+
+def stretches(runs: list[ArchiveManifest]) -> list[Stretch]:
+    """The trusted runs' pieces as stretches, in log order. Where two pieces start at the
+    same place (two runs at once), the one reaching further is taken."""
+    by_start: dict[tuple[str, int], StoredPiece] = {}
+    for run in runs:
+        for piece in run.pieces:
+            here = (piece.file, piece.start)
+            if here not in by_start or by_start[here].piece.end < piece.end:
+                by_start[here] = StoredPiece(run.run_id, piece)
+    left = sorted(by_start.values(), key=lambda s: (file_order(s.piece.file), s.piece.start))
+    used: set[tuple[str, int]] = set()
+    found = []
+    for head in left:
+        if (head.piece.file, head.piece.start) in used:
+            continue
+        stretch, current = Stretch(), head
+        while current is not None:
+            used.add((current.piece.file, current.piece.start))
+            stretch.pieces.append(current)
+            current = by_start.get((current.piece.file, current.piece.end)) or (
+                _next_file(by_start, current.piece) if current.piece.closed else None
+            )
+        found.append(stretch)
+    return found
+
+
+def _next_file(by_start: dict[tuple[str, int], StoredPiece], piece: LogPiece) -> StoredPiece | None:
+    base, number = file_order(piece.file)
+    for (name, start), stored in by_start.items():
+        if start == 0 and file_order(name) == (base, number + 1):
+            return stored
+    return None
+
+
+@dataclass(frozen=True)
+class Window:
+    """A database can be restored to any second from `since` to `until`: the dump taken
+    before (finished at since), then the log of one stretch."""
+
+    database: str
+    since: datetime
+    until: datetime
+    backup_id: str  # the oldest dump of the window
+    stretch: Stretch
+
+
+def windows(dumps: list[Manifest], found: list[Stretch]) -> list[Window]:
+    """Per database, one window per stretch that holds a dump's position: from the oldest
+    such dump's end to the stretch's last event."""
+    out: dict[tuple[str, int], Window] = {}
+    for dump in sorted(dumps, key=lambda m: m.finished_at):
+        if dump.binlog is None:
+            continue
+        for i, stretch in enumerate(found):
+            until = stretch.last_event_at
+            if not stretch.holds(dump.binlog) or until is None or until < dump.finished_at:
+                continue
+            out.setdefault(
+                (dump.database, i),
+                Window(dump.database, dump.finished_at, until, dump.backup_id, stretch),
+            )
+    return sorted(out.values(), key=lambda w: (w.database, w.since))
+
+
+def newest_dump_for(
+    dumps: list[Manifest], found: list[Stretch], target: datetime | None
+) -> tuple[Manifest, Stretch] | None:
+    """The newest dump finished at or before target (None: any) whose position a
+    replayable stretch holds, with that stretch."""
+    for dump in sorted(dumps, key=lambda m: m.finished_at, reverse=True):
+        if dump.binlog is None or (target is not None and dump.finished_at > target):
+            continue
+        for stretch in found:
+            if stretch.holds(dump.binlog):
+                return dump, stretch
+    return None
+
+
+@dataclass(frozen=True)
+class PitrView:
+    """A server's archive as list --pitr shows it."""
+
+    stretches: list[Stretch]
+    windows: list[Window]
+    gaps: list[str]  # between stretches, and the gaps the runs recorded
+    refused: list[str]  # run manifests not used, with why
+
+
+def pitr_view(storage: BackupStorage, server: str, database: str | None = None) -> PitrView:
+    """The stretches, gaps and restorable windows of a server (or one database)."""
+    state = read_archive(storage, server)
+    found = stretches(state.trusted)
+    dumps = [
+        e.manifest for e in scan_backups(storage, server, database) if e.usable() and e.manifest
+    ]
+    gaps = [f"run {m.run_id}: {m.gap}" for m in state.trusted if m.gap]
+    gaps += [
+        f"between {a.last.file}:{a.last.end} and {b.first.file}:{b.first.start}"
+        for a, b in zip(found, found[1:], strict=False)
+    ]
+    if found and not found[0].replayable:
+        gaps.append(f"the archive starts inside {found[0].first.file}: its start is missing")
+    refused = [f"{r.key}: {r.problem}" for r in state.refused]
+    return PitrView(found, windows(dumps, found), gaps, refused)
