@@ -11,15 +11,29 @@ manifests count; nothing here compares a clock.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
 
+import pyrage
 from prefect_dbbackup.blocks.binlog import BinlogPosition
+from prefect_dbbackup.blocks.errors import DbBackupError, IntegrityError
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.archive import read_archive
-from prefect_dbbackup.tasks.archive_manifest import ArchiveManifest, LogPiece, file_order
+from prefect_dbbackup.tasks.archive_manifest import (
+    ArchiveManifest,
+    LogPiece,
+    archive_key,
+    file_order,
+)
 from prefect_dbbackup.tasks.catalog import scan_backups
 from prefect_dbbackup.tasks.manifest import Manifest
+from prefect_dbbackup.tasks.stream import decrypt_stream, file_sha256
 
 
 @dataclass(frozen=True)
@@ -184,3 +198,79 @@ def pitr_view(storage: BackupStorage, server: str, database: str | None = None) 
         gaps.append(f"the archive starts inside {found[0].first.file}: its start is missing")
     refused = [f"{r.key}: {r.problem}" for r in state.refused]
     return PitrView(found, windows(dumps, found), gaps, refused)
+
+
+class _CountingSink:
+    """Writes to out, counting the bytes."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out, self.count = out, 0
+
+    def write(self, data: bytes) -> int:
+        self.out.write(data)
+        self.count += len(data)
+        return len(data)
+
+
+def check_piece(f: BinaryIO, piece: LogPiece, what: str) -> None:
+    """Fail unless the stored piece has the size and sha256 its run manifest says."""
+    stored = f.seek(0, 2)
+    if stored != piece.stats.stored_bytes:
+        raise IntegrityError(
+            f"{what} is truncated or damaged: {stored} bytes stored, its archive run says "
+            f"{piece.stats.stored_bytes}"
+        )
+    f.seek(0)
+    if file_sha256(f) != piece.stats.sha256:
+        raise IntegrityError(f"{what} is corrupted: its sha256 does not match its archive run")
+    f.seek(0)
+
+
+@contextlib.contextmanager
+def archived_file(
+    storage: BackupStorage,
+    server: str,
+    pieces: list[StoredPiece],
+    identities: list[pyrage.x25519.Identity],
+    workdir: Path,
+) -> Iterator[BinaryIO]:
+    """A log file as the archive holds it, from its start: its pieces checked, decrypted and
+    decompressed in order by a thread into a pipe that the caller reads (plaintext never
+    touches disk). A failure of any piece is raised when the caller is done, so a file that
+    ended early is never taken for a whole one."""
+    read_end, write_end = os.pipe()
+    failure: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            with open(write_end, "wb") as out:
+                for stored in pieces:
+                    piece = stored.piece
+                    what = f"archived piece {piece.object_name} of run {stored.run_id}"
+                    key = archive_key(server, stored.run_id, piece.object_name)
+                    sink = _CountingSink(out)
+                    with storage.open_read(key, workdir) as f:
+                        check_piece(f, piece, what)
+                        decrypt_stream(f, lambda s=sink: s, identities)
+                    if sink.count != piece.end - piece.start:
+                        raise IntegrityError(
+                            f"{what} holds {sink.count} bytes, not {piece.end - piece.start}"
+                        )
+        except BrokenPipeError:
+            pass  # the reader stopped early: it needs no more of the file
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller below)
+            failure.append(exc)
+
+    thread = threading.Thread(target=feed, name="archived-file", daemon=True)
+    thread.start()
+    reader = open(read_end, "rb")  # noqa: SIM115 (closed below, before the join)
+    try:
+        yield reader
+    finally:
+        reader.close()
+        thread.join()
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, DbBackupError):
+            raise exc
+        raise IntegrityError(f"the archived log could not be read: {exc}") from exc
