@@ -493,6 +493,15 @@ def restore(
         ),
     ] = False,
     allow_unsigned: AllowUnsignedOpt = False,
+    to_time: Annotated[
+        str | None,
+        typer.Option(
+            "--to-time",
+            help="Point-in-time recovery (MariaDB, pitr: true): DATABASE as it was at this "
+            "second (ISO 8601 with a zone, e.g. 2026-12-07T10:41:06Z), or `latest` (as far as "
+            "the archived binary log goes), into the new database --into.",
+        ),
+    ] = None,
     storage: StorageOpt = "default",
     encryption: EncryptionOpt = "default",
     as_json: JsonOpt = False,
@@ -502,6 +511,20 @@ def restore(
     from prefect_dbbackup.flows.restore import restore_database
 
     _blocks_exist(server=server, storage=storage, encryption=encryption)
+    if to_time is not None:
+        others = {
+            "--backup-id": backup_id != "latest",
+            "--replace": replace,
+            "--jobs": jobs != 1,
+            "--from-server": from_server is not None,
+            "--allow-unsigned": allow_unsigned,
+            "--with-users": with_users,
+        }
+        refused = [option for option, given in others.items() if given]
+        _restore_to_time(
+            server, database, to_time, into, refused, identity_file, storage, encryption
+        )
+        return
     restore_inputs(
         server,
         database,
@@ -541,6 +564,72 @@ def restore(
             typer.echo(f"  skipped {printable(line)}")
     if partly is not None:
         fail(partly)
+
+
+def _restore_to_time(
+    server: str,
+    database: str,
+    to_time: str,
+    into: str | None,
+    refused: list[str],
+    identity_file: Path | None,
+    storage: str = "default",
+    encryption: str = "default",
+) -> None:
+    """restore --to-time: checked options, then the restore_to_time flow."""
+    from datetime import datetime
+
+    from prefect_dbbackup.flows.prechecks import restore_inputs
+    from prefect_dbbackup.flows.restore_to_time import restore_to_time
+
+    if refused:
+        fail(ConfigError(f"--to-time takes none of {', '.join(refused)}"))
+    if into is None or into == database:
+        fail(
+            ConfigError(
+                "--to-time restores into a new database: name it with --into (then compare, "
+                "and rename or copy what you need)"
+            )
+        )
+    when = None
+    if to_time != "latest":
+        try:
+            when = datetime.fromisoformat(to_time)
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            fail(
+                ConfigError(
+                    f"--to-time {to_time!r} is not a time with a zone: write it like "
+                    "2026-12-07T10:41:06Z (UTC) or 2026-12-07T11:41:06+01:00, or `latest`"
+                )
+            )
+    restore_inputs(
+        server,
+        database,
+        storage=storage,
+        target=into,
+        replace=False,
+        backup_id="latest",
+        source_server=None,
+        allow_unsigned=False,
+    )
+    report = restore_to_time(
+        server=server,
+        database=database,
+        to_time=when,
+        target_database=into,
+        storage=storage,
+        encryption=encryption,
+        identity_file=str(identity_file.expanduser()) if identity_file else None,
+    )
+    last = report.last_applied_at
+    typer.echo(
+        f"restored {printable(database)} into {printable(into)} as of "
+        f"{to_time}: backup {report.backup_id} and {report.transactions} transaction(s) of "
+        f"the binary log (last committed {f'{last:%Y-%m-%d %H:%M:%S}Z' if last else '-'}, "
+        f"up to {report.position}) in {report.seconds:.1f} s"
+    )
 
 
 def _echo_users(result: UsersResult) -> None:

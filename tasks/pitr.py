@@ -12,6 +12,7 @@ manifests count; nothing here compares a clock.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -22,7 +23,10 @@ from typing import BinaryIO
 
 import pyrage
 from prefect_dbbackup.blocks.binlog import BinlogPosition
+from prefect_dbbackup.blocks.binlog_events import ReplayResult
+from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.errors import DbBackupError, IntegrityError
+from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.archive import read_archive
 from prefect_dbbackup.tasks.archive_manifest import (
@@ -274,3 +278,32 @@ def archived_file(
         if isinstance(exc, DbBackupError):
             raise exc
         raise IntegrityError(f"the archived log could not be read: {exc}") from exc
+
+
+def replay_archive(
+    server: DatabaseServer,
+    storage: BackupStorage,
+    encryption: AgeEncryption,
+    identity_file: str | None,
+    dump: Manifest,
+    stretch: Stretch,
+    target: str,
+    stop: datetime,
+    workdir: Path,
+) -> ReplayResult:
+    """Replay dump.database's events of the archive, from the dump's binlog position up to
+    stop, into target (which holds the restored dump)."""
+    assert dump.binlog is not None
+    identities = encryption.identities(identity_file)
+    files = [
+        (name, functools.partial(archived_file, storage, dump.server, pieces, identities, workdir))
+        for name, pieces in stretch.files_from(dump.binlog)
+    ]
+    return server.replay_binlog(
+        files,
+        database=dump.database,
+        target=target,
+        start_position=dump.binlog,
+        stop_time=stop,
+        workdir=workdir,
+    )
