@@ -19,11 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import pyrage
 from prefect_dbbackup.blocks.binlog import BinlogPosition
-from prefect_dbbackup.blocks.binlog_events import ReplayResult
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.errors import DbBackupError, IntegrityError
 from prefect_dbbackup.blocks.server import DatabaseServer
@@ -38,6 +37,9 @@ from prefect_dbbackup.tasks.archive_manifest import (
 from prefect_dbbackup.tasks.catalog import scan_backups
 from prefect_dbbackup.tasks.manifest import Manifest
 from prefect_dbbackup.tasks.stream import decrypt_stream, file_sha256
+
+if TYPE_CHECKING:
+    from prefect_dbbackup.blocks.binlog_events import ReplayResult
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,6 @@ class Stretch:
         return self.pieces[-1].piece
 
     @property
-    def replayable(self) -> bool:
-        """Whether it starts at a file's start (the replay needs the file's first event)."""
-        return self.first.start == 0
-
-    @property
     def first_event_at(self) -> datetime | None:
         return next((s.piece.first_event_at for s in self.pieces if s.piece.first_event_at), None)
 
@@ -77,12 +74,10 @@ class Stretch:
         return max(times) if times else None
 
     def holds(self, position: BinlogPosition) -> bool:
-        """Whether the log from position on (to the stretch's end) is in the stretch."""
-        files = {s.piece.file: s.piece for s in self.pieces}
-        if position.file not in files or not self.replayable:
-            return False
-        ends = [s.piece.end for s in self.pieces if s.piece.file == position.file]
-        return position.position <= max(ends)
+        """Whether a replay from position can run: the stretch holds position's file from
+        its start (a replay reads the file's first events) up to position or beyond."""
+        mine = [s.piece for s in self.pieces if s.piece.file == position.file]
+        return bool(mine) and mine[0].start == 0 and position.position <= mine[-1].end
 
     def files_from(self, position: BinlogPosition) -> list[tuple[str, list[StoredPiece]]]:
         """The files a replay from position reads, each with all its pieces, in order."""
@@ -153,11 +148,19 @@ def windows(dumps: list[Manifest], found: list[Stretch]) -> list[Window]:
             continue
         for i, stretch in enumerate(found):
             until = stretch.last_event_at
-            if not stretch.holds(dump.binlog) or until is None or until < dump.finished_at:
+            # binlog times are whole seconds: an event of the dump's last second may follow it
+            late = until is None or int(until.timestamp()) < int(dump.finished_at.timestamp())
+            if late or not stretch.holds(dump.binlog):
                 continue
             out.setdefault(
                 (dump.database, i),
-                Window(dump.database, dump.finished_at, until, dump.backup_id, stretch),
+                Window(
+                    dump.database,
+                    dump.finished_at,
+                    until or dump.finished_at,
+                    dump.backup_id,
+                    stretch,
+                ),
             )
     return sorted(out.values(), key=lambda w: (w.database, w.since))
 
@@ -198,8 +201,6 @@ def pitr_view(storage: BackupStorage, server: str, database: str | None = None) 
         f"between {a.last.file}:{a.last.end} and {b.first.file}:{b.first.start}"
         for a, b in zip(found, found[1:], strict=False)
     ]
-    if found and not found[0].replayable:
-        gaps.append(f"the archive starts inside {found[0].first.file}: its start is missing")
     refused = [f"{r.key}: {r.problem}" for r in state.refused]
     return PitrView(found, windows(dumps, found), gaps, refused)
 

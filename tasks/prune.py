@@ -250,7 +250,7 @@ def check_clock(storage: BackupStorage, policy: RetentionPolicy) -> datetime:
     return now
 
 
-def _remove(storage: BackupStorage, item: PruneItem) -> None:
+def remove_backup(storage: BackupStorage, item: PruneItem) -> None:
     """Delete one backup, manifest first: a half-deleted backup no longer counts as existing."""
     manifest_first = sorted(item.objects, key=lambda k: not k.endswith("/" + MANIFEST_NAME))
     for key in manifest_first:
@@ -288,7 +288,7 @@ def prune(
             item.outcome = "would remove"
             continue
         try:
-            _remove(storage, item)
+            remove_backup(storage, item)
             item.outcome = "removed"
         except ObjectLocked as exc:
             item.outcome = f"locked: {exc}"

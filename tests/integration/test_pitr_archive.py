@@ -180,6 +180,7 @@ def test_list_pitr_shows_each_databases_window_and_the_gaps(
     assert f"restorable to any second {window['since']} .. {window['until']}" in text.stdout
 
     private_mariadb.execute(db, "INSERT INTO t VALUES (3, 'c')", "FLUSH BINARY LOGS")
+    private_mariadb.execute(db, "INSERT INTO t VALUES (4, 'd')", "FLUSH BINARY LOGS")
     current = private_mariadb.binlog_files()[-1].name
     private_mariadb.execute(db, f"PURGE BINARY LOGS TO '{current}'")
     assert env.cli("archive", server).exit_code == 1
@@ -187,3 +188,41 @@ def test_list_pitr_shows_each_databases_window_and_the_gaps(
     assert gapped.exit_code == 1, gapped.output
     assert "GAP run" in gapped.stderr and "purged" in gapped.stderr
     assert "GAP between" in gapped.stderr
+
+
+def test_prune_removes_the_archive_runs_no_kept_backup_needs(
+    archived, private_mariadb: PrivateMariaDB
+):
+    from prefect_dbbackup.blocks import MySQLServer
+    from prefect_dbbackup.blocks.retention import RetentionPolicy
+
+    env, server, db = archived
+    block = MySQLServer.load(server)
+    block.retention = RetentionPolicy(keep_last=1)
+    block.save(server, overwrite=True)
+    private_mariadb.execute(db, "INSERT INTO t VALUES (1, 'a')")
+    assert env.cli("archive", server).exit_code == 0
+    assert env.cli("backup", server, "-d", db).exit_code == 0  # pruned: keeps only itself
+    private_mariadb.execute(db, "INSERT INTO t VALUES (2, 'b')", "FLUSH BINARY LOGS")
+    assert env.cli("archive", server).exit_code == 0
+    private_mariadb.execute(db, "INSERT INTO t VALUES (3, 'c')", "FLUSH BINARY LOGS")
+    assert env.cli("backup", server, "-d", db).exit_code == 0
+    private_mariadb.execute(db, "INSERT INTO t VALUES (4, 'd')")
+    assert env.cli("archive", server).exit_code == 0
+    before = [d.name for d, _ in _runs(env, server)]
+    assert len(before) == 3
+
+    dry = env.cli("prune", server, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert [d.name for d, _ in _runs(env, server)] == before
+    pruned = env.cli("prune", server)
+    assert pruned.exit_code == 0, pruned.output
+    assert [d.name for d, _ in _runs(env, server)] == before[2:]
+    assert not any((env.storage_path / encode_name(server) / ARCHIVE_SEGMENT / d).exists()
+                   for d in before[:2])  # fmt: skip
+    listed = env.cli("list", server, "--pitr", "--json")
+    assert listed.exit_code == 0, listed.output
+    windows = json.loads(listed.stdout)["windows"]
+    [window] = [w for w in windows if w["database"] == db]
+    kept = json.loads(env.cli("list", server, "-d", db, "--json").stdout)
+    assert [b["backup_id"] for b in kept] == [window["backup_id"]]

@@ -1,0 +1,91 @@
+"""Retention of the binary log archive: a run is removed once every piece it holds lies in
+log files before the first file the oldest kept backup's replay reads (a replay from a
+position reads that position's file from its start). Decided on signed, location-bound
+manifests only, never by a clock; the newest run (where the next one goes on) and runs that
+are not trusted are always kept (docs/pitr.md)."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.tasks.archive import read_archive
+from prefect_dbbackup.tasks.archive_manifest import ARCHIVE_SEGMENT, archive_prefix, file_order
+from prefect_dbbackup.tasks.catalog import scan_backups
+from prefect_dbbackup.tasks.logs import run_logger
+from prefect_dbbackup.tasks.prune import PruneItem, backup_time, remove_backup
+
+
+def archived(storage: BackupStorage, server: str) -> bool:
+    """Whether server has archive runs in storage (one listing)."""
+    return bool(storage.list_keys(archive_prefix(server)))
+
+
+def plan_archive_prune(storage: BackupStorage, server: str) -> list[PruneItem]:
+    """One item per archive run of server: keep or remove, and why."""
+    state = read_archive(storage, server)
+    dumps = [e.manifest for e in scan_backups(storage, server) if e.usable() and e.manifest]
+    starts = sorted(
+        (file_order(m.binlog.file), m.binlog.file, m.backup_id, m.database)
+        for m in dumps
+        if m.binlog is not None
+    )
+    listed = storage.list_keys(archive_prefix(server))
+    newest = state.trusted[-1].run_id if state.trusted else None
+    items = []
+    for run in state.runs:
+        objects = [k for k in listed if k.startswith(run.key.rsplit("/", 1)[0] + "/")]
+        manifest = run.manifest
+        time = manifest.started_at if manifest else None
+        if run.problem is not None or manifest is None:
+            keep, why = True, f"not trusted ({run.problem}): left for you to check"
+        elif manifest.run_id == newest:
+            keep, why = True, "the newest run: the next one goes on from its end"
+        elif not starts:
+            keep, why = True, "no kept backup records a binlog position yet"
+        else:
+            first, name, backup_id, database = starts[0]
+            files = [file_order(p.file) for p in manifest.pieces] + [file_order(manifest.end.file)]
+            keep = max(files) >= first
+            why = (
+                f"holds log from {name} on, which backup {backup_id} of {database!r} replays"
+                if keep
+                else f"before {name}, where the oldest kept backup ({backup_id} of {database!r}) "
+                "starts"
+            )
+        items.append(
+            PruneItem(
+                database=ARCHIVE_SEGMENT,
+                backup_id=run.run_id,
+                time=time or backup_time(run.run_id),
+                complete=manifest is not None,
+                keep=keep,
+                reasons=[why],
+                objects=objects,
+            )
+        )
+    return items
+
+
+def prune_archive(storage: BackupStorage, server: str, dry_run: bool = False) -> list[PruneItem]:
+    """Remove the archive runs no kept backup needs (plan_archive_prune); dry_run removes
+    nothing. Each run goes manifest first: a half-removed run no longer exists."""
+    log = run_logger()
+    items = plan_archive_prune(storage, server)
+    for item in items:
+        if item.keep:
+            continue
+        if dry_run:
+            item.outcome = "would remove"
+        else:
+            remove_backup(storage, item)
+            item.outcome = "removed"
+        log.info(
+            "archive run %s of %s: %s (%s)", item.backup_id, server, item.outcome, item.reasons[0]
+        )
+    return items
+
+
+prune_archive_task = task(
+    prune_archive, name="prune-archive", task_run_name="prune-archive-{server}", cache_policy=NONE
+)
