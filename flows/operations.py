@@ -20,19 +20,21 @@ from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.flows.config import expand_env, read_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-JOBS = ("backup", "verify", "prune", "check")
+JOBS = ("backup", "verify", "prune", "check", "archive")
 # flow name and module-path entrypoint of each job (the deployment is FLOW_NAME/SERVER)
 FLOWS = {
     "backup": ("backup-server", "prefect_dbbackup.flows.backup.backup_server"),
     "verify": ("verify-backups", "prefect_dbbackup.flows.verify.verify_backups"),
     "prune": ("prune-backups", "prefect_dbbackup.flows.prune.prune_backups"),
     "check": ("check-backups", "prefect_dbbackup.flows.check.check_backups"),
+    "archive": ("archive", "prefect_dbbackup.flows.archive.archive_server"),
 }
 DESCRIPTIONS = {
     "backup": "Backup of every database of {server}.",
     "verify": "Restore check of the latest backup of each database of {server}.",
     "prune": "Retention (GFS) of the backups of {server}.",
     "check": "Check that every stored backup of {server} is whole.",
+    "archive": "Archive of the binary log of {server} since the last run (point-in-time recovery).",
 }
 # a run that starts while the previous one of the same deployment still runs is cancelled:
 # stacking two dumps of one server never helps, and a queue could grow night after night
@@ -52,6 +54,11 @@ class JobTimes(_Strict):
     verify: str | None = "0 4 * * 0"
     prune: str | None = "30 5 * * *"
     check: str | None = "0 4 * * 3"
+    archive: str | None = Field(
+        default="* * * * *",
+        description="servers with pitr: true only; every minute bounds the data a lost "
+        "server takes with it to about a minute (docs/pitr.md)",
+    )
 
 
 class Schedules(JobTimes):
@@ -77,6 +84,7 @@ class Operations:
     """What a config file says about running dbbackup: servers (name -> host) and the sections."""
 
     servers: dict[str, str]
+    pitr: set[str] = field(default_factory=set)  # servers with pitr: true (archive runs)
     schedules: Schedules = field(default_factory=Schedules)
     limits: Limits = field(default_factory=Limits)
 
@@ -128,6 +136,7 @@ def read_operations(path: Path) -> Operations:
     }
     ops = Operations(
         servers=servers,
+        pitr={str(n) for n, raw in config["servers"].items() if (raw or {}).get("pitr") is True},
         schedules=_section(Schedules, config.get("schedules"), "schedules"),
         limits=_section(Limits, config.get("limits"), "limits"),
     )
@@ -144,6 +153,8 @@ def deployment_plans(ops: Operations) -> list[DeploymentPlan]:
     for server in ops.servers:
         override = s.servers.get(server)
         for job in JOBS:
+            if job == "archive" and server not in ops.pitr:
+                continue
             if override is not None and job in override.model_fields_set:
                 cron = getattr(override, job)
             else:

@@ -133,3 +133,26 @@ def test_deploy_refuses_a_server_name_prefect_cannot_take_before_any_api_call(
     path = write(tmp_path, f"servers:\n  {name}: {{type: postgres}}\n")
     with pytest.raises(ConfigError, match="cannot name a deployment"):
         asyncio.run(deploy_async(path, "pool"))
+
+
+def test_only_pitr_servers_get_an_archive_deployment(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+servers:
+  my1: {type: mysql, host: db1, pitr: true}
+  my2: {type: mysql, host: db2}
+schedules:
+  servers:
+    my1: {archive: "*/5 * * * *"}
+""",
+    )
+    plans = {(p.job, p.server): p for p in deployment_plans(read_operations(path))}
+    assert plans["archive", "my1"].cron == "*/5 * * * *"
+    assert plans["archive", "my1"].name == "archive/my1"
+    assert plans["archive", "my1"].parameters == {
+        "server": "my1",
+        "storage": "default",
+        "encryption": "default",
+    }
+    assert ("archive", "my2") not in plans and ("backup", "my2") in plans
