@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # for type checkers only; a unit test keeps it equal to _EXPO
     from prefect_dbbackup.blocks.errors import TargetExists as TargetExists
     from prefect_dbbackup.blocks.errors import ToolFailed as ToolFailed
     from prefect_dbbackup.blocks.retention import RetentionPolicy as RetentionPolicy
+    from prefect_dbbackup.flows.archive import ArchiveGap as ArchiveGap
+    from prefect_dbbackup.flows.archive import archive_server as archive_server
     from prefect_dbbackup.flows.backup import backup_server as backup_server
     from prefect_dbbackup.flows.backup_report import BackupFailed as BackupFailed
     from prefect_dbbackup.flows.backup_report import BackupReport as BackupReport
@@ -52,11 +54,14 @@ if TYPE_CHECKING:  # for type checkers only; a unit test keeps it equal to _EXPO
     from prefect_dbbackup.flows.prune import prune_backups as prune_backups
     from prefect_dbbackup.flows.restore import RestoreReport as RestoreReport
     from prefect_dbbackup.flows.restore import restore_database as restore_database
+    from prefect_dbbackup.flows.restore_to_time import PitrRestoreReport as PitrRestoreReport
+    from prefect_dbbackup.flows.restore_to_time import restore_to_time as restore_to_time
     from prefect_dbbackup.flows.users import restore_users as restore_users
     from prefect_dbbackup.flows.verify import VerifyOutcome as VerifyOutcome
     from prefect_dbbackup.flows.verify import VerifyReport as VerifyReport
     from prefect_dbbackup.flows.verify import VerifyRunFailed as VerifyRunFailed
     from prefect_dbbackup.flows.verify import verify_backups as verify_backups
+    from prefect_dbbackup.tasks.archive_manifest import ArchiveManifest as ArchiveManifest
     from prefect_dbbackup.tasks.dedup.check import CheckReport as CheckReport
     from prefect_dbbackup.tasks.dedup.check import Finding as Finding
     from prefect_dbbackup.tasks.prune import PruneItem as PruneItem
@@ -72,6 +77,8 @@ _FLOWS = {
     "verify_backups": "flows.verify",
     "prune_backups": "flows.prune",
     "check_backups": "flows.check",
+    "archive_server": "flows.archive",
+    "restore_to_time": "flows.restore_to_time",
 }
 _BLOCKS = {
     name: "blocks"
@@ -89,6 +96,8 @@ _MODELS = {
     "DatabaseOutcome": "flows.backup_report",
     "RestoreReport": "flows.restore",
     "RestoreResult": "tasks.restore",
+    "PitrRestoreReport": "flows.restore_to_time",
+    "ArchiveManifest": "tasks.archive_manifest",
     "UsersResult": "tasks.users",
     "VerifyReport": "flows.verify",
     "VerifyOutcome": "flows.verify",
@@ -121,6 +130,7 @@ _ERRORS = {
     "BackupFailed": "flows.backup_report",
     "VerifyRunFailed": "flows.verify",
     "CheckFailed": "flows.check",
+    "ArchiveGap": "flows.archive",
     "RestoreStopped": "tasks.restore",
     "UsersPartlyRestored": "tasks.users",
 }
