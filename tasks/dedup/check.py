@@ -41,7 +41,7 @@ from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.manifest import Manifest
 from pydantic import BaseModel
 
-Problem = Literal["missing", "damaged", "read fault", "unread", "key copy", "refused"]
+Problem = Literal["missing", "damaged", "read fault", "unread", "key copy", "refused", "gap"]
 Verdict = tuple[Problem, str] | None  # what reading one chunk found
 
 
@@ -68,6 +68,7 @@ class CheckReport(BaseModel):
     in_fossils: int = 0  # named chunks a prune set aside: a later prune puts them back
     unreferenced: int | None = None  # stored, named by no backup (only without a server)
     chunks_read: int = 0
+    archive_runs: int = 0  # binlog archive runs checked (point-in-time recovery)
     findings: list[Finding] = []
 
     @property

@@ -188,6 +188,8 @@ def test_list_pitr_shows_each_databases_window_and_the_gaps(
     assert gapped.exit_code == 1, gapped.output
     assert "GAP run" in gapped.stderr and "purged" in gapped.stderr
     assert "GAP between" in gapped.stderr
+    checked = env.cli("check", server)
+    assert checked.exit_code == 1 and "gap: " in checked.stdout, checked.output
 
 
 def test_prune_removes_the_archive_runs_no_kept_backup_needs(
@@ -226,3 +228,30 @@ def test_prune_removes_the_archive_runs_no_kept_backup_needs(
     [window] = [w for w in windows if w["database"] == db]
     kept = json.loads(env.cli("list", server, "-d", db, "--json").stdout)
     assert [b["backup_id"] for b in kept] == [window["backup_id"]]
+
+
+def test_check_finds_a_missing_or_changed_piece(archived, private_mariadb: PrivateMariaDB):
+    env, server, db = archived
+    private_mariadb.execute(db, "INSERT INTO t VALUES (1, 'a')")
+    assert env.cli("archive", server).exit_code == 0
+    private_mariadb.execute(db, "INSERT INTO t VALUES (2, 'b')")
+    assert env.cli("archive", server).exit_code == 0
+    whole = env.cli("check", server, "--read-data")
+    assert whole.exit_code == 0, whole.output
+    assert "2 binary log archive run(s) checked" in whole.stdout
+
+    (first, _), (second, manifest) = _runs(env, server)
+    piece = second / manifest["pieces"][0]["object_name"]
+    data = bytearray(piece.read_bytes())
+    data[-1] ^= 1  # same size, one bit changed
+    piece.write_bytes(bytes(data))
+    assert env.cli("check", server).exit_code == 0  # sizes only: unseen
+    changed = env.cli("check", server, "--read-data")
+    assert changed.exit_code == 1, changed.output
+    assert "damaged:" in changed.stdout and "sha256" in changed.stdout
+
+    for p in first.glob("piece-*"):
+        p.unlink()
+    missing = env.cli("check", server)
+    assert missing.exit_code == 1, missing.output
+    assert "missing:" in missing.stdout and first.name in missing.stdout
