@@ -84,16 +84,19 @@ def pass_on(source: BinaryIO, write: Callable[[bytes], object]) -> None:
 
 
 class _Feeder(threading.Thread):
-    """Feeds one binlog file through the scan into mariadb-binlog's stdin."""
+    """Opens one binlog file and feeds it through the scan into mariadb-binlog's stdin. The
+    stream is opened and closed in this thread: a stop does not wait for a read under way."""
 
-    def __init__(self, scan: BinlogScan, name: str, stream: BinaryIO, stdin: BinaryIO) -> None:
-        super().__init__(name=f"binlog feeder {name}", daemon=True)
-        self.scan, self.file, self.stream, self.stdin = scan, name, stream, stdin
+    def __init__(self, scan: BinlogScan, file: BinlogFile, stdin: BinaryIO) -> None:
+        super().__init__(name=f"binlog feeder {file[0]}", daemon=True)
+        self.scan, self.file, self.stdin = scan, file, stdin
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        name, opener = self.file
         try:
-            self.scan.feed(self.file, self.stream, self.stdin.write)
+            with opener() as stream:
+                self.scan.feed(name, stream, self.stdin.write)
         except BrokenPipeError:
             pass  # mariadb-binlog ended early: its own error says why
         except BaseException as exc:
@@ -133,7 +136,7 @@ def replay(
                 if scan.stopped:
                     break
                 if scan.started or name == scan.start.file:
-                    _replay_file(scan, name, opener, reader, mysql.stdin, mysql.wait, timeout)
+                    _replay_file(scan, (name, opener), reader, mysql.stdin, mysql.wait, timeout)
     except Interrupted:
         raise
     except DbBackupError as exc:
@@ -149,18 +152,17 @@ def replay(
 
 def _replay_file(
     scan: BinlogScan,
-    name: str,
-    opener: Callable[[], AbstractContextManager[BinaryIO]],
+    file: BinlogFile,
     reader: list[str],
     client_stdin: BinaryIO,
     client_wait: Callable[[], int],
     timeout: float,
 ) -> None:
-    scan.where = (name, 0)
+    scan.where = (file[0], 0)
     tool = ToolProcess(reader, env={"TZ": "UTC"}, timeout=timeout, stdin=True, stdout=True)
-    with opener() as stream, tool as binlog:
+    with tool as binlog:
         assert binlog.stdin is not None and binlog.stdout is not None
-        feeder = _Feeder(scan, name, stream, binlog.stdin)
+        feeder = _Feeder(scan, file, binlog.stdin)
         feeder.start()
         try:
             pass_on(binlog.stdout, client_stdin.write)
