@@ -203,15 +203,17 @@ def _as_dumped(server: PrivateMariaDB, h: History) -> BinlogPosition:
     return h.position
 
 
+@pytest.mark.parametrize("short", [10, 30], ids=["in-a-body", "in-a-header"])
 def test_a_truncated_binlog_file_fails_naming_the_file_and_position(
-    private_mariadb: PrivateMariaDB, history: History, tmp_path: Path
+    private_mariadb: PrivateMariaDB, history: History, tmp_path: Path, short: int
 ):
+    """The last event is an Xid event (31 bytes): 10 bytes short cuts its body, 30 its
+    header."""
     server, h = private_mariadb, history
     files = _files(server)
     name, opener = files[-1]
     data = opener().read()
-    cut = len(data) - 30  # inside the last event
-    files[-1] = (name, lambda: io.BytesIO(data[:cut]))
+    files[-1] = (name, lambda: io.BytesIO(data[:-short]))
     later = datetime.fromtimestamp(h.stop.timestamp() + 3600, UTC)
     with pytest.raises(DbBackupError) as err:
         _block(server).replay_binlog(
