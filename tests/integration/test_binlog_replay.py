@@ -100,6 +100,8 @@ def history(private_mariadb: PrivateMariaDB) -> Iterator[History]:
         "INSERT INTO u VALUES (5)", "COMMIT", database=other)  # fmt: skip
     _at(server, s + 1, "CREATE TABLE made (id INT) ENGINE=InnoDB", "INSERT INTO made VALUES (1)",
         database=source)  # fmt: skip
+    # DDL on the database from another default database: the filter leaves it out
+    _at(server, s + 1, f"CREATE TABLE {q}.y (id INT)", database=other)
     server.execute(None, "FLUSH BINARY LOGS")
     _at(server, s + 2, "INSERT INTO t VALUES (6, 'at the stop')", database=source)
     _at(server, s + 3, "INSERT INTO t VALUES (7, 'after')", "DROP TABLE gone", "DROP TABLE made",
@@ -160,6 +162,10 @@ def test_a_replay_to_a_time_applies_exactly_what_was_committed_up_to_that_second
     )  # fmt: skip
     assert result.first_time == datetime.fromtimestamp(h.stop.timestamp() - 1, UTC)
     assert result.file == server.binlog_files()[-1].name and result.position > 4
+    assert (
+        len(result.skipped) == 1
+        and "CREATE TABLE ... run from another default" in (result.skipped[0])
+    ), result.skipped
     # the replayed changes were logged as new transactions of this server, not under their
     # old GTIDs (which would move the server's GTID position back)
     domain, server_id, seq = (int(x) for x in gtid_before.split("-"))
