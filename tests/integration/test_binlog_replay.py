@@ -315,6 +315,15 @@ def test_a_stop_ends_the_replay_and_both_clients(
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=stop_when_both_run, daemon=True).start()
+    closing = threading.Lock()
+
+    def close_once() -> bool:  # at the end, or after 60 s if the stop did not end the replay
+        if closing.acquire(blocking=False):
+            os.close(write_end)
+            return True
+        return False
+
+    threading.Timer(60, close_once).start()
     try:
         with process.stop_on_signals(), pytest.raises(Interrupted):
             _block(server).replay_binlog(
@@ -322,8 +331,31 @@ def test_a_stop_ends_the_replay_and_both_clients(
                 stop_time=h.stop, workdir=tmp_path,
             )  # fmt: skip
     finally:
-        os.close(write_end)
+        ended_first = close_once()
         with process.stop_on_signals():
             pass  # the next run starts with the handlers back
+    assert ended_first, "the replay waited for its stream to end instead of stopping"
     assert [c.name for c in children] == ["mariadb", "mariadb-binlog"]
     assert all(c.proc is not None and c.proc.returncode == -signal.SIGKILL for c in children)
+
+
+@pytest.mark.parametrize(
+    ("file", "position", "error"),
+    [
+        ("binlog.999999", 4, "the start position's file binlog.999999 is not among the binlog"),
+        (None, 5, "the start position 5 is inside an event"),
+        (None, 1 << 30, "before the start position 1073741824"),
+    ],
+)
+def test_a_start_position_that_does_not_fit_the_files_is_refused(
+    private_mariadb: PrivateMariaDB, history: History, tmp_path: Path, file, position, error
+):
+    server, h = private_mariadb, history
+    start = BinlogPosition(file=file or h.position.file, position=position, gtid="")
+    with pytest.raises(DbBackupError) as err:
+        _block(server).replay_binlog(
+            _files(server), database=h.source, target=h.target, start_position=start,
+            stop_time=h.stop, workdir=tmp_path,
+        )  # fmt: skip
+    assert error in str(err.value)
+    assert [row[0] for row in _rows(server, h.target)] == [1, 2, 3]
