@@ -1,155 +1,227 @@
-"""One piece of a MariaDB binary log file, as `mariadb-binlog --read-from-remote-server --raw`
-fetches it, cut to exactly the file's own bytes and checked event by event.
+"""Reading a MariaDB binary log file as a stream of events, for a replay up to a time.
 
-A binlog file is the 4-byte magic `\\xfebin`, then events. Every event starts with a 19-byte
-header: timestamp (u32, seconds), type (u8), server id (u32), event size (u32, header
-included), log position (u32: the offset in the file where the *next* event starts), flags
-(u16); all little-endian.
+A binlog file is the magic bytes `\\xfebin`, then events: a 19-byte header (timestamp in whole
+seconds, type, server id, event size, end position, flags) and a body. The first event, the
+Format_description, says whether each event ends with a CRC32. BinlogScan passes the bytes on
+unchanged (to mariadb-binlog, docs/pitr.md "Replaying the binlog to a time") and reads only
+what it needs from each event:
 
-A fetch from position 4 gives the file from its start (the one difference: the server clears
-the "file in use" flag of the first event). A fetch from a later position P gives the magic,
-then the server's artificial events (log position 0: a format description), then the file's
-own events from P, byte for byte. A piece keeps the file's bytes [start, end): the magic and
-everything for start 4, the events from P otherwise, so the pieces of a file, concatenated
-in order, are that file (docs/pitr.md).
+- where to start: the Format_description, then the events from the start position on (earlier
+  files of the sequence are the caller's to skip);
+- where to stop: before the first event stamped after the stop time's second;
+- what was applied: event groups (a transaction or one DDL statement, each opened by a GTID
+  event) that hold a row event of a table of the database, or a statement run in it;
+- statements the database filter gets wrong: a statement run in the database that names it
+  (replayed under another name it would change the source), or one run from another default
+  database that names it (the filter leaves it out).
 
-Every kept event must sit where its header says (its log position is its own offset plus its
-size) and the fetch must end on an event boundary: a stream the server or the network cut or
-changed is refused, never stored as a piece.
+Memory is bounded: an event's body is passed on in chunks and at most KEPT bytes of it are
+read for its database and statement.
 """
 
 from __future__ import annotations
 
+import re
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import BinaryIO
 
-from prefect_dbbackup.blocks.errors import IntegrityError
+from prefect_dbbackup.blocks.binlog import BinlogPosition
+from prefect_dbbackup.blocks.errors import ConfigError, DbBackupError
 
 MAGIC = b"\xfebin"
-HEADER = struct.Struct("<IBIII")  # timestamp, type, server id, size, log position (no flags)
-HEADER_SIZE = 19
-ROTATE_EVENT = 4  # the last event of a closed file: it names the next file
-FORMAT_DESCRIPTION_EVENT = 15
+HEADER = struct.Struct("<IBIIIH")  # timestamp, type, server id, size, end position, flags
+QUERY, FORMAT_DESCRIPTION, XID, TABLE_MAP, GTID = 2, 15, 16, 19, 162
+# Write/Update/Delete_rows, v1 and v2, and MariaDB's compressed ones
+ROW_EVENTS = frozenset({23, 24, 25, 30, 31, 32, 166, 167, 168, 169, 170, 171})
+GROUP_ENDS = (b"COMMIT", b"ROLLBACK")
+STANDALONE = 1  # GTID flag: the group is one statement without BEGIN/COMMIT (DDL)
+CRC32 = 1
+KEPT = 1 << 16
+CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class PieceSummary:
-    """What one fetched piece holds: its byte range in the file and its events' times."""
+@dataclass
+class ReplayResult:
+    """What a replay applied to its database, and where it ended."""
 
-    start: int  # 0 for a piece fetched from 4: it holds the magic bytes too
-    end: int
-    events: int
-    first_event_at: datetime | None
-    last_event_at: datetime | None
-    closed: bool  # it ends with the file's rotate event: nothing follows in this file
+    transactions: int = 0  # complete event groups (transactions, DDL) that changed the database
+    events: int = 0  # their table maps, row events and statements of the database
+    first_time: datetime | None = None  # commit time of the first of those groups (UTC)
+    last_time: datetime | None = None  # and of the last
+    file: str = ""  # the end of the last complete group read: a later replay starts here
+    position: int = 0
+    log_end_time: datetime | None = None  # time of the last event read
+    log_ends_before_stop: bool = True  # no event after the stop time: the log ends before it
+    skipped: list[str] = field(default_factory=list)  # statements the filter left out
 
 
-class PieceFilter:
-    """Fed a fetch's output in chunks of any size; `feed` returns the bytes of the piece
-    (the file's own bytes from `start` on) and `finish` says what the piece holds."""
+@dataclass
+class _Group:
+    standalone: bool
+    events: int = 0
 
-    def __init__(self, file: str, start: int) -> None:
-        if start < len(MAGIC):
-            raise ValueError(f"a binlog position is at least {len(MAGIC)}")
-        self.file, self.start = file, start
-        self._pending = b""  # bytes of the magic or of an event header not yet complete
-        self._magic_seen = False
-        self._keeping = start == len(MAGIC)  # from 4 the whole file is the piece
-        self._left = 0  # bytes of the current event still to pass (or skip)
-        self._passing = False  # the current event is kept
-        self.position = 0 if self._keeping else start  # the file offset of the next kept byte
-        self._first = self.position
-        self.events = 0
-        self.first: int | None = None
-        self.last: int | None = None
-        self._last_type: int | None = None
 
-    def _refuse(self, why: str) -> IntegrityError:
-        return IntegrityError(
-            f"the binlog {self.file} fetched from position {self.start}: {why}; nothing of "
-            "this fetch is stored (a damaged or cut stream, or a server that changed the file)"
+def _time(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _read(stream: BinaryIO, size: int) -> bytes:
+    """Up to size bytes: fewer only at the end of the stream."""
+    data = b""
+    while len(data) < size and (more := stream.read(size - len(data))):
+        data += more
+    return data
+
+
+def _query(body: bytes, checksum: int, complete: bool) -> tuple[bytes, bytes]:
+    """(default database, statement) of a Query event's body."""
+    if len(body) < 13:
+        return b"", b""
+    db_length, status_length = body[8], int.from_bytes(body[11:13], "little")
+    at = 13 + status_length
+    text = body[at + db_length + 1 :]
+    return body[at : at + db_length], text[: len(text) - checksum] if complete else text
+
+
+def _head(text: bytes) -> str:
+    """The first two words of a statement: what it is, never its values."""
+    return " ".join(text.decode("utf-8", "replace").split()[:2])[:40]
+
+
+class BinlogScan:
+    """Feeds binlog files, in order, to a writer from start up to stop_time, and counts the
+    events of database among them. into_other_name: the replay renames the database."""
+
+    def __init__(
+        self, database: str, start: BinlogPosition, stop_time: datetime, into_other_name: bool
+    ) -> None:
+        self.database = database.encode()
+        self.start = start
+        self.stop_second = int(stop_time.timestamp() // 1)
+        self.into_other_name = into_other_name
+        self.result = ReplayResult(file=start.file, position=start.position)
+        self.started = self.stopped = False
+        self.where = (start.file, start.position)  # the event being read, for errors
+        escaped = re.escape(self.database)
+        self._named = re.compile(
+            rb"(?<![\w$])(?:`" + escaped + rb"`|\"" + escaped + rb"\"|" + escaped + rb")\s*\.",
+            re.I,
         )
+        self._group: _Group | None = None
+        self._tables: set[bytes] = set()
+        self._checksum = 0
 
-    def feed(self, data: bytes | memoryview) -> bytes:
-        """The piece's bytes among data (possibly none)."""
-        out = bytearray()
-        view = memoryview(data)
-        while view:
-            if not self._magic_seen:
-                view = self._take_magic(view, out)
-            elif self._left:
-                n = min(self._left, len(view))
-                if self._passing:
-                    out += view[:n]
-                    self.position += n
-                self._left -= n
-                view = view[n:]
-            else:
-                view = self._take_header(view, out)
-        return bytes(out)
+    def feed(self, name: str, stream: BinaryIO, write: Callable[[bytes], object]) -> None:
+        """Pass the events of binlog file name on to write; stopped is set at the first event
+        stamped after the stop time's second, which is not passed on."""
+        start = self.start.position if name == self.start.file else len(MAGIC)
+        self.started, offset = True, len(MAGIC)
+        self.where = (name, 0)
+        if _read(stream, len(MAGIC)) != MAGIC:
+            raise DbBackupError("not a binary log file: it lacks the magic bytes")
+        write(MAGIC)
+        while header := _read(stream, HEADER.size):
+            self.where = (name, offset)
+            if len(header) < HEADER.size:
+                raise DbBackupError("the file ends inside an event: it is truncated or damaged")
+            when, kind, _, size, _, _ = HEADER.unpack(header)
+            if size < HEADER.size:
+                raise DbBackupError(f"an event of {size} bytes: the file is damaged")
+            if offset < start < offset + size:
+                raise DbBackupError(f"the start position {start} is inside an event")
+            skipped = offset < start and kind != FORMAT_DESCRIPTION
+            if not skipped and when > self.stop_second:
+                self.stopped, self.result.log_ends_before_stop = True, False
+                return
+            body, complete = self._pass(stream, header, size, None if skipped else write)
+            if not complete:
+                raise DbBackupError("the file ends inside an event: it is truncated or damaged")
+            if not skipped:
+                self._note(kind, when, body, size <= HEADER.size + KEPT, (name, offset + size))
+            offset += size
+        if offset < start:
+            raise DbBackupError(f"the file ends at {offset}, before the start position {start}")
 
-    def _take_magic(self, view: memoryview, out: bytearray) -> memoryview:
-        need = len(MAGIC) - len(self._pending)
-        self._pending += bytes(view[:need])
-        if len(self._pending) == len(MAGIC):
-            if self._pending != MAGIC:
-                raise self._refuse("it does not start with the binlog magic bytes")
-            if self._keeping:
-                out += MAGIC
-                self.position += len(MAGIC)
-            self._magic_seen, self._pending = True, b""
-        return view[need:]
+    @staticmethod
+    def _pass(
+        stream: BinaryIO, header: bytes, size: int, write: Callable[[bytes], object] | None
+    ) -> tuple[bytes, bool]:
+        """Read the event's body, passing it on with its header (write None: skip it);
+        returns its first KEPT bytes and whether the body was whole."""
+        if write is not None:
+            write(header)
+        kept, left = b"", size - HEADER.size
+        while left:
+            chunk = _read(stream, min(left, CHUNK))
+            if not chunk:
+                return kept, False
+            if write is not None:
+                write(chunk)
+            kept += chunk[: KEPT - len(kept)]
+            left -= len(chunk)
+        return kept, True
 
-    def _take_header(self, view: memoryview, out: bytearray) -> memoryview:
-        need = HEADER_SIZE - len(self._pending)
-        self._pending += bytes(view[:need])
-        if len(self._pending) < HEADER_SIZE:
-            return view[need:]
-        header, self._pending = self._pending, b""
-        stamp, kind, _, size, next_position = HEADER.unpack_from(header)
-        if size < HEADER_SIZE:
-            raise self._refuse(f"an event at {self.position} claims {size} bytes")
-        if not self._keeping and next_position:  # the server's own events have position 0
-            if next_position - size != self.start:
-                raise self._refuse(f"its first event of the file starts at {next_position - size}")
-            self._keeping = True  # the first of the file's own events from start
-        self._passing = self._keeping
-        if self._passing:
-            if next_position != self.position + size:
-                raise self._refuse(
-                    f"the event at {self.position} says the next one starts at "
-                    f"{next_position}, not at {self.position + size}"
-                )
-            out += header
-            self.position += HEADER_SIZE
-            self.events += 1
-            if stamp:
-                self.first = stamp if self.first is None else self.first
-                self.last = stamp
-            self._last_type = kind
-        self._left = size - HEADER_SIZE
-        return view[need:]
+    def _note(self, kind: int, when: int, body: bytes, whole: bool, end: tuple[str, int]) -> None:
+        """Take one passed-on event into account."""
+        self.result.log_end_time = _time(when)
+        group = self._group
+        if kind == FORMAT_DESCRIPTION:
+            self._checksum = 4 if len(body) >= 5 and body[-5] == CRC32 else 0
+        elif kind == GTID:
+            self._group = _Group(standalone=len(body) > 12 and bool(body[12] & STANDALONE))
+            self._tables.clear()
+        elif kind == TABLE_MAP and len(body) > 9 and body[9 : 9 + body[8]] == self.database:
+            self._tables.add(body[:6])
+            self._count()
+        elif kind in ROW_EVENTS and body[:6] in self._tables:
+            self._count()
+        elif kind == XID:
+            self._end_group(when, end)
+        elif kind == QUERY:
+            database, text = _query(body, self._checksum, whole)
+            if text.strip().upper() not in GROUP_ENDS:
+                self._check(database, text)
+                if database == self.database:
+                    self._count()
+            if group is None or group.standalone or text.strip().upper() in GROUP_ENDS:
+                self._end_group(when, end)
 
-    def finish(self) -> PieceSummary:
-        """The piece's summary; IntegrityError if the fetch ended inside an event or never
-        reached start."""
-        if not self._magic_seen:
-            raise self._refuse("it ended before the binlog magic bytes")
-        if self._pending or self._left:
-            raise self._refuse(f"it ended inside the event at {self.position}")
-        if not self._keeping and self.events == 0 and self.start != len(MAGIC):
-            # the file ends exactly at start: nothing new, an empty piece
-            return PieceSummary(self.start, self.start, 0, None, None, False)
-        return PieceSummary(
-            self._first,
-            self.position,
-            self.events,
-            _time(self.first),
-            _time(self.last),
-            self._last_type == ROTATE_EVENT,
-        )
+    def _check(self, database: bytes, text: bytes) -> None:
+        """Refuse a statement run in the database that names it, when the replay renames
+        the database (mariadb-binlog --rewrite-db changes only the default database, so it
+        would run on the source); note one run from another database that names it (the
+        --database filter leaves it out)."""
+        if not self._named.search(text):
+            return
+        file, position = self.where
+        if database == self.database and self.into_other_name:
+            raise ConfigError(
+                f"a statement ({_head(text)} ...) run in the database names the database "
+                "itself: replayed under another name it would change the source database "
+                "(mariadb-binlog --rewrite-db renames only the default database). Replay into "
+                "the database's own name, or apply the statements from here by hand "
+                "(docs/pitr.md)"
+            )
+        if database != self.database:
+            self.result.skipped.append(
+                f"{file}:{position}: {_head(text)} ... run from another default database "
+                "names the database: not replayed (docs/pitr.md)"
+            )
 
+    def _count(self) -> None:
+        if self._group is None:
+            self._group = _Group(standalone=True)
+        self._group.events += 1
 
-def _time(stamp: int | None) -> datetime | None:
-    return None if stamp is None else datetime.fromtimestamp(stamp, UTC)
+    def _end_group(self, when: int, end: tuple[str, int]) -> None:
+        group, result = self._group, self.result
+        if group is not None and group.events:
+            result.transactions += 1
+            result.events += group.events
+            result.first_time = result.first_time or _time(when)
+            result.last_time = _time(when)
+        result.file, result.position = end
+        self._group = None

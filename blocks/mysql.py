@@ -7,14 +7,17 @@ import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import ClassVar
 
 import pymysql
 import sqlalchemy as sa
-from prefect_dbbackup.blocks.binlog import BinlogPositionReader, plain_file_name
-from prefect_dbbackup.blocks.binlog_events import PieceFilter
+from prefect_dbbackup.blocks.binlog import BinlogPosition, BinlogPositionReader, plain_file_name
+from prefect_dbbackup.blocks.binlog_events import BinlogScan, ReplayResult
+from prefect_dbbackup.blocks.binlog_pieces import PieceFilter
+from prefect_dbbackup.blocks.binlog_replay import BinlogFile, reader_argv, replay
 from prefect_dbbackup.blocks.bounds import Port
 from prefect_dbbackup.blocks.dump_rows import DumpRowCounter
 from prefect_dbbackup.blocks.engines import MYSQL, Engine
@@ -384,7 +387,7 @@ class MySQLServer(DatabaseServer):
             shutil.rmtree(outlet, ignore_errors=True)
 
     def log_piece_filter(self, file: str, start: int) -> PieceFilter:
-        """Cuts mariadb-binlog's raw output to the file's own bytes (binlog_events.py)."""
+        """Cuts mariadb-binlog's raw output to the file's own bytes (binlog_pieces.py)."""
         return PieceFilter(file, start)
 
     def dump_position_reader(self, what: str) -> BinlogPositionReader | None:
@@ -534,3 +537,23 @@ class MySQLServer(DatabaseServer):
                 # (the dump sets it too, inside a /*M!101100 */ comment)
                 argv.insert(2, "--init-command=SET SESSION system_versioning_insert_history=1")
             yield ToolCommand(argv, {}, self.secrets())
+
+    def replay_binlog(
+        self,
+        files: Iterable[BinlogFile],
+        *,
+        database: str,
+        target: str,
+        start_position: BinlogPosition,
+        stop_time: datetime,
+        workdir: Path,
+    ) -> ReplayResult:
+        """Replay database's events from start_position (earlier files are skipped) up to
+        and including stop_time's second into target (docs/pitr.md, "Replaying the binlog to
+        a time"). files: (name, opener of its bytes) in binlog order."""
+        if stop_time.tzinfo is None:
+            raise ConfigError(f"stop time {stop_time} has no time zone: give one (e.g. Z)")
+        reader = reader_argv(self.tool("mariadb-binlog", "mysqlbinlog"), database, target)
+        scan = BinlogScan(database, start_position, stop_time, into_other_name=target != database)
+        with self.restore_command(target, workdir) as client:
+            return replay(files, scan, reader, client, self.dump_timeout)

@@ -13,15 +13,17 @@ import shutil
 import subprocess
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import BinaryIO, ClassVar, Protocol
 
 import sqlalchemy as sa
 from prefect.blocks.core import Block
 from prefect_dbbackup.blocks.binlog import BinlogPosition
-from prefect_dbbackup.blocks.binlog_events import PieceSummary
+from prefect_dbbackup.blocks.binlog_events import ReplayResult
+from prefect_dbbackup.blocks.binlog_pieces import PieceSummary
 from prefect_dbbackup.blocks.bounds import MAX_CONNECT_SECONDS, MAX_DUMP_SECONDS
 from prefect_dbbackup.blocks.engines import Engine
 from prefect_dbbackup.blocks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
@@ -152,7 +154,7 @@ class PositionReader(Protocol):
 
 
 class PieceReader(Protocol):
-    """Reads a log fetch's output (blocks/binlog_events.py's PieceFilter)."""
+    """Reads a log fetch's output (blocks/binlog_pieces.py's PieceFilter)."""
 
     def feed(self, data: bytes | memoryview) -> bytes: ...
 
@@ -168,7 +170,8 @@ class DatabaseServer(CachedSchema, Block, ABC):
     dump_client, dump_command, restore_command, users_script, _tolerated.
 
     It may override (defaults suit an engine without the feature): check_clients,
-    check_pitr, log_files, log_fetch_command, log_piece_filter, dump_position_reader,
+    check_pitr, log_files, log_fetch_command, log_piece_filter, replay_binlog,
+    dump_position_reader,
     dump_options_for, dump_snapshot, dump_row_counter, table_row_counts,
     database_properties, apply_database_properties, restore_rewrite, swap_database
     (required when engine.supports_rename), account_statements, _denied; for block
@@ -338,6 +341,20 @@ class DatabaseServer(CachedSchema, Block, ABC):
     def log_piece_filter(self, file: str, start: int) -> PieceReader:
         """What cuts log_fetch_command's output to the file's own bytes from start,
         checking it on the way (default: none, see log_files)."""
+        raise self._no_archives()
+
+    def replay_binlog(
+        self,
+        files: Iterable[tuple[str, Callable[[], contextlib.AbstractContextManager[BinaryIO]]]],
+        *,
+        database: str,
+        target: str,
+        start_position: BinlogPosition,
+        stop_time: datetime,
+        workdir: Path,
+    ) -> ReplayResult:
+        """Replay database's logged changes from start_position up to stop_time into target
+        (files: (name, opener of its bytes) in log order; default: none, see log_files)."""
         raise self._no_archives()
 
     def dump_position_reader(self, what: str) -> PositionReader | None:

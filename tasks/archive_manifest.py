@@ -1,7 +1,7 @@
 """The manifest of one archive run: the pieces of the server's transaction log it stored.
 
 Layout: {server}/_binlog/{run_id}/piece-NNN.zst.age and manifest.json (+ .sig), written
-last. A run's pieces are byte ranges of the server's log files (blocks/binlog_events.py);
+last. A run's pieces are byte ranges of the server's log files (blocks/binlog_pieces.py);
 the manifest says which, with their hashes and event times, and where the archive ends
 after the run. It is signed and bound to where it sits like a backup's manifest
 (tasks/catalog.py), so a planted, moved or changed run is never used (docs/pitr.md).

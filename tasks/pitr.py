@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import pyrage
 from prefect_dbbackup.blocks.binlog import BinlogPosition
+from prefect_dbbackup.blocks.binlog_events import ReplayResult
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.errors import DbBackupError, IntegrityError
 from prefect_dbbackup.blocks.server import DatabaseServer
@@ -37,9 +38,6 @@ from prefect_dbbackup.tasks.archive_manifest import (
 from prefect_dbbackup.tasks.catalog import scan_backups
 from prefect_dbbackup.tasks.manifest import Manifest
 from prefect_dbbackup.tasks.stream import decrypt_stream, file_sha256
-
-if TYPE_CHECKING:
-    from prefect_dbbackup.blocks.binlog_events import ReplayResult
 
 
 @dataclass(frozen=True)

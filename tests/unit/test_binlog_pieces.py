@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from prefect_dbbackup.blocks.binlog_events import MAGIC, ROTATE_EVENT, PieceFilter
+from prefect_dbbackup.blocks.binlog_pieces import MAGIC, ROTATE_EVENT, PieceFilter
 from prefect_dbbackup.blocks.errors import IntegrityError
 
 
