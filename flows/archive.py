@@ -97,10 +97,12 @@ def archive_server(
     with stop_on_signals(), private_workdir() as workdir:
         run = ArchiveRun(srv, name, enc, sto, workdir, run_id)
         pieces = [p for i, f in enumerate(fetches) if (p := fetch_task(run, f, i)) is not None]
-    end = end_after(pieces, fetches, state.end)
-    manifest = publish_run(run, started, pieces, end, gap) if pieces or gap else None
+    sealed = {f.file: f.expected_end for f in fetches if f.expected_end is not None}
+    end = end_after(pieces, sealed, state.end)
+    changed = pieces or gap or end != state.end
+    manifest = publish_run(run, started, pieces, end, gap, sealed) if changed and end else None
     raw = sum(p.stats.raw_bytes for p in pieces)
-    where = f"{end.file}:{end.position}"
+    where = f"{end.file}:{end.position}" if end else "-"
     emit_archive_event(
         name, run_id=manifest and run_id, pieces=len(pieces), raw_bytes=raw, end=where, error=gap
     )
@@ -112,7 +114,7 @@ def archive_server(
     if manifest is None:
         log.info("nothing new in the binary log of %s since %s", name, where)
     else:
-        last = pieces[-1].last_event_at
+        last = pieces[-1].last_event_at if pieces else None
         log.info(
             "archived %s of binary log of %s in %d piece(s), up to %s (last event %s)",
             size(raw),

@@ -250,7 +250,7 @@ def fetch_piece(run: ArchiveRun, fetch: Fetch, index: int) -> LogPiece | None:
         file=fetch.file,
         start=summary.start,
         end=summary.end,
-        closed=summary.closed,
+        closed=summary.closed or fetch.expected_end is not None,  # a crash leaves no rotate
         events=summary.events,
         first_event_at=summary.first_event_at,
         last_event_at=summary.last_event_at,
@@ -264,6 +264,7 @@ def publish_run(
     pieces: list[LogPiece],
     end: LogPosition,
     gap: str | None,
+    sealed: dict[str, int],
 ) -> ArchiveManifest:
     """Sign and store the run's manifest (after its pieces): the run now exists."""
     server = run.server
@@ -282,6 +283,7 @@ def publish_run(
         pieces=pieces,
         end=end,
         gap=gap,
+        sealed=sealed,
     )
     key = archive_key(run.server_name, run.run_id, MANIFEST_NAME)
     retry_transient(
@@ -294,13 +296,13 @@ def publish_run(
 
 
 def end_after(
-    pieces: list[LogPiece], fetches: list[Fetch], before: LogPosition | None
-) -> LogPosition:
-    """Where the archive ends once pieces are stored (before: where it ended)."""
+    pieces: list[LogPiece], sealed: dict[str, int], before: LogPosition | None
+) -> LogPosition | None:
+    """Where the archive ends once pieces are stored (before: where it ended; sealed: the
+    files the server had closed, with their sizes)."""
     if pieces:
         last = pieces[-1]
         return LogPosition(file=last.file, position=last.end, closed=last.closed)
-    if before is not None:
-        return before
-    first = fetches[0]
-    return LogPosition(file=first.file, position=first.start)
+    if before is not None and sealed.get(before.file) == before.position:
+        return LogPosition(file=before.file, position=before.position, closed=True)
+    return before

@@ -82,7 +82,10 @@ class LogPiece(BaseModel):
     file: str
     start: int = Field(ge=0, description="0: the file from its start, magic bytes included")
     end: int
-    closed: bool = Field(description="the piece ends with the file's last event (a rotate)")
+    closed: bool = Field(
+        description="nothing follows in this file: it ends with its rotate event, or the "
+        "server had closed the file at this size (a crash leaves no rotate)"
+    )
     events: int
     first_event_at: datetime | None
     last_event_at: datetime | None
@@ -120,6 +123,11 @@ class ArchiveManifest(BaseModel):
     end: LogPosition = Field(description="where the next run goes on")
     gap: str | None = Field(
         default=None, description="what this run found lost before its first piece"
+    )
+    sealed: dict[str, int] = Field(
+        default_factory=dict,
+        description="the files the server had closed when the run listed them, with their "
+        "sizes: a piece that ends there ends its file",
     )
 
     @model_validator(mode="after")

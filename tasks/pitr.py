@@ -3,7 +3,8 @@ them, and per database the windows of time a restore can reach (docs/pitr.md).
 
 A stretch is a run of pieces that follow each other byte for byte: within a file each piece
 starts where the one before it ended; a file that ended (its last piece closed with the
-rotate event) goes on with the next file's number from its start. A stretch is replayable
+rotate event, or ending where a run found the file closed: a crash leaves no rotate) goes
+on with the next file's number from its start. A stretch is replayable
 from a position only if it holds that file from its start (the format description event
 at its head is what a replay reads first). Only trusted (signed, location-bound) run
 manifests count; nothing here compares a clock.
@@ -95,6 +96,7 @@ def stretches(runs: list[ArchiveManifest]) -> list[Stretch]:
     """The trusted runs' pieces as stretches, in log order. Where two pieces start at the
     same place (two runs at once), the one reaching further is taken."""
     by_start: dict[tuple[str, int], StoredPiece] = {}
+    sealed = {name: size for run in runs for name, size in run.sealed.items()}
     for run in runs:
         for piece in run.pieces:
             here = (piece.file, piece.start)
@@ -111,7 +113,9 @@ def stretches(runs: list[ArchiveManifest]) -> list[Stretch]:
             used.add((current.piece.file, current.piece.start))
             stretch.pieces.append(current)
             current = by_start.get((current.piece.file, current.piece.end)) or (
-                _next_file(by_start, current.piece) if current.piece.closed else None
+                _next_file(by_start, current.piece)
+                if current.piece.closed or sealed.get(current.piece.file) == current.piece.end
+                else None
             )
         found.append(stretch)
     return found

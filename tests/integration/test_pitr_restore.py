@@ -111,7 +111,10 @@ def test_a_time_the_archive_does_not_reach_yet_is_refused_and_nothing_is_created
     ahead = _at(_server_second(private_mariadb) + 3600)
     refused = env.cli("restore", server, db, "--to-time", ahead, "--into", target)
     assert refused.exit_code == 3, refused.output
-    assert "may not be archived yet" in refused.stderr and f"dbbackup archive {server}" in refused.stderr
+    assert (
+        "may not be archived yet" in refused.stderr
+        and f"dbbackup archive {server}" in refused.stderr
+    )
     assert not private_mariadb.exists(target)
     for bad, message in (("yesterday", "is not a time with a zone"),
                          ("2026-12-07T10:41:06", "is not a time with a zone")):  # fmt: skip

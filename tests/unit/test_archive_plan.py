@@ -47,3 +47,62 @@ def test_a_reset_log_is_a_gap() -> None:
     gone = LogPosition(file="binlog.000009", position=40)
     fetches, gap = plan_fetches(FILES, gone)
     assert gap is not None and "was reset" in gap and fetches[0].file == "binlog.000003"
+
+
+def _run(run_id: str, pieces: list[tuple[str, int, int, bool]], sealed=None):  # noqa: ANN001, ANN202
+    from datetime import UTC, datetime
+
+    from prefect_dbbackup.tasks.archive_manifest import ArchiveManifest, LogPiece
+    from prefect_dbbackup.tasks.manifest import StreamStats
+
+    now = datetime(2026, 12, 7, tzinfo=UTC)
+    made = [
+        LogPiece(
+            object_name=f"piece-{i:03d}.zst.age",
+            file=file,
+            start=start,
+            end=end,
+            closed=closed,
+            events=1,
+            first_event_at=now,
+            last_event_at=now,
+            stats=StreamStats(
+                raw_bytes=end - start, compressed_bytes=1, stored_bytes=1, sha256="0"
+            ),
+        )
+        for i, (file, start, end, closed) in enumerate(pieces)
+    ]
+    last = made[-1]
+    return ArchiveManifest(
+        tool_version="t", server="s", server_type="mysql", server_version="v", client="c",
+        client_version="v", run_id=run_id, started_at=now, finished_at=now, recipients=[],
+        pieces=made, end=LogPosition(file=last.file, position=last.end, closed=last.closed),
+        sealed=sealed or {},
+    )  # fmt: skip
+
+
+def test_a_file_a_crash_left_without_its_rotate_event_still_joins_the_next_one() -> None:
+    from prefect_dbbackup.tasks.pitr import stretches
+
+    first = _run("20261207T000000Z-0001", [("binlog.000001", 0, 500, False)])
+    # the server crashed after 500 bytes and started binlog.000002: the next run found
+    # binlog.000001 closed at 500 and fetched nothing more of it
+    after = _run(
+        "20261207T000100Z-0002", [("binlog.000002", 0, 300, False)], {"binlog.000001": 500}
+    )
+    assert len(stretches([first, after])) == 1
+    assert (
+        len(stretches([first, _run("20261207T000100Z-0002", [("binlog.000002", 0, 300, False)])]))
+        == 2
+    )
+
+
+def test_a_run_with_nothing_new_marks_a_file_the_server_closed_as_ended() -> None:
+    from prefect_dbbackup.tasks.archive import end_after
+
+    before = LogPosition(file="binlog.000004", position=700)
+    assert end_after([], {"binlog.000004": 700}, before) == LogPosition(
+        file="binlog.000004", position=700, closed=True
+    )
+    assert end_after([], {}, before) == before
+    assert end_after([], {"binlog.000004": 900}, before) == before  # more to fetch
