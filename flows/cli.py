@@ -516,13 +516,20 @@ def restore(
             "--backup-id": backup_id != "latest",
             "--replace": replace,
             "--jobs": jobs != 1,
-            "--from-server": from_server is not None,
             "--allow-unsigned": allow_unsigned,
             "--with-users": with_users,
         }
         refused = [option for option, given in others.items() if given]
         _restore_to_time(
-            server, database, to_time, into, refused, identity_file, storage, encryption
+            server,
+            database,
+            to_time,
+            into,
+            refused,
+            identity_file,
+            storage,
+            encryption,
+            from_server,
         )
         return
     restore_inputs(
@@ -575,6 +582,7 @@ def _restore_to_time(
     identity_file: Path | None,
     storage: str = "default",
     encryption: str = "default",
+    from_server: str | None = None,
 ) -> None:
     """restore --to-time: checked options, then the restore_to_time flow."""
     from datetime import datetime
@@ -584,13 +592,7 @@ def _restore_to_time(
 
     if refused:
         fail(ConfigError(f"--to-time takes none of {', '.join(refused)}"))
-    if into is None or into == database:
-        fail(
-            ConfigError(
-                "--to-time restores into a new database: name it with --into (then compare, "
-                "and rename or copy what you need)"
-            )
-        )
+    into = into or database  # a database that exists is refused (no --replace here)
     when = None
     if to_time != "latest":
         try:
@@ -611,7 +613,7 @@ def _restore_to_time(
         target=into,
         replace=False,
         backup_id="latest",
-        source_server=None,
+        source_server=from_server,
         allow_unsigned=False,
     )
     report = restore_to_time(
@@ -622,6 +624,7 @@ def _restore_to_time(
         storage=storage,
         encryption=encryption,
         identity_file=str(identity_file.expanduser()) if identity_file else None,
+        source_server=from_server,
     )
     last = report.last_applied_at
     typer.echo(

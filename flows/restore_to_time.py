@@ -99,6 +99,7 @@ def restore_to_time(
     storage: str | BackupStorage = "default",
     encryption: str | AgeEncryption = "default",
     identity_file: str | None = None,
+    source_server: str | None = None,
 ) -> PitrRestoreReport | State:
     """Restore `database` as it was at `to_time` (every transaction committed up to that
     second; None: as far as the archive goes) into the new database `target_database`.
@@ -106,6 +107,8 @@ def restore_to_time(
     The newest signed dump finished by then is restored (the restore_database flow, as a
     subflow), then the archived binary log of the database is replayed into it from the
     dump's position. A replay that fails drops the target it was restoring into.
+    source_server takes the backups and archive of another server (one that is lost) and
+    restores them into `server`.
 
     Example:
         ```python
@@ -120,7 +123,7 @@ def restore_to_time(
     if to_time is not None and to_time.tzinfo is None:
         raise ConfigError(f"the time {to_time} has no time zone: give one, e.g. ...T10:41:06Z")
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
-    series = block_name(srv)
+    series = source_server or block_name(srv)
     enc.identities(identity_file)  # no identity: fail before anything is created
     dump, stretch = _starting_point(sto, series, database, to_time)
     log.info(
@@ -140,6 +143,7 @@ def restore_to_time(
         backup_id=dump.backup_id,
         target_database=target_database,
         identity_file=identity_file,
+        source_server=source_server,
     )
     if isinstance(restored, State):
         return restored

@@ -120,8 +120,8 @@ def test_a_time_the_archive_does_not_reach_yet_is_refused_and_nothing_is_created
                          ("2026-12-07T10:41:06", "is not a time with a zone")):  # fmt: skip
         result = env.cli("restore", server, db, "--to-time", bad, "--into", target)
         assert result.exit_code == 3 and message in result.stderr, result.output
-    own = env.cli("restore", server, db, "--to-time", "latest")
-    assert own.exit_code == 3 and "name it with --into" in own.stderr
+    own = env.cli("restore", server, db, "--to-time", "latest")  # onto the source: refused
+    assert own.exit_code == 3 and "already exists" in own.stderr, own.output
     listed = json.loads(env.cli("list", server, "-d", db, "--json").stdout)
     named = env.cli("restore", server, db, "--to-time", "latest", "--into", target,
                     "--backup-id", listed[-1]["backup_id"])  # fmt: skip
