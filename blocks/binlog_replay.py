@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager
 from typing import BinaryIO
 
 from prefect_dbbackup.blocks.binlog_events import CHUNK, BinlogScan, ReplayResult
-from prefect_dbbackup.blocks.errors import ConfigError, DbBackupError, Interrupted
+from prefect_dbbackup.blocks.errors import ConfigError, DbBackupError, Interrupted, ToolFailed
 from prefect_dbbackup.blocks.process import ToolProcess, check_stopped
 from prefect_dbbackup.blocks.server import ToolCommand
 
@@ -160,13 +160,20 @@ def _replay_file(
 ) -> None:
     scan.where = (file[0], 0)
     tool = ToolProcess(reader, env={"TZ": "UTC"}, timeout=timeout, stdin=True, stdout=True)
-    with tool as binlog:
-        assert binlog.stdin is not None and binlog.stdout is not None
-        feeder = _Feeder(scan, file, binlog.stdin)
-        feeder.start()
-        try:
-            pass_on(binlog.stdout, client_stdin.write)
-        except BrokenPipeError:
-            client_wait()  # ended: its exit status and error are what to report
-            raise _ClientEnded("the mariadb client ended before the replay was complete") from None
-        feeder.finish()
+    feeder: _Feeder | None = None
+    try:
+        with tool as binlog:
+            assert binlog.stdin is not None and binlog.stdout is not None
+            feeder = _Feeder(scan, file, binlog.stdin)
+            feeder.start()
+            try:
+                pass_on(binlog.stdout, client_stdin.write)
+            except BrokenPipeError:
+                client_wait()  # ended: its exit status and error are what to report
+                raise _ClientEnded("the mariadb client ended before the replay") from None
+            feeder.finish()
+    except ToolFailed:
+        # the scan refused the file: mariadb-binlog, cut short, may have failed first
+        if feeder is not None and feeder.error is not None:
+            raise feeder.error from None
+        raise
