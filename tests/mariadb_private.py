@@ -83,7 +83,12 @@ class PrivateMariaDB(MyAdmin):
 
     def _install(self) -> None:
         config = self.base / "my.cnf"
-        config.write_text(SETTINGS)
+        # a temp dir of its own: installs running at once (xdist workers) never share one
+        tmp = self.base / "tmp"
+        tmp.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(tmp, RUN_AS)
+        config.write_text(SETTINGS + f"tmpdir = {tmp}\n")
         config.chmod(0o644)
         log = self.base / "install.log"
         with log.open("wb") as out:
