@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import session_signing_key
-from tests.integration.test_local_server import STARTED, _dbbackup, _env
+from tests.integration.test_local_server import STARTED, _dbbackup, _env, pg_config
 
 TEMPLATE_NAME = f"prefect-{version('prefect')}.db"
 BUILDER = [sys.executable, "-m", "prefect_dbbackup.flows.db_template"]
@@ -100,14 +99,7 @@ def test_new_homes_start_from_their_own_copy_of_the_template(
         assert "marker" not in _tables(tmp_path / "one" / "prefect.db")
 
         # a backup in a home started from the template; its secrets stay in that home
-        config = tmp_path / "dbbackup.yaml"
-        (tmp_path / "signing.key").write_text(session_signing_key())
-        config.write_text(
-            "servers:\n  pg-mine: {type: postgres, user: postgres, backup_users: false}\n"
-            f"storage:\n  default: {{type: local, path: {tmp_path / 'backups'}, "
-            f"manifest_signing_key_file: {tmp_path / 'signing.key'}}}\n"
-            f"encryption:\n  default: {{identity_file: {identity_file}}}\n"
-        )
+        config = pg_config(tmp_path, identity_file)
         assert _dbbackup(second, "apply", str(config)).returncode == 0
         backed_up = _dbbackup(second, "backup", "pg-mine", "-d", pg_db())
         assert backed_up.returncode == 0, backed_up.stderr
