@@ -50,7 +50,7 @@ from pathlib import Path
 
 import httpx
 from prefect_dbbackup.blocks.errors import ConfigError
-from prefect_dbbackup.flows import procfs
+from prefect_dbbackup.flows import db_template, procfs
 from prefect_dbbackup.flows.files import replace_file
 
 OPT_OUT_VARIABLE = "DBBACKUP_PREFECT_SERVER"
@@ -392,12 +392,28 @@ def ensure_running() -> tuple[ServerState, bool]:
             return state, False
         if state is not None:
             _forget(state)  # stale, foreign, unhealthy, outdated: signalled only if ours
-        preferred = state.port if state else _remembered_port()
-        for _attempt in range(PORT_ATTEMPTS - 1):
-            with contextlib.suppress(PortTaken):  # another program won the race: another port
-                return _spawn(_port(preferred), secret), True
-            preferred = None
-        return _spawn(_port(None), secret), True
+        database = db_template.home_database(prefect_home())
+        if database is not None:
+            _log_line(db_template.seed(database))
+        started = _start(state.port if state else _remembered_port(), secret)
+        if db_template.wanted(database):
+            db_template.build_in_background()  # for the next new home
+        return started, True
+
+
+def _start(preferred: int | None, secret: str) -> ServerState:
+    for _attempt in range(PORT_ATTEMPTS - 1):
+        with contextlib.suppress(PortTaken):  # another program won the race: another port
+            return _spawn(_port(preferred), secret)
+        preferred = None
+    return _spawn(_port(None), secret)
+
+
+def _log_line(line: str | None) -> None:
+    """Add one of dbbackup's own lines to the server log."""
+    if line:
+        with open(state_dir() / "server.log", "a") as log:
+            log.write(f"dbbackup: {line}\n")
 
 
 def stop() -> ServerState | None:

@@ -130,6 +130,19 @@ def _record(home: Path, state: dict) -> None:
     (home / "dbbackup-server" / "server.json").write_text(json.dumps(state))
 
 
+def pg_config(tmp_path: Path, identity_file: Path) -> Path:
+    """A dbbackup.yaml for the local PostgreSQL server `pg-mine` and a local storage."""
+    config = tmp_path / "dbbackup.yaml"
+    (tmp_path / "signing.key").write_text(session_signing_key())
+    config.write_text(
+        "servers:\n  pg-mine: {type: postgres, user: postgres, backup_users: false}\n"
+        f"storage:\n  default: {{type: local, path: {tmp_path / 'backups'}, "
+        f"manifest_signing_key_file: {tmp_path / 'signing.key'}}}\n"
+        f"encryption:\n  default: {{identity_file: {identity_file}}}\n"
+    )
+    return config
+
+
 def _apply_with_password(env: dict[str, str], tmp_path: Path, password: str):
     config = tmp_path / "dbbackup.yaml"
     config.write_text(
@@ -179,15 +192,7 @@ def test_first_use_starts_one_server_that_later_commands_reuse(
     assert "Finished in state" not in failed.stderr  # refused before any flow run
     # an expected error inside a run: one line too; Prefect's own state line stays, and
     # --debug shows the traceback
-    config = tmp_path / "dbbackup.yaml"
-    (tmp_path / "signing.key").write_text(session_signing_key())
-    config.write_text(
-        "servers:\n  pg-mine: {type: postgres, user: postgres, backup_users: false}\n"
-        f"storage:\n  default: {{type: local, path: {tmp_path / 'backups'}, "
-        f"manifest_signing_key_file: {tmp_path / 'signing.key'}}}\n"
-        f"encryption:\n  default: {{identity_file: {identity_file}}}\n"
-    )
-    assert _dbbackup(env, "apply", str(config)).returncode == 0
+    assert _dbbackup(env, "apply", str(pg_config(tmp_path, identity_file))).returncode == 0
     db = pg_db()
     backed_up = _dbbackup(env, "backup", "pg-mine", "-d", db)
     assert backed_up.returncode == 0, backed_up.stderr
