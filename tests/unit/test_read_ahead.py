@@ -32,13 +32,11 @@ class Dribble(io.RawIOBase):
         return n
 
 
-def _read_all(ahead: ReadAhead, size: int) -> bytes:
-    """Everything ahead gives, read into a buffer of `size` bytes."""
-    out = bytearray()
+def _read_all(ahead: ReadAhead, size: int, out: bytearray) -> None:
+    """Everything ahead gives into out, read into a buffer of `size` bytes."""
     buffer = bytearray(size)
     while n := ahead.readinto(memoryview(buffer)):
         out += buffer[:n]
-    return bytes(out)
 
 
 @settings(max_examples=30, deadline=None)
@@ -52,7 +50,9 @@ def test_bytes_come_through_in_order(most, blocks, size, read):
     """Few small blocks, recycled many times: a block given back too early would be
     overwritten under the reader."""
     ahead = ReadAhead(Dribble(most), blocks=blocks, size=size)
-    assert _read_all(ahead, read) == DATA
+    out = bytearray()
+    _read_all(ahead, read, out)
+    assert out == DATA
     ahead.close()
     ahead.join()
 
@@ -60,11 +60,8 @@ def test_bytes_come_through_in_order(most, blocks, size, read):
 def test_an_error_of_the_reading_thread_reaches_the_reader_after_the_bytes_before_it():
     ahead = ReadAhead(Dribble(4096, OSError("pipe gone")), blocks=2, size=1000)
     out = bytearray()
-    buffer = bytearray(777)
     with pytest.raises(OSError, match="pipe gone"):
-        while True:
-            n = ahead.readinto(memoryview(buffer))
-            out += buffer[:n]
+        _read_all(ahead, 777, out)
     assert bytes(out) == DATA
     ahead.close()
     ahead.join()
