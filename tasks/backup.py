@@ -248,12 +248,13 @@ class ChunkSink:
                 self.ahead.join()
 
     def write(self, stream: DumpStream) -> StreamStats:
-        """Chunk the stream to its end, storing the new chunks. A thread of its own reads
-        the dump (ReadAhead), so the client does not wait while chunks are cut and hashed."""
+        """Chunk the stream to its end, storing the new chunks (a stop returns at once: the
+        chunks being compressed are not waited for). A thread of its own reads the dump
+        (ReadAhead), so the client does not wait while chunks are cut and hashed."""
         self.ahead = ReadAhead(stream.source)
         counted = CountingReader(self.ahead, stream.on_progress, tap=stream.tap, check=stream.check)
         try:
-            self.chunks = self.writer.write(counted)
+            self.chunks = until_stopped(lambda: self.writer.write(counted), stream.what)
         finally:
             self.ahead.close()
         return StreamStats(

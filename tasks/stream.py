@@ -142,9 +142,11 @@ class ReadAhead(io.RawIOBase):
         return n
 
     def close(self) -> None:
-        """The thread reads no block after the one it is reading (returns at once)."""
+        """The thread reads no block after the one it is reading (returns at once); a read
+        after close, from a reader left running after a stop, ends the stream."""
         self._closing.set()
         self._free.put(bytearray())  # wakes a thread waiting for a free block
+        self._full.put((bytearray(), 0))
         self._pending = memoryview(b"")
         super().close()
 
