@@ -47,7 +47,7 @@ from prefect_dbbackup.tasks.manifest import ChunkList, Manifest, StreamStats
 from prefect_dbbackup.tasks.retrying import retry_transient
 from prefect_dbbackup.tasks.sizes import size
 from prefect_dbbackup.tasks.spool import spool_path, spooling, work_dir_full, write_spool
-from prefect_dbbackup.tasks.stream import CountingReader, TrailedReader
+from prefect_dbbackup.tasks.stream import CountingReader, ReadAhead, TrailedReader
 from pydantic import BaseModel
 
 # a failed upload is tried again after these pauses (seconds), without dumping again
@@ -234,17 +234,29 @@ class ChunkSink:
         )
         ensure_key_copy(storage, self.writer.key, run.encryption)
         self.fence_seconds = gc_parameters(storage).fence_hours * 3600  # the storage's
+        self.ahead: ReadAhead | None = None
 
-    def guard(self) -> contextlib.AbstractContextManager[object]:
-        """Nothing is spooled: only a full work dir (the client's option files) is named."""
-        return work_dir_full(self.run.workdir, repr(self.database))
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Nothing is spooled: only a full work dir (the client's option files) is named.
+        The read-ahead thread is waited for here, once the dump client is gone."""
+        try:
+            with work_dir_full(self.run.workdir, repr(self.database)):
+                yield
+        finally:
+            if self.ahead is not None:
+                self.ahead.join()
 
     def write(self, stream: DumpStream) -> StreamStats:
-        """Chunk the stream to its end, storing the new chunks."""
-        counted = CountingReader(
-            stream.source, stream.on_progress, tap=stream.tap, check=stream.check
-        )
-        self.chunks = self.writer.write(counted)
+        """Chunk the stream to its end, storing the new chunks (a stop returns at once: the
+        chunks being compressed are not waited for). A thread of its own reads the dump
+        (ReadAhead), so the client does not wait while chunks are cut and hashed."""
+        self.ahead = ReadAhead(stream.source)
+        counted = CountingReader(self.ahead, stream.on_progress, tap=stream.tap, check=stream.check)
+        try:
+            self.chunks = until_stopped(lambda: self.writer.write(counted), stream.what)
+        finally:
+            self.ahead.close()
         return StreamStats(
             raw_bytes=self.chunks.raw_bytes,
             compressed_bytes=self.writer.compressed_bytes,

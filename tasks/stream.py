@@ -6,9 +6,12 @@ of the database. Plaintext exists only inside these pipes.
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import hashlib
 import io
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from typing import BinaryIO, Protocol
 
@@ -17,6 +20,7 @@ import zstandard
 from prefect_dbbackup.tasks.manifest import StreamStats
 
 READ_SIZE = 1 << 20
+READ_AHEAD = 16  # blocks of READ_SIZE a ReadAhead holds: 16 MiB read ahead at most
 
 
 class Writable(Protocol):
@@ -73,6 +77,82 @@ class CountingReader(io.RawIOBase):
             self._next_report += self._every
             self._on_progress(self.count)
         return n
+
+
+class ReadAhead(io.RawIOBase):
+    """source read by a thread of its own, up to `blocks` blocks of READ_SIZE ahead of the
+    reader: the process writing source (a dump client) does not wait while the reader
+    cuts or hashes what it read.
+
+    Memory stays at blocks x READ_SIZE: a block is read into again only once the reader
+    took all of it. An error of the reading thread is raised by the next read. close()
+    lets the thread end before its next block; join() waits for it: a thread blocked on a
+    silent pipe ends once the writer is gone, so join after the client was stopped.
+    """
+
+    def __init__(self, source: BinaryIO, blocks: int = READ_AHEAD, size: int = READ_SIZE) -> None:
+        self._source = source
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(blocks):
+            self._free.put(bytearray(size))
+        self._full: queue.SimpleQueue[tuple[bytearray, int] | BaseException] = queue.SimpleQueue()
+        self._closing = threading.Event()
+        self._held: bytearray | None = None  # the block being read from, not free yet
+        self._pending = memoryview(b"")
+        self._ended = False
+        context = contextvars.copy_context()  # the run's logger, for what source does
+        self._thread = threading.Thread(
+            target=context.run, args=(self._fill,), name="read-ahead", daemon=True
+        )
+        self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            while not self._closing.is_set():
+                block = self._free.get()
+                if self._closing.is_set():
+                    return
+                n = self._source.readinto(block) or 0
+                self._full.put((block, n))
+                if not n:
+                    return
+        except BaseException as exc:
+            self._full.put(exc)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        if not self._pending:
+            if self._ended:
+                return 0
+            if self._held is not None:
+                self._free.put(self._held)
+                self._held = None
+            item = self._full.get()
+            if isinstance(item, BaseException):
+                self._ended = True
+                raise item
+            block, n = item
+            self._ended = not n
+            self._held, self._pending = block, memoryview(block)[:n]
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        """The thread reads no block after the one it is reading (returns at once); a read
+        after close, from a reader left running after a stop, ends the stream."""
+        self._closing.set()
+        self._free.put(bytearray())  # wakes a thread waiting for a free block
+        self._full.put((bytearray(), 0))
+        self._pending = memoryview(b"")
+        super().close()
+
+    def join(self) -> None:
+        """Wait for the reading thread to end (close() first)."""
+        self._thread.join()
 
 
 class CompressingReader(io.RawIOBase):

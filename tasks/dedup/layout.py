@@ -46,6 +46,7 @@ MAX_STORED = MAX_SIZE + (1 << 20)  # a stored chunk: zstd's bound plus age's ove
 AGE_FIXED = len("age-encryption.org/v1\n") + len("--- ") + 43 + 1 + 16 + 16  # MAC, nonce, tag
 X25519_STANZA = len("-> X25519 ") + 43 + 1 + 43 + 1  # per recipient: share and wrapped key
 ZSTD_MIN = 14  # a frame of 1 byte: magic, header, content size, block header, byte, checksum
+HASH_AHEAD = 4  # chunks cut and waiting for their id (the hashing thread) at most
 IN_FLIGHT = 8  # chunks being checked/compressed/encrypted/uploaded (or fetched) at once
 READS = 3  # checked reads of a chunk before it counts as damaged on the way (ReadFault)
 

@@ -4,9 +4,9 @@ manifest that every chunk it names is still stored (docs/dedup.md)."""
 
 from __future__ import annotations
 
+import hmac
 import threading
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
@@ -19,6 +19,7 @@ from prefect_dbbackup.tasks.catalog import read_manifest
 from prefect_dbbackup.tasks.dedup.keys import DedupKey
 from prefect_dbbackup.tasks.dedup.layout import (
     CHUNKER,
+    HASH_AHEAD,
     IN_FLIGHT,
     boottime,
     chunk_key,
@@ -36,8 +37,9 @@ class ChunkWriter:
     """Cuts a plaintext stream into chunks and stores the ones the storage lacks.
 
     Chunks already stored are only named: nothing is compressed, encrypted or sent for
-    them. At most IN_FLIGHT chunks are checked or uploaded at once; the chunking waits
-    for them, so memory stays flat (IN_FLIGHT x MAX_SIZE plaintext)."""
+    them. At most HASH_AHEAD chunks wait for their id and IN_FLIGHT are checked or
+    uploaded at once; the chunking waits for them, so memory stays flat
+    ((HASH_AHEAD + IN_FLIGHT) x MAX_SIZE plaintext, besides the chunker's buffer)."""
 
     def __init__(
         self,
@@ -48,13 +50,11 @@ class ChunkWriter:
         level: int,
         retry_delays: tuple[float, ...],
         series: tuple[str, str] | None = None,
-        on_chunk: Callable[[str], None] | None = None,
     ) -> None:
         self.storage, self.key, self.level = storage, key, level
         self.recipients = encryption.recipient_keys()
         self.rset = recipient_set(encryption.fingerprints())
         self.retry_delays = retry_delays
-        self.on_chunk = on_chunk  # tests stop a backup here
         self.new = self.reused = self.stored_bytes = self.compressed_bytes = 0
         self.min_stored = min_stored(len(self.recipients))
         # (server, database): the sizes its newest backup recorded, each checked on reuse
@@ -106,38 +106,59 @@ class ChunkWriter:
             self.compressed_bytes += len(compressed)
             self.sizes[cid] = len(blob)
 
+    def _hash(self, stream: hmac.HMAC, data: bytes) -> str:
+        """The chunk's id; the stream HMAC updated with it (in the hashing thread, in stream
+        order, right after the id while the chunk is in the CPU's cache)."""
+        cid = self.key.chunk_id(data)
+        stream.update(data)
+        return cid
+
     def write(self, source: BinaryIO) -> ChunkList:
-        """Chunk source to its end; return the list once every chunk is stored."""
-        stream, total, order = self.key.stream_hmac(), 0, []
+        """Chunk source to its end; return the list once every chunk is stored.
+
+        Three stages overlap: this thread cuts, one thread hashes (HASH_AHEAD chunks at
+        most wait for it), IN_FLIGHT threads check and store. hashlib lets go of the GIL,
+        so the cutting, and the read of source, go on while a chunk is hashed."""
+        stream, order = self.key.stream_hmac(), []
         seen: set[str] = set()
-        pending: deque[Future] = deque()
-        with ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="chunks") as pool:
+        hashing: deque[tuple[Future[str], bytes]] = deque()
+        pending: deque[Future[None]] = deque()
+
+        def take(pool: ThreadPoolExecutor) -> None:
+            """The oldest hashed chunk named in the list; stored unless seen before."""
+            future, data = hashing.popleft()
+            cid = future.result()
+            order.append((cid, len(data)))
+            if cid in seen:  # repeated within this stream: stored (or reused) once
+                with self._lock:
+                    self.reused += 1
+                return
+            seen.add(cid)
+            while len(pending) >= IN_FLIGHT:
+                pending.popleft().result()
+            pending.append(pool.submit(self._store_one, cid, data))
+
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="chunk-ids") as hasher,
+            ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="chunks") as pool,
+        ):
             try:
                 for piece in self.key.chunker().cut_stream(source):
                     data = bytes(piece.data)
-                    cid = self.key.chunk_id(data)
-                    stream.update(data)
-                    total += len(data)
-                    order.append((cid, len(data)))
-                    if cid in seen:  # repeated within this stream: stored (or reused) once
-                        with self._lock:
-                            self.reused += 1
-                        continue
-                    seen.add(cid)
-                    while len(pending) >= IN_FLIGHT:
-                        pending.popleft().result()
-                    pending.append(pool.submit(self._store_one, cid, data))
-                    if self.on_chunk:
-                        self.on_chunk(cid)
+                    hashing.append((hasher.submit(self._hash, stream, data), data))
+                    if len(hashing) >= HASH_AHEAD:
+                        take(pool)
+                while hashing:
+                    take(pool)
                 while pending:
                     pending.popleft().result()
             finally:
-                for future in pending:
+                for future in (*(f for f, _ in hashing), *pending):
                     future.cancel()
         return ChunkList(
             key_id=self.key.key_id,
             chunker=CHUNKER,
-            raw_bytes=total,
+            raw_bytes=sum(n for _, n in order),
             stream_hmac=stream.hexdigest(),
             new=self.new,
             reused=self.reused,

@@ -42,7 +42,8 @@ class Context:
         """
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
         env.update(
-            PYTHONPATH=str(REPO),
+            # the caller's PYTHONPATH after the repo: a worktree's package dir wins
+            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
             DBBACKUP_WORK_DIR=str(self.work / "spool"),
             PREFECT_HOME=str(self.work / "prefect-home"),
             PREFECT_SERVER_ANALYTICS_ENABLED="false",

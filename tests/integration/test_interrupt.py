@@ -321,9 +321,14 @@ def _children_of(pid: int) -> list[int]:
     return found
 
 
-def test_ctrl_c_stops_a_backup_whose_compressor_is_the_slow_part(env, pg_db, pg_admin, tmp_path):
+@pytest.mark.parametrize("dedup", [False, True], ids=["whole", "dedup"])
+def test_ctrl_c_stops_a_backup_whose_compressor_is_the_slow_part(
+    env, pg_db, pg_admin, tmp_path, dedup
+):
     """zstd level 19 on ~40 MB of incompressible rows: the compressor, not pg_dump, is what
-    the pipeline waits on. Ctrl-C to the whole process group ends the run within seconds."""
+    the pipeline waits on (dedup: the chunks in flight, with the read-ahead full). Ctrl-C
+    to the whole process group ends the run within seconds."""
+    env = env.with_dedup() if dedup else env
     db = pg_db()
     pg_admin.execute(
         db,
