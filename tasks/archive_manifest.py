@@ -14,14 +14,13 @@ from datetime import datetime
 from typing import Literal
 
 from prefect_dbbackup.blocks.binlog import plain_file_name
-from prefect_dbbackup.blocks.engines import EngineName
 from prefect_dbbackup.tasks.layout import (
     MANIFEST_NAME,
     check_backup_id,
     check_object_name,
     encode_name,
 )
-from prefect_dbbackup.tasks.manifest import FORMAT_VERSION, StreamStats
+from prefect_dbbackup.tasks.manifest import MadeBy, StreamStats
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 ARCHIVE_SEGMENT = "_binlog"  # reserved: encode_name never makes a segment starting with '_'
@@ -102,16 +101,9 @@ class LogPiece(BaseModel):
         return self
 
 
-class ArchiveManifest(BaseModel):
+class ArchiveManifest(MadeBy):
     """One archive run: its pieces in log order, and where the archive ends after it."""
 
-    format_version: int = FORMAT_VERSION
-    tool_version: str
-    server: str
-    server_type: EngineName
-    server_version: str
-    client: str
-    client_version: str
     kind: Literal["binlog"] = "binlog"
     run_id: str
     started_at: datetime

@@ -54,8 +54,9 @@ class ChunkList(BaseModel):
         return self
 
 
-class Manifest(BaseModel):
-    """Everything needed to find, check and restore one backup."""
+class MadeBy(BaseModel):
+    """Who made a stored record: the format, dbbackup's version, the server and the client
+    tool (the first fields of every manifest, in this order)."""
 
     format_version: int = FORMAT_VERSION
     tool_version: str
@@ -64,6 +65,11 @@ class Manifest(BaseModel):
     server_version: str
     client: str
     client_version: str
+
+
+class Manifest(MadeBy):
+    """Everything needed to find, check and restore one backup."""
+
     database: str
     backup_id: str
     kind: BackupKind = "database"
