@@ -106,8 +106,8 @@ def restore_to_time(
     second; None: as far as the archive goes) into the new database `target_database`.
 
     The newest signed dump taken by then (by the database server's clock) is restored
-    (the restore_database flow, as a subflow), then the archived binary log of the database is replayed into it from the
-    dump's position. A replay that fails drops the target it was restoring into.
+    (the restore_database flow, as a subflow), then the archived binary log of the
+    database is replayed into it from the dump's position. A replay that fails drops the target it was restoring into.
     source_server takes the backups and archive of another server (one that is lost) and
     restores them into `server`.
 
