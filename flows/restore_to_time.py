@@ -107,7 +107,8 @@ def restore_to_time(
 
     The newest signed dump taken by then (by the database server's clock) is restored
     (the restore_database flow, as a subflow), then the archived binary log of the
-    database is replayed into it from the dump's position. A replay that fails drops the target it was restoring into.
+    database is replayed into it from the dump's position. A replay that fails drops the
+    target it was restoring into.
     source_server takes the backups and archive of another server (one that is lost) and
     restores them into `server`.
 
