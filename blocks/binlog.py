@@ -22,6 +22,7 @@ Memory is bounded: at most HEAD_LIMIT + TAIL_LIMIT bytes are kept, whatever the 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from prefect_dbbackup.blocks.errors import DbBackupError
 from pydantic import BaseModel, Field, field_validator
@@ -55,6 +56,11 @@ class BinlogPosition(BaseModel):
     file: str = Field(description="binlog file name (no directory), e.g. binlog.000042")
     position: int = Field(ge=4, description="byte offset in file of the first later event")
     gtid: str = Field(description="GTID position: domain-server-seq, comma separated, or empty")
+    server_time: datetime | None = Field(
+        default=None,
+        description="the server's own clock once the dump had ended (UTC): the snapshot is "
+        "older. A restore to a time compares it, not the worker's clock, with event times",
+    )
 
     _plain = field_validator("file")(lambda value: plain_file_name(value))
 

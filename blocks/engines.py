@@ -50,6 +50,7 @@ class Engine:
     name_limit: int
     version_query: str  # SQL returning the server's version string
     login_query: str  # SQL returning the login as the server sees it (a role, or user@host)
+    clock_query: str  # SQL returning the server's clock as seconds since the epoch (UTC)
     users_sql: UsersSql  # the dialect of its users/roles scripts
     # restore --replace: rename a staging database into place (else drop and reload)
     supports_rename: bool = False
@@ -105,6 +106,7 @@ POSTGRES = Engine(
     name_limit=63,  # NAMEDATALEN - 1; PostgreSQL cuts longer names with only a notice
     version_query="SHOW server_version",
     login_query="SELECT current_user",
+    clock_query="SELECT extract(epoch FROM clock_timestamp())",
     users_sql=POSTGRES_SQL,
     supports_rename=True,
     users_before_database=True,
@@ -138,6 +140,7 @@ MYSQL = Engine(
     name_limit=64,
     version_query="SELECT VERSION()",
     login_query="SELECT CURRENT_USER()",
+    clock_query="SELECT UNIX_TIMESTAMP(NOW(6))",
     users_sql=MYSQL_SQL,
     row_counts_note="exact, counted in the dump stream; system-versioned tables with their history",
     create_options={"character_set": _PLAIN, "collation": _PLAIN},

@@ -15,7 +15,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, ClassVar, Protocol
 
@@ -396,6 +396,12 @@ class DatabaseServer(CachedSchema, Block, ABC):
     def secrets(self) -> list[str]:
         """What a client's error output must never show."""
         return [secret] if (secret := self.secret()) else []
+
+    def server_clock(self) -> datetime:
+        """The server's own clock now (UTC): the clock its log's event times come from."""
+        with self.connect() as conn:
+            seconds = conn.execute(sa.text(self.engine.clock_query)).scalar_one()
+        return datetime.fromtimestamp(float(seconds), UTC)
 
     def server_version(self) -> str:
         """The server's version string, asked once per block instance."""

@@ -63,14 +63,15 @@ replay_task = task(
 def _starting_point(
     storage: BackupStorage, series: str, database: str, to_time: datetime | None
 ) -> tuple[Manifest, Stretch]:
-    """The newest trusted dump finished by to_time whose position the archive holds, and
+    """The newest trusted dump taken by to_time (by the database server's clock:
+    snapshot_bound) whose position the archive holds, and
     the stretch of log after it; an error saying what is missing otherwise."""
     found = stretches(read_archive(storage, series).trusted)
     dumps = [
         e.manifest for e in scan_backups(storage, series, database) if e.usable() and e.manifest
     ]
     picked = newest_dump_for(dumps, found, to_time)
-    when = "" if to_time is None else f" finished by {to_time:%Y-%m-%d %H:%M:%S}Z"
+    when = "" if to_time is None else f" taken by {to_time:%Y-%m-%d %H:%M:%S}Z"
     if picked is None:
         raise BackupNotFound(
             f"no signed backup of {database!r} on {series!r}{when} starts inside the archived "
@@ -104,9 +105,10 @@ def restore_to_time(
     """Restore `database` as it was at `to_time` (every transaction committed up to that
     second; None: as far as the archive goes) into the new database `target_database`.
 
-    The newest signed dump finished by then is restored (the restore_database flow, as a
-    subflow), then the archived binary log of the database is replayed into it from the
-    dump's position. A replay that fails drops the target it was restoring into.
+    The newest signed dump taken by then (by the database server's clock) is restored
+    (the restore_database flow, as a subflow), then the archived binary log of the
+    database is replayed into it from the dump's position. A replay that fails drops the
+    target it was restoring into.
     source_server takes the backups and archive of another server (one that is lost) and
     restores them into `server`.
 

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, Protocol
 
 from prefect import task
 from prefect.cache_policies import NONE
+from prefect_dbbackup.blocks.binlog import BinlogPosition
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.engines import BackupKind, DumpFormat
 from prefect_dbbackup.blocks.process import (
@@ -320,10 +321,16 @@ def dump_database(run: BackupRun, database: str, sink: DumpSink) -> Manifest:
             tables=snapshot.tables,
             row_counts=counter.finish() if counter else snapshot.row_counts,
             database_properties=snapshot.properties,
-            binlog=position.finish() if position else None,
+            binlog=_stamped(server, position.finish()) if position else None,
         )
     _log_dumped(manifest)
     return manifest
+
+
+def _stamped(server: DatabaseServer, position: BinlogPosition) -> BinlogPosition:
+    """position with the server's clock now, after the dump: the snapshot is older by that
+    clock, the one the log's event times come from (docs/pitr.md)."""
+    return position.model_copy(update={"server_time": server.server_clock()})
 
 
 def _stream_dump(

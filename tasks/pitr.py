@@ -141,25 +141,35 @@ class Window:
     stretch: Stretch
 
 
+def snapshot_bound(dump: Manifest) -> datetime:
+    """A time, by the database server's clock when the manifest has it, that the dump's
+    snapshot is not later than: the worker's clock may be off from the server's, whose
+    clock the log's event times come from."""
+    if dump.binlog is not None and dump.binlog.server_time is not None:
+        return dump.binlog.server_time
+    return dump.finished_at
+
+
 def windows(dumps: list[Manifest], found: list[Stretch]) -> list[Window]:
     """Per database, one window per stretch that holds a dump's position: from the oldest
     such dump's end to the stretch's last event."""
     out: dict[tuple[str, int], Window] = {}
-    for dump in sorted(dumps, key=lambda m: m.finished_at):
+    for dump in sorted(dumps, key=snapshot_bound):
         if dump.binlog is None:
             continue
+        since = snapshot_bound(dump)
         for i, stretch in enumerate(found):
             until = stretch.last_event_at
             # binlog times are whole seconds: an event of the dump's last second may follow it
-            late = until is None or int(until.timestamp()) < int(dump.finished_at.timestamp())
+            late = until is None or int(until.timestamp()) < int(since.timestamp())
             if late or not stretch.holds(dump.binlog):
                 continue
             out.setdefault(
                 (dump.database, i),
                 Window(
                     dump.database,
-                    dump.finished_at,
-                    until or dump.finished_at,
+                    since,
+                    until or since,
                     dump.backup_id,
                     stretch,
                 ),
@@ -170,10 +180,10 @@ def windows(dumps: list[Manifest], found: list[Stretch]) -> list[Window]:
 def newest_dump_for(
     dumps: list[Manifest], found: list[Stretch], target: datetime | None
 ) -> tuple[Manifest, Stretch] | None:
-    """The newest dump finished at or before target (None: any) whose position a
-    replayable stretch holds, with that stretch."""
-    for dump in sorted(dumps, key=lambda m: m.finished_at, reverse=True):
-        if dump.binlog is None or (target is not None and dump.finished_at > target):
+    """The newest dump whose snapshot is not later than target (None: any; snapshot_bound)
+    and whose position a stretch holds, with that stretch."""
+    for dump in sorted(dumps, key=snapshot_bound, reverse=True):
+        if dump.binlog is None or (target is not None and snapshot_bound(dump) > target):
             continue
         for stretch in found:
             if stretch.holds(dump.binlog):

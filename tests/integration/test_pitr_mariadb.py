@@ -10,6 +10,7 @@ import re
 import subprocess
 import threading
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -100,7 +101,10 @@ def test_a_pitr_dump_records_the_binlog_position_of_its_own_snapshot(
     assert result.exit_code == 0, result.output
     _, manifest = _manifest(env, server, db)
     binlog = manifest["binlog"]
-    assert set(binlog) == {"file", "position", "gtid"}
+    assert set(binlog) == {"file", "position", "gtid", "server_time"}
+    # the server's own clock once the dump had ended: at or after the manifest's start
+    server_time = datetime.fromisoformat(binlog["server_time"])
+    assert abs(server_time - datetime.fromisoformat(manifest["finished_at"])) < timedelta(minutes=1)
     assert "--master-data=2" in manifest["dump_options"]
     # the GTID is the one the server itself gives those coordinates
     gtid = private_mariadb.query(

@@ -106,3 +106,31 @@ def test_a_run_with_nothing_new_marks_a_file_the_server_closed_as_ended() -> Non
     )
     assert end_after([], {}, before) == before
     assert end_after([], {"binlog.000004": 900}, before) == before  # more to fetch
+
+
+def test_a_dump_is_taken_for_a_time_by_the_database_servers_clock_not_the_workers() -> None:
+    """A worker whose clock runs 5 minutes slow writes finished_at 10:00 for a dump whose
+    snapshot was at 10:05 by the server's clock: for T = 10:02 the older dump is taken."""
+    from datetime import UTC, datetime
+
+    from prefect_dbbackup.blocks.binlog import BinlogPosition
+    from prefect_dbbackup.tasks.manifest import Manifest
+    from prefect_dbbackup.tasks.pitr import newest_dump_for, stretches
+
+    def dump(backup_id: str, worker: datetime, server: datetime, position: int) -> Manifest:
+        binlog = BinlogPosition(
+            file="binlog.000001", position=position, gtid="", server_time=server
+        )
+        return Manifest.model_construct(backup_id=backup_id, finished_at=worker, binlog=binlog)
+
+    older = dump(
+        "a", datetime(2026, 12, 7, 9, 0, tzinfo=UTC), datetime(2026, 12, 7, 9, 0, tzinfo=UTC), 100
+    )
+    skewed = dump(
+        "b", datetime(2026, 12, 7, 10, 0, tzinfo=UTC), datetime(2026, 12, 7, 10, 5, tzinfo=UTC), 400
+    )
+    found = stretches([_run("20261207T000000Z-0001", [("binlog.000001", 0, 900, False)])])
+    picked = newest_dump_for([older, skewed], found, datetime(2026, 12, 7, 10, 2, tzinfo=UTC))
+    assert picked is not None and picked[0].backup_id == "a"
+    later = newest_dump_for([older, skewed], found, datetime(2026, 12, 7, 10, 6, tzinfo=UTC))
+    assert later is not None and later[0].backup_id == "b"
