@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from prefect.states import State
@@ -22,6 +23,7 @@ from prefect_dbbackup.blocks.registry import (
 )
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
+from prefect_dbbackup.flows.artifacts import artifact_key, md
 from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.restore import restore_database
 from prefect_dbbackup.tasks.archive import read_archive
@@ -47,6 +49,26 @@ class PitrRestoreReport(BaseModel):
     log_end_time: datetime | None  # time of the last event read
     position: str  # file:position the replay ended at
     seconds: float
+
+
+def _publish_artifact(report: PitrRestoreReport, series: str) -> None:
+    """The run's markdown artifact: which backup and how much of the log, into where."""
+    when = (
+        "the end of the archive"
+        if report.to_time is None
+        else f"{report.to_time:%Y-%m-%d %H:%M:%S}Z"
+    )
+    last = report.last_applied_at
+    create_markdown_artifact(
+        key=artifact_key("restore-to-time", f"{series}-{report.target_database}"),
+        markdown=(
+            f"Restored `{md(report.database)}` of `{md(series)}` as of {when} into "
+            f"`{md(report.target_database)}`: backup `{report.backup_id}`, then "
+            f"{report.transactions} transaction(s) of the binary log (last committed "
+            f"{f'{last:%Y-%m-%d %H:%M:%S}Z' if last else '-'}, up to `{md(report.position)}`) "
+            f"in {report.seconds:.1f} s."
+        ),
+    )
 
 
 def _run_name() -> str:
@@ -175,6 +197,7 @@ def restore_to_time(
         position=f"{result.file}:{result.position}",
         seconds=(datetime.now(UTC) - started).total_seconds(),
     )
+    _publish_artifact(report, series)
     log.info(
         "restored %r into %r as of %s: backup %s and %d transaction(s) of the log, up to %s",
         database,
