@@ -25,11 +25,11 @@ from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.retries import transient_retries_only
 from prefect_dbbackup.tasks.archive import (
     ArchiveRun,
+    archive_end,
     end_after,
     fetch_piece,
     plan_fetches,
     publish_run,
-    read_archive,
 )
 from prefect_dbbackup.tasks.archive_manifest import ArchiveManifest
 from prefect_dbbackup.tasks.events import emit_archive_event
@@ -87,10 +87,10 @@ def archive_server(
     enc.recipient_keys()  # fail closed before fetching anything
     sto.check()
     sto.manifest_signer()
-    state = read_archive(sto, name)
-    for refused in state.refused:
-        log.warning("not using archive run %s: %s", refused.key, refused.problem)
-    fetches, gap = plan_fetches(srv.log_files(), state.end)
+    before, refused = archive_end(sto, name)
+    for run in refused:
+        log.warning("not using archive run %s: %s", run.key, run.problem)
+    fetches, gap = plan_fetches(srv.log_files(), before)
     if gap:
         log.error("gap in the archive of %s: %s", name, gap)
     started, run_id = datetime.now(UTC), new_backup_id()
@@ -98,8 +98,8 @@ def archive_server(
         run = ArchiveRun(srv, name, enc, sto, workdir, run_id)
         pieces = [p for i, f in enumerate(fetches) if (p := fetch_task(run, f, i)) is not None]
     sealed = {f.file: f.expected_end for f in fetches if f.expected_end is not None}
-    end = end_after(pieces, sealed, state.end)
-    changed = pieces or gap or end != state.end
+    end = end_after(pieces, sealed, before)
+    changed = pieces or gap or end != before
     manifest = publish_run(run, started, pieces, end, gap, sealed) if changed and end else None
     raw = sum(p.stats.raw_bytes for p in pieces)
     where = f"{end.file}:{end.position}" if end else "-"

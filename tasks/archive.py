@@ -46,6 +46,7 @@ from prefect_dbbackup.tasks.spool import spooling, write_spool
 from prefect_dbbackup.tasks.stream import READ_SIZE
 
 FIRST_POSITION = 4  # after a log file's magic bytes
+WAVE = 16  # run manifests read at once while looking for where the archive ends
 
 
 @dataclass(frozen=True)
@@ -82,19 +83,27 @@ class ArchiveState:
         return trusted[-1].end if trusted else None
 
 
-def read_archive(storage: BackupStorage, server: str) -> ArchiveState:
-    """Every archive run manifest of server, each checked: signed by a trusted key, and
-    saying the server and run id of where it sits."""
-    keys = storage.manifest_verifiers()
-    listed = set(storage.list_keys(archive_prefix(server)))
-    wanted = sorted(k for k in listed if parse_archive_key(k, server))
+class _RunReader:
+    """Reads and checks run manifests of one server's archive, from one listing."""
 
-    def one(key: str) -> StoredRun | None:
-        run_id = parse_archive_key(key, server)
+    def __init__(self, storage: BackupStorage, server: str) -> None:
+        self.storage, self.server = storage, server
+        self.keys = storage.manifest_verifiers()
+        self.listed = set(storage.list_keys(archive_prefix(server)))
+        self.manifest_keys = sorted(k for k in self.listed if parse_archive_key(k, server))
+
+    def read(self, wanted: list[str]) -> list[StoredRun]:
+        """The runs of wanted (manifest keys), READERS at a time; none for one removed since
+        it was listed (a prune)."""
+        runs = read_each(self.storage, self._one, wanted, "archive-manifests")
+        return [r for r in runs if r is not None]
+
+    def _one(self, key: str) -> StoredRun | None:
+        server, run_id = self.server, parse_archive_key(key, self.server)
         assert run_id is not None
         try:
-            data = storage.get_bytes(key)
-        except ObjectNotFound:  # removed since it was listed (a prune)
+            data = self.storage.get_bytes(key)
+        except ObjectNotFound:
             return None
         try:
             manifest = ArchiveManifest.model_validate_json(data)
@@ -106,11 +115,35 @@ def read_archive(storage: BackupStorage, server: str) -> ArchiveState:
                 f"server {server!r}, run {run_id!r} (copied or moved from elsewhere)"
             )
             return StoredRun(key, run_id, manifest, problem)
-        trust, problem, _ = signature_trust(storage, key, data, keys, signature_key(key) in listed)
+        has_signature = signature_key(key) in self.listed
+        trust, problem, _ = signature_trust(self.storage, key, data, self.keys, has_signature)
         return StoredRun(key, run_id, manifest, None if trust == "signed" else problem)
 
-    runs = read_each(storage, one, wanted, "archive-manifests")
-    return ArchiveState([r for r in runs if r is not None])
+
+def read_archive(storage: BackupStorage, server: str) -> ArchiveState:
+    """Every archive run manifest of server, each checked: signed by a trusted key, and
+    saying the server and run id of where it sits."""
+    reader = _RunReader(storage, server)
+    return ArchiveState(reader.read(reader.manifest_keys))
+
+
+def archive_end(storage: BackupStorage, server: str) -> tuple[LogPosition | None, list[StoredRun]]:
+    """Where the archive ends, and the refused runs read on the way: the newest runs (by
+    run id) are read first, WAVE at a time, until a wave holds a trusted one; the furthest
+    end among them is taken. A run every minute keeps a week's archive in ~10,000 runs: one
+    run reads a few of them, not all. Should a clock that went back leave a further end
+    among older runs, the run starts earlier and stores some log again, which a restore
+    takes either way: never a gap."""
+    reader = _RunReader(storage, server)
+    newest_first = reader.manifest_keys[::-1]
+    refused: list[StoredRun] = []
+    for i in range(0, len(newest_first), WAVE):
+        runs = reader.read(newest_first[i : i + WAVE])
+        refused += [r for r in runs if r.problem is not None]
+        trusted = [r.manifest for r in runs if r.problem is None and r.manifest is not None]
+        if trusted:
+            return max((m.end for m in trusted), key=LogPosition.order), refused
+    return None, refused
 
 
 @dataclass(frozen=True)
