@@ -587,6 +587,7 @@ def _restore_to_time(
     """restore --to-time: checked options, then the restore_to_time flow."""
     from datetime import datetime
 
+    from prefect_dbbackup.blocks.errors import TargetExists
     from prefect_dbbackup.flows.prechecks import restore_inputs
     from prefect_dbbackup.flows.restore_to_time import restore_to_time
 
@@ -606,16 +607,24 @@ def _restore_to_time(
                     "2026-12-07T10:41:06Z (UTC) or 2026-12-07T11:41:06+01:00, or `latest`"
                 )
             )
-    restore_inputs(
-        server,
-        database,
-        storage=storage,
-        target=into,
-        replace=False,
-        backup_id="latest",
-        source_server=from_server,
-        allow_unsigned=False,
-    )
+    try:
+        restore_inputs(
+            server,
+            database,
+            storage=storage,
+            target=into,
+            replace=False,
+            backup_id="latest",
+            source_server=from_server,
+            allow_unsigned=False,
+        )
+    except TargetExists:
+        fail(
+            TargetExists(
+                f"database {into!r} already exists on {server}: a restore to a time goes into "
+                "a new database: name one with --into NEW_NAME"
+            )
+        )
     report = restore_to_time(
         server=server,
         database=database,

@@ -139,7 +139,8 @@ def test_a_time_the_archive_does_not_reach_yet_is_refused_and_nothing_is_created
         result = env.cli("restore", server, db, "--to-time", bad, "--into", target)
         assert result.exit_code == 3 and message in result.stderr, result.output
     own = env.cli("restore", server, db, "--to-time", "latest")  # onto the source: refused
-    assert own.exit_code == 3 and "already exists" in own.stderr, own.output
+    assert own.exit_code == 3 and "name one with --into NEW_NAME" in own.stderr, own.output
+    assert "--replace" not in own.stderr
     listed = json.loads(env.cli("list", server, "-d", db, "--json").stdout)
     named = env.cli("restore", server, db, "--to-time", "latest", "--into", target,
                     "--backup-id", listed[-1]["backup_id"])  # fmt: skip
