@@ -178,7 +178,7 @@ def env(prefect_api: None, tmp_path: Path, identity_file: Path, recipient: str):
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     """One real S3 server (SeaweedFS) for the session, on free loopback ports."""
     server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    server.start()
+    server.start_on_free_ports()
     yield server
     server.stop()
 

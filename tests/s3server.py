@@ -17,6 +17,7 @@ from botocore.config import Config
 
 ACCESS_KEY = "dbbtestaccess"
 SECRET_KEY = "dbbtestsecret-not-a-real-one"
+PORT_TRIES = 3
 
 
 def _free_ports(count: int) -> list[int]:
@@ -45,11 +46,26 @@ class SeaweedFS:
                 {"identities": [{"name": "dbb", "credentials": [identity], "actions": actions}]}
             )
         )
+        self._pick_ports()
+        self.proc: subprocess.Popen | None = None
+
+    def _pick_ports(self) -> None:
         names = ["master", "volume", "filer", "s3"]
         ports = _free_ports(2 * len(names))
         self.ports = dict(zip(names, ports[: len(names)], strict=True))
         self.grpc = dict(zip(names, ports[len(names) :], strict=True))
-        self.proc: subprocess.Popen | None = None
+
+    def start_on_free_ports(self, tries: int = PORT_TRIES) -> None:
+        """The first start: a port another program took between the probe and the server's
+        bind (another xdist worker) is tried again on new free ports."""
+        for attempt in range(tries):
+            try:
+                self.start()
+                return
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == tries - 1:
+                    raise
+                self._pick_ports()
 
     @property
     def endpoint(self) -> str:

@@ -106,7 +106,7 @@ def heads(client, keys: list[str], threads: int) -> dict:  # noqa: ANN001
 
 def run(count: int, threads: int, root: Path) -> dict:
     server = SeaweedFS(root)
-    server.start()
+    server.start_on_free_ports()
     try:
         server.make_bucket(BUCKET)
         client = boto3.client(

@@ -102,7 +102,7 @@ def test_store_down_mid_upload_leaves_no_backup_and_a_later_run_succeeds(
     # the real upload and its 3 retries, 1 s apart instead of 2, 10 and 30 s
     monkeypatch.setattr(backup_tasks, "UPLOAD_RETRY_DELAYS", (1, 1, 1))
     server = SeaweedFS(tmp_path / "s3")
-    server.start()
+    server.start_on_free_ports()
     try:
         s3 = env.use_s3(server, max_attempts=2, connect_timeout=2, max_concurrency=1)
         name = f"pg-outage-{uuid.uuid4().hex[:6]}"

@@ -49,7 +49,7 @@ def main() -> int:
     broken: list[str] = []
     with tempfile.TemporaryDirectory(prefix="dbb-invariants-") as tmp:
         s3 = SeaweedFS(Path(tmp) / "seaweedfs")
-        s3.start()
+        s3.start_on_free_ports()
         try:
             with prefect_test_harness(server_startup_timeout=120):
                 seed = first
