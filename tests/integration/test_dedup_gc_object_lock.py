@@ -13,9 +13,6 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.client.schemas.sorting import ArtifactSort
 from prefect_dbbackup.blocks.registry import load_storage
 from prefect_dbbackup.flows.artifacts import artifact_key
 from prefect_dbbackup.tasks.catalog import list_backups
@@ -23,6 +20,7 @@ from prefect_dbbackup.tasks.dedup.gc import collect_chunks
 from prefect_dbbackup.tasks.dedup.layout import CHUNKS, FOSSILS, GC, parse_chunk_key
 from prefect_dbbackup.tasks.layout import MANIFEST_NAME, SIGNATURE_NAME, backup_key
 
+from tests.helpers import newest_artifact
 from tests.integration.cli_process import wait_for
 
 
@@ -65,15 +63,8 @@ def _expire_locks(env, client, storage, keys: list[str]) -> None:  # noqa: ANN00
 
 def _chunk_line(server: str) -> str:
     """The chunks line of the newest prune artifact of server."""
-    with get_client(sync_client=True) as client:
-        (latest,) = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[artifact_key("prune", server)])
-            ),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=1,
-        )
-    (line,) = [line for line in latest.data.splitlines() if line.startswith("**Chunks:**")]
+    data = newest_artifact(artifact_key("prune", server))
+    (line,) = [line for line in data.splitlines() if line.startswith("**Chunks:**")]
     return line
 
 

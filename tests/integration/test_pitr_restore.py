@@ -11,7 +11,9 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from prefect_dbbackup.flows.artifacts import artifact_key
 
+from tests.helpers import newest_artifact
 from tests.mariadb_private import PrivateMariaDB
 
 
@@ -34,24 +36,6 @@ def shop(env, private_mariadb: PrivateMariaDB):
     yield env, name, db, targets
     for target in [db, *targets]:
         private_mariadb.drop(target)
-
-
-def _artifact(name: str) -> str:
-    """The newest restore-to-time artifact of name (server-target)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-    from prefect_dbbackup.flows.artifacts import artifact_key
-
-    with get_client(sync_client=True) as client:
-        (latest,) = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[artifact_key("restore-to-time", name)])
-            ),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=1,
-        )
-    return latest.data
 
 
 def _server_second(server: PrivateMariaDB) -> int:
@@ -168,7 +152,8 @@ def test_archive_and_restore_to_a_time_on_s3(s3_env, private_mariadb: PrivateMar
         restored = env.cli("restore", server, db, "--to-time", "latest", "--into", target)
         assert restored.exit_code == 0, restored.output
         assert _ids(private_mariadb, target) == [1, 2, 3, 4, 5]
-        assert "5 transaction(s) of the binary log" in _artifact(f"{server}-{target}")
+        key = artifact_key("restore-to-time", f"{server}-{target}")
+        assert "5 transaction(s) of the binary log" in newest_artifact(key)
         assert env.cli("check", server, "--read-data").exit_code == 0
     finally:
         private_mariadb.drop(db)
