@@ -64,6 +64,7 @@ class ArchiveState:
     """A server's stored archive: its trusted runs and the refused ones."""
 
     runs: list[StoredRun]
+    listed: set[str]  # every key under the server's archive prefix, as read_archive found it
 
     @property
     def trusted(self) -> list[ArchiveManifest]:
@@ -124,7 +125,7 @@ def read_archive(storage: BackupStorage, server: str) -> ArchiveState:
     """Every archive run manifest of server, each checked: signed by a trusted key, and
     saying the server and run id of where it sits."""
     reader = _RunReader(storage, server)
-    return ArchiveState(reader.read(reader.manifest_keys))
+    return ArchiveState(reader.read(reader.manifest_keys), reader.listed)
 
 
 def archive_end(storage: BackupStorage, server: str) -> tuple[LogPosition | None, list[StoredRun]]:

@@ -2,9 +2,13 @@
 log files before the first file the oldest kept backup's replay reads (a replay from a
 position reads that position's file from its start). Decided on signed, location-bound
 manifests only, never by a clock; the newest run (where the next one goes on) and runs that
-are not trusted are always kept (docs/pitr.md)."""
+are not trusted are always kept, and a run removes only the objects an archive run writes
+(its manifest, signature and the pieces it lists): anything else in its directory is left
+and reported (docs/pitr.md)."""
 
 from __future__ import annotations
+
+from collections import defaultdict
 
 from prefect import task
 from prefect.cache_policies import NONE
@@ -12,6 +16,7 @@ from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.archive import read_archive
 from prefect_dbbackup.tasks.archive_manifest import ARCHIVE_SEGMENT, archive_prefix, file_order
 from prefect_dbbackup.tasks.catalog import scan_backups
+from prefect_dbbackup.tasks.layout import MANIFEST_NAME, SIGNATURE_NAME
 from prefect_dbbackup.tasks.logs import run_logger
 from prefect_dbbackup.tasks.prune import PruneItem, backup_time, remove_backup
 
@@ -30,12 +35,18 @@ def plan_archive_prune(storage: BackupStorage, server: str) -> list[PruneItem]:
         for m in dumps
         if m.binlog is not None
     )
-    listed = storage.list_keys(archive_prefix(server))
+    in_run: dict[str, list[str]] = defaultdict(list)  # run directory -> its keys
+    for key in state.listed:
+        in_run[key.rsplit("/", 1)[0]].append(key)
     newest = state.trusted[-1].run_id if state.trusted else None
     items = []
     for run in state.runs:
-        objects = [k for k in listed if k.startswith(run.key.rsplit("/", 1)[0] + "/")]
         manifest = run.manifest
+        pieces = manifest.pieces if manifest else []
+        own = {MANIFEST_NAME, SIGNATURE_NAME, *(p.object_name for p in pieces)}
+        keys = in_run[run.key.rsplit("/", 1)[0]]
+        objects = sorted(k for k in keys if k.rsplit("/", 1)[1] in own)
+        foreign = sorted(k for k in keys if k.rsplit("/", 1)[1] not in own)
         time = manifest.started_at if manifest else None
         if run.problem is not None or manifest is None:
             keep, why = True, f"not trusted ({run.problem}): left for you to check"
@@ -62,6 +73,7 @@ def plan_archive_prune(storage: BackupStorage, server: str) -> list[PruneItem]:
                 keep=keep,
                 reasons=[why],
                 objects=objects,
+                foreign=foreign,
             )
         )
     return items
@@ -83,6 +95,14 @@ def prune_archive(storage: BackupStorage, server: str, dry_run: bool = False) ->
         log.info(
             "archive run %s of %s: %s (%s)", item.backup_id, server, item.outcome, item.reasons[0]
         )
+        if item.foreign:
+            log.warning(
+                "left %d object(s) in archive run %s of %s that dbbackup did not write: %s",
+                len(item.foreign),
+                item.backup_id,
+                server,
+                ", ".join(map(repr, item.foreign[:5])),
+            )
     return items
 
 

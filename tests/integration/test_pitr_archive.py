@@ -255,3 +255,28 @@ def test_check_finds_a_missing_or_changed_piece(archived, private_mariadb: Priva
     missing = env.cli("check", server)
     assert missing.exit_code == 1, missing.output
     assert "missing:" in missing.stdout and first.name in missing.stdout
+
+
+def test_prune_of_the_archive_leaves_a_planted_file_and_says_so(
+    archived, private_mariadb: PrivateMariaDB, caplog
+):
+    from prefect_dbbackup.blocks import MySQLServer
+    from prefect_dbbackup.blocks.retention import RetentionPolicy
+
+    env, server, db = archived
+    block = MySQLServer.load(server)
+    block.retention = RetentionPolicy(keep_last=1)
+    block.save(server, overwrite=True)
+    assert env.cli("archive", server).exit_code == 0
+    private_mariadb.execute(db, "INSERT INTO t VALUES (1, 'a')", "FLUSH BINARY LOGS")
+    assert env.cli("backup", server, "-d", db).exit_code == 0
+    private_mariadb.execute(db, "INSERT INTO t VALUES (2, 'b')")
+    assert env.cli("archive", server).exit_code == 0
+    (old, manifest), _ = _runs(env, server)
+    planted = old / "notes.txt"
+    planted.write_text("not dbbackup's")
+    assert env.cli("prune", server).exit_code == 0
+    assert planted.read_text() == "not dbbackup's"
+    assert not (old / "manifest.json").exists()
+    assert not any((old / p["object_name"]).exists() for p in manifest["pieces"])
+    assert "that dbbackup did not write" in caplog.text and "notes.txt" in caplog.text
