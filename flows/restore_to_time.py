@@ -12,7 +12,7 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from prefect.states import State
 from prefect_dbbackup.blocks.encryption import AgeEncryption
-from prefect_dbbackup.blocks.errors import BackupNotFound, ConfigError
+from prefect_dbbackup.blocks.errors import BackupNotFound, ConfigError, DbBackupError
 from prefect_dbbackup.blocks.process import stop_on_signals
 from prefect_dbbackup.blocks.registry import (
     block_name,
@@ -112,6 +112,27 @@ def _starting_point(
     return dump, stretch
 
 
+def _drop_half_restored(srv: DatabaseServer, target: str) -> None:
+    """Drop the target a replay failed in (it holds the backup and only part of the log);
+    a drop that fails too is logged, never raised over the replay's own error."""
+    log = get_run_logger()
+    try:
+        srv.drop_database(target)
+    except DbBackupError as exc:
+        log.error(
+            "the replay into %r failed, and dropping it failed too (%s): it holds the backup "
+            "and only part of the log; drop it by hand",
+            target,
+            exc,
+        )
+        return
+    log.error(
+        "the replay into %r failed: dropped it (it held the backup and only part of the log); "
+        "the source database is untouched",
+        target,
+    )
+
+
 @flow(name="restore-to-time", flow_run_name=_run_name, validate_parameters=True)
 @recorded_run
 def restore_to_time(
@@ -177,13 +198,8 @@ def restore_to_time(
             result = replay_task(
                 srv, sto, enc, identity_file, dump, stretch, target_database, stop, workdir
             )
-    except BaseException:
-        srv.drop_database(target_database)
-        log.error(
-            "the replay into %r failed: dropped it (it held the backup and only part of the "
-            "log); the source database is untouched",
-            target_database,
-        )
+    except BaseException:  # a stop too: the target holds only part of the log
+        _drop_half_restored(srv, target_database)
         raise
     report = PitrRestoreReport(
         database=database,

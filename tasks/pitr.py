@@ -26,7 +26,7 @@ import pyrage
 from prefect_dbbackup.blocks.binlog import BinlogPosition
 from prefect_dbbackup.blocks.binlog_events import ReplayResult
 from prefect_dbbackup.blocks.encryption import AgeEncryption
-from prefect_dbbackup.blocks.errors import DbBackupError, IntegrityError
+from prefect_dbbackup.blocks.errors import DbBackupError, IntegrityError, Interrupted
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.archive import read_archive
@@ -283,14 +283,31 @@ def archived_file(
     reader = open(read_end, "rb")  # noqa: SIM115 (closed below, before the join)
     try:
         yield reader
+    except Interrupted:
+        raise  # a stop is what ended it, whatever the feeder saw
+    except Exception:
+        # the reader's error (a file that "ended" early) when the feeder failed first: the
+        # feeder's error is the cause, and it says which piece
+        if _joined(reader, thread, failure):
+            raise _feed_error(failure[0]) from None
+        raise
     finally:
-        reader.close()
-        thread.join()
+        _joined(reader, thread, failure)
     if failure:
-        exc = failure[0]
-        if isinstance(exc, DbBackupError):
-            raise exc
-        raise IntegrityError(f"the archived log could not be read: {exc}") from exc
+        raise _feed_error(failure[0])
+
+
+def _joined(reader: BinaryIO, thread: threading.Thread, failure: list[BaseException]) -> bool:
+    """Close the reader, wait for the feeder; whether it failed."""
+    reader.close()
+    thread.join()
+    return bool(failure)
+
+
+def _feed_error(exc: BaseException) -> DbBackupError:
+    if isinstance(exc, DbBackupError):
+        return exc
+    return IntegrityError(f"the archived log could not be read: {exc}")
 
 
 def replay_archive(

@@ -158,3 +158,27 @@ def test_archive_and_restore_to_a_time_on_s3(s3_env, private_mariadb: PrivateMar
     finally:
         private_mariadb.drop(db)
         private_mariadb.drop(target)
+
+
+def test_a_damaged_archive_piece_fails_the_restore_and_drops_the_half_restored_target(
+    shop, private_mariadb: PrivateMariaDB
+):
+    from prefect_dbbackup.tasks.archive_manifest import ARCHIVE_SEGMENT
+    from prefect_dbbackup.tasks.layout import encode_name
+
+    env, server, db, targets = shop
+    assert env.cli("archive", server).exit_code == 0
+    assert env.cli("backup", server, "-d", db).exit_code == 0
+    private_mariadb.execute(db, "INSERT INTO t VALUES (4, 'after')")
+    assert env.cli("archive", server).exit_code == 0
+    root = env.storage_path / encode_name(server) / ARCHIVE_SEGMENT
+    for piece in root.glob("*/piece-*.zst.age"):
+        data = bytearray(piece.read_bytes())
+        data[-1] ^= 1
+        piece.write_bytes(bytes(data))
+    target = f"restored_{uuid.uuid4().hex[:8]}"
+    targets.append(target)
+    failed = env.cli("restore", server, db, "--to-time", "latest", "--into", target)
+    assert failed.exit_code != 0, failed.output
+    assert "sha256 does not match its archive run" in failed.stderr, failed.output
+    assert not private_mariadb.exists(target)
