@@ -38,7 +38,7 @@ from prefect_dbbackup.tasks.archive_manifest import (
 )
 from prefect_dbbackup.tasks.catalog import scan_backups
 from prefect_dbbackup.tasks.manifest import Manifest
-from prefect_dbbackup.tasks.stream import decrypt_stream, file_sha256
+from prefect_dbbackup.tasks.stream import check_stored, decrypt_stream
 
 
 @dataclass(frozen=True)
@@ -231,16 +231,7 @@ class _CountingSink:
 
 def check_piece(f: BinaryIO, piece: LogPiece, what: str) -> None:
     """Fail unless the stored piece has the size and sha256 its run manifest says."""
-    stored = f.seek(0, 2)
-    if stored != piece.stats.stored_bytes:
-        raise IntegrityError(
-            f"{what} is truncated or damaged: {stored} bytes stored, its archive run says "
-            f"{piece.stats.stored_bytes}"
-        )
-    f.seek(0)
-    if file_sha256(f) != piece.stats.sha256:
-        raise IntegrityError(f"{what} is corrupted: its sha256 does not match its archive run")
-    f.seek(0)
+    check_stored(f, piece.stats, what, "its archive run")
 
 
 @contextlib.contextmanager

@@ -34,9 +34,9 @@ from prefect_dbbackup.tasks.manifest import Manifest
 from prefect_dbbackup.tasks.stream import (
     ReplacingWriter,
     Writable,
+    check_stored,
     copy_lazily,
     decrypt_stream,
-    file_sha256,
 )
 from pydantic import BaseModel
 
@@ -56,20 +56,8 @@ class RestoreResult(BaseModel):
 
 def check_object(f: BinaryIO, manifest: Manifest, what: str) -> None:
     """Fail unless the stored object has the manifest's size and sha256."""
-    size = f.seek(0, 2)
-    expected = manifest.stats.stored_bytes
-    if size != expected:
-        raise IntegrityError(
-            f"{what} is truncated or damaged: {size} bytes stored, the manifest says {expected}. "
-            "Restore an older backup (dbbackup list) and check the storage."
-        )
-    f.seek(0)
-    if file_sha256(f) != manifest.stats.sha256:
-        raise IntegrityError(
-            f"{what} is corrupted: its sha256 does not match the manifest. "
-            "Restore an older backup (dbbackup list) and check the storage."
-        )
-    f.seek(0)
+    hint = ". Restore an older backup (dbbackup list) and check the storage."
+    check_stored(f, manifest.stats, what, "the manifest", hint)
 
 
 @contextlib.contextmanager

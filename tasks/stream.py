@@ -17,6 +17,7 @@ from typing import BinaryIO, Protocol
 
 import pyrage
 import zstandard
+from prefect_dbbackup.blocks.errors import IntegrityError
 from prefect_dbbackup.tasks.manifest import StreamStats
 
 READ_SIZE = 1 << 20
@@ -352,6 +353,21 @@ class ReplacingWriter:
         """Write out what is held back (too short to hold a match)."""
         self.inner.write(self._tail)
         self._tail = b""
+
+
+def check_stored(f: BinaryIO, stats: StreamStats, what: str, source: str, hint: str = "") -> None:
+    """IntegrityError unless the stored object open in f has the size and sha256 that
+    `source` (its manifest, its archive run) records; f is left at its start."""
+    size = f.seek(0, 2)
+    if size != stats.stored_bytes:
+        raise IntegrityError(
+            f"{what} is truncated or damaged: {size} bytes stored, {source} says "
+            f"{stats.stored_bytes}{hint}"
+        )
+    f.seek(0)
+    if file_sha256(f) != stats.sha256:
+        raise IntegrityError(f"{what} is corrupted: its sha256 does not match {source}{hint}")
+    f.seek(0)
 
 
 def file_sha256(f: BinaryIO) -> str:
