@@ -38,6 +38,7 @@ from types import FrameType, TracebackType
 from typing import TypeVar
 
 from prefect_dbbackup.blocks.errors import Interrupted, ToolFailed, redact
+from prefect_dbbackup.blocks.signal_watch import SignalWatcher
 
 STDERR_TAIL = 4000
 # client errors that mean the network or server went away: a later attempt may succeed
@@ -190,6 +191,9 @@ def stop_on_signals() -> Iterator[None]:
     cancelling the run from the UI. A second signal is noted and otherwise ignored, so
     cleanup is never cut short. Outside the main thread, signals cannot be caught:
     nothing changes.
+
+    The outermost scope acts through a SignalWatcher, at once, whichever thread took the
+    signal; the main thread's handler acts too when it runs first (one of them acts).
     """
     global _stop_reason, _scopes
     if threading.current_thread() is not threading.main_thread():
@@ -202,21 +206,15 @@ def stop_on_signals() -> Iterator[None]:
         _before_stop.clear()
     _scopes += 1
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if _stop_reason is not None:
-            _still_stopping(signum, frame)
-            return
-        os.write(2, f"dbbackup: {name}: stopping, killing the dump/restore clients\n".encode())
-        interrupt(f"interrupted by {name}")
-
+    watcher = _StopSignals() if _scopes == 1 else None
     for sig in previous:
-        signal.signal(sig, on_signal)
+        signal.signal(sig, _first_signal)
     try:
         yield
     finally:
         _scopes -= 1
+        if watcher is not None:
+            watcher.close()  # the signals that arrived are handled before what follows
         stopping = _scopes == 0 and _stop_reason is not None
         for sig, handler in previous.items():
             if stopping:  # the process is winding down (reporting, exiting): a second
@@ -224,6 +222,40 @@ def stop_on_signals() -> Iterator[None]:
                 signal.signal(sig, _still_stopping)
             else:
                 signal.signal(sig, _restorable(handler))
+
+
+_stopping_lock = threading.Lock()
+
+
+def _first_signal(signum: int, frame: FrameType | None = None) -> None:
+    """The run's first stop signal: say so and stop. Called for the same signal by the main
+    thread's handler and by the watcher, whichever runs first; the other does nothing."""
+    if not _stopping_lock.acquire(blocking=False):
+        return  # the other one is stopping the run right now
+    try:
+        if _stop_reason is None:
+            name = signal.Signals(signum).name
+            os.write(2, f"dbbackup: {name}: stopping, killing the dump/restore clients\n".encode())
+            interrupt(f"interrupted by {name}")
+    finally:
+        _stopping_lock.release()
+
+
+class _StopSignals(SignalWatcher):
+    """The watcher of a run: its first SIGINT/SIGTERM stops the run, later ones are noted."""
+
+    def __init__(self) -> None:
+        self._seen = 0
+        super().__init__(self._on)
+
+    def _on(self, signum: int) -> None:
+        if signum not in (signal.SIGINT, signal.SIGTERM):
+            return
+        self._seen += 1
+        if self._seen == 1:
+            _first_signal(signum)
+        else:
+            _still_stopping(signum, None)
 
 
 def _still_stopping(signum: int, frame: FrameType | None) -> None:

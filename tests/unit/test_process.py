@@ -111,6 +111,42 @@ def test_after_a_stop_a_second_signal_is_ignored_until_the_next_run():
     assert signal.getsignal(signal.SIGTERM) is original
 
 
+_MAIN_ASLEEP = """
+import signal, sys, threading, time
+from prefect_dbbackup.blocks import process
+
+asleep, stopped = threading.Event(), threading.Event()
+
+def worker():  # a busy thread of the run: the one the kernel hands the signal to
+    asleep.wait()
+    while process.interrupted() is None:
+        time.sleep(0.01)
+    stopped.set()
+
+with process.stop_on_signals():
+    thread = threading.Thread(target=worker)
+    thread.start()
+    threading.Timer(0.2, lambda: (asleep.set(), signal.pthread_kill(thread.ident, signal.SIGINT))).start()
+    stopped.wait()  # as Prefect's as_completed: no timeout, the main thread sleeps
+    print(process.interrupted())
+"""
+
+
+def test_a_signal_taken_by_another_thread_stops_the_run_while_the_main_thread_sleeps():
+    """Ctrl-C handed by the kernel to a worker thread, with the main thread asleep in a wait
+    without a timeout: the run is stopped at once, not when that wait ends by itself (it
+    never does here: the wait is for the stop)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _MAIN_ASLEEP], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "interrupted by SIGINT"
+    assert done.stderr.count("SIGINT: stopping, killing the dump/restore clients") == 1
+
+
 def test_the_pipes_to_and_from_a_client_hold_a_mebibyte():
     """A client writes 1 MiB ahead of a busy reader (Linux's default pipe is 64 KiB)."""
     import fcntl
