@@ -63,6 +63,11 @@ class Engine:
     system_accounts: tuple[str, ...] = ()
     # how the manifest's row counts were taken (said in verify's log)
     row_counts_note: str = "exact, taken in the dump's own snapshot"
+    # point-in-time archives: what the transaction log is called, and where a file's own
+    # bytes start (a binlog position is after its 4 magic bytes; a WAL offset from 0)
+    log_name: str = "binary log"
+    log_kind: Literal["binlog", "wal"] = "binlog"  # an archive manifest's kind
+    log_first_position: int = 4
 
     def object_name(self, kind: BackupKind) -> str:
         """The fixed name of a backup's stored object (never taken from a manifest)."""
@@ -108,6 +113,9 @@ POSTGRES = Engine(
     login_query="SELECT current_user",
     clock_query="SELECT extract(epoch FROM clock_timestamp())",
     users_sql=POSTGRES_SQL,
+    log_name="WAL",
+    log_kind="wal",
+    log_first_position=0,
     supports_rename=True,
     users_before_database=True,
     parallel_restore=True,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar
+from typing import BinaryIO, ClassVar
 
 import pymysql
 import sqlalchemy as sa
@@ -31,6 +32,7 @@ from prefect_dbbackup.blocks.errors import (
     PermissionDenied,
 )
 from prefect_dbbackup.blocks.mysql_events import ShownEvent, events_script
+from prefect_dbbackup.blocks.process import ToolProcess
 from prefect_dbbackup.blocks.properties import DatabaseProperties
 from prefect_dbbackup.blocks.server import DatabaseServer, ToolCommand, UsersDump, private_file
 from prefect_dbbackup.blocks.users_sql import (
@@ -362,7 +364,25 @@ class MySQLServer(DatabaseServer):
             raise IntegrityError(f"MySQL at {self.describe()}: SHOW BINARY LOGS: {exc}") from None
 
     @contextlib.contextmanager
-    def log_fetch_command(self, file: str, start: int, workdir: Path) -> Iterator[ToolCommand]:
+    def open_log(self, file: str, start: int, listed: int, workdir: Path) -> Iterator[BinaryIO]:
+        """mariadb-binlog's output from start to the file's current end (_log_fetch_command):
+        the binlog's own bytes, cut out by log_piece_filter."""
+        with (
+            self._log_fetch_command(file, start, workdir) as cmd,
+            ToolProcess(
+                cmd.argv, env=cmd.env, timeout=self.dump_timeout, stdout=True, secrets=cmd.secrets
+            ) as proc,
+        ):
+            assert proc.stdout is not None
+            yield proc.stdout
+
+    def log_client(self) -> tuple[str, str]:
+        """mariadb-binlog (mysqlbinlog) and its version."""
+        client = self.tool("mariadb-binlog", "mysqlbinlog")
+        return os.path.basename(client), self.client_version(client)
+
+    @contextlib.contextmanager
+    def _log_fetch_command(self, file: str, start: int, workdir: Path) -> Iterator[ToolCommand]:
         """mariadb-binlog reading `file` from `start` over the replication protocol, raw.
         Raw output goes to a file named like the binlog in --result-file's directory: that
         name is a link to the client's own stdout in a private directory, so the bytes reach

@@ -10,10 +10,11 @@ import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ClassVar
+from typing import BinaryIO, ClassVar
 
+import psycopg
 import sqlalchemy as sa
-from prefect_dbbackup.blocks import pg_clients
+from prefect_dbbackup.blocks import pg_clients, postgres_wal
 from prefect_dbbackup.blocks.bounds import Port
 from prefect_dbbackup.blocks.engines import POSTGRES, Engine
 from prefect_dbbackup.blocks.errors import (
@@ -35,6 +36,7 @@ from prefect_dbbackup.blocks.server import (
     UsersDump,
     private_file,
 )
+from prefect_dbbackup.blocks.wal import WalPieceFilter, WalReader, parse_segment
 from psycopg import sql as pgsql
 from pydantic import Field, PrivateAttr
 
@@ -115,6 +117,12 @@ class PostgresServer(DatabaseServer):
         default=True,
         description="Count every table's rows in the dump's own snapshot (one full scan per "
         "table) so verify can require exact row counts; off: verify compares table lists only.",
+    )
+    pitr_slot: str = Field(
+        default="dbbackup",
+        pattern=r"^[a-z0-9_]{1,63}$",
+        description="The physical replication slot that holds the WAL back for the archive "
+        "runs (made on the first run; one per block: two blocks of one server need two).",
     )
     # (client directory, why it was chosen), see check_clients
     _client_choice: tuple[str, str | None] | None = PrivateAttr(default=None)
@@ -306,6 +314,42 @@ class PostgresServer(DatabaseServer):
                         raise self._classify(exc.orig or exc) from None
                     skipped.append(f"{what}: {self._error_text(exc.orig or exc)}")
         return skipped
+
+    # --- the WAL archive (blocks/wal.py, blocks/postgres_wal.py) ---------------
+    def check_pitr(self) -> None:
+        """With pitr on: ConfigError naming each setting that keeps the WAL from being
+        archived (wal_level, a standby, the segment size). Never changes a setting."""
+        if self.pitr:
+            with self.connect() as conn:
+                postgres_wal.check_wal_archiving(conn, self.describe())
+
+    def log_files(self) -> list[tuple[str, int]]:
+        """The WAL segments the slot holds, up to the flush position (the last one open)."""
+        with self.connect() as conn:
+            return postgres_wal.wal_files(conn, self.pitr_slot, self.describe())
+
+    @contextlib.contextmanager
+    def open_log(self, file: str, start: int, listed: int, workdir: Path) -> Iterator[BinaryIO]:
+        """Bytes [start, listed) of the segment, through SQL: never a file in between."""
+        with self.connect() as conn:
+            yield WalReader(
+                lambda offset, length: postgres_wal.read_wal(conn, file, offset, length),
+                start,
+                listed,
+            )
+
+    def log_piece_filter(self, file: str, start: int) -> WalPieceFilter:
+        """Checks every WAL page header of the piece (blocks/wal.py)."""
+        return WalPieceFilter(file, start)
+
+    def log_client(self) -> tuple[str, str]:
+        """The archive reads through SQL: psycopg, and the server's version."""
+        return "psycopg", psycopg.__version__
+
+    def log_archived(self, file: str, position: int) -> None:
+        """The slot moves on to where the archive now ends."""
+        with self.connect() as conn:
+            postgres_wal.advance_slot(conn, self.pitr_slot, parse_segment(file)[1] + position)
 
     def quote(self, name: str) -> str:
         """psycopg's identifier quoting; a name PostgreSQL would truncate is refused.

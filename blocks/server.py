@@ -170,7 +170,8 @@ class DatabaseServer(CachedSchema, Block, ABC):
     dump_client, dump_command, restore_command, users_script, _tolerated.
 
     It may override (defaults suit an engine without the feature): check_clients,
-    check_pitr, log_files, log_fetch_command, log_piece_filter, replay_binlog,
+    check_pitr, log_files, open_log, log_piece_filter, log_client, log_archived,
+    replay_binlog,
     dump_position_reader,
     dump_options_for, dump_snapshot, dump_row_counter, table_row_counts,
     database_properties, apply_database_properties, restore_rewrite, swap_database
@@ -331,17 +332,26 @@ class DatabaseServer(CachedSchema, Block, ABC):
             f"{self.engine.name} servers yet (MariaDB only, docs/pitr.md)"
         )
 
-    def log_fetch_command(
-        self, file: str, start: int, workdir: Path
-    ) -> contextlib.AbstractContextManager[ToolCommand]:
-        """The client that writes log file `file` from byte `start` to its current end on
-        its stdout, as log_piece_filter reads it (default: none, see log_files)."""
+    def open_log(
+        self, file: str, start: int, listed: int, workdir: Path
+    ) -> contextlib.AbstractContextManager[BinaryIO]:
+        """A reader of log file `file` from byte `start` to at least `listed` (its size when
+        log_files listed it), as log_piece_filter reads it (default: none, see log_files)."""
         raise self._no_archives()
 
     def log_piece_filter(self, file: str, start: int) -> PieceReader:
-        """What cuts log_fetch_command's output to the file's own bytes from start,
-        checking it on the way (default: none, see log_files)."""
+        """What cuts open_log's output to the file's own bytes from start, checking it on
+        the way (default: none, see log_files)."""
         raise self._no_archives()
+
+    def log_client(self) -> tuple[str, str]:
+        """(name, version) of what reads the log, for an archive run's manifest."""
+        raise self._no_archives()
+
+    def log_archived(self, file: str, position: int) -> None:
+        """Told once an archive run's manifest is stored: the log before byte position of
+        file is safe (an engine that holds the log back for the archive may let it go now;
+        default: nothing to do)."""
 
     def replay_binlog(
         self,

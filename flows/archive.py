@@ -90,7 +90,8 @@ def archive_server(
     before, refused = archive_end(sto, name)
     for run in refused:
         log.warning("not using archive run %s: %s", run.key, run.problem)
-    fetches, gap = plan_fetches(srv.log_files(), before)
+    log_name = srv.engine.log_name
+    fetches, gap = plan_fetches(srv.log_files(), before, srv.engine.log_first_position, log_name)
     if gap:
         log.error("gap in the archive of %s: %s", name, gap)
     started, run_id = datetime.now(UTC), new_backup_id()
@@ -101,6 +102,8 @@ def archive_server(
     end = end_after(pieces, sealed, before)
     changed = pieces or gap or end != before
     manifest = publish_run(run, started, pieces, end, gap, sealed) if changed and end else None
+    if manifest is not None:
+        srv.log_archived(manifest.end.file, manifest.end.position)
     raw = sum(p.stats.raw_bytes for p in pieces)
     where = f"{end.file}:{end.position}" if end else "-"
     emit_archive_event(
@@ -112,12 +115,13 @@ def archive_server(
             "time needs a dump taken after the gap (run a backup now)"
         )
     if manifest is None:
-        log.info("nothing new in the binary log of %s since %s", name, where)
+        log.info("nothing new in the %s of %s since %s", log_name, name, where)
     else:
         last = pieces[-1].last_event_at if pieces else None
         log.info(
-            "archived %s of binary log of %s in %d piece(s), up to %s (last event %s)",
+            "archived %s of %s of %s in %d piece(s), up to %s (last event %s)",
             size(raw),
+            log_name,
             name,
             len(pieces),
             where,

@@ -11,7 +11,6 @@ has, records the gap in its manifest and fails (docs/pitr.md).
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from typing import BinaryIO
 
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.errors import IntegrityError
-from prefect_dbbackup.blocks.process import ToolProcess, check_stopped
+from prefect_dbbackup.blocks.process import check_stopped
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage, ObjectNotFound
 from prefect_dbbackup.tasks.archive_manifest import (
@@ -45,7 +44,6 @@ from prefect_dbbackup.tasks.retrying import retry_transient
 from prefect_dbbackup.tasks.spool import spooling, write_spool
 from prefect_dbbackup.tasks.stream import READ_SIZE
 
-FIRST_POSITION = 4  # after a log file's magic bytes
 WAVE = 16  # run manifests read at once while looking for where the archive ends
 
 
@@ -149,25 +147,32 @@ def archive_end(storage: BackupStorage, server: str) -> tuple[LogPosition | None
 
 @dataclass(frozen=True)
 class Fetch:
-    """One piece to fetch: file from start; expected_end: the size of a closed file."""
+    """One piece to fetch: file from start; expected_end: the size of a closed file;
+    listed: the file's size when the server listed it (the open file's grows)."""
 
     file: str
     start: int
     expected_end: int | None
+    listed: int
 
 
 def plan_fetches(
-    files: list[tuple[str, int]], end: LogPosition | None
+    files: list[tuple[str, int]],
+    end: LogPosition | None,
+    first: int = 4,
+    log: str = "binary log",
 ) -> tuple[list[Fetch], str | None]:
     """The fetches that take the archive from end to the server's present, and the gap
     between them, if any (a text saying what was lost).
 
-    files: the server's log files (name, size), oldest first, the last one open."""
+    files: the server's log files (name, size), oldest first, the last one open; first:
+    where a file's own bytes start, log: what the log is called (the engine's
+    log_first_position and log_name)."""
 
     def from_index(i: int, start: int) -> list[Fetch]:
         last = len(files) - 1
         return [
-            Fetch(name, start if j == i else FIRST_POSITION, size if j < last else None)
+            Fetch(name, start if j == i else first, size if j < last else None, size)
             for j, (name, size) in enumerate(files)
             if j >= i
         ]
@@ -175,7 +180,7 @@ def plan_fetches(
     if not files:
         return [], None
     if end is None:
-        return from_index(0, FIRST_POSITION), None
+        return from_index(0, first), None
     names = [name for name, _ in files]
     base, number = file_order(end.file)
     if end.file in names:
@@ -183,24 +188,24 @@ def plan_fetches(
         if files[i][1] < end.position:
             gap = (
                 f"{end.file} on the server holds {files[i][1]} bytes, fewer than the "
-                f"{end.position} archived: the binary log was reset or replaced"
+                f"{end.position} archived: the {log} was reset or replaced"
             )
-            return from_index(0, FIRST_POSITION), gap
+            return from_index(0, first), gap
         if end.closed:
-            return from_index(i + 1, FIRST_POSITION), None
+            return from_index(i + 1, first), None
         return from_index(i, end.position), None
     later = [j for j, name in enumerate(names) if file_order(name)[0] == base]
     later = [j for j in later if file_order(names[j])[1] > number]
     if later and end.closed and file_order(names[later[0]])[1] == number + 1:
-        return from_index(later[0], FIRST_POSITION), None  # archived whole, then purged
+        return from_index(later[0], first), None  # archived whole, then purged
     if later:
         gap = (
-            f"the binary log from {end.file}:{end.position} up to {names[later[0]]} was purged "
+            f"the {log} from {end.file}:{end.position} up to {names[later[0]]} was purged "
             "from the server before it was archived"
         )
     else:
-        gap = f"{end.file} is gone and no later file follows it: the binary log was reset"
-    return from_index(0, FIRST_POSITION), gap
+        gap = f"{end.file} is gone and no later file follows it: the {log} was reset"
+    return from_index(0, first), gap
 
 
 class FilteredReader(io.RawIOBase):
@@ -239,23 +244,18 @@ class ArchiveRun:
 
 def fetch_piece(run: ArchiveRun, fetch: Fetch, index: int) -> LogPiece | None:
     """Fetch one piece, compress and encrypt it into the spool, store it; None when the file
-    holds nothing new. The piece is checked event by event on the way
+    holds nothing new. The piece is checked event by event (or page by page) on the way
     (server.log_piece_filter) and, for a closed file, must end at its size."""
     server, storage = run.server, run.storage
-    what = f"binlog {fetch.file} from {fetch.start}"
+    log = server.engine.log_name
+    what = f"{log} {fetch.file} from {fetch.start}"
     name = f"piece-{index:03d}.zst.age"
     spool = run.workdir / name
-    with (
-        spooling(spool, what),
-        server.log_fetch_command(fetch.file, fetch.start, run.workdir) as cmd,
-    ):
+    with spooling(spool, what):
         piece = server.log_piece_filter(fetch.file, fetch.start)
-        with ToolProcess(
-            cmd.argv, env=cmd.env, timeout=server.dump_timeout, stdout=True, secrets=cmd.secrets
-        ) as proc:
-            assert proc.stdout is not None
+        with server.open_log(fetch.file, fetch.start, fetch.listed, run.workdir) as source:
             stats = write_spool(
-                FilteredReader(proc.stdout, piece.feed),
+                FilteredReader(source, piece.feed),
                 spool,
                 run.encryption.recipient_keys(),
                 level=server.zstd_level,
@@ -265,9 +265,9 @@ def fetch_piece(run: ArchiveRun, fetch: Fetch, index: int) -> LogPiece | None:
         summary = piece.finish()
         if fetch.expected_end is not None and summary.end != fetch.expected_end:
             raise IntegrityError(
-                f"the binlog {fetch.file} is closed at {fetch.expected_end} bytes on the server, "
-                f"but its fetch from {fetch.start} ended at {summary.end}: nothing of it is "
-                "stored; run the archive again"
+                f"the {log} file {fetch.file} is closed at {fetch.expected_end} bytes on the "
+                f"server, but its fetch from {fetch.start} ended at {summary.end}: nothing of "
+                "it is stored; run the archive again"
             )
         if summary.end == fetch.start:
             spool.unlink()
@@ -302,14 +302,15 @@ def publish_run(
 ) -> ArchiveManifest:
     """Sign and store the run's manifest (after its pieces): the run now exists."""
     server = run.server
-    client = server.tool("mariadb-binlog", "mysqlbinlog")
+    client, client_version = server.log_client()
     manifest = ArchiveManifest(
+        kind=server.engine.log_kind,
         tool_version=tool_version(),
         server=run.server_name,
         server_type=server.engine.name,
         server_version=server.server_version(),
-        client=os.path.basename(client),
-        client_version=server.client_version(client),
+        client=client,
+        client_version=client_version,
         run_id=run.run_id,
         started_at=started,
         finished_at=datetime.now(UTC),

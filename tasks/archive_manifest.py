@@ -26,6 +26,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 ARCHIVE_SEGMENT = "_binlog"  # reserved: encode_name never makes a segment starting with '_'
 PIECE_NAME = re.compile(r"piece-[0-9]{3,6}\.zst\.age")
 FILE_NUMBER = re.compile(r"(.*)\.([0-9]+)")
+WAL_SEGMENT = re.compile(r"([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})")
+WAL_SEGMENT_BYTES = 16 << 20  # the only WAL segment size archived (blocks/postgres.py checks)
 
 
 def archive_prefix(server: str) -> str:
@@ -51,8 +53,12 @@ def parse_archive_key(key: str, server: str) -> str | None:
 
 
 def file_order(name: str) -> tuple[str, int]:
-    """(base name, sequence number) of a log file name like `binlog.000042`: files of one
-    base follow each other by number."""
+    """(base name, sequence number) of a log file name like `binlog.000042`, or of a WAL
+    segment (its timeline, its segment number): files of one base follow each other by
+    number."""
+    if wal := WAL_SEGMENT.fullmatch(name):
+        per_id = 0x1_0000_0000 // WAL_SEGMENT_BYTES
+        return (wal.group(1), int(wal.group(2), 16) * per_id + int(wal.group(3), 16))
     match = FILE_NUMBER.fullmatch(name)
     if match is None:
         return (name, -1)
@@ -64,7 +70,7 @@ class LogPosition(BaseModel):
     (rotated), the archive goes on with the next file from its start."""
 
     file: str
-    position: int = Field(ge=4)
+    position: int = Field(ge=0)
     closed: bool = False
 
     _plain = field_validator("file")(lambda value: plain_file_name(value))
@@ -104,7 +110,7 @@ class LogPiece(BaseModel):
 class ArchiveManifest(MadeBy):
     """One archive run: its pieces in log order, and where the archive ends after it."""
 
-    kind: Literal["binlog"] = "binlog"
+    kind: Literal["binlog", "wal"] = "binlog"
     run_id: str
     started_at: datetime
     finished_at: datetime

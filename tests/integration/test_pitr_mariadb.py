@@ -163,12 +163,3 @@ def test_pitr_on_a_server_without_binlog_is_refused_before_any_dump(
     assert "[mariadbd] section" in result.stderr and "restart the server" in result.stderr
     assert stored_objects(env.storage_path, with_globals=True) == []
     assert my_admin.query(None, "SELECT @@log_bin, @@binlog_format") == before
-
-
-def test_pitr_on_a_postgres_server_is_refused_until_it_lands(env, tmp_path: Path, pg_db):
-    name, db = f"pgpitr-{uuid.uuid4().hex[:8]}", pg_db()
-    _apply(tmp_path, f"  {name}: {{type: postgres, host: 127.0.0.1, port: 5432, pitr: true}}\n")
-    result = env.cli("backup", name, "-d", db)
-    assert result.exit_code == 3, result.output
-    assert "point-in-time recovery is not available for postgres servers yet" in result.stderr
-    assert stored_objects(env.storage_path, with_globals=True) == []

@@ -13,22 +13,22 @@ def test_a_first_run_takes_every_file_from_its_start() -> None:
     fetches, gap = plan_fetches(FILES, None)
     assert gap is None
     assert fetches == [
-        Fetch("binlog.000003", 4, 900),
-        Fetch("binlog.000004", 4, 700),
-        Fetch("binlog.000005", 4, None),  # the open file: no size to reach
+        Fetch("binlog.000003", 4, 900, 900),
+        Fetch("binlog.000004", 4, 700, 700),
+        Fetch("binlog.000005", 4, None, 120),  # the open file: no size to reach
     ]
 
 
 def test_a_run_goes_on_where_the_archive_ends() -> None:
     fetches, gap = plan_fetches(FILES, LogPosition(file="binlog.000004", position=321))
     assert gap is None
-    assert fetches == [Fetch("binlog.000004", 321, 700), Fetch("binlog.000005", 4, None)]
+    assert fetches == [Fetch("binlog.000004", 321, 700, 700), Fetch("binlog.000005", 4, None, 120)]
 
 
 def test_a_closed_file_archived_whole_may_be_purged_without_a_gap() -> None:
     end = LogPosition(file="binlog.000002", position=5000, closed=True)
     fetches, gap = plan_fetches(FILES, end)
-    assert gap is None and fetches[0] == Fetch("binlog.000003", 4, 900)
+    assert gap is None and fetches[0] == Fetch("binlog.000003", 4, 900, 900)
 
 
 def test_a_file_purged_before_it_was_archived_is_a_gap() -> None:

@@ -1,0 +1,151 @@
+"""Point-in-time recovery, PostgreSQL archive runs (docs/pitr.md): `dbbackup archive SERVER`
+stores the WAL written since the last run, read through SQL, as zstd + age pieces with one
+signed manifest per run; dbbackup's replication slot holds the WAL until the run's manifest
+is stored. Against a private PostgreSQL cluster (tests/pg_cluster.py)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyrage
+import pytest
+import zstandard
+from prefect_dbbackup.blocks.wal import SEGMENT_BYTES
+from prefect_dbbackup.tasks.archive_manifest import ARCHIVE_SEGMENT
+from prefect_dbbackup.tasks.layout import encode_name
+
+from tests.pg_cluster import PrivateCluster
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PrivateCluster]:
+    """A PostgreSQL 15 cluster of the module's own (wal_level replica, initdb's default)."""
+    server = PrivateCluster.new(prefix="dbb-wal-")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def archived(env, cluster: PrivateCluster):
+    """(env, name of a pitr: true postgres-server block with a slot of its own, a database
+    with a table t)."""
+    from prefect_dbbackup.blocks import PostgresServer
+
+    tag = uuid.uuid4().hex[:8]
+    name, db, slot = f"wal-{tag}", f"db_{tag}", f"dbb_{tag}"
+    PostgresServer(
+        host="127.0.0.1", port=cluster.port, user="postgres", pitr=True, pitr_slot=slot
+    ).save(name)
+    cluster.create(db)
+    cluster.execute(db, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    yield env, name, db, slot
+    cluster.execute("postgres", f"SELECT pg_drop_replication_slot('{slot}')")
+    cluster.drop(db)
+
+
+def _runs(env, server: str) -> list[tuple[Path, dict]]:
+    root = env.storage_path / encode_name(server) / ARCHIVE_SEGMENT
+    runs = sorted(root.glob("*/manifest.json")) if root.exists() else []
+    return [(path.parent, json.loads(path.read_text())) for path in runs]
+
+
+def _reassembled(env, server: str) -> dict[str, bytes]:
+    """Each archived segment, its pieces decrypted, decompressed and joined in order; every
+    piece must start where the one before it ended."""
+    identity = pyrage.x25519.Identity.from_str(
+        next(
+            line
+            for line in env.identity_file.read_text().splitlines()
+            if line.startswith("AGE-SECRET-KEY-")
+        )
+    )
+    files: dict[str, bytes] = {}
+    pieces = [(d, p) for d, m in _runs(env, server) for p in m["pieces"]]
+    for directory, piece in sorted(pieces, key=lambda dp: (dp[1]["file"], dp[1]["start"])):
+        data = pyrage.decrypt((directory / piece["object_name"]).read_bytes(), [identity])
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        so_far = files.get(piece["file"], b"")
+        assert piece["start"] == len(so_far), piece
+        assert len(data) == piece["end"] - piece["start"]
+        files[piece["file"]] = so_far + data
+    return files
+
+
+def _slot_start(cluster: PrivateCluster, slot: str) -> str:
+    with cluster.connect() as conn:
+        return conn.execute(
+            "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ).fetchone()[0]
+
+
+def _flush(cluster: PrivateCluster) -> tuple[str, int]:
+    """(segment name, offset) of the server's flush position now."""
+    with cluster.connect() as conn:
+        return conn.execute(
+            "SELECT file_name, file_offset FROM pg_walfile_name_offset(pg_current_wal_flush_lsn())"
+        ).fetchone()
+
+
+def test_archive_runs_store_the_wal_byte_for_byte_and_the_slot_follows(archived, cluster):
+    env, server, db, slot = archived
+    cluster.execute(db, "INSERT INTO t SELECT g, 'one' FROM generate_series(1, 2000) g")
+    first = env.cli("archive", server)
+    assert first.exit_code == 0, first.output
+    cluster.execute(db, "INSERT INTO t SELECT g, 'two' FROM generate_series(2001, 4000) g")
+    cluster.execute("postgres", "SELECT pg_switch_wal()")
+    cluster.execute(db, "INSERT INTO t SELECT g, 'three' FROM generate_series(4001, 5000) g")
+    second = env.cli("archive", server)
+    assert second.exit_code == 0, second.output
+    end_file, end_offset = _flush(cluster)
+
+    runs = _runs(env, server)
+    assert len(runs) == 2 and all(m["kind"] == "wal" for _, m in runs)
+    first_pieces, second_pieces = (m["pieces"] for _, m in runs)
+    # the second run goes on exactly where the first ended
+    assert (second_pieces[0]["file"], second_pieces[0]["start"]) == (
+        first_pieces[-1]["file"],
+        first_pieces[-1]["end"],
+    )
+    assert second_pieces[0]["closed"] and not second_pieces[-1]["closed"]
+    end = runs[-1][1]["end"]
+    assert (end["file"], end["position"]) <= (end_file, end_offset)
+    # every archived segment is the server's own, byte for byte (the open one: its prefix)
+    for name, data in _reassembled(env, server).items():
+        on_server = (cluster.data / "pg_wal" / name).read_bytes()
+        assert len(on_server) == SEGMENT_BYTES
+        assert data == on_server[: len(data)], name
+        if name != end["file"]:
+            assert len(data) == SEGMENT_BYTES, name
+    # the slot holds the WAL from where the archive ends, no earlier and no later
+    with cluster.connect() as conn:
+        held = conn.execute(
+            "SELECT file_name, file_offset FROM pg_walfile_name_offset(%s::pg_lsn)",
+            (_slot_start(cluster, slot),),
+        ).fetchone()
+    assert tuple(held) == (end["file"], end["position"])
+
+
+def test_a_server_whose_wal_cannot_be_archived_is_refused_naming_the_setting(env):
+    """wal_level minimal: the archive run exits 3 naming the setting and the change, and
+    stores nothing; the server is left as it was (no slot made)."""
+    from prefect_dbbackup.blocks import PostgresServer
+
+    minimal = PrivateCluster.new(prefix="dbb-walmin-")
+    minimal.start(settings="-c wal_level=minimal -c max_wal_senders=0")
+    try:
+        name = f"walmin-{uuid.uuid4().hex[:8]}"
+        PostgresServer(host="127.0.0.1", port=minimal.port, user="postgres", pitr=True).save(name)
+        result = env.cli("archive", name)
+        assert result.exit_code == 3, result.output
+        assert "wal_level is minimal: set wal_level = replica" in result.stderr
+        assert _runs(env, name) == []
+        with minimal.connect() as conn:
+            assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+    finally:
+        minimal.stop()
