@@ -49,11 +49,14 @@ if TYPE_CHECKING:  # for type checkers only; a unit test keeps it equal to _EXPO
     from prefect_dbbackup.flows.backup_report import BackupReport as BackupReport
     from prefect_dbbackup.flows.backup_report import DatabaseOutcome as DatabaseOutcome
     from prefect_dbbackup.flows.backup_report import DatabasesFailed as DatabasesFailed
+    from prefect_dbbackup.flows.base_backup import base_backup_server as base_backup_server
     from prefect_dbbackup.flows.check import CheckFailed as CheckFailed
     from prefect_dbbackup.flows.check import check_backups as check_backups
     from prefect_dbbackup.flows.prune import prune_backups as prune_backups
     from prefect_dbbackup.flows.restore import RestoreReport as RestoreReport
     from prefect_dbbackup.flows.restore import restore_database as restore_database
+    from prefect_dbbackup.flows.restore_cluster import ClusterRestoreReport as ClusterRestoreReport
+    from prefect_dbbackup.flows.restore_cluster import restore_cluster as restore_cluster
     from prefect_dbbackup.flows.restore_to_time import PitrRestoreReport as PitrRestoreReport
     from prefect_dbbackup.flows.restore_to_time import restore_to_time as restore_to_time
     from prefect_dbbackup.flows.users import restore_users as restore_users
@@ -62,6 +65,7 @@ if TYPE_CHECKING:  # for type checkers only; a unit test keeps it equal to _EXPO
     from prefect_dbbackup.flows.verify import VerifyRunFailed as VerifyRunFailed
     from prefect_dbbackup.flows.verify import verify_backups as verify_backups
     from prefect_dbbackup.tasks.archive_manifest import ArchiveManifest as ArchiveManifest
+    from prefect_dbbackup.tasks.base_backup import BaseBackupManifest as BaseBackupManifest
     from prefect_dbbackup.tasks.dedup.check import CheckReport as CheckReport
     from prefect_dbbackup.tasks.dedup.check import Finding as Finding
     from prefect_dbbackup.tasks.prune import PruneItem as PruneItem
@@ -79,6 +83,8 @@ _FLOWS = {
     "check_backups": "flows.check",
     "archive_server": "flows.archive",
     "restore_to_time": "flows.restore_to_time",
+    "base_backup_server": "flows.base_backup",
+    "restore_cluster": "flows.restore_cluster",
 }
 _BLOCKS = {
     name: "blocks"
@@ -98,6 +104,8 @@ _MODELS = {
     "RestoreResult": "tasks.restore",
     "PitrRestoreReport": "flows.restore_to_time",
     "ArchiveManifest": "tasks.archive_manifest",
+    "ClusterRestoreReport": "flows.restore_cluster",
+    "BaseBackupManifest": "tasks.base_backup",
     "UsersResult": "tasks.users",
     "VerifyReport": "flows.verify",
     "VerifyOutcome": "flows.verify",

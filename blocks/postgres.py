@@ -346,6 +346,21 @@ class PostgresServer(DatabaseServer):
         """The archive reads through SQL: psycopg, and the server's version."""
         return "psycopg", psycopg.__version__
 
+    @contextlib.contextmanager
+    def base_backup_command(self, workdir: Path) -> Iterator[ToolCommand]:
+        """pg_basebackup: tar on stdout (with its backup_label and backup_manifest), no WAL
+        (the archive holds it), a fast checkpoint."""
+        argv = [self.tool("pg_basebackup"), "--pgdata=-", "--format=tar", "--wal-method=none"]
+        argv += ["--checkpoint=fast", "--no-password"]
+        with self._credentials(workdir) as env:
+            argv += ["--dbname", self.conninfo(self.maintenance_database)]
+            yield ToolCommand(argv, env, self.secrets())
+
+    def base_backup_client(self) -> tuple[str, str]:
+        """pg_basebackup and its version."""
+        client = self.tool("pg_basebackup")
+        return os.path.basename(client), self.client_version(client)
+
     def log_archived(self, file: str, position: int) -> None:
         """The slot moves on to where the archive now ends."""
         with self.connect() as conn:

@@ -90,6 +90,11 @@ def wal_files(conn: sa.Connection, slot: str, where: str) -> list[tuple[str, int
     archive reports the gap a timeline switch leaves)."""
     check_wal_archiving(conn, where)
     start = slot_start(conn, slot, where)
+    # a commit of its own, flushed before the position is read: the archive then holds a
+    # commit after any time before this run began, which a recovery to that time needs to
+    # stop at (PostgreSQL stops at the first commit after its target time)
+    conn.execute(sa.text("SET synchronous_commit = on"))
+    conn.execute(sa.text("SELECT pg_current_xact_id()"))
     flush, current = conn.execute(
         sa.text(
             "SELECT pg_current_wal_flush_lsn()::text, pg_walfile_name(pg_current_wal_flush_lsn())"

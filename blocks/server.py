@@ -171,7 +171,7 @@ class DatabaseServer(CachedSchema, Block, ABC):
 
     It may override (defaults suit an engine without the feature): check_clients,
     check_pitr, log_files, open_log, log_piece_filter, log_client, log_archived,
-    replay_binlog,
+    base_backup_command, base_backup_client, replay_binlog,
     dump_position_reader,
     dump_options_for, dump_snapshot, dump_row_counter, table_row_counts,
     database_properties, apply_database_properties, restore_rewrite, swap_database
@@ -346,6 +346,15 @@ class DatabaseServer(CachedSchema, Block, ABC):
 
     def log_client(self) -> tuple[str, str]:
         """(name, version) of what reads the log, for an archive run's manifest."""
+        raise self._no_archives()
+
+    def base_backup_command(self, workdir: Path) -> contextlib.AbstractContextManager[ToolCommand]:
+        """The client that writes a physical base backup of the whole server to stdout, and
+        reports its log start and end on stderr (default: none, see log_files)."""
+        raise self._no_archives()
+
+    def base_backup_client(self) -> tuple[str, str]:
+        """(name, version) of base_backup_command's client."""
         raise self._no_archives()
 
     def log_archived(self, file: str, position: int) -> None:

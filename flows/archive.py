@@ -45,6 +45,27 @@ class ArchiveGap(DbBackupError):
     exit_code = 1
 
 
+def pitr_blocks(
+    server: str | DatabaseServer,
+    storage: str | BackupStorage,
+    encryption: str | AgeEncryption,
+    to: str,
+) -> tuple[DatabaseServer, BackupStorage, AgeEncryption, str]:
+    """The blocks of a point-in-time step, and the server's name, checked before anything is
+    read: pitr on (else ConfigError saying what it is needed `to` do), a recipient (fail
+    closed), the storage reachable and able to sign."""
+    srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
+    name = block_name(srv)
+    if not srv.pitr:
+        raise ConfigError(
+            f"server {name!r} has pitr off: set pitr: true on it (docs/pitr.md) to {to}"
+        )
+    enc.recipient_keys()
+    sto.check()
+    sto.manifest_signer()
+    return srv, sto, enc, name
+
+
 def _run_name() -> str:
     return f"archive-{name_of(flow_run.parameters['server'])}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
 
@@ -77,20 +98,12 @@ def archive_server(
         ```
     """
     log = get_run_logger()
-    srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
-    name = block_name(srv)
-    if not srv.pitr:
-        raise ConfigError(
-            f"server {name!r} has pitr off: set pitr: true on it (docs/pitr.md) to archive "
-            "its transaction log"
-        )
-    enc.recipient_keys()  # fail closed before fetching anything
-    sto.check()
-    sto.manifest_signer()
+    srv, sto, enc, name = pitr_blocks(server, storage, encryption, "archive its transaction log")
     before, refused = archive_end(sto, name)
     for run in refused:
         log.warning("not using archive run %s: %s", run.key, run.problem)
     log_name = srv.engine.log_name
+    listed_at = srv.server_clock()
     fetches, gap = plan_fetches(srv.log_files(), before, srv.engine.log_first_position, log_name)
     if gap:
         log.error("gap in the archive of %s: %s", name, gap)
@@ -101,7 +114,9 @@ def archive_server(
     sealed = {f.file: f.expected_end for f in fetches if f.expected_end is not None}
     end = end_after(pieces, sealed, before)
     changed = pieces or gap or end != before
-    manifest = publish_run(run, started, pieces, end, gap, sealed) if changed and end else None
+    manifest = (
+        publish_run(run, started, pieces, end, gap, sealed, listed_at) if changed and end else None
+    )
     if manifest is not None:
         srv.log_archived(manifest.end.file, manifest.end.position)
     raw = sum(p.stats.raw_bytes for p in pieces)

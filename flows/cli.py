@@ -573,6 +573,89 @@ def restore(
         fail(partly)
 
 
+def _to_time(text: str) -> Any:
+    """--to-time: a time with a zone, or None for `latest`; exit 3 for anything else."""
+    from datetime import datetime
+
+    if text == "latest":
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        fail(
+            ConfigError(
+                f"--to-time {text!r} is not a time with a zone: write it like "
+                "2026-12-07T10:41:06Z (UTC) or 2026-12-07T11:41:06+01:00, or `latest`"
+            )
+        )
+    return when
+
+
+@app.command("base-backup")
+@needs_api(True)
+def base_backup(
+    server: Annotated[str, typer.Argument(help="postgres-server block name (with pitr: true).")],
+    storage: StorageOpt = "default",
+    encryption: EncryptionOpt = "default",
+) -> None:
+    """A physical base backup of SERVER's whole cluster (PostgreSQL point-in-time recovery,
+    docs/pitr.md), then an archive run of its WAL."""
+    from prefect_dbbackup.flows.base_backup import base_backup_server
+
+    _blocks_exist(server=server, storage=storage, encryption=encryption)
+    m = base_backup_server(server=server, storage=storage, encryption=encryption)
+    typer.echo(
+        f"base backup {m.run_id} of {server}: {size(m.stats.raw_bytes)} -> "
+        f"{size(m.stats.stored_bytes)}, WAL {m.start_lsn} .. {m.end_lsn} (timeline {m.timeline})"
+    )
+
+
+@app.command("restore-cluster")
+@needs_api(True)
+def restore_cluster_cmd(
+    server: Annotated[str, typer.Argument(help="The server whose base backups and WAL to use.")],
+    to_time: Annotated[
+        str,
+        typer.Option(
+            "--to-time",
+            help="The cluster as it was at this second (ISO 8601 with a zone, e.g. "
+            "2026-12-07T10:41:06Z), or `latest` (as far as the archived WAL goes).",
+        ),
+    ],
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="A new (or empty) directory for the cluster.")
+    ],
+    port: Annotated[
+        int | None, typer.Option("--port", help="Set this port in the cluster's settings.")
+    ] = None,
+    identity_file: IdentityOpt = None,
+    storage: StorageOpt = "default",
+    encryption: EncryptionOpt = "default",
+) -> None:
+    """Write SERVER's PostgreSQL cluster as of --to-time into --data-dir (point-in-time
+    recovery, docs/pitr.md): start it with pg_ctl, as the user that owns the directory, to
+    replay the WAL up to the time; it then promotes itself."""
+    from prefect_dbbackup.flows.restore_cluster import restore_cluster
+
+    _blocks_exist(storage=storage, encryption=encryption)
+    report = restore_cluster(
+        server=server,
+        data_dir=str(data_dir),
+        to_time=_to_time(to_time),
+        port=port,
+        storage=storage,
+        encryption=encryption,
+        identity_file=str(identity_file.expanduser()) if identity_file else None,
+    )
+    typer.echo(
+        f"wrote the cluster of {server} as of {to_time} into {report.data_dir}: base backup "
+        f"{report.base_backup_id} and {report.wal_segments} WAL segment(s) in "
+        f"{report.seconds:.1f} s. Start it to replay them: pg_ctl -D {report.data_dir} start"
+    )
+
+
 def _restore_to_time(
     server: str,
     database: str,
@@ -585,7 +668,6 @@ def _restore_to_time(
     from_server: str | None = None,
 ) -> None:
     """restore --to-time: checked options, then the restore_to_time flow."""
-    from datetime import datetime
 
     from prefect_dbbackup.blocks.errors import TargetExists
     from prefect_dbbackup.flows.prechecks import restore_inputs
@@ -594,19 +676,7 @@ def _restore_to_time(
     if refused:
         fail(ConfigError(f"--to-time takes none of {', '.join(refused)}"))
     into = into or database  # a database that exists is refused (no --replace here)
-    when = None
-    if to_time != "latest":
-        try:
-            when = datetime.fromisoformat(to_time)
-        except ValueError:
-            when = None
-        if when is None or when.tzinfo is None:
-            fail(
-                ConfigError(
-                    f"--to-time {to_time!r} is not a time with a zone: write it like "
-                    "2026-12-07T10:41:06Z (UTC) or 2026-12-07T11:41:06+01:00, or `latest`"
-                )
-            )
+    when = _to_time(to_time)
     try:
         restore_inputs(
             server,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Generic, TypeVar
 
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.errors import IntegrityError
@@ -29,7 +29,7 @@ from prefect_dbbackup.tasks.archive_manifest import (
     archive_key,
     archive_prefix,
     file_order,
-    parse_archive_key,
+    parse_record_key,
 )
 from prefect_dbbackup.tasks.backup import UPLOAD_RETRY_DELAYS, tool_version
 from prefect_dbbackup.tasks.catalog import (
@@ -40,20 +40,23 @@ from prefect_dbbackup.tasks.catalog import (
 )
 from prefect_dbbackup.tasks.layout import MANIFEST_NAME
 from prefect_dbbackup.tasks.logs import run_logger
+from prefect_dbbackup.tasks.manifest import MadeBy
 from prefect_dbbackup.tasks.retrying import retry_transient
 from prefect_dbbackup.tasks.spool import spooling, write_spool
 from prefect_dbbackup.tasks.stream import READ_SIZE
 
+M = TypeVar("M", bound=MadeBy)  # a signed record of one server, with a run_id
 WAVE = 16  # run manifests read at once while looking for where the archive ends
 
 
 @dataclass(frozen=True)
-class StoredRun:
-    """One archive run manifest in storage, and whether it is trusted."""
+class StoredRun(Generic[M]):
+    """One signed record in storage (an archive run's manifest, a base backup's), and
+    whether it is trusted."""
 
     key: str
     run_id: str
-    manifest: ArchiveManifest | None
+    manifest: M | None
     problem: str | None  # why it is not trusted (None: signed and in its place)
 
 
@@ -82,32 +85,40 @@ class ArchiveState:
         return trusted[-1].end if trusted else None
 
 
-class _RunReader:
-    """Reads and checks run manifests of one server's archive, from one listing."""
+class SignedRecords(Generic[M]):
+    """Reads and checks the signed manifests (of `model`) of one server under prefix (its
+    archive runs, its base backups), from one listing."""
 
-    def __init__(self, storage: BackupStorage, server: str) -> None:
-        self.storage, self.server = storage, server
+    def __init__(self, storage: BackupStorage, server: str, prefix: str, model: type[M]) -> None:
+        self.storage, self.server, self.prefix, self.model = storage, server, prefix, model
         self.keys = storage.manifest_verifiers()
-        self.listed = set(storage.list_keys(archive_prefix(server)))
-        self.manifest_keys = sorted(k for k in self.listed if parse_archive_key(k, server))
+        self.listed = set(storage.list_keys(prefix))
+        self.manifest_keys = sorted(k for k in self.listed if self._run_id(k))
 
-    def read(self, wanted: list[str]) -> list[StoredRun]:
-        """The runs of wanted (manifest keys), READERS at a time; none for one removed since
-        it was listed (a prune)."""
+    def _run_id(self, key: str) -> str | None:
+        return parse_record_key(key, self.prefix)
+
+    def all(self) -> list[StoredRun[M]]:
+        """Every record listed."""
+        return self.read(self.manifest_keys)
+
+    def read(self, wanted: list[str]) -> list[StoredRun[M]]:
+        """The records of wanted (manifest keys), READERS at a time; none for one removed
+        since it was listed (a prune)."""
         runs = read_each(self.storage, self._one, wanted, "archive-manifests")
         return [r for r in runs if r is not None]
 
-    def _one(self, key: str) -> StoredRun | None:
-        server, run_id = self.server, parse_archive_key(key, self.server)
+    def _one(self, key: str) -> StoredRun[M] | None:
+        server, run_id = self.server, self._run_id(key)
         assert run_id is not None
         try:
             data = self.storage.get_bytes(key)
         except ObjectNotFound:
             return None
         try:
-            manifest = ArchiveManifest.model_validate_json(data)
+            manifest = self.model.model_validate_json(data)
         except ValueError as exc:
-            return StoredRun(key, run_id, None, f"not a valid archive manifest ({exc!s:.200})")
+            return StoredRun(key, run_id, None, f"not a valid manifest ({exc!s:.200})")
         if (manifest.server, manifest.run_id) != (server, run_id):
             problem = (
                 f"it says server {manifest.server!r}, run {manifest.run_id!r}, but sits at "
@@ -122,7 +133,7 @@ class _RunReader:
 def read_archive(storage: BackupStorage, server: str) -> ArchiveState:
     """Every archive run manifest of server, each checked: signed by a trusted key, and
     saying the server and run id of where it sits."""
-    reader = _RunReader(storage, server)
+    reader = SignedRecords(storage, server, archive_prefix(server), ArchiveManifest)
     return ArchiveState(reader.read(reader.manifest_keys), reader.listed)
 
 
@@ -133,7 +144,7 @@ def archive_end(storage: BackupStorage, server: str) -> tuple[LogPosition | None
     run reads a few of them, not all. Should a clock that went back leave a further end
     among older runs, the run starts earlier and stores some log again, which a restore
     takes either way: never a gap."""
-    reader = _RunReader(storage, server)
+    reader = SignedRecords(storage, server, archive_prefix(server), ArchiveManifest)
     newest_first = reader.manifest_keys[::-1]
     refused: list[StoredRun] = []
     for i in range(0, len(newest_first), WAVE):
@@ -292,6 +303,18 @@ def fetch_piece(run: ArchiveRun, fetch: Fetch, index: int) -> LogPiece | None:
     )
 
 
+def made_by(run: ArchiveRun, client: tuple[str, str]) -> dict[str, str]:
+    """The MadeBy fields of a record of run made with client (name, version)."""
+    return {
+        "tool_version": tool_version(),
+        "server": run.server_name,
+        "server_type": run.server.engine.name,
+        "server_version": run.server.server_version(),
+        "client": client[0],
+        "client_version": client[1],
+    }
+
+
 def publish_run(
     run: ArchiveRun,
     started: datetime,
@@ -299,18 +322,13 @@ def publish_run(
     end: LogPosition,
     gap: str | None,
     sealed: dict[str, int],
+    server_time: datetime | None = None,
 ) -> ArchiveManifest:
     """Sign and store the run's manifest (after its pieces): the run now exists."""
     server = run.server
-    client, client_version = server.log_client()
     manifest = ArchiveManifest(
         kind=server.engine.log_kind,
-        tool_version=tool_version(),
-        server=run.server_name,
-        server_type=server.engine.name,
-        server_version=server.server_version(),
-        client=client,
-        client_version=client_version,
+        **made_by(run, server.log_client()),
         run_id=run.run_id,
         started_at=started,
         finished_at=datetime.now(UTC),
@@ -319,6 +337,7 @@ def publish_run(
         end=end,
         gap=gap,
         sealed=sealed,
+        server_time=server_time,
     )
     key = archive_key(run.server_name, run.run_id, MANIFEST_NAME)
     retry_transient(

@@ -42,7 +42,11 @@ def archive_key(server: str, run_id: str, name: str) -> str:
 
 def parse_archive_key(key: str, server: str) -> str | None:
     """The run id of a manifest key of server's archive, or None."""
-    prefix = archive_prefix(server)
+    return parse_record_key(key, archive_prefix(server))
+
+
+def parse_record_key(key: str, prefix: str) -> str | None:
+    """The run id of a manifest key `{prefix}{run id}/manifest.json`, or None."""
     if not key.startswith(prefix) or not key.endswith("/" + MANIFEST_NAME):
         return None
     run_id = key[len(prefix) : -len(MANIFEST_NAME) - 1]
@@ -119,6 +123,11 @@ class ArchiveManifest(MadeBy):
     recipients: list[str]
     pieces: list[LogPiece]
     end: LogPosition = Field(description="where the next run goes on")
+    server_time: datetime | None = Field(
+        default=None,
+        description="the server's clock before the run listed its log: what was committed "
+        "before it is archived once this run is (PostgreSQL: the run's own commit follows it)",
+    )
     gap: str | None = Field(
         default=None, description="what this run found lost before its first piece"
     )

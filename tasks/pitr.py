@@ -37,7 +37,7 @@ from prefect_dbbackup.tasks.archive_manifest import (
     file_order,
 )
 from prefect_dbbackup.tasks.catalog import scan_backups
-from prefect_dbbackup.tasks.manifest import Manifest
+from prefect_dbbackup.tasks.manifest import Manifest, StreamStats
 from prefect_dbbackup.tasks.stream import check_stored, decrypt_stream
 
 
@@ -234,38 +234,66 @@ def check_piece(f: BinaryIO, piece: LogPiece, what: str) -> None:
     check_stored(f, piece.stats, what, "its archive run")
 
 
-@contextlib.contextmanager
+@dataclass(frozen=True)
+class StoredPart:
+    """One stored object of a longer plaintext: where, its stats, what it holds."""
+
+    key: str
+    stats: StreamStats
+    raw_bytes: int
+    what: str
+    source: str  # the record that says what it holds
+
+
 def archived_file(
     storage: BackupStorage,
     server: str,
     pieces: list[StoredPiece],
     identities: list[pyrage.x25519.Identity],
     workdir: Path,
+) -> contextlib.AbstractContextManager[BinaryIO]:
+    """A log file as the archive holds it, from its start (see plaintext_of)."""
+    parts = [
+        StoredPart(
+            archive_key(server, s.run_id, s.piece.object_name),
+            s.piece.stats,
+            s.piece.end - s.piece.start,
+            f"archived piece {s.piece.object_name} of run {s.run_id}",
+            "its archive run",
+        )
+        for s in pieces
+    ]
+    return plaintext_of(storage, parts, identities, workdir)
+
+
+@contextlib.contextmanager
+def plaintext_of(
+    storage: BackupStorage,
+    parts: list[StoredPart],
+    identities: list[pyrage.x25519.Identity],
+    workdir: Path,
 ) -> Iterator[BinaryIO]:
-    """A log file as the archive holds it, from its start: its pieces checked, decrypted and
-    decompressed in order by a thread into a pipe that the caller reads (plaintext never
-    touches disk). A failure of any piece is raised when the caller is done, so a file that
-    ended early is never taken for a whole one."""
+    """The plaintext of parts, in order: each checked (size, sha256), decrypted and
+    decompressed by a thread into a pipe that the caller reads (plaintext never touches
+    disk). A failure of any part is raised when the caller is done, so a stream that ended
+    early is never taken for a whole one."""
     read_end, write_end = os.pipe()
     failure: list[BaseException] = []
 
     def feed() -> None:
         try:
             with open(write_end, "wb") as out:
-                for stored in pieces:
-                    piece = stored.piece
-                    what = f"archived piece {piece.object_name} of run {stored.run_id}"
-                    key = archive_key(server, stored.run_id, piece.object_name)
+                for part in parts:
                     sink = _CountingSink(out)
-                    with storage.open_read(key, workdir) as f:
-                        check_piece(f, piece, what)
+                    with storage.open_read(part.key, workdir) as f:
+                        check_stored(f, part.stats, part.what, part.source)
                         decrypt_stream(f, lambda s=sink: s, identities)
-                    if sink.count != piece.end - piece.start:
+                    if sink.count != part.raw_bytes:
                         raise IntegrityError(
-                            f"{what} holds {sink.count} bytes, not {piece.end - piece.start}"
+                            f"{part.what} holds {sink.count} bytes, not {part.raw_bytes}"
                         )
         except BrokenPipeError:
-            pass  # the reader stopped early: it needs no more of the file
+            pass  # the reader stopped early: it needs no more
         except BaseException as exc:  # noqa: BLE001 (handed to the caller below)
             failure.append(exc)
 
@@ -278,7 +306,7 @@ def archived_file(
         raise  # a stop is what ended it, whatever the feeder saw
     except Exception:
         # the reader's error (a file that "ended" early) when the feeder failed first: the
-        # feeder's error is the cause, and it says which piece
+        # feeder's error is the cause, and it says which part
         if _joined(reader, thread, failure):
             raise _feed_error(failure[0]) from None
         raise

@@ -91,6 +91,19 @@ def private_mariadb() -> Iterator[PrivateMariaDB]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def private_pg() -> Iterator[PrivateCluster]:
+    """A PostgreSQL 15 cluster of the session's own (tests/pg_cluster.py; wal_level replica and
+    replication allowed, initdb's defaults), for point-in-time recovery: started on first use,
+    stopped and removed at the end."""
+    cluster = PrivateCluster.new(prefix="dbb-pitr-")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def _database_factory(admin: PgAdmin | MyAdmin) -> Iterator[Callable[..., str]]:
     created: list[str] = []
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import psycopg
 import pymysql
+import pyrage
+import zstandard
 from psycopg import sql
 from typer.testing import CliRunner
 
@@ -300,10 +302,11 @@ class BlockEnv:
 
         command = list(args)
         defaults = {"--storage": self.storage}
-        if command and command[0] in ("backup", "restore", "check", "archive"):
+        pitr = ("archive", "base-backup", "restore-cluster")
+        if command and command[0] in ("backup", "restore", "check", *pitr):
             defaults["--encryption"] = self.encryption
         if command and command[0] in (
-            *("backup", "restore", "list", "status", "prune", "check", "archive"),
+            *("backup", "restore", "list", "status", "prune", "check", *pitr),
         ):
             for option, value in defaults.items():
                 if option not in command:
@@ -410,3 +413,36 @@ def newest_artifact(key: str) -> str:
             limit=1,
         )
     return latest.data
+
+
+def archive_runs(env: BlockEnv, server: str) -> list[tuple[Path, dict]]:
+    """(directory, manifest) of each archive run stored on env's local storage, oldest first."""
+    from prefect_dbbackup.tasks.archive_manifest import ARCHIVE_SEGMENT
+    from prefect_dbbackup.tasks.layout import encode_name
+
+    root = env.storage_path / encode_name(server) / ARCHIVE_SEGMENT
+    runs = sorted(root.glob("*/manifest.json")) if root.exists() else []
+    return [(path.parent, json.loads(path.read_text())) for path in runs]
+
+
+def reassembled_log(env: BlockEnv, server: str, skip: Path | None = None) -> dict[str, bytes]:
+    """Each archived log file (binlog, WAL segment), its pieces decrypted, decompressed and
+    joined in order; every piece must start where the one before it ended. skip: a run left
+    out."""
+    identity = pyrage.x25519.Identity.from_str(
+        next(
+            line
+            for line in env.identity_file.read_text().splitlines()
+            if line.startswith("AGE-SECRET-KEY-")
+        )
+    )
+    files: dict[str, bytes] = {}
+    pieces = [(d, p) for d, m in archive_runs(env, server) if d != skip for p in m["pieces"]]
+    for directory, piece in sorted(pieces, key=lambda dp: (dp[1]["file"], dp[1]["start"])):
+        data = pyrage.decrypt((directory / piece["object_name"]).read_bytes(), [identity])
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        so_far = files.get(piece["file"], b"")
+        assert piece["start"] == len(so_far), piece
+        assert len(data) == piece["end"] - piece["start"]
+        files[piece["file"]] = so_far + data
+    return files

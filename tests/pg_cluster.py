@@ -128,6 +128,11 @@ class PrivateCluster(PgAdmin):
         assert init.returncode == 0, f"initdb failed: {init.stdout}\n{init.stderr}"
         if hba is not None:  # writing the existing file keeps its owner
             (self.data / "pg_hba.conf").write_text(hba)
+        self.launch(settings)
+
+    def launch(self, settings: str = "") -> None:
+        """pg_ctl start of the data directory as it is (initdb's, or one a test restored
+        into it: chown it to the server's user first) on a free port."""
         log = self.base / "server.log"
         for _attempt in range(3):  # a free port can be taken between probe and bind
             self.port = free_port()

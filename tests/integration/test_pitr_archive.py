@@ -8,12 +8,11 @@ import json
 import uuid
 from pathlib import Path
 
-import pyrage
 import pytest
-import zstandard
 from prefect_dbbackup.tasks.archive_manifest import ARCHIVE_SEGMENT
 from prefect_dbbackup.tasks.layout import encode_name
 
+from tests.helpers import archive_runs, reassembled_log
 from tests.mariadb_private import PrivateMariaDB
 
 IN_USE_FLAG = 21  # the first event's flags byte: the server clears "in use" when it sends
@@ -32,35 +31,6 @@ def archived(env, tmp_path: Path, private_mariadb: PrivateMariaDB):
     private_mariadb.execute(db, "CREATE TABLE t (id INT PRIMARY KEY, v TEXT)")
     yield env, name, db
     private_mariadb.drop(db)
-
-
-def _runs(env, server: str) -> list[tuple[Path, dict]]:
-    """(directory, manifest) of each stored archive run, oldest first."""
-    root = env.storage_path / encode_name(server) / ARCHIVE_SEGMENT
-    runs = sorted(root.glob("*/manifest.json")) if root.exists() else []
-    return [(path.parent, json.loads(path.read_text())) for path in runs]
-
-
-def _reassembled(env, server: str, skip: Path | None = None) -> dict[str, bytes]:
-    """Each archived binlog file, its pieces decrypted, decompressed and joined in order;
-    every piece must start where the one before it ended. skip: a run left out."""
-    identity = pyrage.x25519.Identity.from_str(
-        next(
-            line
-            for line in env.identity_file.read_text().splitlines()
-            if line.startswith("AGE-SECRET-KEY-")
-        )
-    )
-    files: dict[str, bytes] = {}
-    pieces = [(d, p) for d, m in _runs(env, server) if d != skip for p in m["pieces"]]
-    for directory, piece in sorted(pieces, key=lambda dp: (dp[1]["file"], dp[1]["start"])):
-        data = pyrage.decrypt((directory / piece["object_name"]).read_bytes(), [identity])
-        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
-        so_far = files.get(piece["file"], b"")
-        assert piece["start"] == len(so_far), piece
-        assert len(data) == piece["end"] - piece["start"]
-        files[piece["file"]] = so_far + data
-    return files
 
 
 def _same_file(archived: bytes, original: bytes) -> bool:
@@ -85,14 +55,14 @@ def test_archive_runs_store_the_binary_log_byte_for_byte_each_byte_once(
     nothing = env.cli("archive", server)
     assert nothing.exit_code == 0 and "nothing new" in nothing.stdout, nothing.output
 
-    runs = _runs(env, server)
+    runs = archive_runs(env, server)
     assert len(runs) == 2  # a run with nothing new stores nothing
     first_pieces, second_pieces = (m["pieces"] for _, m in runs)
     # the second run goes on exactly where the first ended: the open file from its end
     assert second_pieces[0]["file"] == first_pieces[-1]["file"]
     assert second_pieces[0]["start"] == first_pieces[-1]["end"]
     assert second_pieces[0]["closed"] and not second_pieces[-1]["closed"]
-    archived_files = _reassembled(env, server)
+    archived_files = reassembled_log(env, server)
     server_files = {p.name: p.read_bytes() for p in private_mariadb.binlog_files()}
     assert set(archived_files) == set(server_files)
     for name, data in server_files.items():
@@ -123,7 +93,7 @@ def test_a_binlog_purged_before_it_was_archived_is_a_loud_gap(
         gap.stderr
     )
     assert "run a backup now" in gap.stderr
-    manifest = _runs(env, server)[-1][1]
+    manifest = archive_runs(env, server)[-1][1]
     assert "purged" in manifest["gap"]
     assert [p["file"] for p in manifest["pieces"]] == left  # what the server still has
     # the gap is reported once: the next run goes on from there
@@ -140,14 +110,14 @@ def test_a_changed_run_manifest_is_not_used_and_nothing_is_skipped(
     env, server, db = archived
     private_mariadb.execute(db, "INSERT INTO t VALUES (1, 'a')")
     assert env.cli("archive", server).exit_code == 0
-    directory, manifest = _runs(env, server)[0]
+    directory, manifest = archive_runs(env, server)[0]
     manifest["end"]["position"] += 10**6
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
     private_mariadb.execute(db, "INSERT INTO t VALUES (2, 'b')")
     again = env.cli("archive", server)
     assert again.exit_code == 0, again.output
     assert "not using archive run" in caplog.text and "signature does not match" in caplog.text
-    archived_files = _reassembled(env, server, skip=directory)
+    archived_files = reassembled_log(env, server, skip=directory)
     for path in private_mariadb.binlog_files():
         assert _same_file(archived_files[path.name], path.read_bytes()), path.name
 
@@ -211,15 +181,15 @@ def test_prune_removes_the_archive_runs_no_kept_backup_needs(
     assert env.cli("backup", server, "-d", db).exit_code == 0
     private_mariadb.execute(db, "INSERT INTO t VALUES (4, 'd')")
     assert env.cli("archive", server).exit_code == 0
-    before = [d.name for d, _ in _runs(env, server)]
+    before = [d.name for d, _ in archive_runs(env, server)]
     assert len(before) == 3
 
     dry = env.cli("prune", server, "--dry-run")
     assert dry.exit_code == 0, dry.output
-    assert [d.name for d, _ in _runs(env, server)] == before
+    assert [d.name for d, _ in archive_runs(env, server)] == before
     pruned = env.cli("prune", server)
     assert pruned.exit_code == 0, pruned.output
-    assert [d.name for d, _ in _runs(env, server)] == before[2:]
+    assert [d.name for d, _ in archive_runs(env, server)] == before[2:]
     assert not any((env.storage_path / encode_name(server) / ARCHIVE_SEGMENT / d).exists()
                    for d in before[:2])  # fmt: skip
     listed = env.cli("list", server, "--pitr", "--json")
@@ -240,7 +210,7 @@ def test_check_finds_a_missing_or_changed_piece(archived, private_mariadb: Priva
     assert whole.exit_code == 0, whole.output
     assert "2 binary log archive run(s) checked" in whole.stdout
 
-    (first, _), (second, manifest) = _runs(env, server)
+    (first, _), (second, manifest) = archive_runs(env, server)
     piece = second / manifest["pieces"][0]["object_name"]
     data = bytearray(piece.read_bytes())
     data[-1] ^= 1  # same size, one bit changed
@@ -272,7 +242,7 @@ def test_prune_of_the_archive_leaves_a_planted_file_and_says_so(
     assert env.cli("backup", server, "-d", db).exit_code == 0
     private_mariadb.execute(db, "INSERT INTO t VALUES (2, 'b')")
     assert env.cli("archive", server).exit_code == 0
-    (old, manifest), _ = _runs(env, server)
+    (old, manifest), _ = archive_runs(env, server)
     planted = old / "notes.txt"
     planted.write_text("not dbbackup's")
     assert env.cli("prune", server).exit_code == 0

@@ -5,30 +5,18 @@ is stored. Against a private PostgreSQL cluster (tests/pg_cluster.py)."""
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import pyrage
 import pytest
-import zstandard
 from prefect_dbbackup.blocks.wal import SEGMENT_BYTES
-from prefect_dbbackup.tasks.archive_manifest import ARCHIVE_SEGMENT
-from prefect_dbbackup.tasks.layout import encode_name
 
+from tests.helpers import archive_runs, reassembled_log
 from tests.pg_cluster import PrivateCluster
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PrivateCluster]:
-    """A PostgreSQL 15 cluster of the module's own (wal_level replica, initdb's default)."""
-    server = PrivateCluster.new(prefix="dbb-wal-")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+@pytest.fixture
+def cluster(private_pg: PrivateCluster) -> PrivateCluster:
+    return private_pg
 
 
 @pytest.fixture
@@ -47,34 +35,6 @@ def archived(env, cluster: PrivateCluster):
     yield env, name, db, slot
     cluster.execute("postgres", f"SELECT pg_drop_replication_slot('{slot}')")
     cluster.drop(db)
-
-
-def _runs(env, server: str) -> list[tuple[Path, dict]]:
-    root = env.storage_path / encode_name(server) / ARCHIVE_SEGMENT
-    runs = sorted(root.glob("*/manifest.json")) if root.exists() else []
-    return [(path.parent, json.loads(path.read_text())) for path in runs]
-
-
-def _reassembled(env, server: str) -> dict[str, bytes]:
-    """Each archived segment, its pieces decrypted, decompressed and joined in order; every
-    piece must start where the one before it ended."""
-    identity = pyrage.x25519.Identity.from_str(
-        next(
-            line
-            for line in env.identity_file.read_text().splitlines()
-            if line.startswith("AGE-SECRET-KEY-")
-        )
-    )
-    files: dict[str, bytes] = {}
-    pieces = [(d, p) for d, m in _runs(env, server) for p in m["pieces"]]
-    for directory, piece in sorted(pieces, key=lambda dp: (dp[1]["file"], dp[1]["start"])):
-        data = pyrage.decrypt((directory / piece["object_name"]).read_bytes(), [identity])
-        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
-        so_far = files.get(piece["file"], b"")
-        assert piece["start"] == len(so_far), piece
-        assert len(data) == piece["end"] - piece["start"]
-        files[piece["file"]] = so_far + data
-    return files
 
 
 def _slot_start(cluster: PrivateCluster, slot: str) -> str:
@@ -104,7 +64,7 @@ def test_archive_runs_store_the_wal_byte_for_byte_and_the_slot_follows(archived,
     assert second.exit_code == 0, second.output
     end_file, end_offset = _flush(cluster)
 
-    runs = _runs(env, server)
+    runs = archive_runs(env, server)
     assert len(runs) == 2 and all(m["kind"] == "wal" for _, m in runs)
     first_pieces, second_pieces = (m["pieces"] for _, m in runs)
     # the second run goes on exactly where the first ended
@@ -116,7 +76,7 @@ def test_archive_runs_store_the_wal_byte_for_byte_and_the_slot_follows(archived,
     end = runs[-1][1]["end"]
     assert (end["file"], end["position"]) <= (end_file, end_offset)
     # every archived segment is the server's own, byte for byte (the open one: its prefix)
-    for name, data in _reassembled(env, server).items():
+    for name, data in reassembled_log(env, server).items():
         on_server = (cluster.data / "pg_wal" / name).read_bytes()
         assert len(on_server) == SEGMENT_BYTES
         assert data == on_server[: len(data)], name
@@ -144,7 +104,7 @@ def test_a_server_whose_wal_cannot_be_archived_is_refused_naming_the_setting(env
         result = env.cli("archive", name)
         assert result.exit_code == 3, result.output
         assert "wal_level is minimal: set wal_level = replica" in result.stderr
-        assert _runs(env, name) == []
+        assert archive_runs(env, name) == []
         with minimal.connect() as conn:
             assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
     finally:

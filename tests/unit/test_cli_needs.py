@@ -25,7 +25,9 @@ def test_every_command_declares_its_need() -> None:
     undeclared = sorted(" ".join(words) for words, need in needs.items() if need is None)
     assert undeclared == [], f"commands without @needs_api: {undeclared}"
     assert {words for words, need in needs.items() if need is False} == OFFLINE
-    assert len(needs) == 22  # status, deploy and init (#26), archive (#27)
+    assert (
+        len(needs) == 24
+    )  # status, deploy, init (#26); archive, base-backup, restore-cluster (#27)
 
 
 @pytest.mark.parametrize(
