@@ -11,7 +11,11 @@ from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.flows.artifacts import artifact_key, md
 from prefect_dbbackup.flows.crashed_runs import recorded_run
-from prefect_dbbackup.tasks.archive_check import archived_servers, check_archive
+from prefect_dbbackup.tasks.archive_check import (
+    archived_servers,
+    check_archive,
+    check_base_backups,
+)
 from prefect_dbbackup.tasks.dedup.check import CheckReport, check_storage_task
 
 SHOWN = 50  # findings listed in the artifact and the error message; the rest are counted
@@ -59,7 +63,9 @@ def summary_lines(r: CheckReport) -> list[str]:
     if r.read_data:
         lines.append(f"{r.chunks_read} chunk(s) read, decrypted and matched against their ids")
     if r.archive_runs:
-        lines.append(f"{r.archive_runs} binary log archive run(s) checked")
+        lines.append(f"{r.archive_runs} log archive run(s) checked")
+    if r.base_backups:
+        lines.append(f"{r.base_backups} base backup(s) checked")
     if r.in_fossils:
         lines.append(
             f"{r.in_fossils} named chunk(s) set aside by a prune: a later prune puts them back"
@@ -135,8 +141,10 @@ def check_backups(
     report = check_storage_task(sto, series, encryption=enc, identity_file=identity_file)
     for name in [series] if series is not None else archived_servers(sto):
         runs, findings = check_archive(sto, name, read_data)
+        bases, base_findings = check_base_backups(sto, name, read_data)
         report.archive_runs += runs
-        report.findings += findings
+        report.base_backups += bases
+        report.findings += findings + base_findings
     publish_check(report)
     if not report.ok:
         raise CheckFailed(report)

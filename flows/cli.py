@@ -324,9 +324,18 @@ def list_cmd(
 def _list_pitr(storage: Any, server: str, database: str | None, as_json: bool) -> None:
     """list --pitr: the archive's stretches, its gaps, and the windows a restore can reach.
     Exit 1 when the archive has a gap."""
+    from prefect_dbbackup.tasks.archive import read_archive
+    from prefect_dbbackup.tasks.base_backup import base_backups
     from prefect_dbbackup.tasks.pitr import pitr_view
+    from prefect_dbbackup.tasks.restore_cluster import cluster_windows
 
     view = pitr_view(storage, server, database)
+    stored = base_backups(storage, server).all()
+    clusters = cluster_windows(
+        [r.manifest for r in stored if r.problem is None and r.manifest is not None],
+        read_archive(storage, server).trusted,
+    )
+    refused = view.refused + [f"{r.key}: {r.problem}" for r in stored if r.problem is not None]
 
     def when(t: Any) -> str:
         return f"{t:%Y-%m-%d %H:%M:%S}Z" if t else "-"
@@ -352,13 +361,21 @@ def _list_pitr(storage: Any, server: str, database: str | None, as_json: bool) -
                     }
                     for w in view.windows
                 ],
+                "clusters": [
+                    {
+                        "since": when(c.since),
+                        "until": when(c.until),
+                        "base_backup_id": c.base_backup_id,
+                    }
+                    for c in clusters
+                ],
                 "gaps": view.gaps,
-                "refused": view.refused,
+                "refused": refused,
             }
         )
     else:
         if not view.stretches:
-            typer.echo(f"no binary log archived for {server} (run `dbbackup archive {server}`)")
+            typer.echo(f"no log archived for {server} (run `dbbackup archive {server}`)")
         for s in view.stretches:
             typer.echo(
                 f"archive  {s.describe()}  events {when(s.first_event_at)} .. "
@@ -369,7 +386,12 @@ def _list_pitr(storage: Any, server: str, database: str | None, as_json: bool) -
                 f"{printable(w.database):30} restorable to any second {when(w.since)} .. "
                 f"{when(w.until)}  (from backup {w.backup_id})"
             )
-        for text in view.refused:
+        for c in clusters:
+            typer.echo(
+                f"{'(whole cluster)':30} restorable to any second {when(c.since)} .. "
+                f"{when(c.until)}  (from base backup {c.base_backup_id})"
+            )
+        for text in refused:
             typer.echo(f"REFUSED {printable(text)}", err=True)
         for text in view.gaps:
             typer.echo(f"GAP {printable(text)}", err=True)

@@ -25,6 +25,7 @@ from prefect_dbbackup.tasks.restore_cluster import (
     check_reach,
     choose_base,
     extract_base,
+    finish,
     new_data_dir,
     plan_wal,
     remove_partial,
@@ -107,7 +108,7 @@ def restore_cluster(
                 "its manifest",
             )
             with plaintext_of(sto, [whole], identities, workdir) as tar:
-                members = extract_base(tar, target)
+                members, version = extract_base(tar, target)
             log.info("unpacked base backup %s (%d files) into %s", base.run_id, members, target)
             (target / "pg_wal").mkdir(mode=0o700, exist_ok=True)
             for name, pieces in plan.files:
@@ -115,6 +116,7 @@ def restore_cluster(
                 with archived_file(sto, server, pieces, identities, workdir) as segment:
                     wal_bytes += write_segment(segment, target / "pg_wal" / name)
             write_recovery(target, to_time, port)
+            finish(target, version)
     except BaseException:
         remove_partial(target, existed)
         raise

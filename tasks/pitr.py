@@ -229,11 +229,6 @@ class _CountingSink:
         return len(data)
 
 
-def check_piece(f: BinaryIO, piece: LogPiece, what: str) -> None:
-    """Fail unless the stored piece has the size and sha256 its run manifest says."""
-    check_stored(f, piece.stats, what, "its archive run")
-
-
 @dataclass(frozen=True)
 class StoredPart:
     """One stored object of a longer plaintext: where, its stats, what it holds."""

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from prefect_dbbackup.blocks.errors import BackupNotFound, ConfigError, IntegrityError
+from prefect_dbbackup.blocks.process import check_stopped
 from prefect_dbbackup.blocks.wal import SEGMENT_BYTES, parse_lsn, parse_segment, segment_name
 from prefect_dbbackup.tasks.archive_manifest import ArchiveManifest, LogPosition, file_order
 from prefect_dbbackup.tasks.base_backup import BaseBackupManifest
 from prefect_dbbackup.tasks.pitr import StoredPiece, Stretch, stretches
 
 RECOVERY_MARK = "# added by dbbackup restore-cluster"
+VERSION_FILE = "PG_VERSION"
 
 
 def end_of_second(when: datetime) -> datetime:
@@ -53,10 +55,12 @@ def choose_base(bases: list[BaseBackupManifest], to_time: datetime | None) -> Ba
 @dataclass(frozen=True)
 class WalPlan:
     """The archived WAL a restore from one base backup replays: each segment with its
-    pieces, and the server time up to which the archive holds every commit."""
+    pieces, and the server time up to which the archive holds every commit. cut: where a
+    gap ends the stretch although the archive holds later WAL (None: no later WAL)."""
 
     files: list[tuple[str, list[StoredPiece]]]
     reach: datetime | None
+    cut: str | None = None
 
 
 def _position(lsn: str, timeline: int) -> LogPosition:
@@ -70,7 +74,8 @@ def plan_wal(runs: list[ArchiveManifest], base: BaseBackupManifest) -> WalPlan:
     consistent), and how far in server time it reaches."""
     start = LogPosition(file=base.start_file, position=0)
     end = _position(base.end_lsn, base.timeline)
-    stretch = next((s for s in stretches(runs) if s.holds(start)), None)
+    found = stretches(runs)
+    stretch = next((s for s in found if s.holds(start)), None)
     if stretch is None or not _reaches(stretch, end):
         raise IntegrityError(
             f"the WAL archive does not hold base backup {base.run_id}'s WAL from "
@@ -85,7 +90,8 @@ def plan_wal(runs: list[ArchiveManifest], base: BaseBackupManifest) -> WalPlan:
         and r.end.order() >= end.order()
         and r.end.order() <= (*file_order(last.file), last.end)
     ]
-    return WalPlan(stretch.files_from(start), max(times, default=None))
+    cut = f"{last.file}:{last.end}" if stretch is not found[-1] else None
+    return WalPlan(stretch.files_from(start), max(times, default=None), cut)
 
 
 def _reaches(stretch: Stretch, end: LogPosition) -> bool:
@@ -96,6 +102,18 @@ def _reaches(stretch: Stretch, end: LogPosition) -> bool:
 def check_reach(plan: WalPlan, to_time: datetime | None, server: str) -> None:
     """ConfigError when to_time is not before the server time the archive reaches."""
     if to_time is None:
+        if plan.cut is not None:
+            held = (
+                f"{plan.reach.replace(microsecond=0) - timedelta(seconds=1):%Y-%m-%dT%H:%M:%SZ}"
+                if plan.reach
+                else "no time"
+            )
+            raise ConfigError(
+                f"the WAL archive of {server} has a gap after {plan.cut}: the WAL after it "
+                f"cannot be replayed, so the latest second this restore reaches is {held}. "
+                f"Restore to it with --to-time {held} (see `dbbackup list {server} --pitr`), "
+                "or take a new base backup after the gap"
+            )
         return
     if plan.reach is None or plan.reach <= end_of_second(to_time):
         held = f"{plan.reach:%Y-%m-%d %H:%M:%S}Z" if plan.reach else "no time yet"
@@ -120,17 +138,32 @@ def new_data_dir(path: Path) -> bool:
     return existed
 
 
-def extract_base(source: BinaryIO, data_dir: Path) -> int:
+def extract_base(source: BinaryIO, data_dir: Path) -> tuple[int, bytes]:
     """Unpack pg_basebackup's tar stream into data_dir (tarfile's `data` filter: nothing is
-    written outside it, no device files); returns the number of members."""
-    members = 0
+    written outside it, no device files), all but PG_VERSION: (members, PG_VERSION's bytes),
+    for finish() to write last. Until then PostgreSQL refuses to start the directory, so a
+    restore killed half way never starts as a cluster that lacks part of its WAL."""
+    members, version = 0, None
     with tarfile.open(fileobj=source, mode="r|") as tar:
         for member in tar:
-            tar.extract(member, data_dir, filter="data")
+            check_stopped("the unpacking of the base backup")
             members += 1
-    if not (data_dir / "PG_VERSION").is_file() or not (data_dir / "backup_label").is_file():
+            if member.name == VERSION_FILE and member.isfile() and member.size < 64:
+                extracted = tar.extractfile(member)
+                assert extracted is not None
+                version = extracted.read()
+                continue
+            tar.extract(member, data_dir, filter="data")
+    if version is None or not (data_dir / "backup_label").is_file():
         raise IntegrityError(f"the base backup unpacked into {data_dir} is not a data directory")
-    return members
+    return members, version
+
+
+def finish(data_dir: Path, version: bytes) -> None:
+    """PG_VERSION, written last: the directory is now a cluster PostgreSQL will start."""
+    path = data_dir / VERSION_FILE
+    path.write_bytes(version)
+    path.chmod(0o600)
 
 
 def write_segment(source: BinaryIO, path: Path) -> int:
@@ -177,3 +210,33 @@ def remove_partial(data_dir: Path, existed: bool) -> None:
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ClusterWindow:
+    """The cluster can be restored to any second from `since` (its base backup ended in it)
+    to `until` (the archive holds every commit of it), by the server's clock."""
+
+    since: datetime
+    until: datetime
+    base_backup_id: str
+
+
+def cluster_windows(
+    bases: list[BaseBackupManifest], runs: list[ArchiveManifest]
+) -> list[ClusterWindow]:
+    """The windows restore-cluster can reach, one per base backup whose WAL the archive
+    holds unbroken (the newest base backup's window last)."""
+    found = []
+    for base in sorted(bases, key=lambda b: (b.server_time, b.run_id)):
+        try:
+            plan = plan_wal(runs, base)
+        except IntegrityError:
+            continue  # its WAL is not archived whole: list --pitr shows the gap
+        if plan.reach is None:
+            continue
+        since = base.server_time.replace(microsecond=0)
+        until = plan.reach.replace(microsecond=0) - timedelta(seconds=1)  # check_reach's rule
+        if since <= until:
+            found.append(ClusterWindow(since, until, base.run_id))
+    return found

@@ -68,7 +68,8 @@ class CheckReport(BaseModel):
     in_fossils: int = 0  # named chunks a prune set aside: a later prune puts them back
     unreferenced: int | None = None  # stored, named by no backup (only without a server)
     chunks_read: int = 0
-    archive_runs: int = 0  # binlog archive runs checked (point-in-time recovery)
+    archive_runs: int = 0  # log archive runs checked (point-in-time recovery)
+    base_backups: int = 0  # PostgreSQL base backups checked (point-in-time recovery)
     findings: list[Finding] = []
 
     @property

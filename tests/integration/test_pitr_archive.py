@@ -208,7 +208,7 @@ def test_check_finds_a_missing_or_changed_piece(archived, private_mariadb: Priva
     assert env.cli("archive", server).exit_code == 0
     whole = env.cli("check", server, "--read-data")
     assert whole.exit_code == 0, whole.output
-    assert "2 binary log archive run(s) checked" in whole.stdout
+    assert "2 log archive run(s) checked" in whole.stdout
 
     (first, _), (second, manifest) = archive_runs(env, server)
     piece = second / manifest["pieces"][0]["object_name"]

@@ -5,6 +5,7 @@ restored data directory is started by PostgreSQL itself, which replays the WAL t
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import archive_runs
 from tests.pg_cluster import RUN_AS, PrivateCluster
 
 
@@ -138,4 +140,60 @@ def test_a_time_the_archive_has_not_reached_is_refused_and_writes_nothing(
     )
     assert result.exit_code == 3, result.output
     assert f"run `dbbackup archive {server}` first, or restore to latest" in result.stderr
+    assert not target.exists()
+
+
+def test_list_and_check_show_the_cluster_window_and_a_lost_or_damaged_piece_is_refused(
+    pitr_server, source: PrivateCluster, tmp_path: Path
+):
+    """list --pitr shows the window a base backup and the archive give; a damaged WAL piece is
+    refused by restore-cluster (nothing written) and named by check --read-data; a deleted one
+    is a gap for list --pitr and check, and restore-cluster refuses to cross it."""
+    env, server, db = pitr_server
+    assert env.cli("base-backup", server).exit_code == 0
+    _insert(source, db, range(1, 50))
+    assert env.cli("archive", server).exit_code == 0
+    _insert(source, db, range(50, 60))
+    assert env.cli("archive", server).exit_code == 0
+
+    listed = env.cli("list", server, "--pitr")
+    assert listed.exit_code == 0, listed.output
+    assert "(whole cluster)" in listed.stdout and "restorable to any second" in listed.stdout
+    checked = env.cli("check", server, "--read-data")
+    assert checked.exit_code == 0, checked.output
+    assert "1 base backup(s) checked" in checked.stdout
+
+    runs = archive_runs(env, server)
+    directory, manifest = runs[-2]  # a run in the middle of the stretch
+    piece = directory / manifest["pieces"][0]["object_name"]
+    good = piece.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0xFF
+    piece.write_bytes(bytes(damaged))
+    target = tmp_path / "damaged"
+    result = env.cli("restore-cluster", server, "--to-time", "latest", "--data-dir", str(target))
+    assert result.exit_code == 2, result.output
+    assert "sha256" in result.stderr
+    assert not target.exists()
+    checked = env.cli("check", server, "--read-data")
+    assert checked.exit_code == 1 and piece.name in checked.output, checked.output
+
+    piece.unlink()  # its run still lists it
+    checked = env.cli("check", server)
+    assert checked.exit_code == 1 and "missing" in checked.output, checked.output
+    result = env.cli("restore-cluster", server, "--to-time", "latest", "--data-dir", str(target))
+    assert result.exit_code != 0 and piece.name in result.stderr, result.output
+    assert not target.exists()
+
+    shutil.rmtree(directory)  # the whole run: its WAL is not archived any more
+    listed = env.cli("list", server, "--pitr", "--json")
+    view = json.loads(listed.stdout)
+    assert listed.exit_code == 1 and len(view["gaps"]) == 1, listed.output
+    removed_at = f"{manifest['server_time'][:19].replace('T', ' ')}Z"
+    assert all(w["until"] < removed_at for w in view["clusters"])  # up to the gap only
+    checked = env.cli("check", server)
+    assert checked.exit_code == 1 and "gap: " in checked.stdout, checked.output
+    # latest would stop at the gap, short of WAL the archive holds: refused, not guessed
+    result = env.cli("restore-cluster", server, "--to-time", "latest", "--data-dir", str(target))
+    assert result.exit_code == 3 and "has a gap after" in result.stderr, result.output
     assert not target.exists()

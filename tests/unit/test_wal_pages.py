@@ -66,3 +66,27 @@ def test_segment_names_and_lsns_agree_with_postgresql() -> None:
     assert parse_segment("0000000200000001000000FF") == (2, 0x1FF000000)
     with pytest.raises(ValueError):
         parse_segment("000000010000000000000100")  # no such 16 MiB segment
+
+
+def test_a_cluster_window_holds_exactly_the_seconds_restore_cluster_accepts() -> None:
+    """list --pitr's window and restore-cluster's refusal (check_reach) agree, second by
+    second, whatever the fractions of the base backup's end and of the archive's reach."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect_dbbackup.blocks.errors import ConfigError
+    from prefect_dbbackup.tasks.restore_cluster import WalPlan, check_reach, end_of_second
+
+    base_end = datetime(2026, 12, 7, 10, 0, 5, 700_000, tzinfo=UTC)
+    for reach_fraction in (0, 1, 500_000, 999_999):
+        reach = datetime(2026, 12, 7, 10, 0, 9, reach_fraction, tzinfo=UTC)
+        since, until = base_end.replace(microsecond=0), reach.replace(microsecond=0)
+        until -= timedelta(seconds=1)
+        for second in range(0, 12):
+            t = datetime(2026, 12, 7, 10, 0, second, tzinfo=UTC)
+            try:
+                check_reach(WalPlan([], reach), t, "s")
+                reached = True
+            except ConfigError:
+                reached = False
+            usable = base_end <= end_of_second(t)  # choose_base's rule
+            assert (since <= t <= until) == (reached and usable), (reach, t)
