@@ -20,7 +20,7 @@ from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.flows.config import expand_env, read_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-JOBS = ("backup", "verify", "prune", "check", "archive")
+JOBS = ("backup", "verify", "prune", "check", "archive", "base_backup")
 # flow name and module-path entrypoint of each job (the deployment is FLOW_NAME/SERVER)
 FLOWS = {
     "backup": ("backup-server", "prefect_dbbackup.flows.backup.backup_server"),
@@ -28,13 +28,17 @@ FLOWS = {
     "prune": ("prune-backups", "prefect_dbbackup.flows.prune.prune_backups"),
     "check": ("check-backups", "prefect_dbbackup.flows.check.check_backups"),
     "archive": ("archive", "prefect_dbbackup.flows.archive.archive_server"),
+    "base_backup": ("base-backup", "prefect_dbbackup.flows.base_backup.base_backup_server"),
 }
 DESCRIPTIONS = {
     "backup": "Backup of every database of {server}.",
     "verify": "Restore check of the latest backup of each database of {server}.",
     "prune": "Retention (GFS) of the backups of {server}.",
     "check": "Check that every stored backup of {server} is whole.",
-    "archive": "Archive of the binary log of {server} since the last run (point-in-time recovery).",
+    "archive": "Archive of the transaction log (binlog, WAL) of {server} since the last run "
+    "(point-in-time recovery).",
+    "base_backup": "Physical base backup of the PostgreSQL cluster {server} (point-in-time "
+    "recovery).",
 }
 # a run that starts while the previous one of the same deployment still runs is cancelled:
 # stacking two dumps of one server never helps, and a queue could grow night after night
@@ -58,6 +62,11 @@ class JobTimes(_Strict):
         default="* * * * *",
         description="servers with pitr: true only; every minute bounds the data a lost "
         "server takes with it to about a minute (docs/pitr.md)",
+    )
+    base_backup: str | None = Field(
+        default="0 1 * * 0",
+        description="PostgreSQL servers with pitr: true only: a restore-cluster replays the WAL "
+        "since the newest base backup, at most a week of it with this weekly default",
     )
 
 
@@ -85,6 +94,7 @@ class Operations:
 
     servers: dict[str, str]
     pitr: set[str] = field(default_factory=set)  # servers with pitr: true (archive runs)
+    base_backup: set[str] = field(default_factory=set)  # of them, PostgreSQL's (base backups)
     schedules: Schedules = field(default_factory=Schedules)
     limits: Limits = field(default_factory=Limits)
 
@@ -137,6 +147,11 @@ def read_operations(path: Path) -> Operations:
     ops = Operations(
         servers=servers,
         pitr={str(n) for n, raw in config["servers"].items() if (raw or {}).get("pitr") is True},
+        base_backup={
+            str(n)
+            for n, raw in config["servers"].items()
+            if (raw or {}).get("pitr") is True and (raw or {}).get("type") == "postgres"
+        },
         schedules=_section(Schedules, config.get("schedules"), "schedules"),
         limits=_section(Limits, config.get("limits"), "limits"),
     )
@@ -153,7 +168,9 @@ def deployment_plans(ops: Operations) -> list[DeploymentPlan]:
     for server in ops.servers:
         override = s.servers.get(server)
         for job in JOBS:
-            if job == "archive" and server not in ops.pitr:
+            if (job == "archive" and server not in ops.pitr) or (
+                job == "base_backup" and server not in ops.base_backup
+            ):
                 continue
             if override is not None and job in override.model_fields_set:
                 cron = getattr(override, job)

@@ -156,3 +156,20 @@ schedules:
         "encryption": "default",
     }
     assert ("archive", "my2") not in plans and ("backup", "my2") in plans
+
+
+def test_only_postgres_pitr_servers_get_a_weekly_base_backup_deployment(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+servers:
+  pg1: {type: postgres, host: db1, pitr: true}
+  pg2: {type: postgres, host: db2}
+  my1: {type: mysql, host: db3, pitr: true}
+""",
+    )
+    plans = {(p.job, p.server): p for p in deployment_plans(read_operations(path))}
+    assert plans["base_backup", "pg1"].cron == "0 1 * * 0"
+    assert plans["base_backup", "pg1"].name == "base-backup/pg1"
+    assert ("archive", "pg1") in plans and ("archive", "pg2") not in plans
+    assert ("base_backup", "pg2") not in plans and ("base_backup", "my1") not in plans
