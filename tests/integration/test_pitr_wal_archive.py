@@ -109,3 +109,24 @@ def test_a_server_whose_wal_cannot_be_archived_is_refused_naming_the_setting(env
             assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
     finally:
         minimal.stop()
+
+
+def test_wal_removed_before_it_was_archived_is_a_loud_gap(archived, cluster):
+    """The slot dropped (or lost to max_slot_wal_keep_size) and the server's WAL moved on:
+    the next run makes the slot again, stores what the server has, records the gap and
+    exits 1; the run after it goes on normally."""
+    env, server, db, slot = archived
+    cluster.execute(db, "INSERT INTO t VALUES (1, 'archived')")
+    assert env.cli("archive", server).exit_code == 0
+    cluster.execute("postgres", f"SELECT pg_drop_replication_slot('{slot}')")
+    for i in range(2, 6):  # lost: written while nothing held the WAL, then recycled
+        cluster.execute(db, f"INSERT INTO t VALUES ({i}, 'lost')")
+        cluster.execute("postgres", "SELECT pg_switch_wal()")
+    cluster.execute("postgres", "CHECKPOINT")
+    gap = env.cli("archive", server)
+    assert gap.exit_code == 1, gap.output
+    assert "was purged from the server before it was archived" in gap.stderr
+    runs = archive_runs(env, server)
+    assert runs[-1][1]["gap"] and runs[-1][1]["pieces"]
+    cluster.execute(db, "INSERT INTO t VALUES (6, 'kept')")
+    assert env.cli("archive", server).exit_code == 0
