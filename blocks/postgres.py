@@ -361,6 +361,11 @@ class PostgresServer(DatabaseServer):
         client = self.tool("pg_basebackup")
         return os.path.basename(client), self.client_version(client)
 
+    def log_held(self) -> tuple[int, str] | None:
+        """The WAL dbbackup's slot holds on the server, and the slot's wal_status."""
+        with self.connect() as conn:
+            return postgres_wal.slot_held(conn, self.pitr_slot)
+
     def log_archived(self, file: str, position: int) -> None:
         """The slot moves on to where the archive now ends."""
         with self.connect() as conn:

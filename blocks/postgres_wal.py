@@ -145,3 +145,16 @@ def advance_slot(conn: sa.Connection, slot: str, lsn: int) -> None:
         ),
         {"slot": slot, "lsn": format_lsn(lsn)},
     )
+
+
+def slot_held(conn: sa.Connection, slot: str) -> tuple[int, str] | None:
+    """(bytes of WAL the slot holds back, its wal_status; `lost` when the server dropped the
+    WAL it held), or None when there is no such slot yet."""
+    row = conn.execute(
+        sa.text(
+            "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint, "
+            "coalesce(wal_status, 'lost') FROM pg_replication_slots WHERE slot_name = :slot"
+        ),
+        {"slot": slot},
+    ).one_or_none()
+    return None if row is None else (int(row[0]), str(row[1]))

@@ -170,7 +170,7 @@ class DatabaseServer(CachedSchema, Block, ABC):
     dump_client, dump_command, restore_command, users_script, _tolerated.
 
     It may override (defaults suit an engine without the feature): check_clients,
-    check_pitr, log_files, open_log, log_piece_filter, log_client, log_archived,
+    check_pitr, log_files, open_log, log_piece_filter, log_client, log_archived, log_held,
     base_backup_command, base_backup_client, replay_binlog,
     dump_position_reader,
     dump_options_for, dump_snapshot, dump_row_counter, table_row_counts,
@@ -356,6 +356,11 @@ class DatabaseServer(CachedSchema, Block, ABC):
     def base_backup_client(self) -> tuple[str, str]:
         """(name, version) of base_backup_command's client."""
         raise self._no_archives()
+
+    def log_held(self) -> tuple[int, str] | None:
+        """(bytes, state) of the log the server holds back for the archive runs (None: the
+        engine holds none back, or nothing is held yet)."""
+        return None
 
     def log_archived(self, file: str, position: int) -> None:
         """Told once an archive run's manifest is stored: the log before byte position of

@@ -438,18 +438,19 @@ def status(
 ) -> None:
     """Health of the backups: per database the newest good backup, its age, size, verify
     result and trust; `late` past the schedule. Exit 1 when a row is not ok."""
-    from prefect_dbbackup.blocks.registry import load_storage
-    from prefect_dbbackup.flows.health import health_status
+    from prefect_dbbackup.blocks.registry import load_storage, server_names
+    from prefect_dbbackup.flows.health import archive_lines, health_status
 
     sto = load_storage(storage)
     names = _require_server(sto, server) if server is not None else None
     rows, lines = health_status(sto, server, names, interval_hours, margin_hours, prometheus)
+    archives, archives_ok = archive_lines(sto, names if names is not None else server_names())
     if as_json:
         _emit(rows)
     else:
-        for line in lines:
+        for line in [*lines, *archives]:
             typer.echo(line)
-    raise typer.Exit(0 if all(r["state"] == "ok" for r in rows) else 1)
+    raise typer.Exit(0 if archives_ok and all(r["state"] == "ok" for r in rows) else 1)
 
 
 def _listed(e: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import DeploymentSchedule
 from prefect.utilities.asyncutils import run_coro_as_sync
+from prefect_dbbackup.blocks.errors import DbBackupError
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.flows.artifacts import artifact_key, md
 from prefect_dbbackup.flows.fleet import backup_deployments
@@ -212,3 +213,43 @@ def health_status(
         _publish_outside_a_run(rows)
     lines = [*text_lines(rows, fleet=server is None), summary(rows)]
     return [r.model_dump(mode="json") for r in rows], lines
+
+
+def archive_lines(storage: BackupStorage, names: list[str]) -> tuple[list[str], bool]:
+    """`dbbackup status` of the point-in-time archives: per server with pitr, the newest
+    archive run and what the server holds back for the archive (PostgreSQL: its slot's WAL,
+    which fills the server's disk while no run takes it); False when a server lost log it
+    held for the archive (the slot is `lost`)."""
+    from prefect_dbbackup.blocks.registry import load_server
+    from prefect_dbbackup.tasks.archive import newest_runs
+
+    lines, ok = [], True
+    for name in names:
+        try:
+            srv = load_server(name)
+        except DbBackupError:
+            continue
+        if not srv.pitr:
+            continue
+        trusted, _ = newest_runs(storage, name)
+        newest = max(trusted, key=lambda m: m.finished_at, default=None)
+        if newest is None:
+            ran = "no archive run stored yet"
+        else:
+            ago = (datetime.now(UTC) - newest.finished_at).total_seconds()
+            ran = (
+                f"newest archive run {age(ago)} ago, up to {newest.end.file}:{newest.end.position}"
+            )
+        try:
+            held = srv.log_held()
+        except DbBackupError as exc:
+            lines.append(f"archive  {name}: {ran}; the server could not be asked: {exc}")
+            continue
+        if held is not None:
+            held_bytes, state = held
+            ran += f"; its slot holds {size(held_bytes)} of WAL on the server ({state})"
+            if state == "lost":
+                ok = False
+                ran += ": WAL was lost before it was archived, see docs/pitr.md"
+        lines.append(f"archive  {name}: {ran}")
+    return lines, ok

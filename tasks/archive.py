@@ -144,6 +144,15 @@ def archive_end(storage: BackupStorage, server: str) -> tuple[LogPosition | None
     run reads a few of them, not all. Should a clock that went back leave a further end
     among older runs, the run starts earlier and stores some log again, which a restore
     takes either way: never a gap."""
+    trusted, refused = newest_runs(storage, server)
+    return max((m.end for m in trusted), key=LogPosition.order, default=None), refused
+
+
+def newest_runs(
+    storage: BackupStorage, server: str
+) -> tuple[list[ArchiveManifest], list[StoredRun]]:
+    """The trusted runs of the newest wave that holds any (WAVE run manifests at a time, by
+    run id, newest first), and the refused runs read on the way."""
     reader = SignedRecords(storage, server, archive_prefix(server), ArchiveManifest)
     newest_first = reader.manifest_keys[::-1]
     refused: list[StoredRun] = []
@@ -152,8 +161,8 @@ def archive_end(storage: BackupStorage, server: str) -> tuple[LogPosition | None
         refused += [r for r in runs if r.problem is not None]
         trusted = [r.manifest for r in runs if r.problem is None and r.manifest is not None]
         if trusted:
-            return max((m.end for m in trusted), key=LogPosition.order), refused
-    return None, refused
+            return trusted, refused
+    return [], refused
 
 
 @dataclass(frozen=True)

@@ -130,3 +130,31 @@ def test_wal_removed_before_it_was_archived_is_a_loud_gap(archived, cluster):
     assert runs[-1][1]["gap"] and runs[-1][1]["pieces"]
     cluster.execute(db, "INSERT INTO t VALUES (6, 'kept')")
     assert env.cli("archive", server).exit_code == 0
+
+
+def test_status_shows_the_wal_the_slot_holds_and_a_lost_slot_fails(archived, cluster):
+    """A slot nobody consumes fills the server's disk: status says how much it holds; once
+    max_slot_wal_keep_size made the server drop it, status exits 1 and the archive run
+    refuses, naming what to do."""
+    env, server, db, slot = archived
+    cluster.execute(db, "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 1000) g")
+    assert env.cli("archive", server).exit_code == 0
+    shown = env.cli("status", server)
+    assert "its slot holds" in shown.stdout and "(reserved)" in shown.stdout, shown.output
+    cluster.execute("postgres", "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+    cluster.execute("postgres", "SELECT pg_reload_conf()")
+    try:
+        for i in range(3):  # WAL the archive has not taken, past the cap
+            first = 10_000 * (i + 1)
+            cluster.execute(
+                db, f"INSERT INTO t SELECT g, 'y' FROM generate_series({first}, {first + 999}) g"
+            )
+            cluster.execute("postgres", "SELECT pg_switch_wal()")
+        cluster.execute("postgres", "CHECKPOINT")
+        lost = env.cli("status", server)
+        assert lost.exit_code == 1 and "(lost)" in lost.stdout, lost.output
+        refused = env.cli("archive", server)
+        assert refused.exit_code == 2 and "pg_drop_replication_slot" in refused.stderr
+    finally:
+        cluster.execute("postgres", "ALTER SYSTEM RESET max_slot_wal_keep_size")
+        cluster.execute("postgres", "SELECT pg_reload_conf()")
