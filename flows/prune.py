@@ -14,6 +14,7 @@ from prefect_dbbackup.flows.artifacts import artifact_key, md
 from prefect_dbbackup.flows.crashed_runs import recorded_run
 from prefect_dbbackup.flows.health import refresh_health
 from prefect_dbbackup.tasks.archive_prune import archived, prune_archive_task
+from prefect_dbbackup.tasks.base_prune import prune_base_task
 from prefect_dbbackup.tasks.dedup.gc import ChunkCollection, collect_chunks_task, uses_chunks
 from prefect_dbbackup.tasks.events import database_resource, server_related
 from prefect_dbbackup.tasks.prune import PruneItem, prune_task
@@ -137,7 +138,8 @@ def prune_backups(
         sto, series, policy, databases=[database] if database else None, dry_run=dry_run
     )
     if database is None and not policy.is_empty and archived(sto, series):
-        items += prune_archive_task(sto, series, dry_run=dry_run)
+        base_items, bases = prune_base_task(sto, series, policy, dry_run=dry_run)
+        items += base_items + prune_archive_task(sto, series, dry_run=dry_run, bases=bases)
     # chunks are shared by every server of the storage: collected whatever was removed
     collection = collect_chunks_task(sto, dry_run=dry_run) if uses_chunks(sto) else None
     report_prune(series, items, dry_run, collection)

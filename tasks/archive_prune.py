@@ -9,12 +9,14 @@ and reported (docs/pitr.md)."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.archive import read_archive
 from prefect_dbbackup.tasks.archive_manifest import ARCHIVE_SEGMENT, archive_prefix, file_order
+from prefect_dbbackup.tasks.base_backup import BaseBackupManifest
 from prefect_dbbackup.tasks.catalog import scan_backups
 from prefect_dbbackup.tasks.layout import MANIFEST_NAME, SIGNATURE_NAME
 from prefect_dbbackup.tasks.logs import run_logger
@@ -26,14 +28,20 @@ def archived(storage: BackupStorage, server: str) -> bool:
     return bool(storage.list_keys(archive_prefix(server)))
 
 
-def plan_archive_prune(storage: BackupStorage, server: str) -> list[PruneItem]:
-    """One item per archive run of server: keep or remove, and why."""
+def plan_archive_prune(
+    storage: BackupStorage, server: str, bases: Sequence[BaseBackupManifest] = ()
+) -> list[PruneItem]:
+    """One item per archive run of server: keep or remove, and why (bases: the PostgreSQL
+    base backups kept, whose replay starts at their start segment)."""
     state = read_archive(storage, server)
     dumps = [e.manifest for e in scan_backups(storage, server) if e.usable() and e.manifest]
     starts = sorted(
-        (file_order(m.binlog.file), m.binlog.file, m.backup_id, m.database)
-        for m in dumps
-        if m.binlog is not None
+        [
+            (file_order(m.binlog.file), m.binlog.file, m.backup_id, repr(m.database))
+            for m in dumps
+            if m.binlog is not None
+        ]
+        + [(file_order(b.start_file), b.start_file, b.run_id, "the cluster") for b in bases]
     )
     in_run: dict[str, list[str]] = defaultdict(list)  # run directory -> its keys
     for key in state.listed:
@@ -53,15 +61,15 @@ def plan_archive_prune(storage: BackupStorage, server: str) -> list[PruneItem]:
         elif manifest.run_id == newest:
             keep, why = True, "the newest run: the next one goes on from its end"
         elif not starts:
-            keep, why = True, "no kept backup records a binlog position yet"
+            keep, why = True, "no kept backup records a log position yet"
         else:
             first, name, backup_id, database = starts[0]
             files = [file_order(p.file) for p in manifest.pieces] + [file_order(manifest.end.file)]
             keep = max(files) >= first
             why = (
-                f"holds log from {name} on, which backup {backup_id} of {database!r} replays"
+                f"holds log from {name} on, which backup {backup_id} of {database} replays"
                 if keep
-                else f"before {name}, where the oldest kept backup ({backup_id} of {database!r}) "
+                else f"before {name}, where the oldest kept backup ({backup_id} of {database}) "
                 "starts"
             )
         items.append(
@@ -79,11 +87,16 @@ def plan_archive_prune(storage: BackupStorage, server: str) -> list[PruneItem]:
     return items
 
 
-def prune_archive(storage: BackupStorage, server: str, dry_run: bool = False) -> list[PruneItem]:
+def prune_archive(
+    storage: BackupStorage,
+    server: str,
+    dry_run: bool = False,
+    bases: Sequence[BaseBackupManifest] = (),
+) -> list[PruneItem]:
     """Remove the archive runs no kept backup needs (plan_archive_prune); dry_run removes
     nothing. Each run goes manifest first: a half-removed run no longer exists."""
     log = run_logger()
-    items = plan_archive_prune(storage, server)
+    items = plan_archive_prune(storage, server, bases)
     for item in items:
         if item.keep:
             continue

@@ -257,6 +257,27 @@ def remove_backup(storage: BackupStorage, item: PruneItem) -> None:
         storage.delete(key)
 
 
+def apply_items(
+    storage: BackupStorage, items: list[PruneItem], now: datetime, dry_run: bool
+) -> None:
+    """Carry out a plan: each item reported, the ones not kept removed (dry_run: marked
+    `would remove`); an object-locked backup is kept with a note."""
+    log = run_logger()
+    for item in items:
+        _report(item, now, log)
+        if item.keep:
+            continue
+        if dry_run:
+            item.outcome = "would remove"
+            continue
+        try:
+            remove_backup(storage, item)
+            item.outcome = "removed"
+        except ObjectLocked as exc:
+            item.outcome = f"locked: {exc}"
+            log.info("kept %s of %r: %s", item.backup_id, item.database, exc)
+
+
 def prune(
     storage: BackupStorage,
     server: str,
@@ -280,19 +301,7 @@ def prune(
     if now is None:
         now = check_clock(storage, policy) if not policy.is_empty else datetime.now(UTC)
     items = plan_prune(storage, server, policy, now, databases, written)
-    for item in items:
-        _report(item, now, log)
-        if item.keep:
-            continue
-        if dry_run:
-            item.outcome = "would remove"
-            continue
-        try:
-            remove_backup(storage, item)
-            item.outcome = "removed"
-        except ObjectLocked as exc:
-            item.outcome = f"locked: {exc}"
-            log.info("kept %s of %r: %s", item.backup_id, item.database, exc)
+    apply_items(storage, items, now, dry_run)
     if not dry_run and not policy.is_empty:
         before = now - timedelta(hours=policy.garbage_grace_hours)
         for prefix in _prefixes(server, databases):

@@ -260,3 +260,59 @@ def test_a_killed_cluster_is_restored_to_its_last_archived_commit(env, tmp_path:
     before_last_run = [row for row, at in committed if at < last_run_began]
     assert len(ids) >= len(before_last_run) > 0
     assert len(ids) <= len(committed) + 1  # a commit may land before its reply is read
+
+
+def test_prune_keeps_the_base_backups_the_policy_keeps_and_the_wal_they_need(
+    pitr_server, source: PrivateCluster, tmp_path: Path
+):
+    """keep_last=1: the older base backup goes, and the archive runs wholly before the kept
+    one's start segment; the kept window still restores every row."""
+    from prefect_dbbackup.blocks import PostgresServer
+    from prefect_dbbackup.blocks.retention import RetentionPolicy
+    from prefect_dbbackup.tasks.base_backup import BASE_SEGMENT
+    from prefect_dbbackup.tasks.layout import encode_name
+
+    env, server, db = pitr_server
+    block = PostgresServer.load(server)
+    block.retention = RetentionPolicy(keep_last=1)
+    block.save(server, overwrite=True)
+    assert env.cli("base-backup", server).exit_code == 0
+    _insert(source, db, range(1, 20))
+    source.execute("postgres", "SELECT pg_switch_wal()")
+    assert env.cli("archive", server).exit_code == 0
+    assert env.cli("base-backup", server).exit_code == 0
+    _insert(source, db, range(20, 40))
+    assert env.cli("archive", server).exit_code == 0
+    bases_dir = env.storage_path / encode_name(server) / BASE_SEGMENT
+    bases = sorted(p.name for p in bases_dir.iterdir())
+    runs = [d.name for d, _ in archive_runs(env, server)]
+    assert len(bases) == 2 and len(runs) == 4
+
+    dry = env.cli("prune", server, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert sorted(p.name for p in bases_dir.iterdir()) == bases
+    assert [d.name for d, _ in archive_runs(env, server)] == runs
+    pruned = env.cli("prune", server)
+    assert pruned.exit_code == 0, pruned.output
+    assert sorted(p.name for p in bases_dir.iterdir()) == bases[1:]
+    left = archive_runs(env, server)
+    kept_start = json.loads((bases_dir / bases[1] / "manifest.json").read_text())
+    assert 0 < len(left) < len(runs)  # the runs before the kept base backup went
+    assert all(max(p["file"] for p in m["pieces"]) >= _segment(kept_start) for _, m in left), (
+        "a run the kept base backup replays was removed"
+    )
+
+    target = tmp_path / "after-prune"
+    result = env.cli("restore-cluster", server, "--to-time", "latest", "--data-dir", str(target))
+    assert result.exit_code == 0, result.output
+    restored = _started(target)
+    try:
+        assert _rows(restored, db, "orders") == _rows(source, db, "orders")
+    finally:
+        restored.stop()
+
+
+def _segment(base_manifest: dict) -> str:
+    from prefect_dbbackup.tasks.base_backup import BaseBackupManifest
+
+    return BaseBackupManifest.model_validate(base_manifest).start_file
