@@ -239,9 +239,9 @@ class DatabaseServer(CachedSchema, Block, ABC):
     )
     pitr: bool = Field(
         default=False,
-        description="Point-in-time recovery (docs/pitr.md): every dump records its position "
-        "in the server's transaction log, after the server's settings were checked (never "
-        "changed). MariaDB only so far.",
+        description="Point-in-time recovery (docs/pitr.md), after the server's settings were "
+        "checked (never changed). MariaDB: every dump records its binlog position; "
+        "PostgreSQL: base backups and a WAL archive. Not MySQL.",
     )
 
     # --- engine specifics -------------------------------------------------
