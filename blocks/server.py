@@ -328,8 +328,9 @@ class DatabaseServer(CachedSchema, Block, ABC):
 
     def _no_archives(self) -> ConfigError:
         return ConfigError(
-            f"{self.describe()}: point-in-time archives are not available for "
-            f"{self.engine.name} servers yet (MariaDB only, docs/pitr.md)"
+            f"{self.describe()}: this is not available for {self.engine.name} servers "
+            "(point-in-time recovery: MariaDB dumps + binlog, PostgreSQL base backups + WAL; "
+            "docs/pitr.md)"
         )
 
     def open_log(

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect_dbbackup.blocks.encryption import AgeEncryption
+from prefect_dbbackup.blocks.errors import ConfigError
 from prefect_dbbackup.blocks.process import stop_on_signals
 from prefect_dbbackup.blocks.registry import (
     name_of,
@@ -50,6 +51,11 @@ def base_backup_server(
     """
     log = get_run_logger()
     srv, sto, enc, name = pitr_blocks(server, storage, encryption, "take base backups")
+    if srv.engine.log_kind != "wal":
+        raise ConfigError(
+            f"{name} is not a PostgreSQL server: base backups are PostgreSQL's (MariaDB restores "
+            "a database to a time from its dump and binlog: restore --to-time; docs/pitr.md)"
+        )
     srv.log_files()  # the settings checked, and the slot made: it holds the WAL from now on
     started, run_id = datetime.now(UTC), new_backup_id()
     with stop_on_signals(), private_workdir() as workdir:

@@ -693,13 +693,15 @@ def _restore_to_time(
     """restore --to-time: checked options, then the restore_to_time flow."""
 
     from prefect_dbbackup.blocks.errors import TargetExists
+    from prefect_dbbackup.blocks.registry import load_server
     from prefect_dbbackup.flows.prechecks import restore_inputs
-    from prefect_dbbackup.flows.restore_to_time import restore_to_time
+    from prefect_dbbackup.flows.restore_to_time import refuse_whole_cluster_engines, restore_to_time
 
     if refused:
         fail(ConfigError(f"--to-time takes none of {', '.join(refused)}"))
     into = into or database  # a database that exists is refused (no --replace here)
     when = _to_time(to_time)
+    refuse_whole_cluster_engines(load_server(server), from_server or server)
     try:
         restore_inputs(
             server,

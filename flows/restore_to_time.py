@@ -82,6 +82,16 @@ replay_task = task(
 )
 
 
+def refuse_whole_cluster_engines(srv: DatabaseServer, series: str) -> None:
+    """ConfigError for a server whose point-in-time recovery is of the whole cluster."""
+    if srv.engine.log_kind == "wal":
+        raise ConfigError(
+            f"{block_name(srv)} is a PostgreSQL server: point-in-time recovery restores its "
+            f"whole cluster, not one database: `dbbackup restore-cluster {series} --to-time T "
+            "--data-dir DIR`, start it, then pg_dump the database from it (docs/pitr.md)"
+        )
+
+
 def _starting_point(
     storage: BackupStorage, series: str, database: str, to_time: datetime | None
 ) -> tuple[Manifest, Stretch]:
@@ -169,6 +179,7 @@ def restore_to_time(
         raise ConfigError(f"the time {to_time} has no time zone: give one, e.g. ...T10:41:06Z")
     srv, sto, enc = load_server(server), load_storage(storage), load_encryption(encryption)
     series = source_server or block_name(srv)
+    refuse_whole_cluster_engines(srv, series)
     enc.identities(identity_file)  # no identity: fail before anything is created
     dump, stretch = _starting_point(sto, series, database, to_time)
     log.info(

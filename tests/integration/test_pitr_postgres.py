@@ -43,7 +43,11 @@ def pitr_server(env, source: PrivateCluster):
     source.execute(db, "CREATE TABLE audit (note text)")
     source.execute(db, "INSERT INTO audit VALUES ('kept')")
     yield env, name, db
-    source.execute("postgres", f"SELECT pg_drop_replication_slot('{slot}')")
+    source.execute(
+        "postgres",
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+        f"WHERE slot_name = '{slot}'",
+    )
     source.drop(db)
 
 
@@ -316,3 +320,10 @@ def _segment(base_manifest: dict) -> str:
     from prefect_dbbackup.tasks.base_backup import BaseBackupManifest
 
     return BaseBackupManifest.model_validate(base_manifest).start_file
+
+
+def test_restore_of_one_postgres_database_to_a_time_points_to_restore_cluster(pitr_server):
+    env, server, db = pitr_server
+    result = env.cli("restore", server, db, "--to-time", "latest", "--into", f"{db}_x")
+    assert result.exit_code == 3, result.output
+    assert f"dbbackup restore-cluster {server} --to-time T" in result.stderr

@@ -33,7 +33,11 @@ def archived(env, cluster: PrivateCluster):
     cluster.create(db)
     cluster.execute(db, "CREATE TABLE t (id int PRIMARY KEY, v text)")
     yield env, name, db, slot
-    cluster.execute("postgres", f"SELECT pg_drop_replication_slot('{slot}')")
+    cluster.execute(
+        "postgres",
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+        f"WHERE slot_name = '{slot}'",
+    )
     cluster.drop(db)
 
 
