@@ -168,7 +168,12 @@ def finish(data_dir: Path, version: bytes) -> None:
 
 def write_segment(source: BinaryIO, path: Path) -> int:
     """One WAL segment file as recovery reads it: the archived bytes, then zeros to the
-    segment's size (where the server had not written yet: recovery stops there)."""
+    segment's size (where the server had not written yet: recovery stops there). Only a WAL
+    segment's name is ever written (a signed manifest naming another file is refused)."""
+    try:
+        parse_segment(path.name)
+    except ValueError as exc:
+        raise IntegrityError(f"the archive names {path.name!r} as WAL: {exc}") from None
     with open(path, "wb") as out:
         written = 0
         while block := source.read(1 << 20):
@@ -178,7 +183,6 @@ def write_segment(source: BinaryIO, path: Path) -> int:
             raise IntegrityError(f"archived WAL segment {path.name} holds {written} bytes")
         out.truncate(SEGMENT_BYTES)
     os.chmod(path, 0o600)
-    parse_segment(path.name)
     return written
 
 
