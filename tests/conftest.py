@@ -104,6 +104,25 @@ def private_pg() -> Iterator[PrivateCluster]:
         cluster.stop()
 
 
+@pytest.fixture
+def pg_pitr_block(env, private_pg: PrivateCluster) -> Iterator[tuple[str, str]]:
+    """(name, slot) of a pitr: true postgres-server block of private_pg with a replication
+    slot of its own, dropped afterwards if an archive run made it."""
+    from prefect_dbbackup.blocks import PostgresServer
+
+    tag = uuid.uuid4().hex[:8]
+    name, slot = f"pgpitr-{tag}", f"dbb_{tag}"
+    PostgresServer(
+        host="127.0.0.1", port=private_pg.port, user="postgres", pitr=True, pitr_slot=slot
+    ).save(name)
+    yield name, slot
+    private_pg.execute(
+        "postgres",
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+        f"WHERE slot_name = '{slot}'",
+    )
+
+
 def _database_factory(admin: PgAdmin | MyAdmin) -> Iterator[Callable[..., str]]:
     created: list[str] = []
 

@@ -29,25 +29,15 @@ def source(private_pg: PrivateCluster) -> PrivateCluster:
 
 
 @pytest.fixture
-def pitr_server(env, source: PrivateCluster):
+def pitr_server(env, source: PrivateCluster, pg_pitr_block):
     """(env, name of a pitr: true postgres-server block of the source, a new database)."""
-    from prefect_dbbackup.blocks import PostgresServer
-
-    tag = uuid.uuid4().hex[:8]
-    name, db, slot = f"pgpitr-{tag}", f"shop_{tag}", f"dbb_{tag}"
-    PostgresServer(
-        host="127.0.0.1", port=source.port, user="postgres", pitr=True, pitr_slot=slot
-    ).save(name)
+    name, slot = pg_pitr_block
+    db = f"shop_{slot}"
     source.create(db)
     source.execute(db, "CREATE TABLE orders (id int PRIMARY KEY, at timestamptz)")
     source.execute(db, "CREATE TABLE audit (note text)")
     source.execute(db, "INSERT INTO audit VALUES ('kept')")
     yield env, name, db
-    source.execute(
-        "postgres",
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-        f"WHERE slot_name = '{slot}'",
-    )
     source.drop(db)
 
 

@@ -20,24 +20,14 @@ def cluster(private_pg: PrivateCluster) -> PrivateCluster:
 
 
 @pytest.fixture
-def archived(env, cluster: PrivateCluster):
+def archived(env, cluster: PrivateCluster, pg_pitr_block):
     """(env, name of a pitr: true postgres-server block with a slot of its own, a database
-    with a table t)."""
-    from prefect_dbbackup.blocks import PostgresServer
-
-    tag = uuid.uuid4().hex[:8]
-    name, db, slot = f"wal-{tag}", f"db_{tag}", f"dbb_{tag}"
-    PostgresServer(
-        host="127.0.0.1", port=cluster.port, user="postgres", pitr=True, pitr_slot=slot
-    ).save(name)
+    with a table t, the slot)."""
+    name, slot = pg_pitr_block
+    db = f"db_{slot}"
     cluster.create(db)
     cluster.execute(db, "CREATE TABLE t (id int PRIMARY KEY, v text)")
     yield env, name, db, slot
-    cluster.execute(
-        "postgres",
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-        f"WHERE slot_name = '{slot}'",
-    )
     cluster.drop(db)
 
 
