@@ -325,8 +325,14 @@ class PostgresServer(DatabaseServer):
 
     def log_files(self) -> list[tuple[str, int]]:
         """The WAL segments the slot holds, up to the flush position (the last one open)."""
-        with self.connect() as conn:
-            return postgres_wal.wal_files(conn, self.pitr_slot, self.describe())
+        try:
+            with self.connect() as conn:
+                return postgres_wal.wal_files(conn, self.pitr_slot, self.describe())
+        except PermissionDenied as exc:
+            raise PermissionDenied(
+                f"{exc}. Archiving the WAL needs {postgres_wal.GRANTS.format(user=self.user)} "
+                "(docs/pitr.md)"
+            ) from None
 
     @contextlib.contextmanager
     def open_log(self, file: str, start: int, listed: int, workdir: Path) -> Iterator[BinaryIO]:

@@ -152,3 +152,22 @@ def test_status_shows_the_wal_the_slot_holds_and_a_lost_slot_fails(archived, clu
     finally:
         cluster.execute("postgres", "ALTER SYSTEM RESET max_slot_wal_keep_size")
         cluster.execute("postgres", "SELECT pg_reload_conf()")
+
+
+def test_a_login_without_the_replication_grants_is_told_which_to_add(env, cluster):
+    from prefect_dbbackup.blocks import PostgresServer
+
+    role = f"nobk_{uuid.uuid4().hex[:8]}"
+    cluster.execute("postgres", f"CREATE ROLE {role} LOGIN")
+    try:
+        name = f"walrole-{role[5:]}"
+        PostgresServer(
+            host="127.0.0.1", port=cluster.port, user=role, pitr=True, pitr_slot=role
+        ).save(name)
+        result = env.cli("archive", name)
+        assert result.exit_code == 3, result.output
+        assert f"ALTER ROLE {role} REPLICATION" in result.stderr
+        assert "pg_read_binary_file" in result.stderr
+        assert archive_runs(env, name) == []
+    finally:
+        cluster.execute("postgres", f"DROP ROLE {role}")
