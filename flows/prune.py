@@ -139,7 +139,9 @@ def prune_backups(
     )
     if database is None and not policy.is_empty and archived(sto, series):
         base_items, bases = prune_base_task(sto, series, policy, dry_run=dry_run)
-        items += base_items + prune_archive_task(sto, series, dry_run=dry_run, bases=bases)
+        items += base_items + prune_archive_task(
+            sto, series, dry_run=dry_run, bases=bases, grace_hours=policy.garbage_grace_hours
+        )
     # chunks are shared by every server of the storage: collected whatever was removed
     collection = collect_chunks_task(sto, dry_run=dry_run) if uses_chunks(sto) else None
     report_prune(series, items, dry_run, collection)

@@ -15,11 +15,17 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.tasks.archive import read_archive
-from prefect_dbbackup.tasks.archive_manifest import ARCHIVE_SEGMENT, archive_prefix, file_order
+from prefect_dbbackup.tasks.archive_manifest import (
+    ARCHIVE_SEGMENT,
+    PIECE_NAME,
+    archive_prefix,
+    file_order,
+)
 from prefect_dbbackup.tasks.base_backup import BaseBackupManifest
 from prefect_dbbackup.tasks.catalog import scan_backups
 from prefect_dbbackup.tasks.layout import MANIFEST_NAME, SIGNATURE_NAME
 from prefect_dbbackup.tasks.logs import run_logger
+from prefect_dbbackup.tasks.orphans import orphan_items
 from prefect_dbbackup.tasks.prune import PruneItem, backup_time, remove_backup
 
 
@@ -29,10 +35,14 @@ def archived(storage: BackupStorage, server: str) -> bool:
 
 
 def plan_archive_prune(
-    storage: BackupStorage, server: str, bases: Sequence[BaseBackupManifest] = ()
+    storage: BackupStorage,
+    server: str,
+    bases: Sequence[BaseBackupManifest] = (),
+    grace_hours: float = 24,
 ) -> list[PruneItem]:
     """One item per archive run of server: keep or remove, and why (bases: the PostgreSQL
-    base backups kept, whose replay starts at their start segment)."""
+    base backups kept, whose replay starts at their start segment); then one per directory a
+    run killed before its manifest left (tasks/orphans.py, after grace_hours)."""
     state = read_archive(storage, server)
     dumps = [e.manifest for e in scan_backups(storage, server) if e.usable() and e.manifest]
     starts = sorted(
@@ -84,7 +94,14 @@ def plan_archive_prune(
                 foreign=foreign,
             )
         )
-    return items
+    return items + orphan_items(
+        storage,
+        storage.list_modified(archive_prefix(server)),
+        {run.run_id for run in state.runs},
+        lambda name: bool(PIECE_NAME.fullmatch(name)) or name == SIGNATURE_NAME,
+        ARCHIVE_SEGMENT,
+        grace_hours,
+    )
 
 
 def prune_archive(
@@ -92,11 +109,12 @@ def prune_archive(
     server: str,
     dry_run: bool = False,
     bases: Sequence[BaseBackupManifest] = (),
+    grace_hours: float = 24,
 ) -> list[PruneItem]:
     """Remove the archive runs no kept backup needs (plan_archive_prune); dry_run removes
     nothing. Each run goes manifest first: a half-removed run no longer exists."""
     log = run_logger()
-    items = plan_archive_prune(storage, server, bases)
+    items = plan_archive_prune(storage, server, bases, grace_hours)
     for item in items:
         if item.keep:
             continue

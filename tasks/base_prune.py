@@ -21,7 +21,8 @@ from prefect_dbbackup.tasks.base_backup import (
     base_prefix,
 )
 from prefect_dbbackup.tasks.layout import MANIFEST_NAME, SIGNATURE_NAME
-from prefect_dbbackup.tasks.prune import FOREIGN, PruneItem, apply_items, backup_time, check_clock
+from prefect_dbbackup.tasks.orphans import orphan_items
+from prefect_dbbackup.tasks.prune import PruneItem, apply_items, backup_time, check_clock
 
 OWN = frozenset({BASE_OBJECT, MANIFEST_NAME, SIGNATURE_NAME})
 
@@ -67,20 +68,14 @@ def plan_base_prune(
                 foreign=sorted(k for k in keys if k.rsplit("/", 1)[1] not in OWN),
             )
         )
-    items += [
-        PruneItem(
-            database=BASE_SEGMENT,
-            backup_id=run_id,
-            time=backup_time(run_id),
-            complete=False,
-            keep=True,
-            reasons=[FOREIGN],
-            outcome="left alone",
-            foreign=sorted(keys),
-        )
-        for run_id, keys in sorted(listed.items())
-        if run_id not in records
-    ]
+    items += orphan_items(
+        storage,
+        {k: t for keys in listed.values() for k, t in keys.items()},
+        records,
+        lambda name: name in OWN,
+        BASE_SEGMENT,
+        policy.garbage_grace_hours,
+    )
     kept_ids = {i.backup_id for i in items if i.keep}
     kept = [
         r.manifest
