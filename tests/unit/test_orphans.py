@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from prefect_dbbackup.blocks import LocalBackupStorage
-from prefect_dbbackup.tasks.archive_prune import plan_archive_prune
 from prefect_dbbackup.tasks.archive_manifest import archive_prefix
+from prefect_dbbackup.tasks.archive_prune import plan_archive_prune
 
 
 def _put(root: Path, key: str, hours_old: float) -> None:
