@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
+from prefect_dbbackup.blocks.errors import ConfigError, ToolFailed
 from prefect_dbbackup.blocks.process import ToolProcess, check_stopped
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.blocks.wal import parse_lsn, segment_name
@@ -84,19 +85,33 @@ def take_base_backup(run: ArchiveRun, started: datetime) -> BaseBackupManifest:
     spool = run.workdir / BASE_OBJECT
     facts = BaseTarFacts()
     with spooling(spool, what), server.base_backup_command(run.workdir) as cmd:
-        with ToolProcess(
-            cmd.argv, env=cmd.env, timeout=server.dump_timeout, stdout=True, secrets=cmd.secrets
-        ) as proc:
-            assert proc.stdout is not None
-            stats = write_spool(
-                proc.stdout,
-                spool,
-                run.encryption.recipient_keys(),
-                level=server.zstd_level,
-                threads=2,
-                tap=facts.feed,
-                check=lambda: check_stopped(what),
-            )
+        try:
+            with ToolProcess(
+                cmd.argv,
+                env=cmd.env,
+                timeout=server.dump_timeout,
+                stdout=True,
+                secrets=cmd.secrets,
+            ) as proc:
+                assert proc.stdout is not None
+                stats = write_spool(
+                    proc.stdout,
+                    spool,
+                    run.encryption.recipient_keys(),
+                    level=server.zstd_level,
+                    threads=2,
+                    tap=facts.feed,
+                    check=lambda: check_stopped(what),
+                )
+        except ToolFailed as exc:
+            if "pg_hba.conf" in str(exc) and "replication" in str(exc):
+                raise ConfigError(
+                    f"{exc}. Add a line for replication connections of this login to the "
+                    "server's pg_hba.conf, e.g. `host replication dbbackup 10.0.0.5/32 "
+                    "scram-sha-256`, then reload the server (dbbackup never changes server "
+                    "settings; docs/pitr.md)"
+                ) from None
+            raise
         wal = facts.range()
         server_time = server.server_clock()
         key = base_key(run.server_name, run.run_id, BASE_OBJECT)
