@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.errors import ConfigError
-from prefect_dbbackup.blocks.process import check_stopped, stop_on_signals
+from prefect_dbbackup.blocks.process import stop_on_signals
 from prefect_dbbackup.blocks.registry import load_encryption, load_storage, name_of
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.flows.artifacts import artifact_key, md
@@ -30,7 +30,7 @@ from prefect_dbbackup.tasks.restore_cluster import (
     plan_wal,
     remove_partial,
     write_recovery,
-    write_segment,
+    write_wal,
 )
 from prefect_dbbackup.tasks.workdir import private_workdir
 from pydantic import BaseModel
@@ -97,7 +97,6 @@ def restore_cluster(
     target = Path(data_dir).expanduser().absolute()
     started = datetime.now(UTC)
     existed = new_data_dir(target)
-    wal_bytes = 0
     try:
         with stop_on_signals(), private_workdir() as workdir:
             whole = StoredPart(
@@ -111,10 +110,12 @@ def restore_cluster(
                 members, version = extract_base(tar, target)
             log.info("unpacked base backup %s (%d files) into %s", base.run_id, members, target)
             (target / "pg_wal").mkdir(mode=0o700, exist_ok=True)
-            for name, pieces in plan.files:
-                check_stopped(f"the WAL of {server}")
-                with archived_file(sto, server, pieces, identities, workdir) as segment:
-                    wal_bytes += write_segment(segment, target / "pg_wal" / name)
+            wal_bytes = write_wal(
+                plan.files,
+                lambda pieces: archived_file(sto, server, pieces, identities, workdir),
+                target / "pg_wal",
+                f"the WAL of {server}",
+            )
             write_recovery(target, to_time, port)
             finish(target, version)
     except BaseException:

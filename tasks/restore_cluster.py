@@ -11,9 +11,12 @@ first commit after the target; each archive run commits once before it reads the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tarfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,6 +30,7 @@ from prefect_dbbackup.tasks.base_backup import BaseBackupManifest
 from prefect_dbbackup.tasks.pitr import StoredPiece, Stretch, stretches
 
 RECOVERY_MARK = "# added by dbbackup restore-cluster"
+WAL_WRITERS = 2  # segments decrypted and written at once
 VERSION_FILE = "PG_VERSION"
 
 
@@ -184,6 +188,31 @@ def write_segment(source: BinaryIO, path: Path) -> int:
         out.truncate(SEGMENT_BYTES)
     os.chmod(path, 0o600)
     return written
+
+
+def write_wal(
+    files: list[tuple[str, list[StoredPiece]]],
+    open_file: Callable[[list[StoredPiece]], contextlib.AbstractContextManager[BinaryIO]],
+    pg_wal: Path,
+    what: str,
+) -> int:
+    """Every segment of files written into pg_wal (write_segment), WAL_WRITERS at a time:
+    decrypting and decompressing one segment waits on the storage and one core, so two
+    overlap. The first failure (or a stop) cancels what has not started; returns the bytes
+    archived."""
+
+    def one(name: str, pieces: list[StoredPiece]) -> int:
+        check_stopped(what)
+        with open_file(pieces) as segment:
+            return write_segment(segment, pg_wal / name)
+
+    with ThreadPoolExecutor(WAL_WRITERS, thread_name_prefix="wal-writer") as pool:
+        futures = [pool.submit(one, name, pieces) for name, pieces in files]
+        try:
+            return sum(f.result() for f in futures)
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def write_recovery(data_dir: Path, to_time: datetime | None, port: int | None) -> None:
