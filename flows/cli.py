@@ -377,10 +377,12 @@ def _list_pitr(storage: Any, server: str, database: str | None, as_json: bool) -
         if not view.stretches:
             typer.echo(f"no log archived for {server} (run `dbbackup archive {server}`)")
         for s in view.stretches:
-            typer.echo(
-                f"archive  {s.describe()}  events {when(s.first_event_at)} .. "
-                f"{when(s.last_event_at)}  ({len(s.pieces)} pieces)"
+            times = (  # WAL pieces carry no event times: the cluster line has the window
+                f"  events {when(s.first_event_at)} .. {when(s.last_event_at)}"
+                if s.first_event_at or s.last_event_at
+                else ""
             )
+            typer.echo(f"archive  {s.describe()}{times}  ({len(s.pieces)} pieces)")
         for w in view.windows:
             typer.echo(
                 f"{printable(w.database):30} restorable to any second {when(w.since)} .. "
