@@ -329,11 +329,12 @@ def _list_pitr(storage: Any, server: str, database: str | None, as_json: bool) -
     from prefect_dbbackup.tasks.pitr import pitr_view
     from prefect_dbbackup.tasks.restore_cluster import cluster_windows
 
-    view = pitr_view(storage, server, database)
+    state = read_archive(storage, server)  # read once, for both views
+    view = pitr_view(storage, server, database, state)
     stored = base_backups(storage, server).all()
     clusters = cluster_windows(
         [r.manifest for r in stored if r.problem is None and r.manifest is not None],
-        read_archive(storage, server).trusted,
+        state.trusted,
     )
     refused = view.refused + [f"{r.key}: {r.problem}" for r in stored if r.problem is not None]
 
@@ -675,9 +676,10 @@ def restore_cluster_cmd(
         identity_file=str(identity_file.expanduser()) if identity_file else None,
     )
     typer.echo(
-        f"wrote the cluster of {server} as of {to_time} into {report.data_dir}: base backup "
-        f"{report.base_backup_id} and {report.wal_segments} WAL segment(s) in "
-        f"{report.seconds:.1f} s. Start it to replay them: pg_ctl -D {report.data_dir} start"
+        f"wrote the cluster of {server} as of {to_time} into {printable(report.data_dir)}: base "
+        f"backup {report.base_backup_id} and {report.wal_segments} WAL segment(s) in "
+        f"{report.seconds:.1f} s. Start it to replay them: pg_ctl -D "
+        f"{printable(report.data_dir)} start"
     )
 
 

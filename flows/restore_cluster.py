@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect_dbbackup.blocks.encryption import AgeEncryption
-from prefect_dbbackup.blocks.errors import ConfigError
+from prefect_dbbackup.blocks.errors import ConfigError, DiskFull, is_disk_full
 from prefect_dbbackup.blocks.process import stop_on_signals
 from prefect_dbbackup.blocks.registry import load_encryption, load_storage, name_of
 from prefect_dbbackup.blocks.storage import BackupStorage
@@ -118,8 +118,14 @@ def restore_cluster(
             )
             write_recovery(target, to_time, port)
             finish(target, version)
-    except BaseException:
+    except BaseException as exc:  # a stop too: what was written is not a cluster
         remove_partial(target, existed)
+        if is_disk_full(exc) and not isinstance(exc, DiskFull):
+            raise DiskFull(
+                f"the disk of {target} filled up while the cluster was written (it needs the "
+                f"unpacked base backup, {base.stats.raw_bytes} bytes, and the WAL); what was "
+                "written is removed: name a --data-dir on a disk with room"
+            ) from None
         raise
     report = ClusterRestoreReport(
         server=server,

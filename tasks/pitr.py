@@ -29,7 +29,7 @@ from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.errors import DbBackupError, IntegrityError, Interrupted
 from prefect_dbbackup.blocks.server import DatabaseServer
 from prefect_dbbackup.blocks.storage import BackupStorage
-from prefect_dbbackup.tasks.archive import read_archive
+from prefect_dbbackup.tasks.archive import ArchiveState, read_archive
 from prefect_dbbackup.tasks.archive_manifest import (
     ArchiveManifest,
     LogPiece,
@@ -201,9 +201,15 @@ class PitrView:
     refused: list[str]  # run manifests not used, with why
 
 
-def pitr_view(storage: BackupStorage, server: str, database: str | None = None) -> PitrView:
-    """The stretches, gaps and restorable windows of a server (or one database)."""
-    state = read_archive(storage, server)
+def pitr_view(
+    storage: BackupStorage,
+    server: str,
+    database: str | None = None,
+    state: ArchiveState | None = None,
+) -> PitrView:
+    """The stretches, gaps and restorable windows of a server (or one database); state:
+    the archive as read_archive read it, if the caller has it."""
+    state = state or read_archive(storage, server)
     found = stretches(state.trusted)
     dumps = [
         e.manifest for e in scan_backups(storage, server, database) if e.usable() and e.manifest
