@@ -208,8 +208,26 @@ def run_cli(app: typer.Typer) -> NoReturn:
         _exit(_run_app(app))
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+    updates = {PREFECT_API_URL: os.environ["PREFECT_API_URL"], **_no_heartbeats(sys.argv[1:])}
+    with temporary_settings(updates=updates):
         _exit(_run_app(app))
+
+
+def _no_heartbeats(argv: list[str]) -> dict[Any, None]:
+    """Prefect's flow run heartbeats off for the flow runs a command runs in this process
+    (docs/performance.md): Prefect ends a run by joining its heartbeat thread, which sleeps
+    in steps of a second, so every flow run paid ~0.5 s for it. Its person watches the run;
+    a killed process is marked Crashed by flows/crashed_runs. `serve` (its runs are child
+    processes with their own settings) and PREFECT_FLOWS_HEARTBEAT_FREQUENCY in the
+    environment keep them."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    words = [a for a in argv if not a.startswith("-")]
+    kept = words[:1] == ["serve"] or any(
+        name in os.environ
+        for name in ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+    )
+    return {} if kept else {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
 
 
 def _exit(code: int) -> NoReturn:

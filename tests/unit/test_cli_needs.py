@@ -53,3 +53,33 @@ def test_every_command_declares_its_need() -> None:
 )
 def test_the_command_in_argv_decides(argv: list[str], needed: bool) -> None:
     assert api_needed(argv, app) is needed
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "off"),
+    [
+        (["backup", "local-pg", "-d", "shop"], {}, True),
+        (["restore", "local-pg", "shop"], {}, True),
+        (["--debug", "serve", "dbbackup.yaml"], {}, False),  # its runs: child processes
+        (["backup", "local-pg"], {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "60"}, False),
+        (["backup", "local-pg"], {"PREFECT_RUNNER_HEARTBEAT_FREQUENCY": "60"}, False),
+    ],
+)
+def test_flow_runs_of_a_command_send_no_heartbeats_unless_asked(
+    argv: list[str], environ: dict[str, str], off: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefect's engine ends a flow run by joining its heartbeat thread (~0.5 s, it sleeps
+    in steps of a second): a command's own runs go without, `serve` and a user who set
+    the frequency keep them."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.settings.context import get_current_settings
+    from prefect_dbbackup.flows.cli_runtime import _no_heartbeats
+
+    for name in ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with temporary_settings(updates=_no_heartbeats(argv)):
+        frequency = get_current_settings().flows.heartbeat_frequency
+    assert (frequency is None) == off
+    assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.name == "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
