@@ -1,13 +1,15 @@
 """A pre-migrated SQLite database for the local server's first start in a new PREFECT_HOME.
 
 Prefect's server migrates a new SQLite database through ~116 Alembic migrations before it
-answers (~8 s). The template is that database once, freshly migrated and empty (only
-`alembic_version` has a row: no encryption key, no blocks), kept per user and per Prefect
-version in `$XDG_CACHE_HOME/dbbackup/prefect-<version>.db` (default `~/.cache`, 0700).
-Before a home's first start its `prefect.db` is copied from the template (a private copy,
-checked, then linked into place: an existing database is never replaced); Prefect's own
-start-up then finds it at its head and migrates nothing, and a later Prefect migrates it
-forward like any other database. A damaged template is removed and the start falls back to
+answers (~8 s), then registers its block types (~1.5 s). The template is that database
+once, freshly migrated with Prefect's block types registered and nothing else (no
+encryption key, no blocks), kept per user, Prefect version and set of installed Prefect
+collections in `$XDG_CACHE_HOME/dbbackup/prefect-<version>-<collections>.db` (default
+`~/.cache`, 0700). Before a home's first start its `prefect.db` is copied from the template
+(a private copy, checked, then linked into place: an existing database is never replaced);
+that start neither migrates nor registers block types, the next start of the home lets
+Prefect register them again (its own check), and a later Prefect migrates the database
+forward like any other. A damaged template is removed and the start falls back to
 Prefect's migrations. The template is built in the background after a first start that
 found none (built in a temp directory, checked, renamed: a killed build leaves no template).
 `DBBACKUP_DB_TEMPLATE=off` never uses or builds one.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -24,12 +27,25 @@ import stat
 import subprocess
 import sys
 import tempfile
-from importlib.metadata import version
+from importlib.metadata import entry_points, version
 from pathlib import Path
 
 TEMPLATE_VARIABLE = "DBBACKUP_DB_TEMPLATE"
 BUILD_TIMEOUT_SECONDS = 900.0
 _SIDE_FILES = ("-wal", "-shm", "-journal")
+# Prefect's block types into the database, as its server's start does (the block classes
+# its server imports and the installed collections'): Prefect's own registration code
+_REGISTER = [
+    "-c",
+    "import asyncio, prefect.plugins, prefect.server.api.server\n"
+    "from prefect.server.database import provide_database_interface\n"
+    "from prefect.server.models.block_registration import run_block_auto_registration\n"
+    "async def register():\n"
+    "    prefect.plugins.load_prefect_collections()\n"
+    "    async with await provide_database_interface().session() as session:\n"
+    "        await run_block_auto_registration(session=session)\n"
+    "asyncio.run(register())\n",
+]
 
 
 def cache_dir() -> Path:
@@ -39,8 +55,15 @@ def cache_dir() -> Path:
 
 
 def template_path() -> Path:
-    """This Prefect version's template."""
-    return cache_dir() / f"prefect-{version('prefect')}.db"
+    """The template of this Prefect version and these Prefect collections (their block
+    types are registered in it)."""
+    collections = sorted(
+        f"{point.dist.name}=={point.dist.version}"
+        for point in entry_points(group="prefect.collections")
+        if point.dist is not None
+    )
+    key = hashlib.sha256("\n".join(collections).encode()).hexdigest()[:12]
+    return cache_dir() / f"prefect-{version('prefect')}-{key}.db"
 
 
 def home_database(home: Path) -> Path | None:
@@ -59,7 +82,8 @@ def home_database(home: Path) -> Path | None:
 
 def problem(path: Path) -> str | None:
     """Why the database at path is no fresh template (None: it is one): unreadable, damaged,
-    unstamped, or holding data (an encryption key would be shared between homes)."""
+    unstamped, without Prefect's block types, or holding data (an encryption key would be
+    shared between homes)."""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True)) as db:
             checked = db.execute("PRAGMA quick_check").fetchall()
@@ -67,6 +91,8 @@ def problem(path: Path) -> str | None:
                 return f"damaged ({checked[0][0]})"
             if not db.execute("SELECT version_num FROM alembic_version").fetchall():
                 return "no Alembic revision"
+            if not db.execute("SELECT count(*) FROM block_type").fetchone()[0]:
+                return "no block types"
             if db.execute("SELECT count(*) FROM configuration").fetchone()[0]:
                 return "not empty"
     except sqlite3.Error as exc:
@@ -74,12 +100,13 @@ def problem(path: Path) -> str | None:
     return None
 
 
-def seed(database: Path) -> str | None:
+def seed(database: Path) -> tuple[bool, str | None]:
     """Before a first start (the caller holds the home's lock): copy the template into
-    database when there is none. Returns a line for the server log when a template was
-    there but not used; None when it was copied, or when there is none (yet)."""
+    database when there is none. Returns whether it was copied (the start then need not
+    register block types), and a line for the server log when a template was there but
+    not used."""
     if any(Path(f"{database}{side}").exists() for side in ("", *_SIDE_FILES)):
-        return None
+        return False, None
     template = template_path()
     tmp = database.with_name(".prefect.db.template-copy")
     tmp.unlink(missing_ok=True)
@@ -88,13 +115,13 @@ def seed(database: Path) -> str | None:
     try:
         source = os.open(template, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None
+        return False, None
     except OSError as exc:
-        return f"database template {template} not used ({exc})"
+        return False, f"database template {template} not used ({exc})"
     try:
         info = os.fstat(source)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-            return f"database template {template} not used (not a file of this user)"
+            return False, f"database template {template} not used (not a file of this user)"
         target = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(target, "wb") as out, os.fdopen(os.dup(source), "rb") as src:
             shutil.copyfileobj(src, out, 1 << 20)
@@ -106,14 +133,14 @@ def seed(database: Path) -> str | None:
     if why is not None:
         tmp.unlink()
         template.unlink(missing_ok=True)  # rebuilt after this start
-        return f"database template {template} removed: {why}; Prefect migrates the new database"
+        return False, f"database template {template} removed: {why}; Prefect migrates it"
     try:
         os.link(tmp, database)  # never over an existing database
     except FileExistsError:
-        pass
+        return False, None
     finally:
         tmp.unlink()
-    return None
+    return True, None
 
 
 def wanted(database: Path | None) -> bool:
@@ -135,7 +162,8 @@ def build_in_background() -> None:
 def build() -> Path | None:
     """Build this Prefect version's template unless it exists or another process is
     building it (None). Prefect's own `prefect server database upgrade` migrates a new
-    database in a temp directory; it is checked, then renamed into place."""
+    database in a temp directory, Prefect's own block registration fills in the block
+    types as its server's start does; it is checked, then renamed into place."""
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     with os.fdopen(os.open(directory / "build.lock", os.O_RDWR | os.O_CREAT, 0o600)) as lock:
@@ -159,14 +187,15 @@ def build() -> Path | None:
                 PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{database}",
                 PREFECT_SERVER_ANALYTICS_ENABLED="false",
             )
-            subprocess.run(
-                [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                check=True,
-                timeout=BUILD_TIMEOUT_SECONDS,
-            )
+            for step in (["-m", "prefect", "server", "database", "upgrade", "-y"], _REGISTER):
+                subprocess.run(
+                    [sys.executable, *step],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    check=True,
+                    timeout=BUILD_TIMEOUT_SECONDS,
+                )
             why = problem(database)
             if why is not None:
                 raise RuntimeError(f"the new database template is {why}")

@@ -325,9 +325,11 @@ class PortTaken(ConfigError):
     """The port chosen for the server was taken by another program before it bound it."""
 
 
-def _spawn(port: int, secret: str) -> ServerState:
+def _spawn(port: int, secret: str, seeded: bool) -> ServerState:
     """Start the server on port and wait until it is proven ours and healthy. PortTaken
-    when another program took the port between its probe and the server's bind."""
+    when another program took the port between its probe and the server's bind. A
+    database just seeded from the template holds Prefect's block types: this start does
+    not register them (nor records that it did: the next start lets Prefect check)."""
     home = _this_home()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(
@@ -336,6 +338,11 @@ def _spawn(port: int, secret: str) -> ServerState:
         PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
         **{SERVER_AUTH_SETTING: secret},
     )
+    if seeded:
+        env.update(
+            PREFECT_SERVER_REGISTER_BLOCKS_ON_START="false",
+            PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION="false",
+        )
     log = open(state_dir() / "server.log", "ab")  # noqa: SIM115 (handed to the child)
     start = log.tell()  # this start's output begins here
     with log:
@@ -393,20 +400,20 @@ def ensure_running() -> tuple[ServerState, bool]:
         if state is not None:
             _forget(state)  # stale, foreign, unhealthy, outdated: signalled only if ours
         database = db_template.home_database(prefect_home())
-        if database is not None:
-            _log_line(db_template.seed(database))
-        started = _start(state.port if state else _remembered_port(), secret)
+        seeded, line = db_template.seed(database) if database else (False, None)
+        _log_line(line)
+        started = _start(state.port if state else _remembered_port(), secret, seeded)
         if db_template.wanted(database):
             db_template.build_in_background()  # for the next new home
         return started, True
 
 
-def _start(preferred: int | None, secret: str) -> ServerState:
+def _start(preferred: int | None, secret: str, seeded: bool) -> ServerState:
     for _attempt in range(PORT_ATTEMPTS - 1):
         with contextlib.suppress(PortTaken):  # another program won the race: another port
-            return _spawn(_port(preferred), secret)
+            return _spawn(_port(preferred), secret, seeded)
         preferred = None
-    return _spawn(_port(None), secret)
+    return _spawn(_port(None), secret, seeded)
 
 
 def _log_line(line: str | None) -> None:

@@ -1,7 +1,9 @@
 """The local server's first start in a new PREFECT_HOME copies a pre-migrated database
-template (per user and Prefect version) instead of running Prefect's ~116 migrations; the
-copy is the home's own; a damaged template is dropped and Prefect migrates as before; a
-template at an older revision is migrated forward by Prefect's own start-up."""
+template (per user, Prefect version and Prefect collections) instead of running Prefect's
+~116 migrations and registering its block types; the copy is the home's own and holds the
+block types Prefect's own start registers; a damaged template is dropped and Prefect
+migrates as before; a template at an older revision is migrated forward by Prefect's own
+start-up."""
 
 from __future__ import annotations
 
@@ -15,14 +17,14 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from prefect_dbbackup.flows.db_template import template_path
 
 from tests.integration.test_local_server import STARTED, _dbbackup, _env, pg_config
 
-TEMPLATE_NAME = f"prefect-{version('prefect')}.db"
+TEMPLATE_NAME = template_path().name
 BUILDER = [sys.executable, "-m", "prefect_dbbackup.flows.db_template"]
 pytestmark = pytest.mark.slow
 
@@ -34,6 +36,14 @@ def _query(database: Path, sql: str) -> list[tuple]:
 
 def _revision(database: Path) -> str:
     return _query(database, "SELECT version_num FROM alembic_version")[0][0]
+
+
+def _block_types(database: Path) -> set[tuple]:
+    """Each block type with the checksums of its schemas."""
+    sql = (
+        "SELECT t.slug, s.checksum FROM block_type t JOIN block_schema s ON s.block_type_id = t.id"
+    )
+    return set(_query(database, sql))
 
 
 def _tables(database: Path) -> set[str]:
@@ -92,6 +102,16 @@ def test_new_homes_start_from_their_own_copy_of_the_template(
             assert _revision(database) == head
             assert stat.S_IMODE(database.stat().st_mode) == 0o600
         assert len({d.stat().st_ino for d in (template, *databases)}) == 3
+
+        # the template's block types are those Prefect's own start registered in the first
+        # home, and a later start (which lets Prefect check them) keeps them so
+        registered = _block_types(tmp_path / "one" / "prefect.db")
+        assert len(registered) > 40
+        assert _block_types(template) == registered
+        assert _block_types(databases[0]) == registered
+        _dbbackup(second, "server", "stop")
+        assert STARTED in _dbbackup(second, "list", "srv").stderr
+        assert _block_types(databases[0]) == registered
 
         # the home that existed before keeps its database on a restart
         _dbbackup(first, "server", "stop")
