@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -10,13 +11,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.benchmarks import data
+from tests.benchmarks.cli_latency import CLI
 from tests.benchmarks.harness import Group, Variant, VariantFailed, run_once
 from tests.helpers import MY, PG
 
 REPO = Path(__file__).resolve().parents[2]
 PG_ARGS = ["-h", PG["host"], "-p", str(PG["port"]), "-U", PG["user"]]
 MY_ARGS = [f"-h{MY['host']}", f"-P{MY['port']}", f"-u{MY['user']}"]
-CASES = ("pg-backup", "my-backup", "pg-restore", "my-restore", "rss", "many", "tiny", "s3")
+CASES = (
+    "pg-backup",
+    "my-backup",
+    "pg-restore",
+    "my-restore",
+    "rss",
+    "many",
+    "tiny",
+    "s3",
+    "pg-cli",
+)
 TINY_CONCURRENCY = (1, 2)
 MANY_CONCURRENCY = (1, 2, 4)
 
@@ -307,6 +319,52 @@ def s3(ctx: Context) -> Group:
     )
 
 
+CLI_SERVER = "bench-cli"  # the pg-cli case's server block, saved by `dbbackup apply`
+PG_CLI, PG_PIPE = "pg backup: dbbackup CLI", "shell pipeline pg_dump -Fc -Z0, zstd -T2, age"
+PG_CLI_GZIP = "pg_dump -Fc (gzip), next to the CLI"
+
+
+def pg_cli(ctx: Context) -> Group:
+    """`dbbackup backup` as a user runs it (a child process: imports, Prefect flow run,
+    blocks from the API) next to the shell pipeline doing the same work, and pg_dump -Fc."""
+    db = data.ensure_pg(ctx.sizes.pg_bytes)
+    home, store, out = ctx.path("cli"), ctx.path("cli-store"), ctx.path("bare.age")
+    config, signing = home / "dbbackup.yaml", home / "signing.key"
+
+    def setup() -> None:  # the blocks in the benchmark's API: the CLI reads no yaml when run
+        home.mkdir(exist_ok=True)
+        keygen = [*CLI, "signing-keygen", "-o", str(signing)]
+        run_once(Variant("signing-keygen", keygen, env=ctx.env()))
+        server = {"type": "postgres", **PG, "backup_users": False}
+        storage = {"type": "local", "path": str(store), "manifest_signing_key_file": str(signing)}
+        blocks = {
+            "servers": {CLI_SERVER: server},
+            "storage": {"default": storage},
+            "encryption": {"default": {"identity_file": str(ctx.identity)}},
+        }
+        config.write_text(json.dumps(blocks, indent=2))  # JSON is YAML
+        run_once(Variant("apply", [*CLI, "apply", str(config)], env=ctx.env()))
+
+    def stored() -> None:
+        if not list((store / CLI_SERVER / db).glob("*/manifest.json")):
+            raise VariantFailed(f"{PG_CLI}: no manifest of {db} under {store}")
+        data.log(f"checked {store}: a backup of {db}")
+
+    conn = " ".join(shlex.quote(a) for a in PG_ARGS)
+    pipeline = f"pg_dump -Fc -Z0 {conn} {db} | zstd -q -T2 -3 | age -r {ctx.recipient}"
+    pipeline += f" > {shlex.quote(str(out))}"
+    cli = [*CLI, "backup", CLI_SERVER, "-d", db]
+    return Group(
+        "8. PostgreSQL backup, CLI end to end",
+        [
+            Variant(PG_CLI, cli, PG_PIPE, ctx.env(), _remove(store), stored, cwd=ctx.work),
+            Variant(PG_PIPE, _shell(pipeline), after=_remove(out)),
+            _with_baseline(pg_dump_variant(ctx, PG_CLI_GZIP, db), PG_PIPE),
+        ],
+        setup=setup,
+    )
+
+
 BUILDERS = {
     "pg-backup": pg_backup,
     "my-backup": my_backup,
@@ -316,4 +374,5 @@ BUILDERS = {
     "many": many,
     "tiny": tiny,
     "s3": s3,
+    "pg-cli": pg_cli,
 }

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 Hook = Callable[[], None]
@@ -33,6 +34,7 @@ class Variant:
     env: dict[str, str] | None = None
     after: Hook | None = None  # untimed cleanup after each run (drop a target, delete files)
     check: Hook | None = None  # untimed, after the first run: raises if its result is wrong
+    cwd: Path | None = None  # where the command runs (None: the benchmark's own directory)
 
 
 @dataclass
@@ -63,7 +65,9 @@ def run_once(variant: Variant) -> Sample:
     """Run the variant's command once and measure it."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(variant.argv, stdout=out, stderr=err, env=variant.env)
+        proc = subprocess.Popen(
+            variant.argv, stdout=out, stderr=err, env=variant.env, cwd=variant.cwd
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)

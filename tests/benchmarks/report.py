@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tests.benchmarks.cases import TINY_CONCURRENCY, tiny_bare, tiny_flow
+from tests.benchmarks.cases import (
+    PG_CLI,
+    PG_CLI_GZIP,
+    PG_PIPE,
+    TINY_CONCURRENCY,
+    tiny_bare,
+    tiny_flow,
+)
 from tests.benchmarks.data import TINY_COUNTS
 
 Rows = dict[str, dict[str, Any]]
@@ -31,6 +38,18 @@ def _faster(limit: float, subject: str, baseline: str, unit: str) -> Callable[[R
     def check(rows: Rows) -> tuple[str, bool] | None:
         r = _ratio(rows, baseline, subject)
         return None if r is None else (f"{r:.2f}x {unit}", r >= limit)
+
+    return check
+
+
+def _cpu_at_most(limit: float, subject: str, baseline: str) -> Callable[[Rows], Any]:
+    """CPU seconds (median; the variant and the children it waited for) within limit x."""
+
+    def check(rows: Rows) -> tuple[str, bool] | None:
+        if subject not in rows or baseline not in rows:
+            return None
+        a, b = rows[subject]["cpu_s_median"], rows[baseline]["cpu_s_median"]
+        return f"{a:.2f} s vs {b:.2f} s: {a / b:.2f}x", a / b <= limit
 
     return check
 
@@ -107,6 +126,18 @@ TARGETS: list[tuple[str, Callable[[Rows], tuple[str, bool] | None]]] = [
     (
         "S3 upload >= 0.9x the speed of boto3 upload_file",
         _faster(0.9, "S3BackupStorage.put_file", "boto3 upload_file", "the speed"),
+    ),
+    (
+        f"`dbbackup backup` (CLI, end to end) <= 1.25x the {PG_PIPE}",
+        _at_most(1.25, PG_CLI, PG_PIPE),
+    ),
+    (
+        "`dbbackup backup` (CLI) faster than pg_dump -Fc",
+        _faster(1.0, PG_CLI, PG_CLI_GZIP, "faster"),
+    ),
+    (
+        f"CPU s of `dbbackup backup` (CLI) <= 1.2x the {PG_PIPE}",
+        _cpu_at_most(1.2, PG_CLI, PG_PIPE),
     ),
 ]
 
