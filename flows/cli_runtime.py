@@ -265,11 +265,17 @@ def _end_runs_of_killed_processes() -> None:
 
 def _run_app(app: typer.Typer) -> int:
     """Run the command (typer exits with its code), then send the events it emitted
-    before the process ends."""
+    before the process ends. A command that uses the API shares one Prefect client (one
+    connection pool) for its checks, its block loads and its flow run."""
     try:
         if api_needed(sys.argv[1:], app):
-            _end_runs_of_killed_processes()
-        app()
+            from prefect.context import SyncClientContext
+
+            with SyncClientContext.get_or_create():
+                _end_runs_of_killed_processes()
+                app()
+        else:
+            app()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
     finally:
