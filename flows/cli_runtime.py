@@ -205,12 +205,12 @@ def run_cli(app: typer.Typer) -> NoReturn:
 
         _quiet_expected_tracebacks()
     if not os.environ.get("PREFECT_API_URL"):
-        _exit(_run_app(app))
+        _exit(_run_app(app, needed))
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     updates = {PREFECT_API_URL: os.environ["PREFECT_API_URL"], **_no_heartbeats(sys.argv[1:])}
     with temporary_settings(updates=updates):
-        _exit(_run_app(app))
+        _exit(_run_app(app, needed))
 
 
 def _no_heartbeats(argv: list[str]) -> dict[Any, None]:
@@ -263,12 +263,12 @@ def _end_runs_of_killed_processes() -> None:
         )
 
 
-def _run_app(app: typer.Typer) -> int:
+def _run_app(app: typer.Typer, needed: bool) -> int:
     """Run the command (typer exits with its code), then send the events it emitted
     before the process ends. A command that uses the API shares one Prefect client (one
     connection pool) for its checks, its block loads and its flow run."""
     try:
-        if api_needed(sys.argv[1:], app):
+        if needed:
             from prefect.context import SyncClientContext
 
             with SyncClientContext.get_or_create():
