@@ -51,12 +51,22 @@ def _healthy(url: str) -> bool:
 @contextlib.contextmanager
 def prefect_server(home: Path) -> Iterator[dict[str, str]]:
     """A private `prefect server start` (own PREFECT_HOME and SQLite db) on a free port."""
+    with prefect_server_process(home) as (api, _):
+        yield api
+
+
+@contextlib.contextmanager
+def prefect_server_process(
+    home: Path, extra: dict[str, str] | None = None
+) -> Iterator[tuple[dict[str, str], subprocess.Popen]]:
+    """prefect_server with extra settings (its database), and its process (a group)."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env.update(
         PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_UI_ENABLED="false",
+        **(extra or {}),
     )
     home.mkdir(parents=True, exist_ok=True)
     with open(home / "server.log", "wb") as out:
@@ -75,7 +85,7 @@ def prefect_server(home: Path) -> Iterator[dict[str, str]]:
                 raise RuntimeError(f"prefect server did not start: see {home / 'server.log'}")
             time.sleep(0.5)
         log(f"prefect server at {url}")
-        yield {"PREFECT_API_URL": url}
+        yield {"PREFECT_API_URL": url}, proc
     finally:
         stop(proc)
 
