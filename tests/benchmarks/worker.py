@@ -52,6 +52,7 @@ def _server(engine: str):  # noqa: ANN202
 def backup(args: argparse.Namespace) -> dict[str, Any]:
     """back_up_database (the backup task's function) into a local storage; with
     --dedup-key-file the storage deduplicates (chunks) under that key."""
+    from prefect.context import SyncClientContext
     from prefect_dbbackup.blocks import AgeEncryption, LocalBackupStorage
     from prefect_dbbackup.tasks.backup import BackupRun, back_up_database
     from prefect_dbbackup.tasks.layout import new_backup_id
@@ -63,13 +64,16 @@ def backup(args: argparse.Namespace) -> dict[str, Any]:
     encryption = AgeEncryption(recipients=[args.recipient])
     tuning = {k: v for k, v in (("level", args.level), ("threads", args.threads)) if v is not None}
     rss_before = _rss_mb()
-    started = time.perf_counter()
-    with private_workdir() as workdir:
-        run = BackupRun(
-            server, SERVER_NAME, encryption, storage, workdir, new_backup_id(), **tuning
-        )
-        stored = back_up_database(run, args.database)
-    seconds = time.perf_counter() - started
+    # the Prefect client a flow run's tasks share (the dump looks up the host's limit):
+    # made before the clock starts, as a flow run has it before its tasks
+    with SyncClientContext.get_or_create():
+        started = time.perf_counter()
+        with private_workdir() as workdir:
+            run = BackupRun(
+                server, SERVER_NAME, encryption, storage, workdir, new_backup_id(), **tuning
+            )
+            stored = back_up_database(run, args.database)
+        seconds = time.perf_counter() - started
     manifest = stored.manifest
     result = {
         "seconds": seconds,
