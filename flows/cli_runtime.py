@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import httpx
@@ -263,15 +263,25 @@ def _end_runs_of_killed_processes() -> None:
         )
 
 
+@contextlib.contextmanager
+def _one_client() -> Iterator[None]:
+    """One Prefect client for what the command does with the API (Prefect's client context).
+    An API that does not answer its version check is left to the command, which says so."""
+    from prefect.context import SyncClientContext
+
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(Exception):  # the command reports an unreachable API itself
+            stack.enter_context(SyncClientContext.get_or_create())
+        yield
+
+
 def _run_app(app: typer.Typer, needed: bool) -> int:
     """Run the command (typer exits with its code), then send the events it emitted
     before the process ends. A command that uses the API shares one Prefect client (one
     connection pool) for its checks, its block loads and its flow run."""
     try:
         if needed:
-            from prefect.context import SyncClientContext
-
-            with SyncClientContext.get_or_create():
+            with _one_client():
                 _end_runs_of_killed_processes()
                 app()
         else:
