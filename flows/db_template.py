@@ -30,9 +30,15 @@ import tempfile
 from importlib.metadata import entry_points, version
 from pathlib import Path
 
+from prefect_dbbackup.flows.text import printable
+
 TEMPLATE_VARIABLE = "DBBACKUP_DB_TEMPLATE"
 BUILD_TIMEOUT_SECONDS = 900.0
 _SIDE_FILES = ("-wal", "-shm", "-journal")
+# the only tables of a template that hold rows: Alembic's revision, Prefect's block types
+_TEMPLATE_TABLES = frozenset(
+    {"alembic_version", "block_type", "block_schema", "block_schema_reference"}
+)
 # Prefect's block types into the database, as its server's start does (the block classes
 # its server imports and the installed collections'): Prefect's own registration code
 _REGISTER = [
@@ -82,8 +88,8 @@ def home_database(home: Path) -> Path | None:
 
 def problem(path: Path) -> str | None:
     """Why the database at path is no fresh template (None: it is one): unreadable, damaged,
-    unstamped, without Prefect's block types, or holding data (an encryption key would be
-    shared between homes)."""
+    unstamped, without Prefect's block types, or holding data besides them (an encryption
+    key would be shared between homes; blocks, runs or deployments would appear in each)."""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True)) as db:
             checked = db.execute("PRAGMA quick_check").fetchall()
@@ -93,8 +99,18 @@ def problem(path: Path) -> str | None:
                 return "no Alembic revision"
             if not db.execute("SELECT count(*) FROM block_type").fetchone()[0]:
                 return "no block types"
-            if db.execute("SELECT count(*) FROM configuration").fetchone()[0]:
-                return "not empty"
+            tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            holding = sorted(
+                name
+                for (name,) in tables
+                if name not in _TEMPLATE_TABLES
+                and not name.startswith("sqlite_")
+                and db.execute(
+                    f'SELECT EXISTS (SELECT 1 FROM "{name.replace(chr(34), 2 * chr(34))}")'
+                ).fetchone()[0]
+            )
+            if holding:
+                return f"not empty ({', '.join(map(printable, holding[:5]))})"
     except sqlite3.Error as exc:
         return f"not a Prefect database ({exc})"
     return None

@@ -148,6 +148,34 @@ def test_a_damaged_template_is_dropped_and_prefect_migrates(tmp_path: Path, buil
         _stop_all(env)
 
 
+def test_a_template_holding_anything_but_block_types_is_refused(
+    tmp_path: Path, built: Path
+) -> None:
+    """What a template holds appears in every home made from it: an encryption key, a
+    block, a run, or a table nobody knows is refused (named); Prefect's own are not."""
+    from prefect_dbbackup.flows.db_template import problem
+
+    assert problem(built) is None
+    cases = {
+        "configuration": "INSERT INTO configuration (id, key, value) VALUES ('1', 'k', '{}')",
+        'pl"an\nted': 'CREATE TABLE "pl""an\nted" (x); INSERT INTO "pl""an\nted" VALUES (1)',
+    }
+    for table, sql in cases.items():
+        copy = tmp_path / "copy.db"
+        shutil.copy(built, copy)
+        with contextlib.closing(sqlite3.connect(copy)) as db:
+            db.executescript(sql)
+        why = problem(copy)
+        assert why is not None and why.startswith("not empty ("), why
+        assert table.split("\n")[0] in why
+        assert "\n" not in why  # a name with a line break stays on the log's one line
+    shutil.copy(built, copy)
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        db.execute("DELETE FROM block_type")
+        db.commit()
+    assert problem(copy) == "no block types"
+
+
 def test_a_template_at_an_older_revision_is_migrated_forward(tmp_path: Path, built: Path) -> None:
     template = tmp_path / "cache" / "dbbackup" / TEMPLATE_NAME
     template.parent.mkdir(parents=True)
