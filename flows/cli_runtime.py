@@ -266,12 +266,15 @@ def _end_runs_of_killed_processes() -> None:
 @contextlib.contextmanager
 def _one_client() -> Iterator[None]:
     """One Prefect client for what the command does with the API (Prefect's client context).
-    An API that does not answer its version check is left to the command, which says so."""
+    An API that does not answer its version check is left to the command, which says so.
+    Without an API URL (DBBACKUP_PREFECT_SERVER=ephemeral) Prefect's own temporary server
+    and clients are left as Prefect makes them."""
     from prefect.context import SyncClientContext
 
     with contextlib.ExitStack() as stack:
-        with contextlib.suppress(Exception):  # the command reports an unreachable API itself
-            stack.enter_context(SyncClientContext.get_or_create())
+        if os.environ.get("PREFECT_API_URL"):
+            with contextlib.suppress(Exception):  # the command says the API is unreachable
+                stack.enter_context(SyncClientContext.get_or_create())
         yield
 
 
