@@ -32,7 +32,6 @@ from prefect_dbbackup.blocks.errors import (
     PermissionDenied,
 )
 from prefect_dbbackup.blocks.mysql_events import ShownEvent, events_script
-from prefect_dbbackup.blocks.process import ToolProcess
 from prefect_dbbackup.blocks.properties import DatabaseProperties
 from prefect_dbbackup.blocks.server import DatabaseServer, ToolCommand, UsersDump, private_file
 from prefect_dbbackup.blocks.users_sql import (
@@ -369,9 +368,7 @@ class MySQLServer(DatabaseServer):
         the binlog's own bytes, cut out by log_piece_filter."""
         with (
             self._log_fetch_command(file, start, workdir) as cmd,
-            ToolProcess(
-                cmd.argv, env=cmd.env, timeout=self.dump_timeout, stdout=True, secrets=cmd.secrets
-            ) as proc,
+            cmd.process(self.dump_timeout, stdout=True) as proc,
         ):
             assert proc.stdout is not None
             yield proc.stdout

@@ -27,7 +27,7 @@ from prefect_dbbackup.blocks.binlog_pieces import PieceSummary
 from prefect_dbbackup.blocks.bounds import MAX_CONNECT_SECONDS, MAX_DUMP_SECONDS
 from prefect_dbbackup.blocks.engines import Engine
 from prefect_dbbackup.blocks.errors import ConfigError, DatabaseNotFound, DbBackupError, redact
-from prefect_dbbackup.blocks.process import child_env
+from prefect_dbbackup.blocks.process import ToolProcess, child_env
 from prefect_dbbackup.blocks.properties import DatabaseProperties
 from prefect_dbbackup.blocks.retention import RetentionPolicy
 from prefect_dbbackup.blocks.schema_cache import CachedSchema
@@ -60,6 +60,17 @@ class ToolCommand:
     env: dict[str, str]  # only what dbbackup sets: the rest comes from process.child_env
     secrets: list[str] = field(default_factory=list)
     trailer: bytes = b""  # appended to the tool's output (what the tool itself cannot dump)
+
+    def process(self, timeout: float, *, stdin: bool = False, stdout: bool = False) -> ToolProcess:
+        """The client, to be entered as a context (its secrets redacted from its errors)."""
+        return ToolProcess(
+            self.argv,
+            env=self.env,
+            timeout=timeout,
+            stdin=stdin,
+            stdout=stdout,
+            secrets=self.secrets,
+        )
 
 
 @dataclass

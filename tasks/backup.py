@@ -23,7 +23,6 @@ from prefect_dbbackup.blocks.binlog import BinlogPosition
 from prefect_dbbackup.blocks.encryption import AgeEncryption
 from prefect_dbbackup.blocks.engines import BackupKind, DumpFormat
 from prefect_dbbackup.blocks.process import (
-    ToolProcess,
     check_not_interrupted,
     check_stopped,
     interrupted,
@@ -347,13 +346,7 @@ def _stream_dump(
     def progress(nbytes: int) -> None:
         log.info("dump of %r: %.0f MiB read so far", database, nbytes / 2**20)
 
-    with ToolProcess(
-        cmd.argv,
-        env=cmd.env,
-        timeout=server.dump_timeout,
-        stdout=True,
-        secrets=cmd.secrets,
-    ) as proc:
+    with cmd.process(server.dump_timeout, stdout=True) as proc:
         assert proc.stdout is not None
         what = f"the dump of {database!r}"
         counter = server.dump_row_counter(snapshot.tables)

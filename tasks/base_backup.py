@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Literal
 
 from prefect_dbbackup.blocks.errors import ConfigError, ToolFailed
-from prefect_dbbackup.blocks.process import ToolProcess, check_stopped
+from prefect_dbbackup.blocks.process import check_stopped
 from prefect_dbbackup.blocks.storage import BackupStorage
 from prefect_dbbackup.blocks.wal import parse_lsn, segment_name
 from prefect_dbbackup.tasks.archive import ArchiveRun, SignedRecords, made_by
@@ -86,13 +86,7 @@ def take_base_backup(run: ArchiveRun, started: datetime) -> BaseBackupManifest:
     facts = BaseTarFacts()
     with spooling(spool, what), server.base_backup_command(run.workdir) as cmd:
         try:
-            with ToolProcess(
-                cmd.argv,
-                env=cmd.env,
-                timeout=server.dump_timeout,
-                stdout=True,
-                secrets=cmd.secrets,
-            ) as proc:
+            with cmd.process(server.dump_timeout, stdout=True) as proc:
                 assert proc.stdout is not None
                 stats = write_spool(
                     proc.stdout,

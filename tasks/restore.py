@@ -241,8 +241,7 @@ class _TargetLoader:
         self.created = True
 
     def _process(self, cmd: ToolCommand, stdin: bool) -> ToolProcess:
-        timeout = self.server.dump_timeout
-        return ToolProcess(cmd.argv, env=cmd.env, timeout=timeout, stdin=stdin, secrets=cmd.secrets)
+        return cmd.process(self.server.dump_timeout, stdin=stdin)
 
     def open_stream(self, stack: contextlib.ExitStack) -> BinaryIO | ReplacingWriter:
         """Create the target and start a client reading the dump on stdin."""
