@@ -13,6 +13,7 @@ as in site-packages so that the rpath still finds the libraries.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -20,6 +21,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,3 +169,21 @@ class PrivateCluster(PgAdmin):
 
     def major(self) -> int:
         return int(re.match(r"\d+", self.version()).group())
+
+
+@contextlib.contextmanager
+def pitr_server_on(
+    prefix: str, hba: str | None = None, settings: str = ""
+) -> Iterator[tuple[PrivateCluster, str]]:
+    """A private cluster started with hba/settings and a saved `pitr: true` server block of
+    a new name on it: (cluster, block name); the cluster is stopped afterwards."""
+    from prefect_dbbackup.blocks import PostgresServer
+
+    cluster = PrivateCluster.new(prefix=prefix)
+    cluster.start(hba=hba, settings=settings)
+    try:
+        name = f"{prefix.strip('-').removeprefix('dbb-')}-{uuid.uuid4().hex[:8]}"
+        PostgresServer(host="127.0.0.1", port=cluster.port, user="postgres", pitr=True).save(name)
+        yield cluster, name
+    finally:
+        cluster.stop()

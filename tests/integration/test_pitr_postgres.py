@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import archive_runs
-from tests.pg_cluster import RUN_AS, PrivateCluster
+from tests.pg_cluster import RUN_AS, PrivateCluster, pitr_server_on
 
 
 @pytest.fixture
@@ -320,16 +320,9 @@ def test_restore_of_one_postgres_database_to_a_time_points_to_restore_cluster(pi
 
 
 def test_a_server_without_a_replication_line_in_pg_hba_is_told_what_to_add(env):
-    from prefect_dbbackup.blocks import PostgresServer
-
-    cluster = PrivateCluster.new(prefix="dbb-pitr-hba-")
-    cluster.start(hba="local all all trust\nhost all all 127.0.0.1/32 trust\n")
-    try:
-        name = f"pghba-{uuid.uuid4().hex[:8]}"
-        PostgresServer(host="127.0.0.1", port=cluster.port, user="postgres", pitr=True).save(name)
+    hba = "local all all trust\nhost all all 127.0.0.1/32 trust\n"
+    with pitr_server_on("dbb-pghba-", hba=hba) as (_, name):
         result = env.cli("base-backup", name)
         assert result.exit_code == 3, result.output
         assert "pg_hba.conf" in result.stderr and "host replication" in result.stderr
         assert not (env.storage_path / name / "_base").exists()
-    finally:
-        cluster.stop()

@@ -11,7 +11,7 @@ import pytest
 from prefect_dbbackup.blocks.wal import SEGMENT_BYTES
 
 from tests.helpers import archive_runs, reassembled_log
-from tests.pg_cluster import PrivateCluster
+from tests.pg_cluster import PrivateCluster, pitr_server_on
 
 
 @pytest.fixture
@@ -88,21 +88,14 @@ def test_archive_runs_store_the_wal_byte_for_byte_and_the_slot_follows(archived,
 def test_a_server_whose_wal_cannot_be_archived_is_refused_naming_the_setting(env):
     """wal_level minimal: the archive run exits 3 naming the setting and the change, and
     stores nothing; the server is left as it was (no slot made)."""
-    from prefect_dbbackup.blocks import PostgresServer
-
-    minimal = PrivateCluster.new(prefix="dbb-walmin-")
-    minimal.start(settings="-c wal_level=minimal -c max_wal_senders=0")
-    try:
-        name = f"walmin-{uuid.uuid4().hex[:8]}"
-        PostgresServer(host="127.0.0.1", port=minimal.port, user="postgres", pitr=True).save(name)
+    settings = "-c wal_level=minimal -c max_wal_senders=0"
+    with pitr_server_on("dbb-walmin-", settings=settings) as (minimal, name):
         result = env.cli("archive", name)
         assert result.exit_code == 3, result.output
         assert "wal_level is minimal: set wal_level = replica" in result.stderr
         assert archive_runs(env, name) == []
         with minimal.connect() as conn:
             assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
-    finally:
-        minimal.stop()
 
 
 def test_wal_removed_before_it_was_archived_is_a_loud_gap(archived, cluster):
