@@ -273,7 +273,9 @@ def _one_client() -> Iterator[None]:
 
     with contextlib.ExitStack() as stack:
         if os.environ.get("PREFECT_API_URL"):
-            with contextlib.suppress(Exception):  # the command says the API is unreachable
+            # Prefect's "Failed to reach API" (RuntimeError) or a transport error: the
+            # command says the API is unreachable itself
+            with contextlib.suppress(RuntimeError, httpx.HTTPError, OSError):
                 stack.enter_context(SyncClientContext.get_or_create())
         yield
 
